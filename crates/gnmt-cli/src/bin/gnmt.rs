@@ -1,0 +1,6 @@
+//! `gnmt`: vocabulary, data preparation, training and benchmarks.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    gnmt_cli::exit_with(gnmt_cli::Cli::parse().run())
+}

@@ -1,0 +1,8 @@
+//! One module per command: its clap `Args` and a `run` that turns them into library calls.
+
+pub mod bench;
+pub mod codec;
+pub mod prepare;
+pub mod synth;
+pub mod translate;
+pub mod vocab;

@@ -1,0 +1,70 @@
+//! The command-line front end: argument types and the `run` of each command. The binaries in
+//! `src/bin/` only parse and dispatch, so every command is also callable from tests.
+
+pub mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// gnmt: GNMT neural machine translation (Wu et al. 2016) in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "gnmt", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads for parallel work (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a shared subword vocabulary on source and target text.
+    Vocab(cmd::vocab::VocabArgs),
+    /// Encode text (stdin) into token ids or pieces (stdout), one line per line.
+    Encode(cmd::codec::EncodeArgs),
+    /// Decode token ids (stdin) into text (stdout), one line per line.
+    Decode(cmd::codec::DecodeArgs),
+    /// Check, encode and binarize a parallel corpus; print what was kept and the batch plan.
+    Prepare(cmd::prepare::PrepareArgs),
+    /// Write a synthetic parallel corpus (copy or reverse task).
+    Synth(cmd::synth::SynthArgs),
+    /// Benchmarks (not tests): data pipeline throughput.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        init_threads(self.threads)?;
+        match self.command {
+            Command::Vocab(a) => a.run(),
+            Command::Encode(a) => a.run(),
+            Command::Decode(a) => a.run(),
+            Command::Prepare(a) => a.run(),
+            Command::Synth(a) => a.run(),
+            Command::Bench(a) => a.run(),
+        }
+    }
+}
+
+/// Sizes rayon's global pool once, before any parallel work.
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    Ok(())
+}
+
+/// Prints an error chain once, on stderr, and turns it into the exit code.
+pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

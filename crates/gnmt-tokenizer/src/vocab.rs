@@ -1,0 +1,474 @@
+//! The shared source/target subword vocabulary.
+//!
+//! GNMT splits words into "wordpieces" that carry a word-boundary marker, so that text can be
+//! rebuilt from pieces without guessing where spaces go. We get the same property from the
+//! `tokenizers` crate with a Metaspace pre-tokenizer (`▁` starts every word) over a BPE
+//! (default) or Unigram model, NFKC normalisation and whitespace folding.
+//!
+//! Characters never seen in training are not lost: after training we append the 256 byte
+//! pieces `<0x00>`..`<0xFF>` to the vocabulary and switch on byte fallback, so an unseen
+//! character is encoded as its UTF-8 bytes and decoded back to itself. `<unk>` exists (with a
+//! fixed id) but the encoder never produces it.
+//!
+//! The special tokens have fixed ids: `<pad>` 0, `<unk>` 1, `<s>` 2, `</s>` 3. They are never
+//! matched inside user text: a sentence that literally contains `</s>` is encoded as ordinary
+//! pieces, so input text cannot end a sentence early or vanish on decoding.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::unigram::{Unigram, UnigramTrainer};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::{Replace, Sequence as NormalizerSequence, Strip, NFKC};
+use tokenizers::pre_tokenizers::metaspace::Metaspace;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::{Error, Result};
+
+/// Id of the padding token.
+pub const PAD_ID: u32 = 0;
+/// Id of the unknown token (kept for compatibility; byte fallback means it is never produced).
+pub const UNK_ID: u32 = 1;
+/// Id of the begin-of-sentence token (first decoder input).
+pub const BOS_ID: u32 = 2;
+/// Id of the end-of-sentence token.
+pub const EOS_ID: u32 = 3;
+/// The special tokens, in id order.
+pub const SPECIAL_TOKENS: [&str; 4] = ["<pad>", "<unk>", "<s>", "</s>"];
+
+const BYTE_PIECES: usize = 256;
+
+/// Which subword model to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubwordModel {
+    /// Byte-pair encoding (merges learned bottom-up). The default: fast to train and to apply.
+    #[default]
+    Bpe,
+    /// SentencePiece-style unigram language model.
+    Unigram,
+}
+
+impl std::str::FromStr for SubwordModel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bpe" => Ok(Self::Bpe),
+            "unigram" => Ok(Self::Unigram),
+            other => Err(format!(
+                "unknown subword model {other:?} (expected bpe or unigram)"
+            )),
+        }
+    }
+}
+
+/// Options for [`Vocab::train`].
+#[derive(Debug, Clone)]
+pub struct VocabOptions {
+    /// Total vocabulary size, special tokens and the 256 byte pieces included.
+    pub size: usize,
+    pub model: SubwordModel,
+    /// Pieces seen fewer times than this are not merged (BPE only).
+    pub min_frequency: u64,
+}
+
+impl Default for VocabOptions {
+    fn default() -> Self {
+        Self {
+            size: 8000,
+            model: SubwordModel::Bpe,
+            min_frequency: 2,
+        }
+    }
+}
+
+/// A trained shared vocabulary: text <-> token ids.
+#[derive(Clone)]
+pub struct Vocab {
+    tokenizer: Tokenizer,
+    /// sha256 of the canonical `tokenizer.json` text; stored in checkpoints and datasets.
+    hash: String,
+    byte_piece_start: u32,
+}
+
+impl std::fmt::Debug for Vocab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocab")
+            .field("size", &self.size())
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Vocab {
+    /// Trains a vocabulary on the given text files (source and target together, so the
+    /// vocabulary is shared).
+    pub fn train_from_files(files: &[PathBuf], options: &VocabOptions) -> Result<Self> {
+        for f in files {
+            if !f.is_file() {
+                return Err(Error::Io {
+                    path: f.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+        }
+        let files: Vec<String> = files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        Self::train_with(options, |tk, trainer| {
+            tk.train_from_files(trainer, files).map(|_| ())
+        })
+    }
+
+    /// Trains a vocabulary on in-memory sentences (tests, synthetic tasks).
+    pub fn train_from_sentences<S: AsRef<str> + Sync>(
+        sentences: &[S],
+        options: &VocabOptions,
+    ) -> Result<Self> {
+        Self::train_with(options, |tk, trainer| {
+            tk.train(trainer, sentences.iter().map(|s| s.as_ref()))
+                .map(|_| ())
+        })
+    }
+
+    fn train_with<F>(options: &VocabOptions, run: F) -> Result<Self>
+    where
+        F: FnOnce(&mut Tokenizer, &mut TrainerWrapper) -> tokenizers::Result<()>,
+    {
+        let reserved = SPECIAL_TOKENS.len() + BYTE_PIECES;
+        if options.size <= reserved + 16 {
+            return Err(Error::Config(format!(
+                "vocabulary size {} is too small: {} ids are reserved for special tokens and byte pieces",
+                options.size, reserved
+            )));
+        }
+        let learned = options.size - BYTE_PIECES;
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let (mut tk, mut trainer): (Tokenizer, TrainerWrapper) = match options.model {
+            SubwordModel::Bpe => (
+                Tokenizer::new(
+                    BPE::builder()
+                        .unk_token("<unk>".into())
+                        .build()
+                        .map_err(tk_err)?,
+                ),
+                BpeTrainerBuilder::new()
+                    .vocab_size(learned)
+                    .min_frequency(options.min_frequency)
+                    .show_progress(false)
+                    .special_tokens(specials)
+                    .build()
+                    .into(),
+            ),
+            SubwordModel::Unigram => (
+                Tokenizer::new(Unigram::default()),
+                UnigramTrainer::builder()
+                    .vocab_size(learned as u32)
+                    .unk_token(Some("<unk>".into()))
+                    .show_progress(false)
+                    .special_tokens(specials)
+                    .build()
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?
+                    .into(),
+            ),
+        };
+        configure_pipeline(&mut tk)?;
+        run(&mut tk, &mut trainer).map_err(tk_err)?;
+        let tk = add_byte_fallback(&tk)?;
+        Self::from_tokenizer(tk)
+    }
+
+    /// Loads `tokenizer.json` and checks that it is one of ours (fixed special ids, byte
+    /// fallback).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| Error::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Parses the text of a `tokenizer.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let tk: Tokenizer = text.parse().map_err(tk_err)?;
+        Self::from_tokenizer(tk)
+    }
+
+    fn from_tokenizer(mut tk: Tokenizer) -> Result<Self> {
+        for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
+            if tk.token_to_id(token) != Some(id as u32) {
+                return Err(Error::Tokenizer(format!(
+                    "special token {token} must have id {id}, found {:?}",
+                    tk.token_to_id(token)
+                )));
+            }
+        }
+        let byte_piece_start = tk.token_to_id("<0x00>").ok_or_else(|| {
+            Error::Tokenizer("no byte pieces <0x00>..<0xFF>: not a gnmt vocabulary".into())
+        })?;
+        for b in 0..BYTE_PIECES as u32 {
+            if tk.token_to_id(&byte_piece(b as u8)) != Some(byte_piece_start + b) {
+                return Err(Error::Tokenizer(format!(
+                    "byte piece {} is missing or out of order",
+                    byte_piece(b as u8)
+                )));
+            }
+        }
+        // Not serialised by `tokenizers`: special tokens in user text are plain text.
+        tk.set_encode_special_tokens(true);
+        let json = tk.to_string(false).map_err(tk_err)?;
+        let hash = sha256_hex(json.as_bytes());
+        Ok(Self {
+            tokenizer: tk,
+            hash,
+            byte_piece_start,
+        })
+    }
+
+    /// Writes `tokenizer.json` atomically (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.to_json()?;
+        crate::io::write_atomic(path, json.as_bytes())
+    }
+
+    /// The canonical JSON text (what [`Vocab::hash`] is computed over).
+    pub fn to_json(&self) -> Result<String> {
+        self.tokenizer.to_string(true).map_err(tk_err)
+    }
+
+    /// Vocabulary size, special tokens and byte pieces included: the model's embedding rows.
+    pub fn size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// sha256 (hex) of the tokenizer's canonical serialisation.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Token ids of one sentence, without `<s>`/`</s>`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false).map_err(tk_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of a sequence of ids. Special tokens (`<pad>`, `<s>`, `</s>`, `<unk>`) are dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(tk_err)
+    }
+
+    /// The pieces of a sentence as strings (for display and attention plots).
+    pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                self.tokenizer
+                    .id_to_token(id)
+                    .unwrap_or_else(|| format!("<id {id}>"))
+            })
+            .collect()
+    }
+
+    /// True for the 256 byte-fallback pieces.
+    pub fn is_byte_piece(&self, id: u32) -> bool {
+        (self.byte_piece_start..self.byte_piece_start + BYTE_PIECES as u32).contains(&id)
+    }
+
+    /// The text every encoding starts from: NFKC, whitespace runs folded to one space,
+    /// trimmed. `decode(encode(x)) == normalize(x)` for every string.
+    pub fn normalize(&self, text: &str) -> Result<String> {
+        let n = self
+            .tokenizer
+            .get_normalizer()
+            .ok_or_else(|| Error::Tokenizer("no normalizer".into()))?;
+        let mut s = tokenizers::NormalizedString::from(text);
+        use tokenizers::Normalizer;
+        n.normalize(&mut s).map_err(tk_err)?;
+        Ok(s.get().to_string())
+    }
+}
+
+/// NFKC, whitespace folding, Metaspace pieces, and the matching decoder.
+fn configure_pipeline(tk: &mut Tokenizer) -> Result<()> {
+    let fold = Replace::new(
+        tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+        " ",
+    )
+    .map_err(tk_err)?;
+    tk.with_normalizer(Some(NormalizerSequence::new(vec![
+        NFKC.into(),
+        fold.into(),
+        Strip::new(true, true).into(),
+    ])))
+    .map_err(tk_err)?;
+    tk.with_pre_tokenizer(Some(Metaspace::default()));
+    tk.with_decoder(Some(DecoderSequence::new(vec![
+        ByteFallback::new().into(),
+        MetaspaceDecoder::default().into(),
+    ])));
+    Ok(())
+}
+
+/// Appends the byte pieces to a trained model and switches byte fallback on.
+///
+/// Done on the JSON form because neither trainer knows about byte fallback; the JSON is the
+/// stable public format, so this survives `tokenizers` upgrades better than private fields.
+fn add_byte_fallback(tk: &Tokenizer) -> Result<Tokenizer> {
+    let mut json: Value = serde_json::from_str(&tk.to_string(false).map_err(tk_err)?)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let model = json
+        .get_mut("model")
+        .ok_or_else(|| Error::Tokenizer("no model".into()))?;
+    let kind = model
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match kind.as_str() {
+        "BPE" => {
+            let vocab = model
+                .get_mut("vocab")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| Error::Tokenizer("BPE model without vocab".into()))?;
+            let next = vocab
+                .values()
+                .filter_map(Value::as_u64)
+                .max()
+                .map_or(0, |m| m + 1);
+            for b in 0..BYTE_PIECES {
+                vocab.insert(byte_piece(b as u8), Value::from(next + b as u64));
+            }
+        }
+        "Unigram" => {
+            let vocab = model
+                .get_mut("vocab")
+                .and_then(Value::as_array_mut)
+                .ok_or_else(|| Error::Tokenizer("Unigram model without vocab".into()))?;
+            // Byte pieces must never win over real pieces: give them a very low score.
+            for b in 0..BYTE_PIECES {
+                vocab.push(serde_json::json!([byte_piece(b as u8), -100.0]));
+            }
+        }
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "unsupported model type {other:?}"
+            )))
+        }
+    }
+    model["byte_fallback"] = Value::Bool(true);
+    json.to_string().parse().map_err(tk_err)
+}
+
+fn byte_piece(b: u8) -> String {
+    format!("<0x{b:02X}>")
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tk_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Vocab {
+        let sents = crate::synthetic::toy_sentences();
+        Vocab::train_from_sentences(
+            &sents,
+            &VocabOptions {
+                size: 600,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn special_ids_are_fixed() {
+        let v = toy();
+        for (id, t) in SPECIAL_TOKENS.iter().enumerate() {
+            assert_eq!(v.tokenizer.token_to_id(t), Some(id as u32));
+        }
+        assert_eq!(v.size(), 600);
+    }
+
+    #[test]
+    fn special_token_text_in_input_is_plain_text() {
+        let v = toy();
+        let ids = v.encode("a </s> b <pad>").unwrap();
+        assert!(ids.iter().all(|&id| id > EOS_ID), "{ids:?}");
+        assert_eq!(v.decode(&ids).unwrap(), "a </s> b <pad>");
+    }
+
+    #[test]
+    fn unseen_characters_use_byte_pieces() {
+        let v = toy();
+        let ids = v.encode("🦀").unwrap();
+        assert_eq!(ids.iter().filter(|&&i| v.is_byte_piece(i)).count(), 4);
+        assert!(!ids.contains(&UNK_ID));
+        assert_eq!(v.decode(&ids).unwrap(), "🦀");
+    }
+
+    #[test]
+    fn unigram_round_trips_too() {
+        let sents = crate::synthetic::toy_sentences();
+        let v = Vocab::train_from_sentences(
+            &sents,
+            &VocabOptions {
+                size: 400,
+                model: SubwordModel::Unigram,
+                min_frequency: 1,
+            },
+        )
+        .unwrap();
+        let s = "The dog runs across the snowy field 🐕.";
+        assert_eq!(v.decode(&v.encode(s).unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn reload_keeps_hash_and_ids() {
+        let v = toy();
+        let w = Vocab::from_json(&v.to_json().unwrap()).unwrap();
+        assert_eq!(v.hash(), w.hash());
+        let s = "A man rides a bike.";
+        assert_eq!(v.encode(s).unwrap(), w.encode(s).unwrap());
+    }
+
+    #[test]
+    fn foreign_tokenizer_is_refused() {
+        let tk = Tokenizer::new(BPE::default());
+        let err = Vocab::from_json(&tk.to_string(false).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("special token <pad> must have id 0"), "{err}");
+    }
+
+    #[test]
+    fn too_small_size_is_a_config_error() {
+        let err = Vocab::train_from_sentences(
+            &["a b"],
+            &VocabOptions {
+                size: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("too small"), "{err}");
+    }
+}
