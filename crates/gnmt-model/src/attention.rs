@@ -1,0 +1,81 @@
+//! Additive attention (Bahdanau et al. 2015; GNMT's "feed-forward network with one hidden
+//! layer"): `score(q, k) = v . tanh(W_q q + W_k k + b)`, softmax over the real source positions,
+//! context = weighted sum of the encoder outputs.
+
+use candle::{Result, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+
+/// The encoder side of attention, computed once per sentence batch.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    /// Top encoder outputs `[B, S, H]`: what the context averages.
+    pub values: Tensor,
+    /// `W_k values + b` `[B, S, A]`: the key half of the scorer, hoisted out of the decoder loop.
+    pub keys: Tensor,
+    /// `[B, 1, S]`: 0 on real source positions, a large negative number on padding.
+    pub score_bias: Tensor,
+    /// `[B, S]`: 1 on real positions, 0 on padding.
+    pub mask: Tensor,
+}
+
+impl Memory {
+    /// Keeps batch rows `indices` (a `u32` tensor), in that order.
+    pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
+        Ok(Self {
+            values: self.values.index_select(indices, 0)?,
+            keys: self.keys.index_select(indices, 0)?,
+            score_bias: self.score_bias.index_select(indices, 0)?,
+            mask: self.mask.index_select(indices, 0)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    query: Linear, // H -> A, no bias
+    key: Linear,   // H -> A, with the scorer's bias
+    score: Linear, // A -> 1, no bias (the `v` vector)
+}
+
+/// Added to the scores of padded positions. Large enough that exp() underflows to exactly 0.
+const MASKED_SCORE: f64 = -1e9;
+
+impl Attention {
+    pub fn new(hidden: usize, attention: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            query: candle_nn::linear_no_bias(hidden, attention, vb.pp("query"))?,
+            key: candle_nn::linear(hidden, attention, vb.pp("key"))?,
+            score: candle_nn::linear_no_bias(attention, 1, vb.pp("score"))?,
+        })
+    }
+
+    /// Prepares the encoder outputs `[B, S, H]` with their mask `[B, S]` for attention.
+    pub fn memory(&self, values: &Tensor, mask: &Tensor) -> Result<Memory> {
+        let keys = self.key.forward(values)?;
+        let score_bias = ((mask - 1.0)? * -MASKED_SCORE)?.unsqueeze(1)?;
+        Ok(Memory {
+            values: values.clone(),
+            keys,
+            score_bias,
+            mask: mask.clone(),
+        })
+    }
+
+    /// Queries `[B, T, H]` -> (context `[B, T, H]`, weights `[B, T, S]`).
+    pub fn forward(&self, queries: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
+        let q = self.query.forward(queries)?.unsqueeze(2)?; // [B, T, 1, A]
+        let k = memory.keys.unsqueeze(1)?; // [B, 1, S, A]
+        let hidden = q.broadcast_add(&k)?.tanh()?; // [B, T, S, A]
+        let scores = self.score.forward(&hidden)?.squeeze(D::Minus1)?; // [B, T, S]
+        let scores = scores.broadcast_add(&memory.score_bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let context = weights.matmul(&memory.values)?;
+        Ok((context, weights))
+    }
+
+    /// One query per row `[B, H]` -> (context `[B, H]`, weights `[B, S]`).
+    pub fn step(&self, query: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
+        let (c, w) = self.forward(&query.unsqueeze(1)?, memory)?;
+        Ok((c.squeeze(1)?, w.squeeze(1)?))
+    }
+}

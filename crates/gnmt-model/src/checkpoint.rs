@@ -1,0 +1,542 @@
+//! The model folder: the one format train, infer and the CLI read and write.
+//!
+//! ```text
+//! DIR/config.json         ModelConfig + "format_version"
+//! DIR/model.safetensors   parameters; __metadata__: format_version, config_sha256,
+//!                         tokenizer_sha256, step
+//! DIR/tokenizer.json      the shared vocabulary (standard `tokenizers` format)
+//! DIR/generation.json     decoding defaults (beam size, alpha, beta, length limits)
+//! ```
+//!
+//! Every file is written to a temporary name, fsynced and renamed. Loading treats the folder
+//! as untrusted: sizes are capped, the safetensors header is read and every tensor's name,
+//! dtype, shape and byte range is checked against what `config.json` implies *before* any
+//! tensor data is read, and the hashes tie the files together. Each refusal names the file
+//! and the problem; nothing panics. Files are read into memory (no mmap: a file truncated
+//! while mapped is undefined behaviour).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use candle::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::params::{parameter_specs, ParamSpec};
+use crate::ModelConfig;
+
+pub const FORMAT_VERSION: u64 = 1;
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const GENERATION_FILE: &str = "generation.json";
+
+const MAX_JSON_BYTES: u64 = 1 << 20;
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// A refusal: which file, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct CheckpointError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+pub type Result<T> = std::result::Result<T, CheckpointError>;
+
+fn fail<T>(path: &Path, problem: impl Into<String>) -> Result<T> {
+    Err(CheckpointError {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    })
+}
+
+/// Decoding defaults stored with a model (flags of `translate` override them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    pub beam_size: usize,
+    /// Length normalisation exponent: scores are divided by `((5 + |Y|) / 6)^alpha`.
+    pub alpha: f64,
+    /// Coverage penalty weight.
+    pub beta: f64,
+    /// Output length limit: `max_len_a * source_length + max_len_b` tokens.
+    pub max_len_a: f64,
+    pub max_len_b: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        // GNMT v2's published settings; tuned on validation data when a model ships.
+        Self {
+            beam_size: 5,
+            alpha: 0.6,
+            beta: 0.1,
+            max_len_a: 2.0,
+            max_len_b: 10,
+        }
+    }
+}
+
+impl GenerationConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=256).contains(&self.beam_size) {
+            return Err(format!("beam_size = {} is outside 1..=256", self.beam_size));
+        }
+        for (name, v) in [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("max_len_a", self.max_len_a),
+        ] {
+            if !v.is_finite() || !(0.0..=100.0).contains(&v) {
+                return Err(format!("{name} = {v} is outside 0..=100"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything a model folder holds, loaded and checked.
+#[derive(Debug)]
+pub struct ModelFolder {
+    pub config: ModelConfig,
+    pub generation: GenerationConfig,
+    /// The raw `tokenizer.json` (the model crate does not interpret text).
+    pub tokenizer_json: Vec<u8>,
+    pub tensors: HashMap<String, Tensor>,
+    /// Training updates behind these parameters.
+    pub step: u64,
+}
+
+/// Writes a model folder. `tensors` must be exactly the parameters `config` implies; they are
+/// stored as `storage` (F32, or F16/BF16 to halve the size; loading converts back).
+pub fn save(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer_json: &[u8],
+    generation: &GenerationConfig,
+    step: u64,
+    storage: DType,
+) -> Result<()> {
+    let model_path = dir.join(MODEL_FILE);
+    if !matches!(storage, DType::F32 | DType::F16 | DType::BF16) {
+        return fail(
+            &model_path,
+            format!("cannot store parameters as {storage:?}"),
+        );
+    }
+    let specs = parameter_specs(config).or_else(|e| fail(&dir.join(CONFIG_FILE), e.to_string()))?;
+    check_tensor_set(&model_path, &specs, tensors)?;
+    std::fs::create_dir_all(dir).or_else(|e| fail(dir, format!("cannot create folder: {e}")))?;
+
+    let config_json = config_to_json(config);
+    let metadata = HashMap::from([
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        (
+            "config_sha256".to_string(),
+            sha256_hex(canonical_config(config).as_bytes()),
+        ),
+        ("tokenizer_sha256".to_string(), sha256_hex(tokenizer_json)),
+        ("step".to_string(), step.to_string()),
+    ]);
+    let stored = specs
+        .iter()
+        .map(|s| {
+            Ok((
+                s.name.clone(),
+                tensors[&s.name]
+                    .to_dtype(storage)?
+                    .to_device(&Device::Cpu)?,
+            ))
+        })
+        .collect::<candle::Result<Vec<_>>>()
+        .or_else(|e| fail(&model_path, e.to_string()))?;
+    let bytes = safetensors::serialize(stored.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .or_else(|e| fail(&model_path, e.to_string()))?;
+    let generation_json = serde_json::to_string_pretty(generation).expect("plain struct");
+
+    write_atomic(&dir.join(TOKENIZER_FILE), tokenizer_json)?;
+    write_atomic(&dir.join(CONFIG_FILE), config_json.as_bytes())?;
+    write_atomic(&dir.join(GENERATION_FILE), generation_json.as_bytes())?;
+    // Last: its metadata vouches for the files above.
+    write_atomic(&model_path, &bytes)
+}
+
+/// Loads and checks a model folder; tensors are converted to `dtype` on `device`.
+pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ModelFolder> {
+    if !dir.is_dir() {
+        return fail(dir, "not a model folder (no such directory)");
+    }
+    let config = read_config(&dir.join(CONFIG_FILE))?;
+    let generation = read_generation(&dir.join(GENERATION_FILE))?;
+    let tokenizer_path = dir.join(TOKENIZER_FILE);
+    let tokenizer_json = read_capped(&tokenizer_path, MAX_TOKENIZER_BYTES)?;
+    let vocab = tokenizer_vocab_size(&tokenizer_path, &tokenizer_json)?;
+    if vocab != config.vocab_size {
+        return fail(
+            &tokenizer_path,
+            format!(
+                "has {vocab} pieces but config.json says vocab_size = {}",
+                config.vocab_size
+            ),
+        );
+    }
+    let model_path = dir.join(MODEL_FILE);
+    let specs =
+        parameter_specs(&config).or_else(|e| fail(&dir.join(CONFIG_FILE), e.to_string()))?;
+    let header = read_safetensors_header(&model_path, &specs)?;
+    let meta = |key: &str| {
+        header
+            .metadata
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("<missing>")
+    };
+    if meta("format_version") != FORMAT_VERSION.to_string() {
+        return fail(
+            &model_path,
+            format!(
+                "format_version {} in __metadata__; this gnmt reads version {FORMAT_VERSION}",
+                meta("format_version")
+            ),
+        );
+    }
+    if meta("config_sha256") != sha256_hex(canonical_config(&config).as_bytes()) {
+        return fail(
+            &model_path,
+            "was saved with a different config.json (config_sha256 differs)",
+        );
+    }
+    if meta("tokenizer_sha256") != sha256_hex(&tokenizer_json) {
+        return fail(
+            &model_path,
+            "was saved with a different tokenizer.json (tokenizer_sha256 differs)",
+        );
+    }
+    let step = meta("step")
+        .parse::<u64>()
+        .or_else(|_| fail(&model_path, format!("bad step {:?}", meta("step"))))?;
+
+    let bytes = read_capped(&model_path, header.file_len)?;
+    let loaded = candle::safetensors::load_buffer(&bytes, device)
+        .or_else(|e| fail(&model_path, e.to_string()))?;
+    let tensors = loaded
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect::<candle::Result<HashMap<_, _>>>()
+        .or_else(|e| fail(&model_path, e.to_string()))?;
+    Ok(ModelFolder {
+        config,
+        generation,
+        tokenizer_json,
+        tensors,
+        step,
+    })
+}
+
+/// The parameters of a `VarMap`, by name (what [`save`] takes).
+pub fn tensors_of(varmap: &candle_nn::VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().expect("not poisoned");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+fn config_to_json(config: &ModelConfig) -> String {
+    let mut v = serde_json::to_value(config).expect("plain struct");
+    if let Value::Object(map) = &mut v {
+        let mut ordered = serde_json::Map::new();
+        ordered.insert("format_version".into(), FORMAT_VERSION.into());
+        ordered.extend(std::mem::take(map));
+        *map = ordered;
+    }
+    serde_json::to_string_pretty(&v).expect("plain value")
+}
+
+/// What `config_sha256` covers: the parsed configuration, so reformatting config.json by hand
+/// does not break the link but changing any value does.
+fn canonical_config(config: &ModelConfig) -> String {
+    serde_json::to_string(config).expect("plain struct")
+}
+
+fn read_config(path: &Path) -> Result<ModelConfig> {
+    let bytes = read_capped(path, MAX_JSON_BYTES)?;
+    let mut value: Value =
+        serde_json::from_slice(&bytes).or_else(|e| fail(path, format!("not valid JSON: {e}")))?;
+    let Value::Object(map) = &mut value else {
+        return fail(path, "must be a JSON object");
+    };
+    match map.remove("format_version") {
+        Some(Value::Number(n)) if n.as_u64() == Some(FORMAT_VERSION) => {}
+        Some(v) => {
+            return fail(
+                path,
+                format!(
+                    "format_version {v} is not supported; this gnmt reads version {FORMAT_VERSION}"
+                ),
+            )
+        }
+        None => return fail(path, "has no format_version: not a gnmt model folder"),
+    }
+    let config: ModelConfig =
+        serde_json::from_value(value).or_else(|e| fail(path, e.to_string()))?;
+    config.validate().or_else(|e| fail(path, e))?;
+    Ok(config)
+}
+
+fn read_generation(path: &Path) -> Result<GenerationConfig> {
+    if !path.exists() {
+        return Ok(GenerationConfig::default());
+    }
+    let bytes = read_capped(path, MAX_JSON_BYTES)?;
+    let g: GenerationConfig =
+        serde_json::from_slice(&bytes).or_else(|e| fail(path, e.to_string()))?;
+    g.validate().or_else(|e| fail(path, e))?;
+    Ok(g)
+}
+
+/// Number of ids a `tokenizer.json` defines: one past the largest id in the model's
+/// vocabulary and the added tokens.
+fn tokenizer_vocab_size(path: &Path, bytes: &[u8]) -> Result<usize> {
+    let v: Value =
+        serde_json::from_slice(bytes).or_else(|e| fail(path, format!("not valid JSON: {e}")))?;
+    let mut max_id: Option<u64> = None;
+    let mut see = |id: Option<u64>| max_id = max_id.max(id);
+    match v.pointer("/model/vocab") {
+        Some(Value::Object(m)) => m.values().for_each(|id| see(id.as_u64())),
+        Some(Value::Array(a)) if !a.is_empty() => see(Some(a.len() as u64 - 1)),
+        _ => {
+            return fail(
+                path,
+                "has no model vocabulary: not a tokenizers tokenizer.json",
+            )
+        }
+    }
+    if let Some(Value::Array(added)) = v.get("added_tokens") {
+        added
+            .iter()
+            .for_each(|t| see(t.get("id").and_then(Value::as_u64)));
+    }
+    Ok(max_id.map_or(0, |m| m as usize + 1))
+}
+
+struct Header {
+    metadata: BTreeMap<String, String>,
+    file_len: u64,
+}
+
+/// Reads and checks the safetensors header against `specs` without reading tensor data.
+fn read_safetensors_header(path: &Path, specs: &[ParamSpec]) -> Result<Header> {
+    let mut f = std::fs::File::open(path).or_else(|e| fail(path, format!("cannot open: {e}")))?;
+    let file_len = f.metadata().or_else(|e| fail(path, e.to_string()))?.len();
+    let mut head = [0u8; 8];
+    let n = read_up_to(&mut f, &mut head).or_else(|e| fail(path, e.to_string()))?;
+    if head.starts_with(b"PK\x03\x04") {
+        return fail(
+            path,
+            "is a zip archive (a PyTorch .pt/.bin checkpoint?); gnmt loads only safetensors",
+        );
+    }
+    if n >= 2 && head[0] == 0x80 && head[1] <= 5 {
+        return fail(
+            path,
+            "is a Python pickle; gnmt never unpickles: convert it to safetensors",
+        );
+    }
+    if n < 8 {
+        return fail(
+            path,
+            format!("truncated: {file_len} bytes is too short for a safetensors file"),
+        );
+    }
+    let header_len = u64::from_le_bytes(head);
+    if header_len > MAX_HEADER_BYTES {
+        return fail(
+            path,
+            format!("header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        );
+    }
+    if 8 + header_len > file_len {
+        return fail(
+            path,
+            format!("truncated: the header claims {header_len} bytes but the file has {file_len}"),
+        );
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)
+        .or_else(|e| fail(path, e.to_string()))?;
+    let value: Value = serde_json::from_slice(&header)
+        .or_else(|e| fail(path, format!("header is not valid JSON: {e}")))?;
+    let Value::Object(mut entries) = value else {
+        return fail(path, "header is not a JSON object");
+    };
+
+    let metadata: BTreeMap<String, String> = match entries.remove("__metadata__") {
+        Some(m) => {
+            serde_json::from_value(m).or_else(|e| fail(path, format!("bad __metadata__: {e}")))?
+        }
+        None => return fail(path, "has no __metadata__: not written by gnmt"),
+    };
+    let expected: HashMap<&str, &ParamSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut data_end = 0u64;
+    for (name, entry) in &entries {
+        let Some(spec) = expected.get(name.as_str()) else {
+            return fail(
+                path,
+                format!("unexpected tensor {name}: config.json implies no such parameter"),
+            );
+        };
+        let dtype = entry.get("dtype").and_then(Value::as_str).unwrap_or("?");
+        let width = match dtype {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => {
+                return fail(
+                    path,
+                    format!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
+                )
+            }
+        };
+        let shape: Vec<usize> = entry
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or_else(|| CheckpointError {
+                path: path.to_path_buf(),
+                problem: format!("tensor {name} has no valid shape"),
+            })?;
+        if shape != spec.shape {
+            return fail(
+                path,
+                format!(
+                    "tensor {name} has shape {shape:?} but config.json implies {:?}",
+                    spec.shape
+                ),
+            );
+        }
+        let offsets: Vec<u64> = entry
+            .get("data_offsets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
+            .ok_or_else(|| CheckpointError {
+                path: path.to_path_buf(),
+                problem: format!("tensor {name} has bad data_offsets"),
+            })?;
+        if offsets[1] - offsets[0] != (spec.elem_count() * width) as u64 {
+            return fail(
+                path,
+                format!("tensor {name}: data_offsets {offsets:?} do not match its shape and dtype"),
+            );
+        }
+        data_end = data_end.max(offsets[1]);
+    }
+    if let Some(missing) = specs.iter().find(|s| !entries.contains_key(&s.name)) {
+        return fail(
+            path,
+            format!("missing tensor {} {:?}", missing.name, missing.shape),
+        );
+    }
+    let want = 8 + header_len + data_end;
+    if file_len != want {
+        let what = if file_len < want {
+            "truncated"
+        } else {
+            "has trailing bytes"
+        };
+        return fail(
+            path,
+            format!("{what}: {file_len} bytes, the header implies {want}"),
+        );
+    }
+    Ok(Header { metadata, file_len })
+}
+
+fn check_tensor_set(
+    path: &Path,
+    specs: &[ParamSpec],
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for s in specs {
+        match tensors.get(&s.name) {
+            None => return fail(path, format!("missing tensor {} {:?}", s.name, s.shape)),
+            Some(t) if t.dims() != s.shape.as_slice() => {
+                return fail(
+                    path,
+                    format!(
+                        "tensor {} has shape {:?}, expected {:?}",
+                        s.name,
+                        t.dims(),
+                        s.shape
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    if tensors.len() != specs.len() {
+        let names: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        let extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !names.contains(k.as_str()))
+            .collect();
+        return fail(path, format!("unexpected tensors {extra:?}"));
+    }
+    Ok(())
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).or_else(|e| fail(path, format!("cannot open: {e}")))?;
+    let len = f.metadata().or_else(|e| fail(path, e.to_string()))?.len();
+    if len > cap {
+        return fail(
+            path,
+            format!("{len} bytes is more than the {cap}-byte limit for this file"),
+        );
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut buf)
+        .or_else(|e| fail(path, e.to_string()))?;
+    Ok(buf)
+}
+
+fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Temporary file in the same folder, fsync, rename, fsync the folder.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().or_else(|e| fail(path, format!("cannot write: {e}")))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

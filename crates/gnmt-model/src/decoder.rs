@@ -1,0 +1,203 @@
+//! The GNMT decoder: LSTM layers with additive attention from the bottom layer over the top
+//! encoder outputs, the context fed to every layer, residual connections from layer 3 up that
+//! add only the layer's own input (not the context), and an output projection.
+
+use candle::{Result, Tensor};
+use candle_nn::{Embedding, Linear, Module, VarBuilder};
+
+use crate::attention::{Attention, Memory};
+use crate::config::{AttentionQuery, ModelConfig};
+use crate::dropout::{self, Dropout};
+use crate::lstm::{Lstm, LstmState};
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embedding: Embedding,
+    /// `layers[0]` is the bottom layer (its output is the attention query).
+    layers: Vec<Lstm>,
+    residual: Vec<bool>,
+    attention: Attention,
+    output: Linear,
+    query: AttentionQuery,
+}
+
+/// Everything the decoder carries from one step to the next. A value: beam search reorders
+/// it with [`DecoderState::reorder`] and nothing is hidden inside the model.
+#[derive(Debug, Clone)]
+pub struct DecoderState {
+    pub layers: Vec<LstmState>,
+    pub memory: Memory,
+}
+
+impl DecoderState {
+    /// Keeps batch rows `indices` (a `u32` tensor of row numbers), in that order; the source
+    /// memory follows its hypotheses.
+    pub fn reorder(&self, indices: &Tensor) -> Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|s| s.index_select(indices))
+                .collect::<Result<_>>()?,
+            memory: self.memory.index_select(indices)?,
+        })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.memory.values.dims()[0]
+    }
+}
+
+impl Decoder {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
+        let embedding = candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?;
+        let lstm = vb.pp("lstm");
+        let bottom_in = match cfg.attention_query {
+            AttentionQuery::Current => e,
+            AttentionQuery::Previous => e + h,
+        };
+        let layers = (0..cfg.decoder_layers)
+            .map(|k| {
+                Lstm::new(
+                    if k == 0 { bottom_in } else { 2 * h },
+                    h,
+                    &format!("l{k}"),
+                    &lstm,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let residual = (1..=cfg.decoder_layers)
+            .map(|l| cfg.decoder_residual(l))
+            .collect();
+        let attention = Attention::new(h, cfg.attention_size, vb.pp("attention"))?;
+        let output = candle_nn::linear(h, cfg.vocab_size, vb.pp("output"))?;
+        Ok(Self {
+            embedding,
+            layers,
+            residual,
+            attention,
+            output,
+            query: cfg.attention_query,
+        })
+    }
+
+    pub fn memory(&self, encoder_outputs: &Tensor, mask: &Tensor) -> Result<Memory> {
+        self.attention.memory(encoder_outputs, mask)
+    }
+
+    pub fn start_state(&self, memory: Memory) -> Result<DecoderState> {
+        let b = memory.values.dims()[0];
+        let (dtype, device) = (memory.values.dtype(), memory.values.device().clone());
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LstmState::zeros(b, l.hidden_size(), dtype, &device))
+            .collect::<Result<_>>()?;
+        Ok(DecoderState { layers, memory })
+    }
+
+    /// Teacher-forced pass over the whole target: `tgt_in [B, T]` -> (logits `[B, T, V]`,
+    /// attention `[B, T, S]`). Target padding needs no mask here: it only follows real tokens,
+    /// and the loss ignores it.
+    pub fn forward(
+        &self,
+        tgt_in: &Tensor,
+        memory: &Memory,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<(Tensor, Tensor)> {
+        let emb = self.embedding.forward(tgt_in)?;
+        let (bottom, context, weights) = match self.query {
+            AttentionQuery::Current => {
+                let input = dropout::maybe(&mut dropout, &emb)?;
+                let (bottom, _) = self.layers[0].forward(&input, None, false)?;
+                let (context, weights) = self.attention.forward(&bottom, memory)?;
+                (bottom, context, weights)
+            }
+            AttentionQuery::Previous => {
+                self.bottom_with_previous_query(&emb, memory, &mut dropout)?
+            }
+        };
+        let mut x = bottom;
+        for (layer, &residual) in self.layers.iter().zip(&self.residual).skip(1) {
+            let input = dropout::maybe(&mut dropout, &Tensor::cat(&[&x, &context], 2)?)?;
+            let (out, _) = layer.forward(&input, None, false)?;
+            x = if residual { (out + &x)? } else { out };
+        }
+        let x = dropout::maybe(&mut dropout, &x)?;
+        Ok((self.output.forward(&x)?, weights))
+    }
+
+    /// The paper's bottom layer: at step t the query is the bottom output of step t-1, and the
+    /// context is part of the bottom layer's input, so these two must advance together.
+    fn bottom_with_previous_query(
+        &self,
+        emb: &Tensor,
+        memory: &Memory,
+        dropout: &mut Option<&mut Dropout>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = emb.dims3()?;
+        let bottom = &self.layers[0];
+        let mut state = LstmState::zeros(b, bottom.hidden_size(), emb.dtype(), emb.device())?;
+        let (mut outs, mut contexts, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        for s in 0..t {
+            let (context, w) = self.attention.step(&state.h, memory)?;
+            let input = Tensor::cat(&[&emb.narrow(1, s, 1)?.squeeze(1)?, &context], 1)?;
+            let input = dropout::maybe(dropout, &input)?;
+            state = bottom.step(&input, &state)?;
+            outs.push(state.h.clone());
+            contexts.push(context);
+            weights.push(w);
+        }
+        Ok((
+            Tensor::stack(&outs, 1)?,
+            Tensor::stack(&contexts, 1)?,
+            Tensor::stack(&weights, 1)?,
+        ))
+    }
+
+    /// One decoding step: `tokens [B]` (u32) -> (logits `[B, V]`, attention `[B, S]`, state).
+    pub fn step(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+    ) -> Result<(Tensor, Tensor, DecoderState)> {
+        let emb = self.embedding.forward(tokens)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let (bottom, context, weights) = match self.query {
+            AttentionQuery::Current => {
+                let s = self.layers[0].step(&emb, &state.layers[0])?;
+                let (context, weights) = self.attention.step(&s.h, &state.memory)?;
+                (s, context, weights)
+            }
+            AttentionQuery::Previous => {
+                let (context, weights) = self.attention.step(&state.layers[0].h, &state.memory)?;
+                let s =
+                    self.layers[0].step(&Tensor::cat(&[&emb, &context], 1)?, &state.layers[0])?;
+                (s, context, weights)
+            }
+        };
+        let mut x = bottom.h.clone();
+        layers.push(bottom);
+        for ((layer, &residual), prev) in self
+            .layers
+            .iter()
+            .zip(&self.residual)
+            .zip(&state.layers)
+            .skip(1)
+        {
+            let s = layer.step(&Tensor::cat(&[&x, &context], 1)?, prev)?;
+            x = if residual { (&s.h + &x)? } else { s.h.clone() };
+            layers.push(s);
+        }
+        let logits = self.output.forward(&x)?;
+        Ok((
+            logits,
+            weights,
+            DecoderState {
+                layers,
+                memory: state.memory.clone(),
+            },
+        ))
+    }
+}

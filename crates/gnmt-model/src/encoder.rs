@@ -1,0 +1,64 @@
+//! The GNMT encoder: embeddings, a bidirectional bottom layer, then unidirectional layers with
+//! residual connections from layer 3 up (Marian's "bi-unidirectional" layout).
+
+use candle::{Result, Tensor};
+use candle_nn::{Embedding, Module, VarBuilder};
+
+use crate::config::ModelConfig;
+use crate::dropout::{self, Dropout};
+use crate::lstm::Lstm;
+
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    embedding: Embedding,
+    forward_dir: Lstm,
+    backward_dir: Lstm,
+    /// Layers 2..=N; `layers[k]` is layer `k + 2`.
+    layers: Vec<Lstm>,
+    residual: Vec<bool>,
+}
+
+impl Encoder {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
+        let embedding = candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?;
+        let lstm = vb.pp("lstm");
+        let forward_dir = Lstm::new(e, h, "l0", &lstm)?;
+        let backward_dir = Lstm::new(e, h, "l0_reverse", &lstm)?;
+        let layers = (1..cfg.encoder_layers)
+            .map(|k| Lstm::new(if k == 1 { 2 * h } else { h }, h, &format!("l{k}"), &lstm))
+            .collect::<Result<Vec<_>>>()?;
+        let residual = (2..=cfg.encoder_layers)
+            .map(|l| cfg.encoder_residual(l))
+            .collect();
+        Ok(Self {
+            embedding,
+            forward_dir,
+            backward_dir,
+            layers,
+            residual,
+        })
+    }
+
+    /// `src [B, S]` (u32 ids), `mask [B, S]` (1 real, 0 pad, float) -> top outputs `[B, S, H]`.
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        mask: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let x = self.embedding.forward(src)?;
+        let x = dropout::maybe(&mut dropout, &x)?;
+        let (fwd, _) = self.forward_dir.forward(&x, Some(mask), false)?;
+        let (bwd, _) = self.backward_dir.forward(&x, Some(mask), true)?;
+        let mut x = Tensor::cat(&[fwd, bwd], 2)?;
+        for (layer, &residual) in self.layers.iter().zip(&self.residual) {
+            let input = dropout::maybe(&mut dropout, &x)?;
+            let (out, _) = layer.forward(&input, Some(mask), false)?;
+            // The identity path adds the layer's input as it was before dropout (tf/nmt's
+            // ResidualWrapper around a DropoutWrapper).
+            x = if residual { (out + &x)? } else { out };
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,139 @@
+//! Our LSTM layer: the input projection of every time step in one matmul (Marian's
+//! `applyInput`), then one matmul per step for the recurrent part (`applyState`).
+//!
+//! Parameters use PyTorch's names (`weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`,
+//! `bias_hh_l{k}`, with `_reverse` for a backward direction), so a layer reads the same tensors
+//! as `candle_nn::lstm`, which the tests use as the reference.
+//!
+//! Padding: a step whose mask is 0 leaves `(h, c)` unchanged. Running backwards over a padded
+//! batch therefore starts every sentence from the zero state at its own last real token.
+
+pub mod reference;
+
+use candle::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// The recurrent state of one layer: hidden output `h` and cell `c`, both `[B, H]`.
+#[derive(Debug, Clone)]
+pub struct LstmState {
+    pub h: Tensor,
+    pub c: Tensor,
+}
+
+impl LstmState {
+    pub fn zeros(
+        batch: usize,
+        hidden: usize,
+        dtype: DType,
+        device: &candle::Device,
+    ) -> Result<Self> {
+        let z = Tensor::zeros((batch, hidden), dtype, device)?;
+        Ok(Self { h: z.clone(), c: z })
+    }
+
+    /// Keeps rows `indices` (a `u32` tensor), in that order: beam reordering.
+    pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
+        Ok(Self {
+            h: self.h.index_select(indices, 0)?,
+            c: self.c.index_select(indices, 0)?,
+        })
+    }
+}
+
+/// One LSTM layer in one direction.
+#[derive(Debug, Clone)]
+pub struct Lstm {
+    w_ih: Tensor, // [4H, in]
+    w_hh: Tensor, // [4H, H]
+    b_ih: Tensor, // [4H]
+    b_hh: Tensor, // [4H]
+    hidden: usize,
+}
+
+impl Lstm {
+    /// Reads `weight_ih_{name}` etc. from `vb`, where `name` is e.g. `l0` or `l0_reverse`.
+    pub fn new(in_dim: usize, hidden: usize, name: &str, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            w_ih: vb.get((4 * hidden, in_dim), &format!("weight_ih_{name}"))?,
+            w_hh: vb.get((4 * hidden, hidden), &format!("weight_hh_{name}"))?,
+            b_ih: vb.get(4 * hidden, &format!("bias_ih_{name}"))?,
+            b_hh: vb.get(4 * hidden, &format!("bias_hh_{name}"))?,
+            hidden,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// Input part of the gates for every step at once: `x [B, T, in]` -> `[T, B, 4H]`,
+    /// time-major and contiguous so each step's slice is a plain row block.
+    pub fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        let bias = (&self.b_ih + &self.b_hh)?;
+        x.transpose(0, 1)?
+            .contiguous()?
+            .reshape((t * b, i))?
+            .matmul(&self.w_ih.t()?)?
+            .broadcast_add(&bias)?
+            .reshape((t, b, 4 * self.hidden))
+    }
+
+    /// One step from precomputed input gates `[B, 4H]`.
+    pub fn cell(&self, input_gates: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let gates = (input_gates + state.h.matmul(&self.w_hh.t()?)?)?;
+        let (h, c) = reference::lstm_cell(&gates, &state.c)?;
+        Ok(LstmState { h, c })
+    }
+
+    /// One step from an input `x [B, in]` (decoding).
+    pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let bias = (&self.b_ih + &self.b_hh)?;
+        let input_gates = x.matmul(&self.w_ih.t()?)?.broadcast_add(&bias)?;
+        self.cell(&input_gates, state)
+    }
+
+    /// Runs the layer over `x [B, T, in]` from the zero state. `mask [B, T]` (1 real, 0 pad,
+    /// same dtype as `x`) freezes the state on padded steps. `reverse` reads time backwards;
+    /// outputs are returned in the original time order. Returns `(outputs [B, T, H], final)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        reverse: bool,
+    ) -> Result<(Tensor, LstmState)> {
+        let (b, t, _) = x.dims3()?;
+        let gates = self.input_gates(x)?;
+        let mask = match mask {
+            Some(m) => Some(m.t()?.contiguous()?.unsqueeze(2)?), // [T, B, 1]
+            None => None,
+        };
+        let mut state = LstmState::zeros(b, self.hidden, x.dtype(), x.device())?;
+        let mut outputs = vec![None; t];
+        for step in 0..t {
+            let s = if reverse { t - 1 - step } else { step };
+            let next = self.cell(&gates.get(s)?, &state)?;
+            state = match &mask {
+                None => next,
+                Some(m) => {
+                    let m = m.get(s)?; // [B, 1]
+                    LstmState {
+                        h: blend(&m, &next.h, &state.h)?,
+                        c: blend(&m, &next.c, &state.c)?,
+                    }
+                }
+            };
+            outputs[s] = Some(state.h.clone());
+        }
+        let outputs: Vec<Tensor> = outputs
+            .into_iter()
+            .map(|o| o.expect("every step ran"))
+            .collect();
+        Ok((Tensor::stack(&outputs, 1)?, state))
+    }
+}
+
+/// `m * new + (1 - m) * old` for a 0/1 mask `[B, 1]`, written as `old + m * (new - old)`.
+fn blend(m: &Tensor, new: &Tensor, old: &Tensor) -> Result<Tensor> {
+    old + (new - old)?.broadcast_mul(m)?
+}

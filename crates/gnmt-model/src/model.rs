@@ -1,0 +1,126 @@
+//! GNMT (Wu et al. 2016, "Google's Neural Machine Translation System", arXiv:1609.08144):
+//! the encoder, the attention decoder, and the inference API beam search drives.
+
+use candle::{bail, DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::attention::Memory;
+use crate::config::ModelConfig;
+use crate::decoder::{Decoder, DecoderState};
+use crate::dropout::Dropout;
+use crate::encoder::Encoder;
+
+/// The encoded source batch, ready for attention.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    pub memory: Memory,
+}
+
+impl EncoderOutput {
+    /// Top encoder outputs `[B, S, H]`.
+    pub fn outputs(&self) -> &Tensor {
+        &self.memory.values
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Gnmt {
+    config: ModelConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+impl Gnmt {
+    /// Builds the model from `vb` (a `VarMap` for training, checkpoint tensors for inference).
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        if let Err(e) = config.validate() {
+            bail!("invalid model config: {e}")
+        }
+        Ok(Self {
+            config: config.clone(),
+            encoder: Encoder::new(config, vb.pp("encoder"))?,
+            decoder: Decoder::new(config, vb.pp("decoder"))?,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Encodes `src [B, S]` (u32 ids) with `src_mask [B, S]` (1 real, 0 pad, float).
+    pub fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<EncoderOutput> {
+        self.encode_with(src, src_mask, None)
+    }
+
+    fn encode_with(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> Result<EncoderOutput> {
+        check_ids(src, "src")?;
+        if src.dims() != src_mask.dims() {
+            bail!(
+                "src {:?} and src_mask {:?} differ in shape",
+                src.dims(),
+                src_mask.dims()
+            )
+        }
+        let outputs = self.encoder.forward(src, src_mask, dropout)?;
+        Ok(EncoderOutput {
+            memory: self.decoder.memory(&outputs, src_mask)?,
+        })
+    }
+
+    /// The decoder state before the first target token.
+    pub fn start_state(&self, encoded: &EncoderOutput) -> Result<DecoderState> {
+        self.decoder.start_state(encoded.memory.clone())
+    }
+
+    /// One decoding step for `tokens [B]` (u32, the previous output or `<s>`):
+    /// (log-probabilities `[B, V]`, attention weights `[B, S]`, next state).
+    pub fn step(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+    ) -> Result<(Tensor, Tensor, DecoderState)> {
+        check_ids(tokens, "tokens")?;
+        let (logits, attention, next) = self.decoder.step(tokens, state)?;
+        Ok((candle_nn::ops::log_softmax(&logits, 1)?, attention, next))
+    }
+
+    /// Teacher-forced training pass: (logits `[B, T, V]`, attention `[B, T, S]`) for decoder
+    /// inputs `tgt_in [B, T]`. Pass a [`Dropout`] when training.
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<(Tensor, Tensor)> {
+        check_ids(tgt_in, "tgt_in")?;
+        let encoded = self.encode_with(src, src_mask, dropout.as_deref_mut())?;
+        self.decoder.forward(tgt_in, &encoded.memory, dropout)
+    }
+}
+
+fn check_ids(t: &Tensor, name: &str) -> Result<()> {
+    if t.dtype() != DType::U32 {
+        bail!("{name} must hold u32 token ids, got {:?}", t.dtype())
+    }
+    Ok(())
+}
+
+/// `[B, width]` float mask with 1 on the first `lengths[b]` positions of row `b`.
+pub fn mask_from_lengths(
+    lengths: &[usize],
+    width: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let data: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&len| (0..width).map(move |j| if j < len { 1.0 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (lengths.len(), width), device)?.to_dtype(dtype)
+}

@@ -1,0 +1,323 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use gnmt_model::checkpoint::{
+    self, tensors_of, GenerationConfig, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE,
+};
+use gnmt_model::{Gnmt, ModelConfig};
+
+use crate::common::{inputs, max_abs_diff, model};
+
+/// A minimal tokenizer.json with `n` pieces (the checkpoint only counts and hashes it).
+fn tokenizer_json(n: usize) -> Vec<u8> {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..n).map(|i| (format!("p{i}"), i.into())).collect();
+    serde_json::json!({ "model": { "type": "BPE", "vocab": vocab, "merges": [] }, "added_tokens": [] })
+        .to_string()
+        .into_bytes()
+}
+
+fn saved() -> (tempfile::TempDir, ModelConfig, HashMap<String, Tensor>) {
+    let cfg = ModelConfig::tiny();
+    let (_, varmap) = model(&cfg, DType::F32);
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = tensors_of(&varmap);
+    checkpoint::save(
+        dir.path(),
+        &cfg,
+        &tensors,
+        &tokenizer_json(64),
+        &GenerationConfig::default(),
+        1234,
+        DType::F32,
+    )
+    .unwrap();
+    (dir, cfg, tensors)
+}
+
+fn load_err(dir: &Path) -> String {
+    checkpoint::load(dir, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+}
+
+fn assert_refused(dir: &Path, file: &str, needle: &str) {
+    let err = load_err(dir);
+    let path = dir.join(file).display().to_string();
+    assert!(
+        err.starts_with(&path) || file.is_empty(),
+        "error should name {path}: {err}"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+#[test]
+fn save_then_load_is_bit_identical() {
+    let (dir, cfg, tensors) = saved();
+    let loaded = checkpoint::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(loaded.config, cfg);
+    assert_eq!(loaded.step, 1234);
+    assert_eq!(loaded.generation, GenerationConfig::default());
+    assert_eq!(loaded.tensors.len(), tensors.len());
+    for (name, t) in &tensors {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = loaded.tensors[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}"
+        );
+    }
+    let original = Gnmt::new(
+        &cfg,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let reloaded = Gnmt::new(
+        &cfg,
+        VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let x = inputs(DType::F32);
+    let (a, _) = original
+        .forward(&x.src, &x.src_mask, &x.tgt_in, None)
+        .unwrap();
+    let (b, _) = reloaded
+        .forward(&x.src, &x.src_mask, &x.tgt_in, None)
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // No temporary files are left behind.
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "generation.json",
+            "model.safetensors",
+            "tokenizer.json"
+        ]
+    );
+}
+
+#[test]
+fn half_precision_storage_loads_back_as_f32() {
+    let (_, cfg, tensors) = saved();
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save(
+        dir.path(),
+        &cfg,
+        &tensors,
+        &tokenizer_json(64),
+        &GenerationConfig::default(),
+        0,
+        DType::F16,
+    )
+    .unwrap();
+    let loaded = checkpoint::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    for (name, t) in &tensors {
+        assert!(max_abs_diff(t, &loaded.tensors[name]) < 1e-3, "{name}");
+    }
+}
+
+/// Rewrites model.safetensors with the given tensors and metadata (to forge bad files).
+fn write_model(dir: &Path, tensors: &HashMap<String, Tensor>, meta: HashMap<String, String>) {
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap();
+    std::fs::write(dir.join(MODEL_FILE), bytes).unwrap();
+}
+
+fn metadata_of(dir: &Path) -> HashMap<String, String> {
+    let bytes = std::fs::read(dir.join(MODEL_FILE)).unwrap();
+    let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    m.metadata().clone().unwrap()
+}
+
+#[test]
+fn missing_extra_misshaped_and_mistyped_tensors_are_refused() {
+    let (dir, _, tensors) = saved();
+    let meta = metadata_of(dir.path());
+
+    let mut missing = tensors.clone();
+    missing.remove("decoder.output.bias");
+    write_model(dir.path(), &missing, meta.clone());
+    assert_refused(
+        dir.path(),
+        MODEL_FILE,
+        "missing tensor decoder.output.bias [64]",
+    );
+
+    let mut extra = tensors.clone();
+    extra.insert(
+        "decoder.lstm.weight_ih_l9".into(),
+        Tensor::zeros((32, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
+    write_model(dir.path(), &extra, meta.clone());
+    assert_refused(
+        dir.path(),
+        MODEL_FILE,
+        "unexpected tensor decoder.lstm.weight_ih_l9",
+    );
+
+    let mut misshaped = tensors.clone();
+    misshaped.insert(
+        "encoder.embedding.weight".into(),
+        Tensor::zeros((65, 8), DType::F32, &Device::Cpu).unwrap(),
+    );
+    write_model(dir.path(), &misshaped, meta.clone());
+    assert_refused(
+        dir.path(),
+        MODEL_FILE,
+        "tensor encoder.embedding.weight has shape [65, 8] but config.json implies [64, 8]",
+    );
+
+    let mut mistyped = tensors.clone();
+    mistyped.insert(
+        "decoder.output.bias".into(),
+        Tensor::zeros(64, DType::I64, &Device::Cpu).unwrap(),
+    );
+    write_model(dir.path(), &mistyped, meta.clone());
+    assert_refused(
+        dir.path(),
+        MODEL_FILE,
+        "tensor decoder.output.bias has dtype I64",
+    );
+
+    let mut no_meta = meta.clone();
+    no_meta.insert("format_version".into(), "7".into());
+    write_model(dir.path(), &tensors, no_meta);
+    assert_refused(dir.path(), MODEL_FILE, "format_version 7 in __metadata__");
+}
+
+#[test]
+fn truncated_huge_header_pickle_and_zip_files_are_refused() {
+    let (dir, _, _) = saved();
+    let path = dir.path().join(MODEL_FILE);
+    let good = std::fs::read(&path).unwrap();
+
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "truncated");
+
+    std::fs::write(&path, &good[..5]).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "truncated: 5 bytes");
+
+    let mut appended = good.clone();
+    appended.extend_from_slice(b"junk");
+    std::fs::write(&path, &appended).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "has trailing bytes");
+
+    let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+    huge.extend_from_slice(&good[8..]);
+    std::fs::write(&path, &huge).unwrap();
+    assert_refused(
+        dir.path(),
+        MODEL_FILE,
+        "header of 1099511627776 bytes exceeds",
+    );
+
+    let mut garbage_header = 20u64.to_le_bytes().to_vec();
+    garbage_header.extend_from_slice(b"{not json at all!!!}");
+    std::fs::write(&path, &garbage_header).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "header is not valid JSON");
+
+    std::fs::write(&path, b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}").unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "is a Python pickle");
+
+    std::fs::write(&path, b"PK\x03\x04archive/data.pkl....").unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "is a zip archive");
+
+    std::fs::remove_file(&path).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "cannot open");
+}
+
+#[test]
+fn mismatched_tokenizer_and_config_are_refused() {
+    let (dir, _, _) = saved();
+    let tok = dir.path().join(TOKENIZER_FILE);
+    std::fs::write(&tok, tokenizer_json(80)).unwrap();
+    assert_refused(
+        dir.path(),
+        TOKENIZER_FILE,
+        "has 80 pieces but config.json says vocab_size = 64",
+    );
+
+    let mut other = tokenizer_json(64);
+    other.push(b' '); // same pieces, different file: not the tokenizer the model was trained with
+    std::fs::write(&tok, &other).unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "different tokenizer.json");
+    std::fs::write(&tok, tokenizer_json(64)).unwrap();
+
+    let cfg_path = dir.path().join(CONFIG_FILE);
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        good.replace("\"format_version\": 1", "\"format_version\": 2"),
+    )
+    .unwrap();
+    assert_refused(
+        dir.path(),
+        CONFIG_FILE,
+        "format_version 2 is not supported; this gnmt reads version 1",
+    );
+    std::fs::write(&cfg_path, good.replace("\"format_version\": 1,", "")).unwrap();
+    assert_refused(dir.path(), CONFIG_FILE, "has no format_version");
+    std::fs::write(&cfg_path, good.replace("\"residual\"", "\"residuals\"")).unwrap();
+    assert_refused(dir.path(), CONFIG_FILE, "unknown field `residuals`");
+    std::fs::write(
+        &cfg_path,
+        good.replace("\"hidden_size\": 8", "\"hidden_size\": 16"),
+    )
+    .unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "shape");
+    std::fs::write(
+        &cfg_path,
+        good.replace("\"residual\": true", "\"residual\": false"),
+    )
+    .unwrap();
+    assert_refused(dir.path(), MODEL_FILE, "different config.json");
+    std::fs::write(&cfg_path, "[1, 2]").unwrap();
+    assert_refused(dir.path(), CONFIG_FILE, "must be a JSON object");
+    // Reformatting config.json by hand is harmless.
+    let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    checkpoint::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+
+    let gen = dir.path().join("generation.json");
+    std::fs::write(&gen, r#"{"beam_size": 0}"#).unwrap();
+    assert_refused(
+        dir.path(),
+        "generation.json",
+        "beam_size = 0 is outside 1..=256",
+    );
+
+    assert!(load_err(&dir.path().join("nope")).contains("not a model folder"));
+}
+
+#[test]
+fn saving_the_wrong_tensor_set_is_refused() {
+    let (dir, cfg, mut tensors) = saved();
+    tensors.remove("encoder.lstm.bias_ih_l1");
+    let err = checkpoint::save(
+        dir.path(),
+        &cfg,
+        &tensors,
+        &tokenizer_json(64),
+        &GenerationConfig::default(),
+        0,
+        DType::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("missing tensor encoder.lstm.bias_ih_l1"),
+        "{err}"
+    );
+}

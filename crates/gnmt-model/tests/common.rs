@@ -1,0 +1,74 @@
+use candle::{DType, Device, Tensor};
+use gnmt_model::{init_model, mask_from_lengths, Gnmt, ModelConfig};
+
+/// A padded batch of token ids: rows of different lengths, 0 as padding.
+pub struct Inputs {
+    pub src: Tensor,
+    pub src_mask: Tensor,
+    pub tgt_in: Tensor,
+    pub tgt_out: Vec<Vec<u32>>,
+}
+
+pub fn ids(rows: &[&[u32]], width: usize) -> Tensor {
+    let data: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(width))
+        .collect();
+    Tensor::from_vec(data, (rows.len(), width), &Device::Cpu).unwrap()
+}
+
+/// Three sentence pairs of different lengths (ids < 64, the tiny vocabulary).
+pub fn inputs(dtype: DType) -> Inputs {
+    let src: [&[u32]; 3] = [&[5, 9, 12, 7, 3], &[8, 3], &[40, 41, 3]];
+    let tgt_in: [&[u32]; 3] = [&[2, 11, 13, 17], &[2, 19], &[2, 23, 29]];
+    let tgt_out = vec![vec![11, 13, 17, 3], vec![19, 3], vec![23, 29, 3]];
+    Inputs {
+        src: ids(&src, 5),
+        src_mask: mask_from_lengths(&[5, 2, 3], 5, dtype, &Device::Cpu).unwrap(),
+        tgt_in: ids(&tgt_in, 4),
+        tgt_out,
+    }
+}
+
+pub fn model(cfg: &ModelConfig, dtype: DType) -> (Gnmt, candle_nn::VarMap) {
+    init_model(cfg, 7, 0.3, dtype, &Device::Cpu).unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Summed negative log-likelihood of `tgt_out` (padding excluded): a scalar to differentiate.
+pub fn nll(logits: &Tensor, tgt_out: &[Vec<u32>]) -> Tensor {
+    let logp = candle_nn::ops::log_softmax(logits, 2).unwrap();
+    let mut terms = Vec::new();
+    for (b, row) in tgt_out.iter().enumerate() {
+        for (t, &id) in row.iter().enumerate() {
+            terms.push(
+                logp.get(b)
+                    .unwrap()
+                    .get(t)
+                    .unwrap()
+                    .get(id as usize)
+                    .unwrap(),
+            );
+        }
+    }
+    Tensor::stack(&terms, 0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+}

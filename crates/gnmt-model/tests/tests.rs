@@ -1,0 +1,7 @@
+//! Integration tests of the model and the checkpoint format.
+
+mod checkpoint;
+mod common;
+mod gradients;
+mod lstm;
+mod model;
