@@ -12,12 +12,15 @@ use super::prepare::{DataArgs, EpochStats};
 pub enum BenchCommand {
     /// Multi30k train (2 x 29,000 lines) from text to batches.
     Data(BenchDataArgs),
+    /// Training step (forward + backward) throughput of a model preset.
+    Model(super::bench_model::BenchModelArgs),
 }
 
 impl BenchCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             BenchCommand::Data(a) => a.run(),
+            BenchCommand::Model(a) => a.run(),
         }
     }
 }
