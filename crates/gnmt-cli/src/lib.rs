@@ -28,6 +28,8 @@ pub enum Command {
     Prepare(cmd::prepare::PrepareArgs),
     /// Write a synthetic parallel corpus (copy or reverse task).
     Synth(cmd::synth::SynthArgs),
+    /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
+    Score(cmd::score::ScoreArgs),
     /// Benchmarks (not tests): data pipeline throughput.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -42,6 +44,7 @@ impl Cli {
             Command::Decode(a) => a.run(),
             Command::Prepare(a) => a.run(),
             Command::Synth(a) => a.run(),
+            Command::Score(a) => a.run(),
             Command::Bench(a) => a.run(),
         }
     }

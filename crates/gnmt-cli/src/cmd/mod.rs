@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_model;
 pub mod codec;
 pub mod prepare;
+pub mod score;
 pub mod synth;
 pub mod translate;
 pub mod vocab;
