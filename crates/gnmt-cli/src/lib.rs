@@ -28,6 +28,8 @@ pub enum Command {
     Prepare(cmd::prepare::PrepareArgs),
     /// Write a synthetic parallel corpus (copy or reverse task).
     Synth(cmd::synth::SynthArgs),
+    /// Train (or resume training) a GNMT model on a parallel corpus.
+    Train(cmd::train::TrainArgs),
     /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
     Score(cmd::score::ScoreArgs),
     /// Benchmarks (not tests): data pipeline throughput.
@@ -45,6 +47,7 @@ impl Cli {
             Command::Prepare(a) => a.run(),
             Command::Synth(a) => a.run(),
             Command::Score(a) => a.run(),
+            Command::Train(a) => a.run(),
             Command::Bench(a) => a.run(),
         }
     }

@@ -1,6 +1,50 @@
-//! Training GNMT models. So far: the training objective ([`loss`]); the loop, optimiser,
-//! validation and resumable state follow with the training work.
+//! Training GNMT models: `train` runs a resumable, reproducible training session into a run
+//! folder that is always a loadable model folder.
+//!
+//! - [`config`]: `TrainConfig` (file + overrides), saved as `train_config.json`.
+//! - [`schedule`]: the learning rate as a pure function of the update number.
+//! - [`optim`]: Adam/SGD with saveable moments. [`grads`]: global and per-layer norms.
+//! - [`loss`]: label-smoothed cross-entropy. [`state`]: what an exact resume needs.
+//! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
+pub mod config;
+pub mod grads;
 pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod state;
+pub mod trainer;
+mod validate;
 
+use std::path::PathBuf;
+
+pub use config::TrainConfig;
 pub use loss::{label_smoothed_nll, BatchLoss};
+pub use trainer::{train, Outcome, TrainArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle::Error),
+    #[error(transparent)]
+    Text(#[from] gnmt_tokenizer::Error),
+    #[error(transparent)]
+    ModelFolder(#[from] gnmt_model::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Decode(#[from] gnmt_infer::Error),
+    #[error(transparent)]
+    Metrics(#[from] gnmt_metrics::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("training stopped: {0}")]
+    Diverged(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

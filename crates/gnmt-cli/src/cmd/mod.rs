@@ -6,5 +6,6 @@ pub mod codec;
 pub mod prepare;
 pub mod score;
 pub mod synth;
+pub mod train;
 pub mod translate;
 pub mod vocab;

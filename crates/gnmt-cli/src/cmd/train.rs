@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+
+use candle::Device;
+use clap::Args;
+use gnmt_model::ModelConfig;
+use gnmt_train::{train, TrainArgs as LibArgs, TrainConfig};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training source and target files (plain or gzip), aligned line by line.
+    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
+    pub train: Vec<PathBuf>,
+    /// Validation source and target files.
+    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
+    pub valid: Vec<PathBuf>,
+    /// Run folder. Running the same command again resumes from its newest checkpoint.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Configuration file (JSON, or TOML by `.toml` extension); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model preset from models/presets (overrides the config file's model).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Use this vocabulary (tokenizer.json) instead of training one on the training files.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub max_epochs: Option<u64>,
+    /// Wall-time limit over the whole run, e.g. 90m, 2h.
+    #[arg(long)]
+    pub max_time: Option<String>,
+    /// Early stopping: stop after N validations without a BLEU improvement.
+    #[arg(long)]
+    pub patience: Option<u32>,
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    #[arg(long)]
+    pub valid_every: Option<u64>,
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Step checkpoints to keep.
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Padded tokens per batch.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// The effective configuration: file (or defaults), then preset, then flags.
+    pub fn resolve(&self) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_file(p)?,
+            None => TrainConfig::default(),
+        };
+        if let Some(p) = &self.preset {
+            c.model = ModelConfig::preset(p).map_err(anyhow::Error::msg)?;
+        }
+        macro_rules! set {
+            ($($flag:ident => $($field:ident).+),* $(,)?) => {
+                $(if let Some(v) = self.$flag.clone() { c.$($field).+ = v.into(); })*
+            };
+        }
+        set!(
+            max_steps => stop.max_steps, max_epochs => stop.max_epochs, max_time => stop.max_time,
+            patience => stop.patience, save_every => log.save_every, valid_every => log.valid_every,
+            log_every => log.log_every, keep_last => log.keep_last, seed => seed, lr => optim.lr,
+            dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn run(self) -> anyhow::Result<()> {
+        let config = self.resolve()?;
+        let outcome = train(LibArgs {
+            train_src: self.train[0].clone(),
+            train_tgt: self.train[1].clone(),
+            valid_src: self.valid[0].clone(),
+            valid_tgt: self.valid[1].clone(),
+            out_dir: self.output.clone(),
+            config,
+            tokenizer: self.tokenizer.clone(),
+            device: Device::Cpu,
+            quiet: self.quiet,
+        })?;
+        println!(
+            "{}: {} updates ({}); best validation BLEU {} (greedy)",
+            self.output.display(),
+            outcome.step,
+            outcome.stop_reason,
+            outcome
+                .best_bleu
+                .map_or("-".to_string(), |b| format!("{b:.2}"))
+        );
+        Ok(())
+    }
+}

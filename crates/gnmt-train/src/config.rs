@@ -1,0 +1,268 @@
+//! Everything about a training run that is not the architecture: a config file (JSON or TOML)
+//! plus command-line overrides, saved into the run folder as `train_config.json`.
+
+use std::path::Path;
+
+use gnmt_model::checkpoint::GenerationConfig;
+use gnmt_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    /// Seeds parameter initialisation, dropout masks and the data order.
+    pub seed: u64,
+    /// Parameters start uniform in `[-init_scale, init_scale]`.
+    pub init_scale: f64,
+    /// Dropout on the input of every LSTM layer and before the output projection.
+    pub dropout: f32,
+    pub label_smoothing: f64,
+    pub optim: OptimConfig,
+    pub data: DataConfig,
+    pub stop: StopConfig,
+    pub log: LogConfig,
+    /// Decoding settings stored with the model (validation decodes greedily).
+    pub generation: GenerationConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::small(),
+            seed: 1,
+            init_scale: 0.1,
+            dropout: 0.2,
+            label_smoothing: 0.1,
+            optim: OptimConfig::default(),
+            data: DataConfig::default(),
+            stop: StopConfig::default(),
+            log: LogConfig::default(),
+            generation: GenerationConfig::default(),
+        }
+    }
+}
+
+/// Adam with warm-up and step decay; optionally GNMT's switch to plain SGD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Linear warm-up from `lr / warmup_steps` to `lr` over the first updates.
+    pub warmup_steps: u64,
+    /// Multiply the rate by `decay_factor` every `decay_every` updates from `decay_start`.
+    pub decay_start: Option<u64>,
+    pub decay_every: u64,
+    pub decay_factor: f64,
+    /// At most this many decays (GNMT v2: 4).
+    pub decay_times: Option<u32>,
+    /// GNMT's recipe: from this update on, plain SGD at `sgd_lr` (decay still applies).
+    pub sgd_from_step: Option<u64>,
+    pub sgd_lr: f64,
+    /// Global gradient-norm clipping threshold.
+    pub clip_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 200,
+            decay_start: None,
+            decay_every: 1000,
+            decay_factor: 0.5,
+            decay_times: Some(4),
+            sgd_from_step: None,
+            sgd_lr: 0.5,
+            clip_norm: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub max_tokens: usize,
+    pub max_sentences: usize,
+    pub max_len: usize,
+    pub max_ratio: f32,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: 2500,
+            max_sentences: 256,
+            max_len: 100,
+            max_ratio: 9.0,
+        }
+    }
+}
+
+/// When to stop. Any limit reached stops the run (after a final validation and save).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StopConfig {
+    pub max_steps: Option<u64>,
+    pub max_epochs: Option<u64>,
+    /// Wall time over all sessions of the run, e.g. "90m", "2h", "1h 30m".
+    pub max_time: Option<String>,
+    /// Stop after this many validations without a BLEU improvement.
+    pub patience: Option<u32>,
+}
+
+impl StopConfig {
+    pub fn max_time_secs(&self) -> Result<Option<f64>> {
+        self.max_time
+            .as_deref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map(|d| d.as_secs_f64())
+                    .map_err(|e| {
+                        Error::Config(format!("max_time {t:?}: {e} (examples: 90m, 2h, 1h 30m)"))
+                    })
+            })
+            .transpose()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub log_every: u64,
+    pub valid_every: u64,
+    pub save_every: u64,
+    /// Step checkpoints kept in `checkpoints/` (at least 1: resuming needs one).
+    pub keep_last: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            log_every: 50,
+            valid_every: 1000,
+            save_every: 1000,
+            keep_last: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a JSON or TOML file (by extension; `.toml` is TOML, anything else JSON).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let parsed = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        let cfg: Self = parsed.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        self.model
+            .validate()
+            .map_err(|e| Error::Config(format!("model: {e}")))?;
+        self.generation
+            .validate()
+            .map_err(|e| Error::Config(format!("generation: {e}")))?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "label_smoothing = {} must be in [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite())
+            || !(o.clip_norm > 0.0)
+            || !(o.init_ok(self.init_scale))
+        {
+            return bad(
+                "optim.lr, optim.clip_norm and init_scale must be positive and finite".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.decay_every == 0 {
+            return bad(
+                "optim.beta1/beta2 must be in [0, 1) and optim.decay_every positive".into(),
+            );
+        }
+        if self.log.log_every == 0
+            || self.log.valid_every == 0
+            || self.log.save_every == 0
+            || self.log.keep_last == 0
+        {
+            return bad(
+                "log.log_every, valid_every, save_every and keep_last must be at least 1".into(),
+            );
+        }
+        if self.data.max_tokens == 0 || self.data.max_sentences == 0 || self.data.max_len == 0 {
+            return bad("data.max_tokens, max_sentences and max_len must be at least 1".into());
+        }
+        self.stop.max_time_secs()?;
+        Ok(())
+    }
+
+    /// Keys that may change when a run is resumed (limits and logging); everything else must
+    /// match the saved configuration.
+    pub fn resume_conflicts(&self, saved: &TrainConfig) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).expect("plain"),
+            serde_json::to_value(saved).expect("plain"),
+        );
+        let mut out = Vec::new();
+        diff_keys("", &a, &b, &mut out);
+        out.retain(|k| {
+            !(k.starts_with("stop.") || k.starts_with("log.") || k.starts_with("generation."))
+        });
+        out
+    }
+}
+
+impl OptimConfig {
+    fn init_ok(&self, init_scale: f64) -> bool {
+        init_scale > 0.0 && init_scale.is_finite() && self.sgd_lr > 0.0
+    }
+}
+
+fn diff_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                diff_keys(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{prefix} ({b} -> {a})")),
+        _ => {}
+    }
+}

@@ -1,0 +1,149 @@
+//! Adam (Kingma & Ba 2015) and plain SGD over the model's variables, with state we can save:
+//! candle's AdamW keeps its moments private, so exact resume needs our own.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle::backprop::GradStore;
+use candle::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::config::OptimConfig;
+use crate::schedule::Rule;
+use crate::{Error, Result};
+
+pub struct Optimizer {
+    /// Sorted by name: the order of every loop below, hence deterministic.
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Adam updates taken (for bias correction).
+    adam_steps: u64,
+}
+
+impl Optimizer {
+    pub fn new(varmap: &VarMap) -> Result<Self> {
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |v: &Var| v.as_tensor().zeros_like();
+        let m = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle::Result<Vec<_>>>()?;
+        Ok(Self {
+            vars,
+            m,
+            v,
+            adam_steps: 0,
+        })
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.vars.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Applies one update: gradients are multiplied by `grad_scale` (clipping) first.
+    pub fn step(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        rule: Rule,
+        grad_scale: f64,
+        o: &OptimConfig,
+    ) -> Result<()> {
+        if rule == Rule::Adam {
+            self.adam_steps += 1;
+        }
+        let t = self.adam_steps as i32;
+        let (c1, c2) = (1.0 - o.beta1.powi(t), 1.0 - o.beta2.powi(t));
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let g = grads
+                .get(var)
+                .ok_or_else(|| Error::Config(format!("parameter {name} received no gradient")))?;
+            let g = (g * grad_scale)?;
+            let update = match rule {
+                Rule::Sgd => (g * lr)?,
+                Rule::Adam => {
+                    self.m[i] = ((&self.m[i] * o.beta1)? + (&g * (1.0 - o.beta1))?)?;
+                    self.v[i] = ((&self.v[i] * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
+                    let m_hat = (&self.m[i] / c1)?;
+                    let v_hat = (&self.v[i] / c2)?;
+                    ((m_hat / (v_hat.sqrt()? + o.eps)?)? * lr)?
+                }
+            };
+            var.set(&(var.as_tensor() - update)?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the moments and step count (safetensors, atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            tensors.push((format!("m.{name}"), self.m[i].to_device(&Device::Cpu)?));
+            tensors.push((format!("v.{name}"), self.v[i].to_device(&Device::Cpu)?));
+        }
+        let meta = HashMap::from([("adam_steps".to_string(), self.adam_steps.to_string())]);
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+                .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+        crate::state::write_atomic(path, &bytes)
+    }
+
+    /// Restores state saved by [`Optimizer::save`] for the same set of variables.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let bad = |m: String| Error::Checkpoint(format!("{}: {m}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let steps = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("adam_steps"))
+            .and_then(|s| s.parse().ok());
+        let device = self
+            .vars
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let mut loaded =
+            candle::safetensors::load_buffer(&bytes, &device).map_err(|e| bad(e.to_string()))?;
+        if loaded.len() != 2 * self.vars.len() {
+            return Err(bad(format!(
+                "holds {} tensors, expected {}",
+                loaded.len(),
+                2 * self.vars.len()
+            )));
+        }
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let t = loaded
+                    .remove(&format!("{prefix}.{name}"))
+                    .ok_or_else(|| bad(format!("no {prefix}.{name}")))?;
+                if t.dims() != var.dims() || t.dtype() != DType::F32 && t.dtype() != var.dtype() {
+                    return Err(bad(format!(
+                        "{prefix}.{name} has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                *slot = t.to_dtype(var.dtype())?;
+            }
+        }
+        self.adam_steps = steps.ok_or_else(|| bad("no adam_steps in metadata".into()))?;
+        Ok(())
+    }
+}
