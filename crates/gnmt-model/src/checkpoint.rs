@@ -155,8 +155,7 @@ pub fn save(
         })
         .collect::<candle::Result<Vec<_>>>()
         .or_else(|e| fail(&model_path, e.to_string()))?;
-    let bytes = safetensors::serialize(stored.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-        .or_else(|e| fail(&model_path, e.to_string()))?;
+    let bytes = serialize_safetensors(&stored, metadata).or_else(|e| fail(&model_path, e))?;
     let generation_json = serde_json::to_string_pretty(generation).expect("plain struct");
 
     write_atomic(&dir.join(TOKENIZER_FILE), tokenizer_json)?;
@@ -164,6 +163,43 @@ pub fn save(
     write_atomic(&dir.join(GENERATION_FILE), generation_json.as_bytes())?;
     // Last: its metadata vouches for the files above.
     write_atomic(&model_path, &bytes)
+}
+
+/// safetensors bytes with a deterministic header: the `safetensors` crate writes
+/// `__metadata__` in `HashMap` order, so the same checkpoint would differ byte for byte from
+/// run to run. The header is re-serialised with sorted keys (data offsets are relative to the
+/// end of the header, so the data block is unchanged).
+pub fn serialize_safetensors(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+            .map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| e.to_string())?;
+    let mut sorted = serde_json::to_string(&sort_keys(header))
+        .map_err(|e| e.to_string())?
+        .into_bytes();
+    sorted.resize(sorted.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
+}
+
+/// Rebuilds objects with keys inserted in sorted order (whether or not serde_json keeps
+/// insertion order, the output is then sorted).
+fn sort_keys(v: Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let sorted: BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        other => other,
+    }
 }
 
 /// Loads and checks a model folder; tensors are converted to `dtype` on `device`.

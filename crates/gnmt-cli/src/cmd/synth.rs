@@ -10,6 +10,8 @@ pub enum Task {
     Copy,
     /// Target = source words in reverse order.
     Reverse,
+    /// Target = source words sorted.
+    Sort,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +48,7 @@ impl SynthArgs {
         let make = match self.task {
             Task::Copy => synthetic::copy_task,
             Task::Reverse => synthetic::reverse_task,
+            Task::Sort => synthetic::sort_task,
         };
         let (src, tgt) = make(
             self.pairs,

@@ -1,0 +1,110 @@
+use crate::{err, gnmt, ok};
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(gnmt(&["--help"], dir.path()));
+    for cmd in [
+        "vocab", "encode", "decode", "prepare", "synth", "score", "train", "bench",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_translate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--model"));
+}
+
+#[test]
+fn broken_corpora_are_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.en"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(d.join("a.de"), "eins\nzwei\n").unwrap();
+    std::fs::write(d.join("bad.de"), b"eins\nzw\xc3ei\ndrei\n").unwrap();
+    ok(gnmt(
+        &["synth", "--task", "copy", "--pairs", "200", "-o", "toy"],
+        d,
+    ));
+    ok(gnmt(
+        &[
+            "vocab", "--train", "toy.src", "toy.tgt", "--size", "300", "-o", "v",
+        ],
+        d,
+    ));
+
+    let e = err(gnmt(
+        &[
+            "prepare",
+            "--train",
+            "a.en",
+            "a.de",
+            "--vocab",
+            "v/tokenizer.json",
+        ],
+        d,
+    ));
+    assert!(
+        e.contains("a.en has 3 lines but") && e.contains("a.de has 2"),
+        "{e}"
+    );
+    let e = err(gnmt(
+        &[
+            "prepare",
+            "--train",
+            "a.en",
+            "bad.de",
+            "--vocab",
+            "v/tokenizer.json",
+        ],
+        d,
+    ));
+    assert!(e.contains("bad.de:2: invalid UTF-8"), "{e}");
+    // Training refuses the same corpora before doing any work.
+    let e = err(gnmt(
+        &[
+            "train",
+            "--train",
+            "a.en",
+            "a.de",
+            "--valid",
+            "toy.src",
+            "toy.tgt",
+            "-o",
+            "run",
+            "--tokenizer",
+            "v/tokenizer.json",
+        ],
+        d,
+    ));
+    assert!(e.contains("a.en has 3 lines but"), "{e}");
+    assert!(!d
+        .join("run/checkpoints")
+        .read_dir()
+        .map(|mut r| r.next().is_some())
+        .unwrap_or(false));
+}
+
+#[test]
+fn score_matches_the_pinned_sacrebleu_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("ref"),
+        "The dog bit the man.\nIt was not unexpected.\nThe man bit him first.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("hyp"),
+        "The dog bit the man.\nIt wasn't surprising.\nThe man had just bitten him.\n",
+    )
+    .unwrap();
+    let out = ok(gnmt(&["score", "ref", "hyp"], d));
+    assert!(
+        out.starts_with("BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:gnmt-metrics-"),
+        "{out}"
+    );
+    assert!(out.contains(" = 45.07 "), "{out}");
+    assert!(out.contains("chrF2|") && out.contains(" = 50.04"), "{out}");
+}

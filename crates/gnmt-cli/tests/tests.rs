@@ -1,0 +1,34 @@
+//! End-to-end tests of the `gnmt` and `translate` binaries.
+
+mod cli;
+mod train;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn gnmt(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gnmt"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run gnmt")
+}
+
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn err(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
