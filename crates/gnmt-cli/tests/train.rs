@@ -24,8 +24,33 @@ fn validations(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The end-to-end check: a small model trained from scratch on a synthetic task (sort the
-/// words) through the real CLI learns it. Validation BLEU is computed on held-out sentences.
+/// Inserts blank lines at the same places on both sides of a parallel corpus.
+fn add_blank_lines(d: &Path, prefix: &str, every: usize) {
+    for ext in ["src", "tgt"] {
+        let p = d.join(format!("{prefix}.{ext}"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut out = String::new();
+        for (i, line) in text.lines().enumerate() {
+            if i % every == 0 {
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(&p, out).unwrap();
+    }
+}
+
+/// The end-to-end check: a small model trained from scratch through the real CLI on a
+/// synthetic task (sort the words; blank lines included) learns it: validation BLEU on
+/// held-out sentences of at least 95.
+///
+/// Why sorting and not copying: this architecture (decoder state starts at zero, additive
+/// attention from the bottom decoder layer) finds the sharp positional attention that random
+/// copying needs only after thousands of updates; a PyTorch replica of the same model on the
+/// same data plateaus the same way. Sorting is solvable from the source's words plus an order
+/// rule and still exercises every part: vocabulary, batching, encoder, attention, decoder,
+/// optimiser, validation and checkpoints.
 #[test]
 fn a_small_model_learns_the_sort_task() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,6 +95,8 @@ fn a_small_model_learns_the_sort_task() {
         ],
         d,
     ));
+    add_blank_lines(d, "train", 100);
+    add_blank_lines(d, "valid", 40);
     std::fs::write(d.join("config.json"), SORT_CONFIG).unwrap();
     let out = ok(gnmt(
         &[
@@ -85,22 +112,23 @@ fn a_small_model_learns_the_sort_task() {
             "-o",
             "run",
             "--max-steps",
-            "800",
+            "1200",
             "--quiet",
         ],
         d,
     ));
-    assert!(out.contains("800 updates"), "{out}");
+    assert!(out.contains("1200 updates"), "{out}");
     let v = validations(&d.join("run"));
+    assert_eq!(v.len(), 3);
     let (first, last) = (&v[0], &v[v.len() - 1]);
     let bleu = last["bleu"].as_f64().unwrap();
     assert!(
-        bleu > 50.0,
-        "validation BLEU after 800 updates: {bleu} ({v:?})"
+        bleu >= 95.0,
+        "validation BLEU after 1200 updates: {bleu} ({v:?})"
     );
     assert!(
-        last["valid_loss"].as_f64().unwrap() < 0.7 * first["valid_loss"].as_f64().unwrap()
-            || first == last
+        last["valid_loss"].as_f64().unwrap() < 0.2 * first["valid_loss"].as_f64().unwrap(),
+        "{v:?}"
     );
     // The run folder is a complete model folder, and so is best/.
     for f in [
@@ -113,8 +141,13 @@ fn a_small_model_learns_the_sort_task() {
     ] {
         assert!(d.join("run").join(f).is_file(), "{f} missing");
     }
-    let translations = std::fs::read_to_string(d.join("run/valid/step-800.txt")).unwrap();
-    assert_eq!(translations.lines().count(), 200);
+    // One translation per validation line, blank lines translated to blank lines.
+    let translations = std::fs::read_to_string(d.join("run/valid/step-1200.txt")).unwrap();
+    let sources = std::fs::read_to_string(d.join("valid.src")).unwrap();
+    assert_eq!(translations.lines().count(), sources.lines().count());
+    for (src, hyp) in sources.lines().zip(translations.lines()) {
+        assert_eq!(src.is_empty(), hyp.is_empty(), "{src:?} -> {hyp:?}");
+    }
     // The per-layer gradient norms are logged for every layer of both stacks.
     let log = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
     let first_log: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
@@ -160,26 +193,32 @@ fn tiny_run_setup(d: &Path) {
     std::fs::write(d.join("config.json"), TINY_CONFIG).unwrap();
 }
 
+const TRAIN_TINY: [&str; 11] = [
+    "--threads",
+    "1",
+    "train",
+    "--train",
+    "train.src",
+    "train.tgt",
+    "--valid",
+    "valid.src",
+    "valid.tgt",
+    "--config",
+    "config.json",
+];
+
 fn train_tiny(d: &Path, run: &str, steps: &str) -> std::process::Output {
-    gnmt(
-        &[
-            "train",
-            "--train",
-            "train.src",
-            "train.tgt",
-            "--valid",
-            "valid.src",
-            "valid.tgt",
-            "--config",
-            "config.json",
-            "-o",
-            run,
-            "--max-steps",
-            steps,
-            "--quiet",
-        ],
-        d,
-    )
+    let mut args = TRAIN_TINY.to_vec();
+    args.extend(["-o", run, "--max-steps", steps, "--quiet"]);
+    gnmt(&args, d)
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
 }
 
 /// Stopping and running the same command again continues exactly: the parameters after
@@ -191,6 +230,14 @@ fn resumed_training_is_bit_identical() {
     let d = dir.path();
     tiny_run_setup(d);
     ok(train_tiny(d, "straight", "40"));
+    ok(train_tiny(d, "again", "40"));
+    assert_eq!(losses(&d.join("straight")), losses(&d.join("again")));
+    assert_eq!(losses(&d.join("straight")).len(), 8);
+    let a = std::fs::read(d.join("straight/model.safetensors")).unwrap();
+    assert!(
+        a == std::fs::read(d.join("again/model.safetensors")).unwrap(),
+        "two seeded runs differ"
+    );
     ok(train_tiny(d, "resumed", "20"));
     ok(train_tiny(d, "resumed", "40"));
     let a = std::fs::read(d.join("straight/model.safetensors")).unwrap();
@@ -217,22 +264,8 @@ fn killed_training_resumes_to_the_same_result() {
     tiny_run_setup(d);
     ok(train_tiny(d, "straight", "60"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
-        .args([
-            "train",
-            "--train",
-            "train.src",
-            "train.tgt",
-            "--valid",
-            "valid.src",
-            "valid.tgt",
-            "--config",
-            "config.json",
-            "-o",
-            "killed",
-            "--max-steps",
-            "60",
-            "--quiet",
-        ])
+        .args(TRAIN_TINY)
+        .args(["-o", "killed", "--max-steps", "60", "--quiet"])
         .current_dir(d)
         .spawn()
         .unwrap();
@@ -275,4 +308,72 @@ fn resuming_with_another_architecture_is_refused() {
     )
     .unwrap();
     ok(train_tiny(d, "run", "20"));
+}
+
+/// Ctrl-C (SIGINT) stops after the current update and saves a checkpoint at that update.
+#[test]
+fn interrupted_training_saves_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
+        .args(TRAIN_TINY)
+        .args([
+            "-o",
+            "run",
+            "--max-steps",
+            "100000",
+            "--save-every",
+            "100000",
+            "--valid-every",
+            "100000",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(d.join("run/metrics.jsonl"))
+        .is_ok_and(|m| m.lines().count() >= 3)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(interrupted)"), "{stdout}");
+    let steps: Vec<u64> = std::fs::read_dir(d.join("run/checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .into_string()
+                .unwrap()
+                .strip_prefix("step-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(steps[0] >= 15, "saved at update {}", steps[0]);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join(format!("run/checkpoints/step-{}/state.json", steps[0])))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"].as_u64(), Some(steps[0]));
 }

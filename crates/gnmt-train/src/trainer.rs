@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle::{DType, Device, Var};
@@ -54,6 +56,9 @@ pub struct TrainArgs {
     pub device: Device,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current update; the run then
+    /// validates and saves as at any other stop.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +190,13 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         let epochs_done = state.cursor.epoch + (state.cursor.batch >= per_epoch) as u64;
         if let Some(reason) = stop_reason(&config, &state, epochs_done, max_time) {
             break reason;
+        }
+        if args
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            break "interrupted".to_string();
         }
         let batch = batcher
             .next()

@@ -1,4 +1,6 @@
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use candle::Device;
 use clap::Args;
@@ -87,6 +89,15 @@ impl TrainArgs {
 
     pub fn run(self) -> anyhow::Result<()> {
         let config = self.resolve()?;
+        // First Ctrl-C: finish the update, validate, save, exit. Second: exit at once.
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("interrupted: saving a checkpoint before exiting (Ctrl-C again to quit now)");
+        })?;
         let outcome = train(LibArgs {
             train_src: self.train[0].clone(),
             train_tgt: self.train[1].clone(),
@@ -97,6 +108,7 @@ impl TrainArgs {
             tokenizer: self.tokenizer.clone(),
             device: Device::Cpu,
             quiet: self.quiet,
+            interrupt: Some(interrupt),
         })?;
         println!(
             "{}: {} updates ({}); best validation BLEU {} (greedy)",
