@@ -2,6 +2,7 @@
 
 mod cli;
 mod train;
+mod translate;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,264 @@
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::{err, gnmt, ok};
+
+/// A small model trained for 150 updates on the sort task: its outputs are real, partly
+/// wrong and of varied length, a demanding case for batch and thread invariance.
+fn model(d: &Path) -> std::path::PathBuf {
+    ok(gnmt(
+        &[
+            "synth",
+            "--task",
+            "sort",
+            "--pairs",
+            "600",
+            "--symbols",
+            "8",
+            "--max-len",
+            "8",
+            "-o",
+            "train",
+        ],
+        d,
+    ));
+    ok(gnmt(
+        &[
+            "synth",
+            "--task",
+            "sort",
+            "--pairs",
+            "10",
+            "--symbols",
+            "8",
+            "--max-len",
+            "8",
+            "--seed",
+            "2",
+            "-o",
+            "valid",
+        ],
+        d,
+    ));
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model": {"vocab_size": 300, "embedding_dim": 16, "hidden_size": 32, "encoder_layers": 3, "decoder_layers": 3, "attention_size": 16},
+            "optim": {"lr": 0.01, "warmup_steps": 10}, "dropout": 0.0, "data": {"max_tokens": 400},
+            "log": {"valid_every": 1000, "save_every": 1000}}"#,
+    )
+    .unwrap();
+    ok(gnmt(
+        &[
+            "train",
+            "--train",
+            "train.src",
+            "train.tgt",
+            "--valid",
+            "valid.src",
+            "valid.tgt",
+            "--config",
+            "config.json",
+            "-o",
+            "model",
+            "--max-steps",
+            "150",
+            "--quiet",
+        ],
+        d,
+    ));
+    d.join("model")
+}
+
+fn translate(args: &[&str], input: &[u8], cwd: &Path) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_translate"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn hostile_input() -> Vec<u8> {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"ba ko mi tu\n\n   \nre sa ni po le du\nfi\n");
+    input.extend_from_slice(b"broken \xff\xfe bytes ko\n");
+    input.extend_from_slice("emoji 🦀 and </s> text\n".as_bytes());
+    input.extend_from_slice(format!("{}\n", "ko ".repeat(400)).as_bytes());
+    input.extend_from_slice(b"ga\r\nho ju ve zo ba\n");
+    for i in 0..40 {
+        input.extend_from_slice(format!("{}\n", "mi tu re ".repeat(i % 5 + 1)).as_bytes());
+    }
+    input.extend_from_slice(b"no newline at the end");
+    input
+}
+
+#[test]
+fn one_line_out_per_line_in_whatever_the_input_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let input = hostile_input();
+    let out = translate(&["-m", m.to_str().unwrap(), "--beam-size", "3"], &input, d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let inputs: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    assert_eq!(lines.len(), inputs.len(), "{stdout}");
+    for (i, (src, hyp)) in inputs.iter().zip(&lines).enumerate() {
+        // Blank in, blank out (a barely trained model may also translate real text to "").
+        if src.iter().all(|b| b.is_ascii_whitespace()) {
+            assert!(hyp.is_empty(), "line {}: blank input gave {hyp:?}", i + 1);
+        }
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("stdin:6: invalid UTF-8 replaced"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stdin:8: longer than 250 pieces; cropped"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("translated 51 lines (49 non-empty)"),
+        "{stderr}"
+    );
+    let produced: usize = lines.iter().filter(|l| !l.is_empty()).count();
+    assert!(
+        produced >= 40,
+        "the test model should produce output: {stdout}"
+    );
+}
+
+#[test]
+fn translations_do_not_depend_on_batch_size_or_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let input = hostile_input();
+    for beam in ["1", "5"] {
+        let mut reference: Option<Vec<u8>> = None;
+        for (batch, threads) in [("1", "1"), ("7", "2"), ("64", "1"), ("64", "2")] {
+            let out = translate(
+                &[
+                    "-m",
+                    m.to_str().unwrap(),
+                    "--beam-size",
+                    beam,
+                    "--batch-size",
+                    batch,
+                    "--threads",
+                    threads,
+                    "-q",
+                ],
+                &input,
+                d,
+            );
+            assert!(out.status.success());
+            match &reference {
+                None => reference = Some(out.stdout),
+                Some(r) => assert!(
+                    r == &out.stdout,
+                    "beam {beam}, batch {batch}, threads {threads} differs"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn n_best_and_json_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let m = m.to_str().unwrap();
+    let out = ok(translate(
+        &["-m", m, "--n-best", "3", "-q"],
+        b"ba ko mi\n\nre sa\n",
+        d,
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3 + 1 + 3, "{out}");
+    assert!(
+        lines[0].starts_with("0 ||| ")
+            && lines[3] == "1 |||  ||| 0"
+            && lines[4].starts_with("2 ||| "),
+        "{out}"
+    );
+    let scores: Vec<f64> = lines[..3]
+        .iter()
+        .map(|l| l.rsplit(" ||| ").next().unwrap().parse().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    let out = ok(translate(
+        &["-m", m, "--format", "json", "--attention", "-q"],
+        b"ba ko mi\n\n",
+        d,
+    ));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["id"], 0);
+    let attention = rows[0]["attention"].as_array().unwrap();
+    let tokens = rows[0]["tokens"].as_array().unwrap().len();
+    assert!(attention.len() == tokens || attention.len() == tokens + 1);
+    for row in attention {
+        let sum: f64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-3, "attention row sums to {sum}");
+    }
+    assert_eq!(rows[1]["translation"], "");
+}
+
+#[test]
+fn files_in_and_out_and_bad_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    std::fs::write(d.join("in.txt"), "ba ko\n\nmi tu re\n").unwrap();
+    ok(translate(
+        &[
+            "-m",
+            m.to_str().unwrap(),
+            "-i",
+            "in.txt",
+            "-o",
+            "out.txt",
+            "-q",
+        ],
+        b"",
+        d,
+    ));
+    assert_eq!(
+        std::fs::read_to_string(d.join("out.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    let e = String::from_utf8(translate(&["-m", "nowhere"], b"x\n", d).stderr).unwrap();
+    assert!(
+        e.contains("nowhere") && e.contains("not a model folder"),
+        "{e}"
+    );
+    std::fs::write(m.join("model.safetensors"), b"\x80\x04 pickled").unwrap();
+    let e = err(translate(&["-m", m.to_str().unwrap()], b"x\n", d));
+    assert!(e.contains("is a Python pickle"), "{e}");
+}

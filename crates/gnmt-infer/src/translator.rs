@@ -1,0 +1,138 @@
+//! Text in, text out: a loaded model folder plus its vocabulary. Lines are translated in
+//! batches sorted by length and returned in input order; blank lines never reach the model.
+
+use std::path::Path;
+
+use candle::{DType, Device};
+use candle_nn::VarBuilder;
+use gnmt_model::checkpoint::{self, GenerationConfig};
+use gnmt_model::Gnmt;
+use gnmt_tokenizer::Vocab;
+
+use crate::{beam_search, BeamOptions, Error, Hypothesis, LengthLimit, Result};
+
+/// One translated hypothesis with its text.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    pub text: String,
+    pub hypothesis: Hypothesis,
+}
+
+/// The outcome for one input line.
+#[derive(Debug, Clone)]
+pub struct LineResult {
+    /// Best first; empty for a blank input line.
+    pub nbest: Vec<Translation>,
+    /// Source pieces actually translated (after cropping).
+    pub source_tokens: usize,
+    /// The input had more pieces than the limit and was cropped to it.
+    pub cropped: bool,
+}
+
+pub struct Translator {
+    model: Gnmt,
+    vocab: Vocab,
+    generation: GenerationConfig,
+    device: Device,
+}
+
+impl Translator {
+    /// Loads and checks a model folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let folder =
+            checkpoint::load(dir, DType::F32, device).map_err(|e| Error::Input(e.to_string()))?;
+        let json = std::str::from_utf8(&folder.tokenizer_json)
+            .map_err(|_| Error::Input(format!("{}: tokenizer.json is not UTF-8", dir.display())))?;
+        let vocab = Vocab::from_json(json)
+            .map_err(|e| Error::Input(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        let model = Gnmt::new(
+            &folder.config,
+            VarBuilder::from_tensors(folder.tensors, DType::F32, device),
+        )?;
+        Ok(Self {
+            model,
+            vocab,
+            generation: folder.generation,
+            device: device.clone(),
+        })
+    }
+
+    /// Decoding defaults stored with the model.
+    pub fn generation(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// Beam options from the model's defaults.
+    pub fn default_options(&self) -> BeamOptions {
+        let g = &self.generation;
+        BeamOptions {
+            beam_size: g.beam_size,
+            alpha: g.alpha,
+            beta: g.beta,
+            limit: LengthLimit {
+                a: g.max_len_a,
+                b: g.max_len_b,
+            },
+            ..Default::default()
+        }
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// Translates `lines`, cropping inputs longer than `max_input_len` pieces. Blank lines
+    /// give an empty result without touching the model. Sentences are decoded in batches of
+    /// at most `batch_size`, sorted by length; results come back in input order.
+    pub fn translate(
+        &self,
+        lines: &[&str],
+        options: &BeamOptions,
+        batch_size: usize,
+        max_input_len: usize,
+    ) -> Result<Vec<LineResult>> {
+        let mut results: Vec<LineResult> = Vec::with_capacity(lines.len());
+        let mut sources: Vec<Vec<u32>> = Vec::with_capacity(lines.len());
+        for line in lines {
+            let mut ids = if line.trim().is_empty() {
+                Vec::new()
+            } else {
+                self.vocab.encode(line)?
+            };
+            let cropped = ids.len() > max_input_len;
+            ids.truncate(max_input_len);
+            results.push(LineResult {
+                nbest: Vec::new(),
+                source_tokens: ids.len(),
+                cropped,
+            });
+            sources.push(ids);
+        }
+        let mut order: Vec<usize> = (0..lines.len())
+            .filter(|&i| !sources[i].is_empty())
+            .collect();
+        order.sort_by_key(|&i| (sources[i].len(), i));
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
+            let hyps = beam_search(&self.model, &batch, options, DType::F32, &self.device)?;
+            for (&i, nbest) in chunk.iter().zip(hyps) {
+                results[i].nbest = nbest
+                    .into_iter()
+                    .map(|h| {
+                        Ok(Translation {
+                            text: self.vocab.decode(&h.tokens)?,
+                            hypothesis: h,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+        }
+        Ok(results)
+    }
+}
+
+impl From<gnmt_tokenizer::Error> for Error {
+    fn from(e: gnmt_tokenizer::Error) -> Self {
+        Error::Input(e.to_string())
+    }
+}
