@@ -30,6 +30,8 @@ pub enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Train (or resume training) a GNMT model on a parallel corpus.
     Train(cmd::train::TrainArgs),
+    /// Translate a source file and score it against a reference (BLEU, chrF).
+    Eval(cmd::eval::EvalArgs),
     /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
     Score(cmd::score::ScoreArgs),
     /// Benchmarks (not tests): data pipeline throughput.
@@ -47,6 +49,7 @@ impl Cli {
             Command::Prepare(a) => a.run(),
             Command::Synth(a) => a.run(),
             Command::Score(a) => a.run(),
+            Command::Eval(a) => a.run(),
             Command::Train(a) => a.run(),
             Command::Bench(a) => a.run(),
         }
@@ -62,6 +65,16 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
             .build_global()?;
     }
     Ok(())
+}
+
+/// Restores the default action for SIGPIPE, so `gnmt ... | head` ends quietly like any Unix
+/// filter instead of panicking on a closed stdout (Rust ignores SIGPIPE by default).
+pub fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at the start of main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Prints an error chain once, on stderr, and turns it into the exit code.

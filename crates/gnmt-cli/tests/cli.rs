@@ -108,3 +108,39 @@ fn score_matches_the_pinned_sacrebleu_value() {
     assert!(out.contains(" = 45.07 "), "{out}");
     assert!(out.contains("chrF2|") && out.contains(" = 50.04"), "{out}");
 }
+
+/// `gnmt ... | head -1` ends quietly, like any Unix filter.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(gnmt(
+        &["synth", "--task", "copy", "--pairs", "200", "-o", "toy"],
+        d,
+    ));
+    ok(gnmt(
+        &[
+            "vocab", "--train", "toy.src", "toy.tgt", "--size", "300", "-o", "v",
+        ],
+        d,
+    ));
+    let big: String = (0..200_000).map(|i| format!("ba ko {i}\n")).collect();
+    std::fs::write(d.join("big.txt"), big).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
+        .args(["encode", "--vocab", "v/tokenizer.json"])
+        .current_dir(d)
+        .stdin(std::fs::File::open(d.join("big.txt")).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // then closed
+    let out = child.wait_with_output().unwrap();
+    assert!(!first.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

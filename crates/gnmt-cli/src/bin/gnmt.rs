@@ -2,5 +2,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    gnmt_cli::reset_sigpipe();
     gnmt_cli::exit_with(gnmt_cli::Cli::parse().run())
 }

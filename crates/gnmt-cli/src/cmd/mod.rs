@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_model;
 pub mod codec;
+pub mod eval;
 pub mod prepare;
 pub mod score;
 pub mod synth;

@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle::Device;
+use clap::Args;
+use gnmt_infer::Translator;
+use gnmt_metrics::{corpus_bleu, corpus_chrf, BleuOptions, ChrfOptions};
+use gnmt_tokenizer::Lines;
+
+/// Translate a source file and score it against references in one go.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model folder.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Source file, one sentence per line.
+    #[arg(long)]
+    pub src: PathBuf,
+    /// Reference translations, aligned with the source.
+    #[arg(long)]
+    pub r#ref: PathBuf,
+    /// Beam size (default: the model's generation.json); 1 is greedy.
+    #[arg(long)]
+    pub beam_size: Option<usize>,
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Also write the translations here.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let t = Translator::load(&self.model, &Device::Cpu)
+            .with_context(|| format!("loading {}", self.model.display()))?;
+        let mut o = t.default_options();
+        o.beam_size = self.beam_size.unwrap_or(o.beam_size);
+        o.alpha = self.alpha.unwrap_or(o.alpha);
+        o.beta = self.beta.unwrap_or(o.beta);
+        let src = Lines::read(&self.src)?;
+        let refs = Lines::read(&self.r#ref)?;
+        anyhow::ensure!(
+            src.len() == refs.len(),
+            "{} has {} lines but {} has {}",
+            self.src.display(),
+            src.len(),
+            self.r#ref.display(),
+            refs.len()
+        );
+        let start = std::time::Instant::now();
+        let lines: Vec<&str> = src.iter().collect();
+        let results = t.translate(&lines, &o, self.batch_size, 250)?;
+        let secs = start.elapsed().as_secs_f64();
+        let hyps: Vec<String> = results
+            .iter()
+            .map(|r| r.nbest.first().map_or(String::new(), |b| b.text.clone()))
+            .collect();
+        if let Some(p) = &self.output {
+            std::fs::write(p, hyps.iter().map(|h| format!("{h}\n")).collect::<String>())
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        let refs: Vec<String> = refs.iter().map(str::to_string).collect();
+        let bleu = corpus_bleu(&hyps, &[&refs[..]], &BleuOptions::default())?;
+        let chrf = corpus_chrf(&hyps, &[&refs[..]], &ChrfOptions::default())?;
+        println!(
+            "{}: beam {} alpha {} beta {}; {} sentences in {secs:.1}s ({:.1}/s)",
+            self.model.display(),
+            o.beam_size,
+            o.alpha,
+            o.beta,
+            hyps.len(),
+            hyps.len() as f64 / secs
+        );
+        println!(
+            "BLEU|{} = {}",
+            bleu.signature(),
+            bleu.to_string().trim_start_matches("BLEU = ")
+        );
+        println!("chrF2|{} = {:.2}", chrf.signature(), chrf.score);
+        Ok(())
+    }
+}
