@@ -19,3 +19,11 @@ vocab-multi30k data="../shared/data/multi30k":
 
 fmt:
     cargo fmt --all
+
+# Model training-step benchmark (forward + backward), 1 and 2 threads.
+bench-model preset="small":
+    cargo run --release --bin gnmt -- bench model --preset {{preset}}
+
+# Train the small preset on Multi30k En->De for up to an hour, into runs/multi30k-small.
+train-multi30k data="../shared/data/multi30k":
+    cargo run --release --bin gnmt -- train --train {{data}}/train.en {{data}}/train.de --valid {{data}}/val.en {{data}}/val.de --preset small -o runs/multi30k-small --max-time 60m --valid-every 400 --save-every 400
