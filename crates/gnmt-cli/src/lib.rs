@@ -60,6 +60,10 @@ impl Cli {
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // candle sizes its own worker pool (matmuls, element-wise ops) from these variables
+        // when it first runs an op; CANDLE_NUM_THREADS takes precedence over RAYON_NUM_THREADS.
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;

@@ -144,3 +144,28 @@ fn a_closed_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--threads` reaches candle's own worker pool, not only rayon's.
+#[test]
+fn threads_flag_sizes_candle_too() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["1", "2"] {
+        let out = ok(gnmt(
+            &[
+                "--threads",
+                n,
+                "bench",
+                "model",
+                "--single",
+                "--preset",
+                "tiny",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+            ],
+            dir.path(),
+        ));
+        assert!(out.contains(&format!("threads={n} (candle {n})")), "{out}");
+    }
+}

@@ -63,10 +63,9 @@ impl Attention {
 
     /// Queries `[B, T, H]` -> (context `[B, T, H]`, weights `[B, T, S]`).
     pub fn forward(&self, queries: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
-        let q = self.query.forward(queries)?.unsqueeze(2)?; // [B, T, 1, A]
-        let k = memory.keys.unsqueeze(1)?; // [B, 1, S, A]
-        let hidden = q.broadcast_add(&k)?.tanh()?; // [B, T, S, A]
-        let scores = self.score.forward(&hidden)?.squeeze(D::Minus1)?; // [B, T, S]
+        let q = self.query.forward(queries)?; // [B, T, A]
+        let v = self.score.weight().squeeze(0)?; // [A]
+        let scores = crate::additive::additive_scores(&q, &memory.keys, &v)?; // [B, T, S]
         let scores = scores.broadcast_add(&memory.score_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = weights.matmul(&memory.values)?;

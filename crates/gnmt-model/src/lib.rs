@@ -22,6 +22,7 @@
 //! # Ok::<(), candle::Error>(())
 //! ```
 
+pub mod additive;
 pub mod attention;
 pub mod checkpoint;
 pub mod config;

@@ -138,8 +138,9 @@ impl BenchModelArgs {
             src_len.iter().sum::<usize>() as f64 / tgt_len.iter().sum::<usize>() as f64;
         let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
         println!(
-            "threads={}: {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s",
+            "threads={} (candle {}): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s",
             rayon::current_num_threads(),
+            candle::utils::get_num_threads(),
             rate,
             1000.0 * secs / self.steps as f64,
             flops / 1e6,
