@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Data(BenchDataArgs),
     /// Training step (forward + backward) throughput of a model preset.
     Model(super::bench_model::BenchModelArgs),
+    /// Decoding speed and peak memory of a model on a test set.
+    Translate(super::bench_translate::BenchTranslateArgs),
 }
 
 impl BenchCommand {
@@ -21,6 +23,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Data(a) => a.run(),
             BenchCommand::Model(a) => a.run(),
+            BenchCommand::Translate(a) => a.run(),
         }
     }
 }

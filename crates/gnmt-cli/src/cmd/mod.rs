@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_model;
+pub mod bench_translate;
 pub mod codec;
 pub mod eval;
 pub mod prepare;

@@ -1,0 +1,116 @@
+//! `gnmt bench translate`: decoding speed and peak memory on a test set, for greedy and
+//! beam search at each thread count. Every measurement runs in its own process, so thread
+//! pools are sized from the start and peak memory is that run's own.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle::Device;
+use clap::Args;
+use gnmt_infer::Translator;
+use gnmt_tokenizer::{data::multi30k_dir, Lines};
+
+#[derive(Debug, Args)]
+pub struct BenchTranslateArgs {
+    /// Model folder.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Source sentences (default: Multi30k test_2016_flickr.en).
+    #[arg(long)]
+    pub src: Option<PathBuf>,
+    /// Beam sizes to measure (1 is greedy).
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    pub beams: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads_list: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Measure one configuration in this process (used by the parent run).
+    #[arg(long, hide = true)]
+    pub single: Option<usize>,
+}
+
+impl BenchTranslateArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let src = match &self.src {
+            Some(p) => p.clone(),
+            None => multi30k_dir()?.join("test_2016_flickr.en"),
+        };
+        if let Some(beam) = self.single {
+            return self.measure(&src, beam);
+        }
+        println!(
+            "bench translate: {} on {}",
+            self.model.display(),
+            src.display()
+        );
+        let exe = std::env::current_exe()?;
+        for &beam in &self.beams {
+            for &threads in &self.threads_list {
+                let out = std::process::Command::new(&exe)
+                    .args(["--threads", &threads.to_string(), "bench", "translate"])
+                    .arg("-m")
+                    .arg(&self.model)
+                    .arg("--src")
+                    .arg(&src)
+                    .args([
+                        "--batch-size",
+                        &self.batch_size.to_string(),
+                        "--single",
+                        &beam.to_string(),
+                    ])
+                    .output()
+                    .context("running the measurement process")?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "measurement failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+        Ok(())
+    }
+
+    fn measure(&self, src: &std::path::Path, beam: usize) -> anyhow::Result<()> {
+        let load = Instant::now();
+        let t = Translator::load(&self.model, &Device::Cpu)?;
+        let load_s = load.elapsed().as_secs_f64();
+        let mut o = t.default_options();
+        o.beam_size = beam;
+        let lines = Lines::read(src)?;
+        let refs: Vec<&str> = lines.iter().collect();
+        let start = Instant::now();
+        let results = t.translate(&refs, &o, self.batch_size, 250)?;
+        let secs = start.elapsed().as_secs_f64();
+        let tokens: usize = results
+            .iter()
+            .filter_map(|r| r.nbest.first())
+            .map(|b| b.hypothesis.tokens.len())
+            .sum();
+        println!(
+            "beam {beam}, threads {}: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s; model load {load_s:.2}s; peak memory {}",
+            rayon::current_num_threads(),
+            lines.len(),
+            lines.len() as f64 / secs,
+            tokens as f64 / secs,
+            peak_memory().unwrap_or_else(|| "unknown".into())
+        );
+        Ok(())
+    }
+}
+
+/// Peak resident memory of this process (Linux: VmHWM).
+fn peak_memory() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(format!("{:.0} MB", kb / 1024.0))
+}
