@@ -13,6 +13,8 @@
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::kernels::Real;
+
 /// Fused `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -52,66 +54,6 @@ fn dims(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
         }
     }
     Ok(Dims { b, t, s, a })
-}
-
-/// The arithmetic the kernels need, for f32 and f64.
-trait Real:
-    Copy
-    + Send
-    + Sync
-    + Default
-    + PartialEq
-    + std::ops::Add<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::AddAssign
-{
-    const ONE: Self;
-    fn tanh_(self) -> Self;
-}
-
-impl Real for f32 {
-    const ONE: Self = 1.0;
-    fn tanh_(self) -> Self {
-        fast_tanh(self)
-    }
-}
-
-impl Real for f64 {
-    const ONE: Self = 1.0;
-    fn tanh_(self) -> Self {
-        self.tanh()
-    }
-}
-
-/// tanh as a 13/6 rational function (Eigen's `generic_fast_tanh_float`): accurate to f32
-/// precision, branch-free, and vectorised by the compiler, unlike a libm call.
-#[inline(always)]
-pub fn fast_tanh(x: f32) -> f32 {
-    const A1: f32 = 4.893_524_6e-3;
-    const A3: f32 = 6.372_619_3e-4;
-    const A5: f32 = 1.485_722_4e-5;
-    const A7: f32 = 5.122_297e-8;
-    const A9: f32 = -8.604_672e-11;
-    const A11: f32 = 2.000_188e-13;
-    const A13: f32 = -2.760_768_5e-16;
-    const B0: f32 = 4.893_525_2e-3;
-    const B2: f32 = 2.268_434_6e-3;
-    const B4: f32 = 1.185_347_1e-4;
-    const B6: f32 = 1.198_258_4e-6;
-    let x = x.clamp(-7.905_311, 7.905_311);
-    let x2 = x * x;
-    let mut p = x2 * A13 + A11;
-    p = x2 * p + A9;
-    p = x2 * p + A7;
-    p = x2 * p + A5;
-    p = x2 * p + A3;
-    p = x2 * p + A1;
-    p *= x;
-    let mut q = x2 * B6 + B4;
-    q = x2 * q + B2;
-    q = x2 * q + B0;
-    p / q
 }
 
 fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: &Dims) -> Vec<T> {
@@ -278,16 +220,6 @@ mod tests {
             .unwrap()
             .to_dtype(dtype)
             .unwrap()
-    }
-
-    #[test]
-    fn fast_tanh_is_accurate() {
-        let mut worst = 0f32;
-        for i in -20000..=20000 {
-            let x = i as f32 / 1000.0;
-            worst = worst.max((fast_tanh(x) - x.tanh()).abs());
-        }
-        assert!(worst < 5e-7, "max error {worst}"); // a few f32 ULPs near +-1
     }
 
     #[test]

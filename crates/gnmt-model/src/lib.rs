@@ -29,6 +29,7 @@ pub mod config;
 pub mod decoder;
 pub mod dropout;
 pub mod encoder;
+mod kernels;
 pub mod lstm;
 mod model;
 pub mod params;

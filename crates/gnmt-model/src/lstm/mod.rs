@@ -8,6 +8,7 @@
 //! Padding: a step whose mask is 0 leaves `(h, c)` unchanged. Running backwards over a padded
 //! batch therefore starts every sentence from the zero state at its own last real token.
 
+pub mod fused;
 pub mod reference;
 
 use candle::{DType, Result, Tensor};
@@ -82,7 +83,7 @@ impl Lstm {
     /// One step from precomputed input gates `[B, 4H]`.
     pub fn cell(&self, input_gates: &Tensor, state: &LstmState) -> Result<LstmState> {
         let gates = (input_gates + state.h.matmul(&self.w_hh.t()?)?)?;
-        let (h, c) = reference::lstm_cell(&gates, &state.c)?;
+        let (h, c) = fused::lstm_cell(&gates, &state.c)?;
         Ok(LstmState { h, c })
     }
 

@@ -1,0 +1,233 @@
+//! The LSTM cell as one fused operation (Marian's `lstmOpsC`/`lstmOpsO` in one pass):
+//! `(gates [B, 4H], c_prev [B, H]) -> [B, 2H] = [h | c]`, gates in PyTorch order i, f, g, o.
+//!
+//! Composed from candle ops the cell is about a dozen element-wise operations, each allocating
+//! a tensor, plus their gradients. Fused, the forward pass writes `h` and `c` once, and the
+//! backward pass recomputes the gate activations from the saved pre-activations. The composite
+//! cell in [`super::reference`] stays the reference the tests compare against.
+
+use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use crate::kernels::Real;
+
+/// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
+pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
+    let hidden = c_prev.dims2()?.1;
+    let out = gates
+        .contiguous()?
+        .apply_op2(&c_prev.contiguous()?, LstmCell)?;
+    Ok((
+        out.narrow(1, 0, hidden)?.contiguous()?,
+        out.narrow(1, hidden, hidden)?.contiguous()?,
+    ))
+}
+
+struct LstmCell;
+
+fn forward<T: Real>(gates: &[T], c_prev: &[T], b: usize, h: usize) -> Vec<T> {
+    let mut out = vec![T::default(); b * 2 * h];
+    for r in 0..b {
+        let g = &gates[r * 4 * h..][..4 * h];
+        let cp = &c_prev[r * h..][..h];
+        let (oh, oc) = out[r * 2 * h..][..2 * h].split_at_mut(h);
+        for j in 0..h {
+            let (i, f, gg, o) = (
+                g[j].sigmoid(),
+                g[h + j].sigmoid(),
+                g[2 * h + j].tanh_(),
+                g[3 * h + j].sigmoid(),
+            );
+            let c = f * cp[j] + i * gg;
+            oc[j] = c;
+            oh[j] = o * c.tanh_();
+        }
+    }
+    out
+}
+
+/// Gradients with respect to the gates and the previous cell state, from the gradient of
+/// `[h | c]`.
+fn backward<T: Real>(
+    gates: &[T],
+    c_prev: &[T],
+    out: &[T],
+    grad: &[T],
+    b: usize,
+    h: usize,
+) -> (Vec<T>, Vec<T>) {
+    let mut dgates = vec![T::default(); b * 4 * h];
+    let mut dc_prev = vec![T::default(); b * h];
+    for r in 0..b {
+        let g = &gates[r * 4 * h..][..4 * h];
+        let cp = &c_prev[r * h..][..h];
+        let c = &out[r * 2 * h + h..][..h];
+        let (dh, dc_in) = grad[r * 2 * h..][..2 * h].split_at(h);
+        let dg = &mut dgates[r * 4 * h..][..4 * h];
+        for j in 0..h {
+            let (i, f, gg, o) = (
+                g[j].sigmoid(),
+                g[h + j].sigmoid(),
+                g[2 * h + j].tanh_(),
+                g[3 * h + j].sigmoid(),
+            );
+            let tc = c[j].tanh_();
+            let dc = dc_in[j] + dh[j] * o * (T::ONE - tc * tc);
+            let do_ = dh[j] * tc;
+            dg[j] = dc * gg * i * (T::ONE - i);
+            dg[h + j] = dc * cp[j] * f * (T::ONE - f);
+            dg[2 * h + j] = dc * i * (T::ONE - gg * gg);
+            dg[3 * h + j] = do_ * o * (T::ONE - o);
+            dc_prev[r * h + j] = dc * f;
+        }
+    }
+    (dgates, dc_prev)
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle::bail!("lstm cell: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp2 for LstmCell {
+    fn name(&self) -> &'static str {
+        "lstm-cell"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h4) = l1.shape().dims2()?;
+        let (bc, h) = l2.shape().dims2()?;
+        if b != bc || h4 != 4 * h {
+            candle::bail!(
+                "lstm cell: gates {:?} and cell {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(c)) => {
+                CpuStorage::F32(forward(contiguous(g, l1)?, contiguous(c, l2)?, b, h))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(c)) => {
+                CpuStorage::F64(forward(contiguous(g, l1)?, contiguous(c, l2)?, b, h))
+            }
+            _ => candle::bail!("lstm cell: f32 or f64 inputs of one dtype only"),
+        };
+        Ok((out, Shape::from((b, 2 * h))))
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        c_prev: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, h) = c_prev.dims2()?;
+        let device = gates.device();
+        let flat = |x: &Tensor| {
+            x.to_device(&candle::Device::Cpu)?
+                .flatten_all()?
+                .contiguous()
+        };
+        let (g, c, o, d) = (flat(gates)?, flat(c_prev)?, flat(out)?, flat(grad)?);
+        let (dg, dc) = match gates.dtype() {
+            DType::F32 => {
+                let (dg, dc) = backward(
+                    &g.to_vec1::<f32>()?,
+                    &c.to_vec1()?,
+                    &o.to_vec1()?,
+                    &d.to_vec1()?,
+                    b,
+                    h,
+                );
+                (
+                    Tensor::from_vec(dg, (b, 4 * h), device)?,
+                    Tensor::from_vec(dc, (b, h), device)?,
+                )
+            }
+            DType::F64 => {
+                let (dg, dc) = backward(
+                    &g.to_vec1::<f64>()?,
+                    &c.to_vec1()?,
+                    &o.to_vec1()?,
+                    &d.to_vec1()?,
+                    b,
+                    h,
+                );
+                (
+                    Tensor::from_vec(dg, (b, 4 * h), device)?,
+                    Tensor::from_vec(dc, (b, h), device)?,
+                )
+            }
+            other => candle::bail!("lstm cell: no backward for {other:?}"),
+        };
+        Ok((Some(dg), Some(dc)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| {
+                ((((i as u64 + 3) * 2654435761 * (seed + 1)) % 2000) as f64 / 1000.0 - 1.0) * 2.5
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_cell_matches_the_reference_values_and_gradients() {
+        for dtype in [DType::F32, DType::F64] {
+            let gates = Var::from_tensor(&rand(&[3, 20], 1, dtype)).unwrap();
+            let c_prev = Var::from_tensor(&rand(&[3, 5], 2, dtype)).unwrap();
+            let (wh, wc) = (rand(&[3, 5], 3, dtype), rand(&[3, 5], 4, dtype));
+            let run = |f: fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>| {
+                let (h, c) = f(gates.as_tensor(), c_prev.as_tensor()).unwrap();
+                let loss = ((&h * &wh).unwrap().sum_all().unwrap()
+                    + (&c * &wc).unwrap().sum_all().unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let v = |t: &Tensor| {
+                    t.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                };
+                [
+                    v(&h),
+                    v(&c),
+                    v(grads.get(&gates).unwrap()),
+                    v(grads.get(&c_prev).unwrap()),
+                ]
+            };
+            let (fused, reference) = (run(lstm_cell), run(super::super::reference::lstm_cell));
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
+            for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                assert!(
+                    a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs())),
+                    "{dtype:?} output {k}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+}
