@@ -32,6 +32,10 @@ pub enum Command {
     Train(cmd::train::TrainArgs),
     /// Translate a source file and score it against a reference (BLEU, chrF).
     Eval(cmd::eval::EvalArgs),
+    /// BLEU of a hypothesis file against one or more reference files (sacreBLEU-compatible).
+    Bleu(cmd::score::MetricArgs),
+    /// chrF (or chrF++ with --word-order 2) against one or more reference files.
+    Chrf(cmd::score::MetricArgs),
     /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
     Score(cmd::score::ScoreArgs),
     /// Benchmarks (not tests): data pipeline throughput.
@@ -49,6 +53,8 @@ impl Cli {
             Command::Prepare(a) => a.run(),
             Command::Synth(a) => a.run(),
             Command::Score(a) => a.run(),
+            Command::Bleu(a) => a.run_bleu(),
+            Command::Chrf(a) => a.run_chrf(),
             Command::Eval(a) => a.run(),
             Command::Train(a) => a.run(),
             Command::Bench(a) => a.run(),

@@ -107,6 +107,25 @@ fn score_matches_the_pinned_sacrebleu_value() {
     );
     assert!(out.contains(" = 45.07 "), "{out}");
     assert!(out.contains("chrF2|") && out.contains(" = 50.04"), "{out}");
+    // sacreBLEU's README example: two reference files.
+    std::fs::write(
+        d.join("ref2"),
+        "The dog had bit the man.\nNo one was surprised.\nThe man had bitten the dog.\n",
+    )
+    .unwrap();
+    let out = ok(gnmt(&["bleu", "ref", "ref2", "-i", "hyp"], d));
+    assert!(
+        out.starts_with("BLEU|nrefs:2|") && out.contains(" = 48.53 "),
+        "{out}"
+    );
+    let out = ok(gnmt(&["chrf", "ref", "-i", "hyp"], d));
+    assert!(
+        out.starts_with("chrF2|nrefs:1|") && out.trim_end().ends_with(" = 50.04"),
+        "{out}"
+    );
+    std::fs::write(d.join("short"), "one line\n").unwrap();
+    let e = err(gnmt(&["bleu", "short", "-i", "hyp"], d));
+    assert!(e.contains("short has 1 lines but hyp has 3"), "{e}");
 }
 
 /// `gnmt ... | head -1` ends quietly, like any Unix filter.

@@ -17,7 +17,7 @@ mod bleu;
 mod chrf;
 mod tokenize;
 
-pub use bleu::{corpus_bleu, BleuOptions, BleuScore};
+pub use bleu::{corpus_bleu, sentence_bleu, BleuOptions, BleuScore};
 pub use chrf::{corpus_chrf, ChrfOptions, ChrfScore};
 pub use tokenize::tokenize_13a;
 

@@ -224,3 +224,52 @@ fn identical_text_scores_100_and_multiple_references_help() {
     let two = corpus_bleu(&hyp, &[&r1[..], &hyp[..]], &BleuOptions::default()).unwrap();
     assert!(two.score > one.score && close(two.score, 100.0));
 }
+
+/// sacreBLEU's `BLEU(effective_order=True).sentence_score(hyp, refs)`.
+#[test]
+fn sentence_bleu_matches_sacrebleu() {
+    use gnmt_metrics::sentence_bleu;
+    let cases: [(&str, &[&str], f64); 5] = [
+        (
+            "The dog bit the man.",
+            &["The dog bit the man."],
+            100.00000000000004,
+        ),
+        ("a cat", &["a cat sat on the mat"], 13.533528323661276),
+        (
+            "It wasn't surprising.",
+            &["It was not unexpected.", "It was not surprising."],
+            27.534765745159184,
+        ),
+        ("", &["x y"], 0.0),
+        ("x", &["x"], 100.00000000000004),
+    ];
+    for (hyp, refs, want) in cases {
+        let got = sentence_bleu(hyp, refs, &BleuOptions::default()).unwrap();
+        assert!(close(got.score, want), "{hyp:?}: {} vs {want}", got.score);
+        assert!(got.signature().contains("eff:yes"));
+    }
+}
+
+/// Two reference streams: sacreBLEU's README example, 48.530827.
+#[test]
+fn multiple_references_match_sacrebleu() {
+    let hyps = [
+        "The dog bit the man.",
+        "It wasn't surprising.",
+        "The man had just bitten him.",
+    ];
+    let r1 = [
+        "The dog bit the man.",
+        "It was not unexpected.",
+        "The man bit him first.",
+    ];
+    let r2 = [
+        "The dog had bit the man.",
+        "No one was surprised.",
+        "The man had bitten the dog.",
+    ];
+    let b = corpus_bleu(&hyps, &[&r1[..], &r2[..]], &BleuOptions::default()).unwrap();
+    assert!(close(b.score, 48.530827009929865), "{}", b.score);
+    assert!(b.signature().starts_with("nrefs:2|"));
+}

@@ -67,3 +67,82 @@ impl ScoreArgs {
         Ok(())
     }
 }
+
+/// `gnmt bleu REF [REF...] -i HYP` and `gnmt chrf REF [REF...] -i HYP`: sacreBLEU's command
+/// shape, any number of reference files.
+#[derive(Debug, Args)]
+pub struct MetricArgs {
+    /// Reference files, each aligned with the hypothesis file.
+    #[arg(required = true)]
+    pub references: Vec<PathBuf>,
+    /// Hypothesis file.
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// Lowercase both sides first.
+    #[arg(long)]
+    pub lowercase: bool,
+    /// chrF only: word n-gram order (2 gives chrF++).
+    #[arg(long, default_value_t = 0)]
+    pub word_order: usize,
+}
+
+impl MetricArgs {
+    fn read(&self) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+        let lines = |p: &PathBuf| -> anyhow::Result<Vec<String>> {
+            Ok(Lines::read(p)?.iter().map(str::to_string).collect())
+        };
+        let hyps = lines(&self.input)?;
+        let refs = self
+            .references
+            .iter()
+            .map(lines)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (p, r) in self.references.iter().zip(&refs) {
+            anyhow::ensure!(
+                r.len() == hyps.len(),
+                "{} has {} lines but {} has {}",
+                p.display(),
+                r.len(),
+                self.input.display(),
+                hyps.len()
+            );
+        }
+        Ok((hyps, refs))
+    }
+
+    pub fn run_bleu(self) -> anyhow::Result<()> {
+        let (hyps, refs) = self.read()?;
+        let streams: Vec<&[String]> = refs.iter().map(Vec::as_slice).collect();
+        let b = corpus_bleu(
+            &hyps,
+            &streams,
+            &BleuOptions {
+                lowercase: self.lowercase,
+            },
+        )?;
+        println!(
+            "BLEU|{} = {}",
+            b.signature(),
+            b.to_string().trim_start_matches("BLEU = ")
+        );
+        Ok(())
+    }
+
+    pub fn run_chrf(self) -> anyhow::Result<()> {
+        let (hyps, refs) = self.read()?;
+        let streams: Vec<&[String]> = refs.iter().map(Vec::as_slice).collect();
+        let o = ChrfOptions {
+            word_order: self.word_order,
+            lowercase: self.lowercase,
+            ..Default::default()
+        };
+        let c = corpus_chrf(&hyps, &streams, &o)?;
+        let name = if self.word_order > 0 {
+            "chrF2++"
+        } else {
+            "chrF2"
+        };
+        println!("{name}|{} = {:.2}", c.signature(), c.score);
+        Ok(())
+    }
+}
