@@ -142,20 +142,29 @@ pub fn beam_search(
         let log_probs: Vec<Vec<f32>> = log_probs.to_dtype(DType::F32)?.to_vec2()?;
         let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
 
+        // Each row's coverage after this step, computed once: candidates are scored with it
+        // and kept hypotheses inherit it.
+        let coverage: Vec<Vec<f64>> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, &(sent, h))| {
+                let prev = &live[sent][h].coverage;
+                prev.iter()
+                    .zip(&attention[r][..src_len[sent]])
+                    .map(|(c, &a)| c + a as f64)
+                    .collect()
+            })
+            .collect();
         // Candidates per sentence: (score, row, token, log_prob).
         let mut candidates: Vec<Vec<(f64, usize, u32, f64)>> = vec![Vec::new(); n];
         for (r, &(sent, h)) in rows.iter().enumerate() {
             let hyp = &live[sent][h];
             let width = o.beam_size - finished[sent].len();
-            let mut coverage = hyp.coverage.clone();
-            for (c, &a) in coverage.iter_mut().zip(&attention[r][..src_len[sent]]) {
-                *c += a as f64;
-            }
             for (token, lp) in top_k(&log_probs[r], width) {
                 let log_prob = hyp.log_prob + lp as f64;
                 let len = hyp.tokens.len() + 1;
                 candidates[sent].push((
-                    gnmt_score(log_prob, len, &coverage, o),
+                    gnmt_score(log_prob, len, &coverage[r], o),
                     r,
                     token,
                     log_prob,
@@ -183,10 +192,6 @@ pub fn beam_search(
                     continue;
                 }
                 let parent = &live[sent][rows[r].1];
-                let mut coverage = parent.coverage.clone();
-                for (c, &a) in coverage.iter_mut().zip(&attention[r][..src_len[sent]]) {
-                    *c += a as f64;
-                }
                 let mut att = Vec::new();
                 if o.keep_attention {
                     att = parent.attention.clone();
@@ -217,7 +222,7 @@ pub fn beam_search(
                     Live {
                         tokens,
                         log_prob,
-                        coverage,
+                        coverage: coverage[r].clone(),
                         attention: att,
                     },
                     r,

@@ -23,18 +23,8 @@ pub struct ScoreArgs {
 
 impl ScoreArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let refs = Lines::read(&self.reference)?;
-        let hyps = Lines::read(&self.hypothesis)?;
-        anyhow::ensure!(
-            refs.len() == hyps.len(),
-            "{} has {} lines but {} has {}",
-            self.reference.display(),
-            refs.len(),
-            self.hypothesis.display(),
-            hyps.len()
-        );
-        let refs: Vec<&str> = refs.iter().collect();
-        let hyps: Vec<&str> = hyps.iter().collect();
+        let (hyps, refs) = read_streams(&self.hypothesis, std::slice::from_ref(&self.reference))?;
+        let refs = &refs[0];
         let bleu = corpus_bleu(
             &hyps,
             &[&refs[..]],
@@ -88,26 +78,7 @@ pub struct MetricArgs {
 
 impl MetricArgs {
     fn read(&self) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
-        let lines = |p: &PathBuf| -> anyhow::Result<Vec<String>> {
-            Ok(Lines::read(p)?.iter().map(str::to_string).collect())
-        };
-        let hyps = lines(&self.input)?;
-        let refs = self
-            .references
-            .iter()
-            .map(lines)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        for (p, r) in self.references.iter().zip(&refs) {
-            anyhow::ensure!(
-                r.len() == hyps.len(),
-                "{} has {} lines but {} has {}",
-                p.display(),
-                r.len(),
-                self.input.display(),
-                hyps.len()
-            );
-        }
-        Ok((hyps, refs))
+        read_streams(&self.input, &self.references)
     }
 
     pub fn run_bleu(self) -> anyhow::Result<()> {
@@ -145,4 +116,30 @@ impl MetricArgs {
         println!("{name}|{} = {:.2}", c.signature(), c.score);
         Ok(())
     }
+}
+
+/// A hypothesis file and its reference files, checked to have the same number of lines.
+fn read_streams(
+    hypothesis: &PathBuf,
+    references: &[PathBuf],
+) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let lines = |p: &PathBuf| -> anyhow::Result<Vec<String>> {
+        Ok(Lines::read(p)?.iter().map(str::to_string).collect())
+    };
+    let hyps = lines(hypothesis)?;
+    let refs = references
+        .iter()
+        .map(lines)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (p, r) in references.iter().zip(&refs) {
+        anyhow::ensure!(
+            r.len() == hyps.len(),
+            "{} has {} lines but {} has {}",
+            p.display(),
+            r.len(),
+            hypothesis.display(),
+            hyps.len()
+        );
+    }
+    Ok((hyps, refs))
 }
