@@ -51,10 +51,12 @@ impl Attention {
 
     /// Prepares the encoder outputs `[B, S, H]` with their mask `[B, S]` for attention.
     pub fn memory(&self, values: &Tensor, mask: &Tensor) -> Result<Memory> {
-        let keys = self.key.forward(values)?;
+        // Beam search reorders the memory by rows, which needs contiguous tensors.
+        let values = values.contiguous()?;
+        let keys = self.key.forward(&values)?;
         let score_bias = ((mask - 1.0)? * -MASKED_SCORE)?.unsqueeze(1)?;
         Ok(Memory {
-            values: values.clone(),
+            values,
             keys,
             score_bias,
             mask: mask.clone(),

@@ -104,13 +104,31 @@ impl Decoder {
         &self,
         tgt_in: &Tensor,
         memory: &Memory,
+        dropout: Option<&mut Dropout>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (top, weights) = self.forward_top(tgt_in, memory, dropout)?;
+        Ok((self.output.forward(&top)?, weights))
+    }
+
+    /// The output layer's weight `[V, H]` and bias `[V]`, for the fused softmax and loss.
+    pub fn output_layer(&self) -> (&Tensor, &Tensor) {
+        let bias = self.output.bias().expect("the output layer has a bias");
+        (self.output.weight(), bias)
+    }
+
+    /// [`Decoder::forward`] up to the top layer's output `[B, T, H]` (after dropout), before
+    /// the output projection; with the attention weights.
+    pub fn forward_top(
+        &self,
+        tgt_in: &Tensor,
+        memory: &Memory,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<(Tensor, Tensor)> {
         let emb = self.embedding.forward(tgt_in)?;
         let (bottom, context, weights) = match self.query {
             AttentionQuery::Current => {
                 let input = dropout::maybe(&mut dropout, &emb)?;
-                let (bottom, _) = self.layers[0].forward(&input, None, false)?;
+                let bottom = self.layers[0].forward(&input, None, false)?;
                 let (context, weights) = self.attention.forward(&bottom, memory)?;
                 (bottom, context, weights)
             }
@@ -121,11 +139,10 @@ impl Decoder {
         let mut x = bottom;
         for (layer, &residual) in self.layers.iter().zip(&self.residual).skip(1) {
             let input = dropout::maybe(&mut dropout, &Tensor::cat(&[&x, &context], 2)?)?;
-            let (out, _) = layer.forward(&input, None, false)?;
+            let out = layer.forward(&input, None, false)?;
             x = if residual { (out + &x)? } else { out };
         }
-        let x = dropout::maybe(&mut dropout, &x)?;
-        Ok((self.output.forward(&x)?, weights))
+        Ok((dropout::maybe(&mut dropout, &x)?, weights))
     }
 
     /// The paper's bottom layer: at step t the query is the bottom output of step t-1, and the

@@ -49,12 +49,12 @@ impl Encoder {
     ) -> Result<Tensor> {
         let x = self.embedding.forward(src)?;
         let x = dropout::maybe(&mut dropout, &x)?;
-        let (fwd, _) = self.forward_dir.forward(&x, Some(mask), false)?;
-        let (bwd, _) = self.backward_dir.forward(&x, Some(mask), true)?;
+        let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
+        let bwd = self.backward_dir.forward(&x, Some(mask), true)?;
         let mut x = Tensor::cat(&[fwd, bwd], 2)?;
         for (layer, &residual) in self.layers.iter().zip(&self.residual) {
             let input = dropout::maybe(&mut dropout, &x)?;
-            let (out, _) = layer.forward(&input, Some(mask), false)?;
+            let out = layer.forward(&input, Some(mask), false)?;
             // The identity path adds the layer's input as it was before dropout (tf/nmt's
             // ResidualWrapper around a DropoutWrapper).
             x = if residual { (out + &x)? } else { out };

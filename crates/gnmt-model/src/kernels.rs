@@ -16,6 +16,10 @@ pub(crate) trait Real:
     const ONE: Self;
     fn tanh_(self) -> Self;
     fn sigmoid(self) -> Self;
+    fn exp_(self) -> Self;
+    fn ln_(self) -> Self;
+    fn max_(self, other: Self) -> Self;
+    fn from_f64(x: f64) -> Self;
 }
 
 impl Real for f32 {
@@ -25,6 +29,18 @@ impl Real for f32 {
     }
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+    fn max_(self, other: Self) -> Self {
+        self.max(other)
+    }
+    fn from_f64(x: f64) -> Self {
+        x as f32
     }
 }
 
@@ -36,6 +52,18 @@ impl Real for f64 {
     }
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+    fn max_(self, other: Self) -> Self {
+        self.max(other)
+    }
+    fn from_f64(x: f64) -> Self {
+        x
     }
 }
 

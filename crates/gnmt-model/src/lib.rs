@@ -33,6 +33,7 @@ mod kernels;
 pub mod lstm;
 mod model;
 pub mod params;
+pub mod softmax_loss;
 
 pub use config::{AttentionQuery, ModelConfig};
 pub use decoder::DecoderState;

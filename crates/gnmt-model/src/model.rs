@@ -104,6 +104,47 @@ impl Gnmt {
     }
 }
 
+impl Gnmt {
+    /// The training loss per target token without materialising log-probabilities: `[B * T, 2]`
+    /// holding the label-smoothed cross-entropy (smoothing `eps`) and the plain negative
+    /// log-likelihood of `tgt_out [B, T]`, 0 where `tgt_mask [B, T]` is 0. The output
+    /// softmax and the loss are one fused operation ([`crate::softmax_loss`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_losses(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+        tgt_out: &Tensor,
+        tgt_mask: &Tensor,
+        eps: f64,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        check_ids(tgt_in, "tgt_in")?;
+        check_ids(tgt_out, "tgt_out")?;
+        if tgt_in.dims() != tgt_out.dims() || tgt_in.dims() != tgt_mask.dims() {
+            bail!(
+                "tgt_in {:?}, tgt_out {:?} and tgt_mask {:?} differ in shape",
+                tgt_in.dims(),
+                tgt_out.dims(),
+                tgt_mask.dims()
+            )
+        }
+        let encoded = self.encode_with(src, src_mask, dropout.as_deref_mut())?;
+        let (top, _) = self.decoder.forward_top(tgt_in, &encoded.memory, dropout)?;
+        let (b, t, h) = top.dims3()?;
+        let (weight, bias) = self.decoder.output_layer();
+        let logits = top.reshape((b * t, h))?.matmul(&weight.t()?)?;
+        crate::softmax_loss::token_losses(
+            &logits,
+            bias,
+            &tgt_out.flatten_all()?,
+            &tgt_mask.flatten_all()?,
+            eps,
+        )
+    }
+}
+
 fn check_ids(t: &Tensor, name: &str) -> Result<()> {
     if t.dtype() != DType::U32 {
         bail!("{name} must hold u32 token ids, got {:?}", t.dtype())

@@ -19,7 +19,7 @@ mod validate;
 use std::path::PathBuf;
 
 pub use config::TrainConfig;
-pub use loss::{label_smoothed_nll, BatchLoss};
+pub use loss::{batch_loss, label_smoothed_nll, BatchLoss};
 pub use trainer::{train, Outcome, TrainArgs};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The training objective: label-smoothed cross-entropy over real target tokens.
 
 use candle::{DType, Result, Tensor, D};
+use gnmt_model::{Dropout, Gnmt};
 
 /// Sums over the real (unpadded) target tokens of a batch.
 #[derive(Debug)]
@@ -18,6 +19,43 @@ impl BatchLoss {
     pub fn mean(&self) -> Result<Tensor> {
         self.loss_sum.affine(1.0 / self.tokens.max(1) as f64, 0.0)
     }
+}
+
+/// The loss of one batch through the model's fused output softmax and loss
+/// ([`Gnmt::token_losses`]): what training and validation use. [`label_smoothed_nll`] computes
+/// the same from logits and is its reference.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_loss(
+    model: &Gnmt,
+    src: &Tensor,
+    src_mask: &Tensor,
+    tgt_in: &Tensor,
+    tgt_out: &Tensor,
+    tgt_mask: &Tensor,
+    eps: f64,
+    dropout: Option<&mut Dropout>,
+) -> Result<BatchLoss> {
+    let per_token = model.token_losses(src, src_mask, tgt_in, tgt_out, tgt_mask, eps, dropout)?;
+    let loss_sum = per_token.narrow(1, 0, 1)?.sum_all()?;
+    let nll_sum = per_token
+        .narrow(1, 1, 1)?
+        .detach()
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    Ok(BatchLoss {
+        loss_sum,
+        nll_sum,
+        tokens: count_tokens(tgt_mask)?,
+    })
+}
+
+fn count_tokens(mask: &Tensor) -> Result<usize> {
+    Ok(mask
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?
+        .round() as usize)
 }
 
 /// `logits [B, T, V]`, `targets [B, T]` (u32), `mask [B, T]` (1 real, 0 pad). With smoothing
@@ -45,15 +83,10 @@ pub fn label_smoothed_nll(
         .sum_all()?
         .to_dtype(DType::F64)?
         .to_scalar::<f64>()?;
-    let tokens = mask
-        .sum_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?
-        .round() as usize;
     Ok(BatchLoss {
         loss_sum,
         nll_sum,
-        tokens,
+        tokens: count_tokens(&mask)?,
     })
 }
 
@@ -86,5 +119,33 @@ mod tests {
         assert!((smooth.loss_sum.to_scalar::<f64>().unwrap() - want).abs() < 1e-12);
         assert!((smooth.nll_sum - nll).abs() < 1e-12);
         assert!((smooth.mean().unwrap().to_scalar::<f64>().unwrap() - want / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fused_batch_loss_equals_the_loss_from_logits() {
+        let dev = Device::Cpu;
+        let cfg = gnmt_model::ModelConfig::tiny();
+        let (model, _) = gnmt_model::init_model(&cfg, 3, 0.3, DType::F64, &dev).unwrap();
+        let src = Tensor::new(&[[5u32, 6, 7, 3], [8, 3, 0, 0]], &dev).unwrap();
+        let src_mask = gnmt_model::mask_from_lengths(&[4, 2], 4, DType::F64, &dev).unwrap();
+        let tgt_in = Tensor::new(&[[2u32, 9, 10], [2, 11, 0]], &dev).unwrap();
+        let tgt_out = Tensor::new(&[[9u32, 10, 3], [11, 3, 0]], &dev).unwrap();
+        let tgt_mask = gnmt_model::mask_from_lengths(&[3, 2], 3, DType::F64, &dev).unwrap();
+        for eps in [0.0, 0.1] {
+            let fused = batch_loss(
+                &model, &src, &src_mask, &tgt_in, &tgt_out, &tgt_mask, eps, None,
+            )
+            .unwrap();
+            let (logits, _) = model.forward(&src, &src_mask, &tgt_in, None).unwrap();
+            let reference = label_smoothed_nll(&logits, &tgt_out, &tgt_mask, eps).unwrap();
+            assert_eq!(fused.tokens, 5);
+            assert_eq!(reference.tokens, 5);
+            let (a, b) = (
+                fused.loss_sum.to_scalar::<f64>().unwrap(),
+                reference.loss_sum.to_scalar::<f64>().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-10, "eps {eps}: {a} vs {b}");
+            assert!((fused.nll_sum - reference.nll_sum).abs() < 1e-10);
+        }
     }
 }

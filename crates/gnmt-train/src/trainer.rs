@@ -32,7 +32,7 @@ use gnmt_tokenizer::{
 
 use crate::config::TrainConfig;
 use crate::grads::GradStats;
-use crate::loss::label_smoothed_nll;
+use crate::loss::batch_loss;
 use crate::optim::Optimizer;
 use crate::schedule::lr_at;
 use crate::state::{RngState, TrainState};
@@ -203,8 +203,16 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             .ok_or_else(|| Error::Config("the training set is empty".into()))?;
         state.batches += 1;
         let [src, src_mask, tgt_in, tgt_out, tgt_mask] = batch_tensors(&batch, &args.device)?;
-        let (logits, _) = model.forward(&src, &src_mask, &tgt_in, Some(&mut dropout))?;
-        let loss = label_smoothed_nll(&logits, &tgt_out, &tgt_mask, config.label_smoothing)?;
+        let loss = batch_loss(
+            &model,
+            &src,
+            &src_mask,
+            &tgt_in,
+            &tgt_out,
+            &tgt_mask,
+            config.label_smoothing,
+            Some(&mut dropout),
+        )?;
         let mean = loss.mean()?;
         let loss_value = mean.to_scalar::<f32>()? as f64;
         let grads = mean.backward()?;

@@ -8,7 +8,7 @@ use gnmt_model::{mask_from_lengths, Gnmt};
 use gnmt_tokenizer::batch::plan_epoch;
 use gnmt_tokenizer::{Batch, BatchOptions, Dataset, ParallelCorpus, Vocab};
 
-use crate::loss::label_smoothed_nll;
+use crate::loss::batch_loss;
 use crate::Result;
 
 pub struct ValidResult {
@@ -53,8 +53,9 @@ impl Validator<'_> {
         for indices in plan_epoch(self.dataset, &options, 0) {
             let [src, src_mask, tgt_in, tgt_out, tgt_mask] =
                 batch_tensors(&Batch::from_indices(self.dataset, indices), self.device)?;
-            let (logits, _) = model.forward(&src, &src_mask, &tgt_in, None)?;
-            let l = label_smoothed_nll(&logits, &tgt_out, &tgt_mask, 0.0)?;
+            let l = batch_loss(
+                model, &src, &src_mask, &tgt_in, &tgt_out, &tgt_mask, 0.0, None,
+            )?;
             nll += l.nll_sum;
             tokens += l.tokens;
         }

@@ -120,8 +120,9 @@ impl BenchModelArgs {
         let tgt_mask = mask_from_lengths(&tgt_len, t, DType::F32, &device)?;
 
         let step = || -> anyhow::Result<usize> {
-            let (logits, _) = model.forward(&src, &src_mask, &tgt_in, None)?;
-            let loss = gnmt_train::label_smoothed_nll(&logits, &tgt_out, &tgt_mask, 0.1)?;
+            let loss = gnmt_train::batch_loss(
+                &model, &src, &src_mask, &tgt_in, &tgt_out, &tgt_mask, 0.1, None,
+            )?;
             loss.mean()?.backward()?;
             Ok(loss.tokens)
         };

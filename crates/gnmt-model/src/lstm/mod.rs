@@ -10,6 +10,7 @@
 
 pub mod fused;
 pub mod reference;
+pub mod sequence;
 
 use candle::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -94,10 +95,18 @@ impl Lstm {
         self.cell(&input_gates, state)
     }
 
-    /// Runs the layer over `x [B, T, in]` from the zero state. `mask [B, T]` (1 real, 0 pad,
-    /// same dtype as `x`) freezes the state on padded steps. `reverse` reads time backwards;
-    /// outputs are returned in the original time order. Returns `(outputs [B, T, H], final)`.
-    pub fn forward(
+    /// Runs the layer over `x [B, T, in]` from the zero state. `mask [B, T]` (1 real, 0 pad)
+    /// freezes the state on padded steps. `reverse` reads time backwards; outputs `[B, T, H]`
+    /// are returned in the original time order. The whole recurrence is one fused operation
+    /// ([`sequence::lstm_sequence`]); [`Lstm::forward_stepwise`] is its reference.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
+        let gates = self.input_gates(x)?;
+        sequence::lstm_sequence(&gates, &self.w_hh, mask, reverse)?.transpose(0, 1)
+    }
+
+    /// [`Lstm::forward`] as one autograd op per step, also returning the final state: the
+    /// reference the fused sequence is tested against.
+    pub fn forward_stepwise(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,

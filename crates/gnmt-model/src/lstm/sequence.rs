@@ -1,0 +1,479 @@
+//! A whole LSTM layer over a sequence as one operation, forward and backward.
+//!
+//! Through autograd, a layer run step by step records a dozen ops per step; worse, the
+//! gradient of each step's slice of the precomputed input gates is a zero-padded tensor of the
+//! full sequence, so the backward pass costs O(T^2) memory traffic. Here the whole recurrence
+//! runs inside one `CustomOp2(input gates [T, B, 4H], W_hh [4H, H]) -> h [T, B, H]`:
+//!
+//! - forward: per step one `gemm` call (`h_prev W_hh^T` added onto that step's input gates) and
+//!   one fused pass for the gate nonlinearities, cell and hidden update, and padding mask;
+//! - backward: backpropagation through time by hand, per step one `gemm` for the gradient
+//!   reaching `h_prev`; the gradient of `W_hh` is then a single product over all steps.
+//!
+//! Batch rows never interact in a recurrence, so rows are split into chunks that run their whole
+//! sequence on separate threads, with no synchronisation per step. The gate activations and
+//! cell states of the forward pass are kept for the backward pass.
+
+use std::sync::Mutex;
+
+use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::kernels::Real;
+
+/// Runs one layer from the zero state. `input_gates [T, B, 4H]` is `x W_ih^T + b` for every
+/// step (time-major); `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
+/// padded steps; `reverse` processes time backwards. Returns the hidden state after each step,
+/// `[T, B, H]`, in the original time order.
+pub fn lstm_sequence(
+    input_gates: &Tensor,
+    w_hh: &Tensor,
+    keep: Option<&Tensor>,
+    reverse: bool,
+) -> Result<Tensor> {
+    let (t, b, _) = input_gates.dims3()?;
+    let keep = match keep {
+        None => None,
+        Some(m) => {
+            if m.dims() != [b, t] {
+                candle::bail!(
+                    "lstm: mask {:?} does not fit {t} steps of {b} rows",
+                    m.dims()
+                )
+            }
+            let rows = m.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            // Time-major, as the gates.
+            Some(
+                (0..t)
+                    .flat_map(|s| rows.iter().map(move |r| r[s] != 0.0))
+                    .collect(),
+            )
+        }
+    };
+    let op = LstmSequence {
+        reverse,
+        keep,
+        saved: Mutex::new(None),
+    };
+    input_gates.contiguous()?.apply_op2(&w_hh.contiguous()?, op)
+}
+
+struct LstmSequence {
+    reverse: bool,
+    /// `[T * B]`, time-major; `None` when every step is real.
+    keep: Option<Vec<bool>>,
+    /// What the backward pass needs from the forward pass: gate activations `[T, B, 4H]` and
+    /// cell states `[T, B, H]`, as f32 or f64 storage.
+    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    t: usize,
+    b: usize,
+    h: usize,
+    reverse: bool,
+}
+
+impl Dims {
+    /// The time index of processing step `k`.
+    fn time(&self, k: usize) -> usize {
+        if self.reverse {
+            self.t - 1 - k
+        } else {
+            k
+        }
+    }
+
+    /// Rows per chunk: one chunk per thread.
+    fn chunks(&self) -> Vec<std::ops::Range<usize>> {
+        let n = rayon::current_num_threads().clamp(1, self.b.max(1));
+        (0..n)
+            .map(|i| (i * self.b / n)..((i + 1) * self.b / n))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
+/// `dst [m, n] (+)= a [m, k] * b [k, n]`, densely packed and row-major, except that a
+/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage.
+fn matmul<T: 'static + Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    (a, a_transposed): (&[T], bool),
+    (b, b_transposed): (&[T], bool),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // (column stride, row stride) of each operand.
+    let (a_cs, a_rs) = if a_transposed {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (b_cs, b_rs) = if b_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index gemm touches: dst is m x n with row stride n,
+    // a and b are densely packed m x k and k x n matrices, read directly or transposed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// One chunk's forward results, in the chunk's own `[T, rows, .]` layout.
+struct ChunkForward<T> {
+    h: Vec<T>,
+    acts: Vec<T>,
+    cells: Vec<T>,
+}
+
+fn forward_chunk<T: 'static + Real>(
+    x_gates: &[T],
+    w_hh: &[T],
+    keep: Option<&[bool]>,
+    d: Dims,
+    rows: std::ops::Range<usize>,
+) -> ChunkForward<T> {
+    let (h, m) = (d.h, rows.len());
+    let zero = T::default();
+    let mut out = ChunkForward {
+        h: vec![zero; d.t * m * h],
+        acts: vec![zero; d.t * m * 4 * h],
+        cells: vec![zero; d.t * m * h],
+    };
+    let mut h_prev = vec![zero; m * h];
+    let mut c_prev = vec![zero; m * h];
+    let mut gates = vec![zero; m * 4 * h];
+    for k in 0..d.t {
+        let s = d.time(k);
+        gates.copy_from_slice(&x_gates[(s * d.b + rows.start) * 4 * h..][..m * 4 * h]);
+        matmul(
+            (m, 4 * h, h),
+            &mut gates,
+            true,
+            (&h_prev, false),
+            (w_hh, true),
+            1,
+        );
+        for (r, row) in rows.clone().enumerate() {
+            let real = keep.is_none_or(|k| k[s * d.b + row]);
+            let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
+            if real {
+                let g = &gates[r * 4 * h..][..4 * h];
+                let a = &mut out.acts[(s * m + r) * 4 * h..][..4 * h];
+                for j in 0..h {
+                    let (i, f, gg, o) = (
+                        g[j].sigmoid(),
+                        g[h + j].sigmoid(),
+                        g[2 * h + j].tanh_(),
+                        g[3 * h + j].sigmoid(),
+                    );
+                    a[j] = i;
+                    a[h + j] = f;
+                    a[2 * h + j] = gg;
+                    a[3 * h + j] = o;
+                    let c = f * cp[j] + i * gg;
+                    cp[j] = c;
+                    hp[j] = o * c.tanh_();
+                }
+            }
+            out.h[(s * m + r) * h..][..h].copy_from_slice(hp);
+            out.cells[(s * m + r) * h..][..h].copy_from_slice(cp);
+        }
+    }
+    out
+}
+
+/// Backpropagation through time for one chunk: the gradient of its input gates, `[T, rows, 4H]`.
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk<T: 'static + Real>(
+    grad_h: &[T],
+    acts: &[T],
+    cells: &[T],
+    w_hh: &[T],
+    keep: Option<&[bool]>,
+    d: Dims,
+    rows: std::ops::Range<usize>,
+) -> Vec<T> {
+    let (h, m) = (d.h, rows.len());
+    let zero = T::default();
+    let mut d_gates = vec![zero; d.t * m * 4 * h];
+    let mut dh_next = vec![zero; m * h]; // gradient reaching h from later steps
+    let mut dc_next = vec![zero; m * h];
+    let mut dh_from_gates = vec![zero; m * h];
+    // The saved activations are laid out [T, B, .] for the whole batch.
+    let at = |s: usize, r: usize, width: usize| (s * d.b + rows.start + r) * width;
+    for k in (0..d.t).rev() {
+        let s = d.time(k);
+        let prev = (k > 0).then(|| d.time(k - 1));
+        let dg = &mut d_gates[s * m * 4 * h..][..m * 4 * h];
+        for (r, row) in rows.clone().enumerate() {
+            let real = keep.is_none_or(|kp| kp[s * d.b + row]);
+            let dh = &mut dh_next[r * h..][..h];
+            for (x, g) in dh.iter_mut().zip(&grad_h[at(s, r, h)..][..h]) {
+                *x += *g;
+            }
+            if !real {
+                continue; // the state passed through unchanged: so do its gradients
+            }
+            let a = &acts[at(s, r, 4 * h)..][..4 * h];
+            let c = &cells[at(s, r, h)..][..h];
+            let c_prev = prev.map(|p| &cells[at(p, r, h)..][..h]);
+            let dc = &mut dc_next[r * h..][..h];
+            let dgr = &mut dg[r * 4 * h..][..4 * h];
+            for j in 0..h {
+                let (i, f, gg, o) = (a[j], a[h + j], a[2 * h + j], a[3 * h + j]);
+                let tc = c[j].tanh_();
+                let dcj = dc[j] + dh[j] * o * (T::ONE - tc * tc);
+                let cp = c_prev.map_or(zero, |cp| cp[j]);
+                dgr[j] = dcj * gg * i * (T::ONE - i);
+                dgr[h + j] = dcj * cp * f * (T::ONE - f);
+                dgr[2 * h + j] = dcj * i * (T::ONE - gg * gg);
+                dgr[3 * h + j] = dh[j] * tc * o * (T::ONE - o);
+                dc[j] = dcj * f;
+            }
+        }
+        // dh_prev = dgates W_hh for real rows; padded rows pass dh through untouched.
+        matmul(
+            (m, h, 4 * h),
+            &mut dh_from_gates,
+            false,
+            (dg, false),
+            (w_hh, false),
+            1,
+        );
+        for (r, row) in rows.clone().enumerate() {
+            if keep.is_none_or(|kp| kp[s * d.b + row]) {
+                dh_next[r * h..][..h].copy_from_slice(&dh_from_gates[r * h..][..h]);
+            }
+        }
+    }
+    d_gates
+}
+
+/// Copies chunk-local `[T, rows, width]` blocks into one `[T, B, width]` buffer.
+fn assemble<T: Copy + Default>(
+    parts: &[(std::ops::Range<usize>, &[T])],
+    t: usize,
+    b: usize,
+    width: usize,
+) -> Vec<T> {
+    let mut all = vec![T::default(); t * b * width];
+    for (rows, part) in parts {
+        let m = rows.len();
+        for s in 0..t {
+            all[(s * b + rows.start) * width..][..m * width]
+                .copy_from_slice(&part[s * m * width..][..m * width]);
+        }
+    }
+    all
+}
+
+fn forward<T: 'static + Real>(
+    x_gates: &[T],
+    w_hh: &[T],
+    keep: Option<&[bool]>,
+    d: Dims,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let chunks = d.chunks();
+    let results: Vec<ChunkForward<T>> = chunks
+        .par_iter()
+        .map(|rows| forward_chunk(x_gates, w_hh, keep, d, rows.clone()))
+        .collect();
+    let pick = |f: fn(&ChunkForward<T>) -> &[T]| -> Vec<(std::ops::Range<usize>, &[T])> {
+        chunks
+            .iter()
+            .cloned()
+            .zip(results.iter().map(f))
+            .collect::<Vec<_>>()
+    };
+    (
+        assemble(&pick(|c| &c.h), d.t, d.b, d.h),
+        assemble(&pick(|c| &c.acts), d.t, d.b, 4 * d.h),
+        assemble(&pick(|c| &c.cells), d.t, d.b, d.h),
+    )
+}
+
+/// Returns (gradient of the input gates `[T, B, 4H]`, gradient of `W_hh` `[4H, H]`).
+fn backward<T: 'static + Real>(
+    grad_h: &[T],
+    h_out: &[T],
+    acts: &[T],
+    cells: &[T],
+    w_hh: &[T],
+    keep: Option<&[bool]>,
+    d: Dims,
+) -> (Vec<T>, Vec<T>) {
+    let chunks = d.chunks();
+    let parts: Vec<Vec<T>> = chunks
+        .par_iter()
+        .map(|rows| backward_chunk(grad_h, acts, cells, w_hh, keep, d, rows.clone()))
+        .collect();
+    let parts_ref: Vec<_> = chunks
+        .iter()
+        .cloned()
+        .zip(parts.iter().map(|p| p.as_slice()))
+        .collect();
+    let d_gates = assemble(&parts_ref, d.t, d.b, 4 * d.h);
+    // h_prev of every step, in time order: the output of the previous processing step.
+    let (bh, zero) = (d.b * d.h, T::default());
+    let mut h_prev = vec![zero; d.t * bh];
+    for k in 1..d.t {
+        let (s, p) = (d.time(k), d.time(k - 1));
+        h_prev[s * bh..][..bh].copy_from_slice(&h_out[p * bh..][..bh]);
+    }
+    // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product.
+    let mut d_w = vec![zero; 4 * d.h * d.h];
+    let tb = d.t * d.b;
+    matmul(
+        (4 * d.h, d.h, tb),
+        &mut d_w,
+        false,
+        (&d_gates, true),
+        (&h_prev, false),
+        rayon::current_num_threads(),
+    );
+    (d_gates, d_w)
+}
+
+fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle::bail!("lstm: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp2 for LstmSequence {
+    fn name(&self) -> &'static str {
+        "lstm-sequence"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (t, b, h4) = l1.shape().dims3()?;
+        let (h4w, h) = l2.shape().dims2()?;
+        if h4 != h4w || h4 != 4 * h {
+            candle::bail!(
+                "lstm: input gates {:?} and W_hh {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let d = Dims {
+            t,
+            b,
+            h,
+            reverse: self.reverse,
+        };
+        let keep = self.keep.as_deref();
+        let (out, acts, cells) = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, keep, d);
+                (CpuStorage::F32(o), CpuStorage::F32(a), CpuStorage::F32(c))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, keep, d);
+                (CpuStorage::F64(o), CpuStorage::F64(a), CpuStorage::F64(c))
+            }
+            _ => candle::bail!("lstm: f32 or f64 inputs of one dtype only"),
+        };
+        *self.saved.lock().expect("lstm: poisoned") = Some((acts, cells));
+        Ok((out, Shape::from((t, b, h))))
+    }
+
+    fn bwd(
+        &self,
+        x_gates: &Tensor,
+        w_hh: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (t, b, h) = out.dims3()?;
+        let d = Dims {
+            t,
+            b,
+            h,
+            reverse: self.reverse,
+        };
+        let keep = self.keep.as_deref();
+        let device = x_gates.device();
+        let flat = |x: &Tensor| x.flatten_all()?.contiguous();
+        let (w, o, g) = (flat(w_hh)?, flat(out)?, flat(grad)?);
+        let saved = self.saved.lock().expect("lstm: poisoned");
+        let Some((acts, cells)) = saved.as_ref() else {
+            candle::bail!("lstm: backward before forward")
+        };
+        let (dg, dw) = match (acts, cells, x_gates.dtype()) {
+            (CpuStorage::F32(a), CpuStorage::F32(c), DType::F32) => {
+                let (dg, dw) = backward(
+                    &g.to_vec1::<f32>()?,
+                    &o.to_vec1()?,
+                    a,
+                    c,
+                    &w.to_vec1()?,
+                    keep,
+                    d,
+                );
+                (
+                    Tensor::from_vec(dg, (t, b, 4 * h), device)?,
+                    Tensor::from_vec(dw, (4 * h, h), device)?,
+                )
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(c), DType::F64) => {
+                let (dg, dw) = backward(
+                    &g.to_vec1::<f64>()?,
+                    &o.to_vec1()?,
+                    a,
+                    c,
+                    &w.to_vec1()?,
+                    keep,
+                    d,
+                );
+                (
+                    Tensor::from_vec(dg, (t, b, 4 * h), device)?,
+                    Tensor::from_vec(dw, (4 * h, h), device)?,
+                )
+            }
+            (_, _, other) => candle::bail!("lstm: no backward for {other:?}"),
+        };
+        Ok((Some(dg), Some(dw)))
+    }
+}
