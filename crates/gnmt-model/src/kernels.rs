@@ -1,4 +1,4 @@
-//! Scalar arithmetic shared by the fused CPU kernels, for f32 and f64.
+//! Scalar arithmetic and the matrix product shared by the fused CPU kernels, for f32 and f64.
 
 /// What the kernels need from a float type.
 pub(crate) trait Real:
@@ -64,6 +64,63 @@ impl Real for f64 {
     }
     fn from_f64(x: f64) -> Self {
         x
+    }
+}
+
+/// `dst [m, n] (+)= a [m, k] * b [k, n]`, densely packed and row-major, except that a
+/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage.
+pub(crate) fn matmul<T: 'static + Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    (a, a_transposed): (&[T], bool),
+    (b, b_transposed): (&[T], bool),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // (column stride, row stride) of each operand.
+    let (a_cs, a_rs) = if a_transposed {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (b_cs, b_rs) = if b_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index gemm touches: dst is m x n with row stride n,
+    // a and b are densely packed m x k and k x n matrices, read directly or transposed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 

@@ -134,9 +134,9 @@ impl Gnmt {
         let (top, _) = self.decoder.forward_top(tgt_in, &encoded.memory, dropout)?;
         let (b, t, h) = top.dims3()?;
         let (weight, bias) = self.decoder.output_layer();
-        let logits = top.reshape((b * t, h))?.matmul(&weight.t()?)?;
         crate::softmax_loss::token_losses(
-            &logits,
+            &top.reshape((b * t, h))?,
+            weight,
             bias,
             &tgt_out.flatten_all()?,
             &tgt_mask.flatten_all()?,

@@ -1,38 +1,46 @@
-//! The output softmax and the training loss as one fused operation.
+//! The output layer, its softmax and the training loss as one fused operation.
 //!
 //! Over a batch of 2,000 target tokens and a vocabulary of 8,000 the logits are 16 million
-//! values. Composed from candle ops (bias add, log-softmax, gather, mean, their gradients) the
-//! loss allocates and walks a dozen tensors of that size per step, and the page faults alone
-//! cost more than the arithmetic. Fused, the forward pass reads the logits row by row and
-//! writes two numbers per token; the backward pass recomputes the softmax and writes the
-//! gradient once, together with the bias gradient.
+//! values. Composed from candle ops (projection, bias add, log-softmax, gather, mean, their
+//! gradients) the loss allocates and walks a dozen tensors of that size per step, and the page
+//! faults alone cost more than the arithmetic; candle's autograd adds a zero-filled gradient
+//! buffer per op on top. Fused, the `[N, V]` logits never enter the autograd graph: the
+//! forward pass computes them with one `gemm`, keeps them, and writes two numbers per token;
+//! the backward pass turns the kept logits into their gradient in place and multiplies it out
+//! into the gradients of the decoder output, the weight and the bias.
 //!
-//! Per token with logits `z = x + bias`, target `y` and smoothing `eps`, the output holds
+//! Per token with logits `z = x W^T + bias`, target `y` and smoothing `eps`, the output holds
 //! `[smoothed, nll]`:
 //! `nll = logsumexp(z) - z_y` and `smoothed = (1 - eps) nll + eps (logsumexp(z) - mean(z))`,
 //! the cross-entropy against `(1 - eps) onehot(y) + eps / V` (as
 //! [`reference_token_losses`], which the tests compare against). Padded tokens give 0 and no
 //! gradient. Rows are independent, so the result does not depend on the number of threads.
 
-use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::sync::Mutex;
+
+use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::Real;
+use crate::kernels::{matmul, Real};
 
-/// `logits [N, V]` (without bias), `bias [V]`, `targets [N]` (u32), `keep [N]` (1 real, 0
-/// pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per token.
+/// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
+/// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
+/// token.
 pub fn token_losses(
-    logits: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
     bias: &Tensor,
     targets: &Tensor,
     keep: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let (n, v) = logits.dims2()?;
-    if bias.dims() != [v] || targets.dims() != [n] || keep.dims() != [n] {
+    let (n, h) = x.dims2()?;
+    let v = bias.dims1()?;
+    if weight.dims() != [v, h] || targets.dims() != [n] || keep.dims() != [n] {
         candle::bail!(
-            "token losses: logits {:?}, bias {:?}, targets {:?}, mask {:?} do not fit",
-            logits.dims(),
+            "token losses: x {:?}, weight {:?}, bias {:?}, targets {:?}, mask {:?} do not fit",
+            x.dims(),
+            weight.dims(),
             bias.dims(),
             targets.dims(),
             keep.dims()
@@ -48,23 +56,31 @@ pub fn token_losses(
         .into_iter()
         .map(|k| k != 0.0)
         .collect();
-    let op = TokenLosses { targets, keep, eps };
-    logits.contiguous()?.apply_op2(&bias.contiguous()?, op)
+    let op = TokenLosses {
+        targets,
+        keep,
+        eps,
+        logits: Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 /// The same computation from candle ops (the reference).
 pub fn reference_token_losses(
-    logits: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
     bias: &Tensor,
     targets: &Tensor,
     keep: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(&logits.broadcast_add(bias)?, D::Minus1)?;
+    let logits = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let uniform = logp.mean(D::Minus1)?.neg()?;
     let smoothed = ((&nll * (1.0 - eps))? + (uniform * eps)?)?;
-    let keep = keep.to_dtype(logits.dtype())?;
+    let keep = keep.to_dtype(x.dtype())?;
     Tensor::stack(&[(smoothed * &keep)?, (nll * &keep)?], 1)
 }
 
@@ -72,75 +88,125 @@ struct TokenLosses {
     targets: Vec<u32>,
     keep: Vec<bool>,
     eps: f64,
+    /// The logits `[N, V]` (bias included) and their log-sum-exp per row, kept from the
+    /// forward pass as f32 or f64 storage. The backward pass consumes them.
+    logits: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
 
-/// `(logsumexp(row), sum(row))` of a row of logits plus bias.
-fn row_stats<T: Real>(z: &[T], bias: &[T]) -> (T, T) {
+/// Sizes of one call: `n` tokens, `h` inputs, `v` vocabulary entries.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    h: usize,
+    v: usize,
+}
+
+/// `x W^T + bias`, `[N, V]`.
+fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
+    let mut z = vec![T::default(); d.n * d.v];
+    z.par_chunks_mut(d.v)
+        .for_each(|row| row.copy_from_slice(bias));
+    matmul(
+        (d.n, d.v, d.h),
+        &mut z,
+        true,
+        (x, false),
+        (w, true),
+        rayon::current_num_threads(),
+    );
+    z
+}
+
+/// `(logsumexp(row), sum(row))`.
+fn row_stats<T: Real>(z: &[T]) -> (T, T) {
     let mut max = T::from_f64(f64::NEG_INFINITY);
     let mut sum = T::default();
-    for (&x, &b) in z.iter().zip(bias) {
-        let v = x + b;
-        max = max.max_(v);
-        sum += v;
+    for &x in z {
+        max = max.max_(x);
+        sum += x;
     }
     let mut total = T::default();
-    for (&x, &b) in z.iter().zip(bias) {
-        total += (x + b - max).exp_();
+    for &x in z {
+        total += (x - max).exp_();
     }
     (max + total.ln_(), sum)
 }
 
-fn forward<T: Real>(z: &[T], bias: &[T], op: &TokenLosses, v: usize) -> Vec<T> {
+/// Returns (the `[N, 2]` losses, log-sum-exp per row).
+fn losses<T: Real>(z: &[T], op: &TokenLosses, v: usize) -> (Vec<T>, Vec<T>) {
     let eps = T::from_f64(op.eps);
     let inv_v = T::from_f64(1.0 / v as f64);
     let mut out = vec![T::default(); op.targets.len() * 2];
+    let mut lse = vec![T::default(); op.targets.len()];
     out.par_chunks_mut(2)
+        .zip(lse.par_iter_mut())
         .zip(z.par_chunks(v))
         .enumerate()
-        .for_each(|(n, (o, row))| {
+        .for_each(|(n, ((o, l), row))| {
             if !op.keep[n] {
                 return;
             }
-            let (lse, sum) = row_stats(row, bias);
+            let (lse, sum) = row_stats(row);
             let y = op.targets[n] as usize;
-            let nll = lse - (row[y] + bias[y]);
+            let nll = lse - row[y];
             o[0] = (T::ONE - eps) * nll + eps * (lse - sum * inv_v);
             o[1] = nll;
+            *l = lse;
         });
-    out
+    (out, lse)
 }
 
-/// Gradient of `sum(g * out)` with respect to the logits (and, summed over rows, the bias):
-/// per row `(g0 + g1) softmax(z) - g0 q - g1 onehot(y)`, with `q` the smoothed target.
-fn backward<T: Real>(z: &[T], bias: &[T], g: &[T], op: &TokenLosses, v: usize) -> (Vec<T>, Vec<T>) {
+/// Turns the logits into the gradient of `sum(g * out)` with respect to them, in place: per
+/// row `(g0 + g1) softmax(z) - g0 q - g1 onehot(y)`, with `q` the smoothed target; 0 on
+/// padded rows.
+fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v: usize) {
     let eps = T::from_f64(op.eps);
     let uniform = T::from_f64(op.eps / v as f64);
-    let mut dz = vec![T::default(); z.len()];
-    dz.par_chunks_mut(v)
-        .zip(z.par_chunks(v))
-        .enumerate()
-        .for_each(|(n, (d, row))| {
-            if !op.keep[n] {
-                return;
-            }
-            let (g0, g1) = (g[2 * n], g[2 * n + 1]);
-            let (lse, _) = row_stats(row, bias);
-            let scale = g0 + g1;
-            let spread = g0 * uniform;
-            for ((dj, &x), &b) in d.iter_mut().zip(row).zip(bias) {
-                *dj = scale * (x + b - lse).exp_() - spread;
-            }
-            let y = op.targets[n] as usize;
-            d[y] = d[y] - g0 * (T::ONE - eps) - g1;
-        });
+    z.par_chunks_mut(v).enumerate().for_each(|(n, row)| {
+        if !op.keep[n] {
+            row.fill(T::default());
+            return;
+        }
+        let (g0, g1) = (g[2 * n], g[2 * n + 1]);
+        let (scale, spread) = (g0 + g1, g0 * uniform);
+        for x in row.iter_mut() {
+            *x = scale * (*x - lse[n]).exp_() - spread;
+        }
+        let y = op.targets[n] as usize;
+        row[y] = row[y] - g0 * (T::ONE - eps) - g1;
+    });
+}
+
+/// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
+fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let threads = rayon::current_num_threads();
+    let zero = T::default();
+    let mut dx = vec![zero; d.n * d.h];
+    matmul(
+        (d.n, d.h, d.v),
+        &mut dx,
+        false,
+        (dz, false),
+        (w, false),
+        threads,
+    );
+    let mut dw = vec![zero; d.v * d.h];
+    matmul(
+        (d.v, d.h, d.n),
+        &mut dw,
+        false,
+        (dz, true),
+        (x, false),
+        threads,
+    );
     // The bias gradient sums the rows in a fixed order: independent of the thread count.
-    let mut db = vec![T::default(); v];
-    for row in dz.chunks(v) {
+    let mut db = vec![zero; d.v];
+    for row in dz.chunks(d.v) {
         for (acc, &x) in db.iter_mut().zip(row) {
             *acc += x;
         }
     }
-    (dz, db)
+    (dx, dw, db)
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
@@ -150,7 +216,25 @@ fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-impl CustomOp2 for TokenLosses {
+impl TokenLosses {
+    fn forward<T: 'static + Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        d: Dims,
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let z = logits(x, w, b, d);
+        let (out, lse) = losses(&z, self, d.v);
+        (out, z, lse)
+    }
+}
+
+fn cpu_vec<T: candle::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+impl CustomOp3 for TokenLosses {
     fn name(&self) -> &'static str {
         "token-losses"
     }
@@ -161,70 +245,62 @@ impl CustomOp2 for TokenLosses {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(z), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(slice(z, l1)?, slice(b, l2)?, self, v))
+        let (n, h) = l1.shape().dims2()?;
+        let v = l3.shape().dims1()?;
+        let d = Dims { n, h, v };
+        let (out, kept) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                let (o, z, l) = self.forward(slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, d);
+                (CpuStorage::F32(o), (CpuStorage::F32(z), CpuStorage::F32(l)))
             }
-            (CpuStorage::F64(z), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(slice(z, l1)?, slice(b, l2)?, self, v))
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                let (o, z, l) = self.forward(slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, d);
+                (CpuStorage::F64(o), (CpuStorage::F64(z), CpuStorage::F64(l)))
             }
             _ => candle::bail!("token losses: f32 or f64 inputs of one dtype only"),
         };
+        *self.logits.lock().expect("token losses: poisoned") = Some(kept);
         Ok((out, Shape::from((n, 2))))
     }
 
     fn bwd(
         &self,
-        logits: &Tensor,
+        x: &Tensor,
+        weight: &Tensor,
         bias: &Tensor,
         _out: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, v) = logits.dims2()?;
-        let device = logits.device();
-        let g = grad.flatten_all()?.contiguous()?;
-        let z = logits.contiguous()?;
-        let (z_storage, z_layout) = z.storage_and_layout();
-        let b = bias.contiguous()?;
-        let (b_storage, b_layout) = b.storage_and_layout();
-        let (dz, db) = match (&*z_storage, &*b_storage) {
-            (
-                candle::Storage::Cpu(CpuStorage::F32(zs)),
-                candle::Storage::Cpu(CpuStorage::F32(bs)),
-            ) => {
-                let (dz, db) = backward(
-                    slice(zs, z_layout)?,
-                    slice(bs, b_layout)?,
-                    &g.to_vec1::<f32>()?,
-                    self,
-                    v,
-                );
-                (
-                    Tensor::from_vec(dz, (n, v), device)?,
-                    Tensor::from_vec(db, v, device)?,
-                )
-            }
-            (
-                candle::Storage::Cpu(CpuStorage::F64(zs)),
-                candle::Storage::Cpu(CpuStorage::F64(bs)),
-            ) => {
-                let (dz, db) = backward(
-                    slice(zs, z_layout)?,
-                    slice(bs, b_layout)?,
-                    &g.to_vec1::<f64>()?,
-                    self,
-                    v,
-                );
-                (
-                    Tensor::from_vec(dz, (n, v), device)?,
-                    Tensor::from_vec(db, v, device)?,
-                )
-            }
-            _ => candle::bail!("token losses: backward needs f32 or f64 CPU tensors"),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, h) = x.dims2()?;
+        let v = bias.dims1()?;
+        let d = Dims { n, h, v };
+        let device = x.device();
+        let kept = self.logits.lock().expect("token losses: poisoned").take();
+        let Some(kept) = kept else {
+            candle::bail!("token losses: backward ran twice or before forward")
         };
-        Ok((Some(dz), Some(db)))
+        macro_rules! grads {
+            ($t:ty, $z:expr, $lse:expr) => {{
+                let mut z = $z;
+                let (xs, ws) = (cpu_vec::<$t>(x)?, cpu_vec::<$t>(weight)?);
+                logit_gradients(&mut z, &$lse, &cpu_vec::<$t>(grad)?, self, v);
+                let (dx, dw, db) = backward(&z, &xs, &ws, d);
+                (
+                    Tensor::from_vec(dx, (n, h), device)?,
+                    Tensor::from_vec(dw, (v, h), device)?,
+                    Tensor::from_vec(db, v, device)?,
+                )
+            }};
+        }
+        let (dx, dw, db) = match kept {
+            (CpuStorage::F32(z), CpuStorage::F32(lse)) => grads!(f32, z, lse),
+            (CpuStorage::F64(z), CpuStorage::F64(lse)) => grads!(f64, z, lse),
+            _ => candle::bail!("token losses: backward needs f32 or f64 tensors"),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -242,18 +318,21 @@ mod tests {
     #[test]
     fn fused_losses_match_the_reference_values_and_gradients() {
         let dev = Device::Cpu;
-        let (n, v) = (6, 11);
+        let (n, h, v) = (6, 5, 11);
         let targets = Tensor::new(&[3u32, 0, 10, 5, 5, 1], &dev).unwrap();
         let keep = Tensor::new(&[1f32, 1., 0., 1., 1., 0.], &dev).unwrap();
         for dtype in [DType::F32, DType::F64] {
             for eps in [0.0, 0.1] {
-                let z = Var::from_tensor(
-                    &Tensor::from_vec(values(n * v, 1), (n, v), &dev)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap(),
-                )
-                .unwrap();
+                let var = |len: usize, shape: &[usize], seed: u64| {
+                    Var::from_tensor(
+                        &Tensor::from_vec(values(len, seed), shape, &dev)
+                            .unwrap()
+                            .to_dtype(dtype)
+                            .unwrap(),
+                    )
+                    .unwrap()
+                };
+                let (x, wt) = (var(n * h, &[n, h], 1), var(v * h, &[v, h], 4));
                 let b = Var::from_tensor(
                     &Tensor::from_vec(values(v, 2), v, &dev)
                         .unwrap()
@@ -266,8 +345,18 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
-                let run = |f: fn(&Tensor, &Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>| {
-                    let out = f(z.as_tensor(), b.as_tensor(), &targets, &keep, eps).unwrap();
+                type Losses =
+                    fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>;
+                let run = |f: Losses| {
+                    let out = f(
+                        x.as_tensor(),
+                        wt.as_tensor(),
+                        b.as_tensor(),
+                        &targets,
+                        &keep,
+                        eps,
+                    )
+                    .unwrap();
                     let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
                     let flat = |t: &Tensor| {
                         t.to_dtype(DType::F64)
@@ -279,7 +368,8 @@ mod tests {
                     };
                     [
                         flat(&out),
-                        flat(grads.get(&z).unwrap()),
+                        flat(grads.get(&x).unwrap()),
+                        flat(grads.get(&wt).unwrap()),
                         flat(grads.get(&b).unwrap()),
                     ]
                 };
@@ -300,10 +390,11 @@ mod tests {
     #[test]
     fn targets_outside_the_vocabulary_are_an_error() {
         let dev = Device::Cpu;
-        let z = Tensor::zeros((1, 4), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 3), DType::F32, &dev).unwrap();
         let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
         let keep = Tensor::ones(1, DType::F32, &dev).unwrap();
-        let err = token_losses(&z, &b, &Tensor::new(&[4u32], &dev).unwrap(), &keep, 0.1)
+        let err = token_losses(&x, &w, &b, &Tensor::new(&[4u32], &dev).unwrap(), &keep, 0.1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("outside the vocabulary"), "{err}");

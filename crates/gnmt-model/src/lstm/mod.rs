@@ -100,8 +100,15 @@ impl Lstm {
     /// are returned in the original time order. The whole recurrence is one fused operation
     /// ([`sequence::lstm_sequence`]); [`Lstm::forward_stepwise`] is its reference.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
-        let gates = self.input_gates(x)?;
-        sequence::lstm_sequence(&gates, &self.w_hh, mask, reverse)?.transpose(0, 1)
+        let (b, t, i) = x.dims3()?;
+        let projected = x
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((t * b, i))?
+            .matmul(&self.w_ih.t()?)?
+            .reshape((t, b, 4 * self.hidden))?;
+        let bias = (&self.b_ih + &self.b_hh)?;
+        sequence::lstm_sequence(&projected, &self.w_hh, &bias, mask, reverse)?.transpose(0, 1)
     }
 
     /// [`Lstm::forward`] as one autograd op per step, also returning the final state: the

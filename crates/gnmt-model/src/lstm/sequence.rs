@@ -3,12 +3,12 @@
 //! Through autograd, a layer run step by step records a dozen ops per step; worse, the
 //! gradient of each step's slice of the precomputed input gates is a zero-padded tensor of the
 //! full sequence, so the backward pass costs O(T^2) memory traffic. Here the whole recurrence
-//! runs inside one `CustomOp2(input gates [T, B, 4H], W_hh [4H, H]) -> h [T, B, H]`:
+//! runs inside one `CustomOp3(x W_ih^T [T, B, 4H], W_hh [4H, H], bias [4H]) -> h [T, B, H]`:
 //!
 //! - forward: per step one `gemm` call (`h_prev W_hh^T` added onto that step's input gates) and
-//!   one fused pass for the gate nonlinearities, cell and hidden update, and padding mask;
+//!   one fused pass for the bias, gate nonlinearities, cell and hidden update, and padding mask;
 //! - backward: backpropagation through time by hand, per step one `gemm` for the gradient
-//!   reaching `h_prev`; the gradient of `W_hh` is then a single product over all steps.
+//!   reaching `h_prev`; the gradients of `W_hh` and the bias are then one pass over all steps.
 //!
 //! Batch rows never interact in a recurrence, so rows are split into chunks that run their whole
 //! sequence on separate threads, with no synchronisation per step. The gate activations and
@@ -16,22 +16,23 @@
 
 use std::sync::Mutex;
 
-use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::Real;
+use crate::kernels::{matmul, Real};
 
-/// Runs one layer from the zero state. `input_gates [T, B, 4H]` is `x W_ih^T + b` for every
-/// step (time-major); `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
+/// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
+/// (time-major), `bias [4H]` the sum of both LSTM biases; `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
 /// padded steps; `reverse` processes time backwards. Returns the hidden state after each step,
 /// `[T, B, H]`, in the original time order.
 pub fn lstm_sequence(
-    input_gates: &Tensor,
+    input_proj: &Tensor,
     w_hh: &Tensor,
+    bias: &Tensor,
     keep: Option<&Tensor>,
     reverse: bool,
 ) -> Result<Tensor> {
-    let (t, b, _) = input_gates.dims3()?;
+    let (t, b, _) = input_proj.dims3()?;
     let keep = match keep {
         None => None,
         Some(m) => {
@@ -55,7 +56,9 @@ pub fn lstm_sequence(
         keep,
         saved: Mutex::new(None),
     };
-    input_gates.contiguous()?.apply_op2(&w_hh.contiguous()?, op)
+    input_proj
+        .contiguous()?
+        .apply_op3(&w_hh.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct LstmSequence {
@@ -96,63 +99,6 @@ impl Dims {
     }
 }
 
-/// `dst [m, n] (+)= a [m, k] * b [k, n]`, densely packed and row-major, except that a
-/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage.
-fn matmul<T: 'static + Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    accumulate: bool,
-    (a, a_transposed): (&[T], bool),
-    (b, b_transposed): (&[T], bool),
-    threads: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // (column stride, row stride) of each operand.
-    let (a_cs, a_rs) = if a_transposed {
-        (m as isize, 1)
-    } else {
-        (1, k as isize)
-    };
-    let (b_cs, b_rs) = if b_transposed {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index gemm touches: dst is m x n with row stride n,
-    // a and b are densely packed m x k and k x n matrices, read directly or transposed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
 /// One chunk's forward results, in the chunk's own `[T, rows, .]` layout.
 struct ChunkForward<T> {
     h: Vec<T>,
@@ -162,7 +108,8 @@ struct ChunkForward<T> {
 
 fn forward_chunk<T: 'static + Real>(
     x_gates: &[T],
-    w_hh: &[T],
+    bias: &[T],
+    w_hh_t: &[T],
     keep: Option<&[bool]>,
     d: Dims,
     rows: std::ops::Range<usize>,
@@ -179,13 +126,18 @@ fn forward_chunk<T: 'static + Real>(
     let mut gates = vec![zero; m * 4 * h];
     for k in 0..d.t {
         let s = d.time(k);
-        gates.copy_from_slice(&x_gates[(s * d.b + rows.start) * 4 * h..][..m * 4 * h]);
+        let x_rows = &x_gates[(s * d.b + rows.start) * 4 * h..][..m * 4 * h];
+        for (g, x) in gates.chunks_mut(4 * h).zip(x_rows.chunks(4 * h)) {
+            for ((g, &x), &b) in g.iter_mut().zip(x).zip(bias) {
+                *g = x + b;
+            }
+        }
         matmul(
             (m, 4 * h, h),
             &mut gates,
             true,
             (&h_prev, false),
-            (w_hh, true),
+            (w_hh_t, false),
             1,
         );
         for (r, row) in rows.clone().enumerate() {
@@ -305,13 +257,16 @@ fn assemble<T: Copy + Default>(
 fn forward<T: 'static + Real>(
     x_gates: &[T],
     w_hh: &[T],
+    bias: &[T],
     keep: Option<&[bool]>,
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
+    // W_hh^T as a contiguous [H, 4H] copy: gemm then reads it without repacking every step.
+    let w_hh_t = transpose(w_hh, 4 * d.h, d.h);
     let results: Vec<ChunkForward<T>> = chunks
         .par_iter()
-        .map(|rows| forward_chunk(x_gates, w_hh, keep, d, rows.clone()))
+        .map(|rows| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows.clone()))
         .collect();
     let pick = |f: fn(&ChunkForward<T>) -> &[T]| -> Vec<(std::ops::Range<usize>, &[T])> {
         chunks
@@ -327,7 +282,7 @@ fn forward<T: 'static + Real>(
     )
 }
 
-/// Returns (gradient of the input gates `[T, B, 4H]`, gradient of `W_hh` `[4H, H]`).
+/// Returns the gradients of the input projection `[T, B, 4H]`, `W_hh` `[4H, H]` and the bias.
 fn backward<T: 'static + Real>(
     grad_h: &[T],
     h_out: &[T],
@@ -336,7 +291,7 @@ fn backward<T: 'static + Real>(
     w_hh: &[T],
     keep: Option<&[bool]>,
     d: Dims,
-) -> (Vec<T>, Vec<T>) {
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
     let parts: Vec<Vec<T>> = chunks
         .par_iter()
@@ -366,7 +321,24 @@ fn backward<T: 'static + Real>(
         (&h_prev, false),
         rayon::current_num_threads(),
     );
-    (d_gates, d_w)
+    // The bias gradient sums every row in a fixed order: independent of the thread count.
+    let mut d_bias = vec![zero; 4 * d.h];
+    for row in d_gates.chunks(4 * d.h) {
+        for (acc, &g) in d_bias.iter_mut().zip(row) {
+            *acc += g;
+        }
+    }
+    (d_gates, d_w, d_bias)
+}
+
+fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); rows * cols];
+    for (r, row) in x.chunks(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
@@ -376,7 +348,7 @@ fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-impl CustomOp2 for LstmSequence {
+impl CustomOp3 for LstmSequence {
     fn name(&self) -> &'static str {
         "lstm-sequence"
     }
@@ -387,14 +359,17 @@ impl CustomOp2 for LstmSequence {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (t, b, h4) = l1.shape().dims3()?;
         let (h4w, h) = l2.shape().dims2()?;
-        if h4 != h4w || h4 != 4 * h {
+        if h4 != h4w || h4 != 4 * h || l3.shape().dims1()? != h4 {
             candle::bail!(
-                "lstm: input gates {:?} and W_hh {:?} do not fit",
+                "lstm: input projection {:?}, W_hh {:?} and bias {:?} do not fit",
                 l1.shape(),
-                l2.shape()
+                l2.shape(),
+                l3.shape()
             )
         }
         let d = Dims {
@@ -404,13 +379,13 @@ impl CustomOp2 for LstmSequence {
             reverse: self.reverse,
         };
         let keep = self.keep.as_deref();
-        let (out, acts, cells) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, keep, d);
+        let (out, acts, cells) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) => {
+                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, slice(bias, l3)?, keep, d);
                 (CpuStorage::F32(o), CpuStorage::F32(a), CpuStorage::F32(c))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, keep, d);
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(bias)) => {
+                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, slice(bias, l3)?, keep, d);
                 (CpuStorage::F64(o), CpuStorage::F64(a), CpuStorage::F64(c))
             }
             _ => candle::bail!("lstm: f32 or f64 inputs of one dtype only"),
@@ -421,11 +396,12 @@ impl CustomOp2 for LstmSequence {
 
     fn bwd(
         &self,
-        x_gates: &Tensor,
+        input_proj: &Tensor,
         w_hh: &Tensor,
+        _bias: &Tensor,
         out: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (t, b, h) = out.dims3()?;
         let d = Dims {
             t,
@@ -434,20 +410,20 @@ impl CustomOp2 for LstmSequence {
             reverse: self.reverse,
         };
         let keep = self.keep.as_deref();
-        let device = x_gates.device();
+        let device = input_proj.device();
         let flat = |x: &Tensor| x.flatten_all()?.contiguous();
         let (w, o, g) = (flat(w_hh)?, flat(out)?, flat(grad)?);
         let saved = self.saved.lock().expect("lstm: poisoned");
         let Some((acts, cells)) = saved.as_ref() else {
             candle::bail!("lstm: backward before forward")
         };
-        let (dg, dw) = match (acts, cells, x_gates.dtype()) {
-            (CpuStorage::F32(a), CpuStorage::F32(c), DType::F32) => {
-                let (dg, dw) = backward(
-                    &g.to_vec1::<f32>()?,
+        macro_rules! grads {
+            ($t:ty, $a:expr, $c:expr) => {{
+                let (dg, dw, db) = backward(
+                    &g.to_vec1::<$t>()?,
                     &o.to_vec1()?,
-                    a,
-                    c,
+                    $a,
+                    $c,
                     &w.to_vec1()?,
                     keep,
                     d,
@@ -455,25 +431,15 @@ impl CustomOp2 for LstmSequence {
                 (
                     Tensor::from_vec(dg, (t, b, 4 * h), device)?,
                     Tensor::from_vec(dw, (4 * h, h), device)?,
+                    Tensor::from_vec(db, 4 * h, device)?,
                 )
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(c), DType::F64) => {
-                let (dg, dw) = backward(
-                    &g.to_vec1::<f64>()?,
-                    &o.to_vec1()?,
-                    a,
-                    c,
-                    &w.to_vec1()?,
-                    keep,
-                    d,
-                );
-                (
-                    Tensor::from_vec(dg, (t, b, 4 * h), device)?,
-                    Tensor::from_vec(dw, (4 * h, h), device)?,
-                )
-            }
+            }};
+        }
+        let (dg, dw, db) = match (acts, cells, input_proj.dtype()) {
+            (CpuStorage::F32(a), CpuStorage::F32(c), DType::F32) => grads!(f32, a, c),
+            (CpuStorage::F64(a), CpuStorage::F64(c), DType::F64) => grads!(f64, a, c),
             (_, _, other) => candle::bail!("lstm: no backward for {other:?}"),
         };
-        Ok((Some(dg), Some(dw)))
+        Ok((Some(dg), Some(dw), Some(db)))
     }
 }
