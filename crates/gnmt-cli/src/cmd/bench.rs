@@ -12,8 +12,9 @@ use super::prepare::{DataArgs, EpochStats};
 pub enum BenchCommand {
     /// Multi30k train (2 x 29,000 lines) from text to batches.
     Data(BenchDataArgs),
-    /// Training step (forward + backward) throughput of a model preset.
-    Model(super::bench_model::BenchModelArgs),
+    /// Training-step throughput of a model preset (optionally against PyTorch).
+    #[command(alias = "model")]
+    Train(super::bench_train::BenchTrainArgs),
     /// Decoding speed and peak memory of a model on a test set.
     Translate(super::bench_translate::BenchTranslateArgs),
 }
@@ -22,7 +23,7 @@ impl BenchCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             BenchCommand::Data(a) => a.run(),
-            BenchCommand::Model(a) => a.run(),
+            BenchCommand::Train(a) => a.run(),
             BenchCommand::Translate(a) => a.run(),
         }
     }

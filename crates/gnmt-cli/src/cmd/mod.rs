@@ -1,7 +1,7 @@
 //! One module per command: its clap `Args` and a `run` that turns them into library calls.
 
 pub mod bench;
-pub mod bench_model;
+pub mod bench_train;
 pub mod bench_translate;
 pub mod codec;
 pub mod eval;

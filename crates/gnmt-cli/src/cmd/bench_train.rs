@@ -1,0 +1,237 @@
+//! `gnmt bench train`: training-step throughput (forward, backward, gradient norms and clipping,
+//! Adam) of a preset on a synthetic batch, at each requested thread count, with the FLOP count
+//! per target token, the achieved rate, and its fraction of the peak a large matmul reaches in
+//! the same process. Each thread count runs in a child process, so the thread pools are sized
+//! from the start. `--torch` runs the same model, shapes and thread counts in PyTorch
+//! (bench/torch_baseline.py) and prints the ratio.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle::{DType, Device, Tensor};
+use clap::Args;
+use gnmt_model::{init_model, mask_from_lengths, parameter_count, ModelConfig};
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Model preset (see models/presets).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Sentence pairs per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Sentence lengths are drawn uniformly from MIN..=MAX tokens (source and target).
+    #[arg(long, default_value_t = 16)]
+    pub min_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub max_len: usize,
+    /// Timed training steps per thread count (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Thread counts to measure, each in its own process.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads_list: Vec<usize>,
+    /// Also run the PyTorch baseline (bench/torch_baseline.sh; installs PyTorch on first use).
+    #[arg(long)]
+    pub torch: bool,
+    /// Run one measurement in this process (used by the parent run).
+    #[arg(long, hide = true)]
+    pub single: bool,
+}
+
+/// The batch shape every measurement uses: lengths drawn from a fixed seed.
+fn lengths(args: &BenchTrainArgs) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+    let mut draw = |n: usize| -> Vec<usize> {
+        (0..n)
+            .map(|_| rng.random_range(args.min_len..=args.max_len))
+            .collect()
+    };
+    (draw(args.batch), draw(args.batch))
+}
+
+fn join(xs: &[usize]) -> String {
+    xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The rate line a measurement prints last.
+fn rate_of(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("tokens_per_s="))
+        .and_then(|r| r.trim().parse().ok())
+}
+
+/// Best-of-three f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
+fn peak_gflops() -> anyhow::Result<f64> {
+    let n = 2048;
+    let a = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
+    a.matmul(&b)?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        a.matmul(&b)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+impl BenchTrainArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            1 <= self.min_len && self.min_len <= self.max_len,
+            "need 1 <= --min-len <= --max-len"
+        );
+        if self.single {
+            return self.measure(&cfg);
+        }
+        println!(
+            "bench train: preset {} ({} parameters), batch {} pairs of {}-{} tokens, {} timed steps",
+            self.preset,
+            parameter_count(&cfg)?,
+            self.batch,
+            self.min_len,
+            self.max_len,
+            self.steps
+        );
+        let exe = std::env::current_exe()?;
+        let mut rates = Vec::new();
+        for &threads in &self.threads_list {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--threads",
+                    &threads.to_string(),
+                    "bench",
+                    "train",
+                    "--single",
+                ])
+                .args(["--preset", &self.preset, "--batch", &self.batch.to_string()])
+                .args([
+                    "--min-len",
+                    &self.min_len.to_string(),
+                    "--max-len",
+                    &self.max_len.to_string(),
+                ])
+                .args(["--steps", &self.steps.to_string()])
+                .output()
+                .context("running the measurement process")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            anyhow::ensure!(
+                out.status.success(),
+                "measurement failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            print!("{text}");
+            if let Some(rate) = rate_of(&text) {
+                rates.push((threads, rate));
+            }
+        }
+        if let (Some(&(t0, r0)), true) = (rates.first(), rates.len() > 1) {
+            for &(t, r) in &rates[1..] {
+                println!("{t} threads vs {t0}: {:.2}x", r / r0);
+            }
+        }
+        if self.torch {
+            self.torch_baseline(&cfg, &rates)?;
+        }
+        Ok(())
+    }
+
+    fn torch_baseline(&self, cfg: &ModelConfig, ours: &[(usize, f64)]) -> anyhow::Result<()> {
+        // A benchmark for developers: the script lives in the source tree this was built from.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let script = root.join("bench/torch_baseline.sh");
+        let preset = tempfile::NamedTempFile::new()?;
+        serde_json::to_writer(preset.as_file(), cfg)?;
+        let (src_len, tgt_len) = lengths(self);
+        for &(threads, rate) in ours {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg("--config")
+                .arg(preset.path())
+                .args(["--src-len", &join(&src_len), "--tgt-len", &join(&tgt_len)])
+                .args(["--threads", &threads.to_string()])
+                .args(["--steps", &self.steps.to_string()])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            anyhow::ensure!(out.status.success(), "PyTorch baseline failed:\n{text}");
+            println!("{}", text.lines().next().unwrap_or_default());
+            let theirs = rate_of(&text).context("the baseline printed no rate")?;
+            println!("ours vs PyTorch at {threads} threads: {:.2}x", rate / theirs);
+        }
+        Ok(())
+    }
+
+    fn measure(&self, cfg: &ModelConfig) -> anyhow::Result<()> {
+        let device = Device::Cpu;
+        let (model, params) = init_model(cfg, 1, 0.04, DType::F32, &device)?;
+        let mut optimizer = gnmt_train::optim::Optimizer::new(&params)?;
+        let optim = gnmt_train::config::OptimConfig::default();
+        let (src_len, tgt_len) = lengths(self);
+        let (s, t) = (
+            *src_len.iter().max().unwrap_or(&1),
+            *tgt_len.iter().max().unwrap_or(&1),
+        );
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+        let mut ids = |n: usize| -> Vec<u32> {
+            (0..n)
+                .map(|_| rng.random_range(4..cfg.vocab_size as u32))
+                .collect()
+        };
+        let src = Tensor::from_vec(ids(self.batch * s), (self.batch, s), &device)?;
+        let tgt_in = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
+        let tgt_out = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
+        let src_mask = mask_from_lengths(&src_len, s, DType::F32, &device)?;
+        let tgt_mask = mask_from_lengths(&tgt_len, t, DType::F32, &device)?;
+
+        let mut dropout = gnmt_model::Dropout::new(0.2, 1);
+        // What one training update does (gnmt_train::trainer), minus data loading and logging.
+        let mut step = || -> anyhow::Result<usize> {
+            let loss = gnmt_train::batch_loss(
+                &model,
+                &src,
+                &src_mask,
+                &tgt_in,
+                &tgt_out,
+                &tgt_mask,
+                0.1,
+                Some(&mut dropout),
+            )?;
+            let grads = loss.mean()?.backward()?;
+            let stats = gnmt_train::grads::GradStats::measure(&grads, optimizer.vars())?;
+            let scale = (optim.clip_norm / stats.total_norm).min(1.0);
+            optimizer.step(&grads, 1e-4, gnmt_train::schedule::Rule::Adam, scale, &optim)?;
+            Ok(loss.tokens)
+        };
+        step()?; // warm-up: allocator, thread pools
+        let start = Instant::now();
+        let mut tokens = 0;
+        for _ in 0..self.steps {
+            tokens += step()?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let rate = tokens as f64 / secs;
+        let mean_src = src_len.iter().sum::<usize>() as f64 / self.batch as f64;
+        let src_per_tgt =
+            src_len.iter().sum::<usize>() as f64 / tgt_len.iter().sum::<usize>() as f64;
+        let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
+        let peak = peak_gflops()?;
+        println!(
+            "threads={} (candle {}): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
+            rayon::current_num_threads(),
+            candle::utils::get_num_threads(),
+            rate,
+            1000.0 * secs / self.steps as f64,
+            flops / 1e6,
+            rate * flops / 1e9,
+            100.0 * rate * flops / 1e9 / peak,
+            peak
+        );
+        println!("tokens_per_s={rate}");
+        Ok(())
+    }
+}
