@@ -2,6 +2,8 @@
 //! `src/bin/` only parse and dispatch, so every command is also callable from tests.
 
 pub mod cmd;
+pub mod plot;
+pub mod run_log;
 
 use clap::{Parser, Subcommand};
 
@@ -38,7 +40,12 @@ pub enum Command {
     Chrf(cmd::score::MetricArgs),
     /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
     Score(cmd::score::ScoreArgs),
-    /// Benchmarks (not tests): data pipeline throughput.
+    /// Draw a run folder's training curves (loss, BLEU, per-layer gradient norms) as PNG.
+    Plot(cmd::plot::PlotArgs),
+    /// Experiments on the architecture, with a written report.
+    #[command(subcommand)]
+    Study(cmd::study::StudyCommand),
+    /// Benchmarks (not tests): data pipeline, training step, translation.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
 }
@@ -57,6 +64,8 @@ impl Cli {
             Command::Chrf(a) => a.run_chrf(),
             Command::Eval(a) => a.run(),
             Command::Train(a) => a.run(),
+            Command::Plot(a) => a.run(),
+            Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(),
         }
     }

@@ -138,6 +138,10 @@ fn a_small_model_learns_the_sort_task() {
         "generation.json",
         "train_config.json",
         "best/model.safetensors",
+        // Drawn at the end of every run.
+        "plots/loss.png",
+        "plots/bleu.png",
+        "plots/grad_norms.png",
     ] {
         assert!(d.join("run").join(f).is_file(), "{f} missing");
     }

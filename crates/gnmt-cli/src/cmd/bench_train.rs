@@ -52,7 +52,10 @@ fn lengths(args: &BenchTrainArgs) -> (Vec<usize>, Vec<usize>) {
 }
 
 fn join(xs: &[usize]) -> String {
-    xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    xs.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The rate line a measurement prints last.
@@ -161,7 +164,10 @@ impl BenchTrainArgs {
             anyhow::ensure!(out.status.success(), "PyTorch baseline failed:\n{text}");
             println!("{}", text.lines().next().unwrap_or_default());
             let theirs = rate_of(&text).context("the baseline printed no rate")?;
-            println!("ours vs PyTorch at {threads} threads: {:.2}x", rate / theirs);
+            println!(
+                "ours vs PyTorch at {threads} threads: {:.2}x",
+                rate / theirs
+            );
         }
         Ok(())
     }
@@ -204,7 +210,13 @@ impl BenchTrainArgs {
             let grads = loss.mean()?.backward()?;
             let stats = gnmt_train::grads::GradStats::measure(&grads, optimizer.vars())?;
             let scale = (optim.clip_norm / stats.total_norm).min(1.0);
-            optimizer.step(&grads, 1e-4, gnmt_train::schedule::Rule::Adam, scale, &optim)?;
+            optimizer.step(
+                &grads,
+                1e-4,
+                gnmt_train::schedule::Rule::Adam,
+                scale,
+                &optim,
+            )?;
             Ok(loss.tokens)
         };
         step()?; // warm-up: allocator, thread pools

@@ -110,6 +110,10 @@ impl TrainArgs {
             quiet: self.quiet,
             interrupt: Some(interrupt),
         })?;
+        // The curves are a convenience: a failure to draw them does not fail the run.
+        if let Err(e) = super::plot::plot_run(&self.output, &self.output.join("plots")) {
+            eprintln!("warning: could not draw the training curves: {e:#}");
+        }
         println!(
             "{}: {} updates ({}); best validation BLEU {} (greedy)",
             self.output.display(),
