@@ -198,7 +198,9 @@ pub fn heatmap(
         20 + 9 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as i32,
         70 + 9 * cols.iter().map(|c| c.chars().count()).max().unwrap_or(1) as i32,
     );
-    let width = (left + cell * cols.len() as i32 + 30).max(320) as u32;
+    let width = (left + cell * cols.len() as i32 + 30)
+        .max(320)
+        .max(20 + 11 * title.chars().count() as i32) as u32;
     let height = (top + cell * rows.len() as i32 + 30).max(200) as u32;
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;

@@ -255,6 +255,55 @@ fn files_in_and_out_and_bad_models() {
         3
     );
 
+    // Several files (and a directory of files) into --out-dir, line for line, same names.
+    std::fs::create_dir(d.join("more")).unwrap();
+    std::fs::write(d.join("more/a.txt"), "mi\n\n\nko ba\n").unwrap();
+    std::fs::write(d.join("more/b.txt"), "").unwrap();
+    let multi = |files: &[&str]| {
+        let mut args = vec!["-m", m.to_str().unwrap(), "--out-dir", "outs", "-q"];
+        args.extend_from_slice(files);
+        translate(&args, b"", d)
+    };
+    ok(multi(&["in.txt", "more"]));
+    for (name, lines) in [("in.txt", 3), ("a.txt", 4), ("b.txt", 0)] {
+        let text = std::fs::read_to_string(d.join("outs").join(name)).unwrap();
+        assert_eq!(text.lines().count(), lines, "{name}: {text:?}");
+    }
+    let blank: Vec<String> = std::fs::read_to_string(d.join("outs/a.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(blank[1].is_empty() && blank[2].is_empty() && !blank[3].is_empty());
+    std::fs::write(d.join("in2.txt"), "x\n").unwrap();
+    std::fs::create_dir(d.join("dup")).unwrap();
+    std::fs::write(d.join("dup/in.txt"), "x\n").unwrap();
+    let e = err(multi(&["in.txt", "dup"]));
+    assert!(e.contains("would both be written to"), "{e}");
+    let e = err(translate(&["-m", m.to_str().unwrap(), "in.txt"], b"", d));
+    assert!(e.contains("--out-dir"), "{e}");
+
+    // The attention heat map of a sentence.
+    ok(translate(
+        &[
+            "-m",
+            m.to_str().unwrap(),
+            "--attention-png",
+            "att.png",
+            "-q",
+        ],
+        b"ba ko mi\n",
+        d,
+    ));
+    let png = std::fs::read(d.join("att.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let e = err(translate(
+        &["-m", m.to_str().unwrap(), "--attention-png", "none.png"],
+        b"\n\n",
+        d,
+    ));
+    assert!(e.contains("no non-empty line"), "{e}");
+
     let e = String::from_utf8(translate(&["-m", "nowhere"], b"x\n", d).stderr).unwrap();
     assert!(
         e.contains("nowhere") && e.contains("not a model folder"),

@@ -4,9 +4,11 @@
 //! A reader thread streams the input. The translator takes whatever lines are already
 //! available (up to `--window`), sorts them by length into batches, and writes each output
 //! line as soon as it and every line before it are done, so the program works interactively,
-//! in pipes, and on files larger than memory.
+//! in pipes, and on files larger than memory. Several files (`translate a.txt b.txt --out-dir
+//! OUT`, or a directory) go through the same pipeline one after the other, each written to a
+//! temporary file renamed into place when complete.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -14,12 +16,23 @@ use std::time::Instant;
 use anyhow::Context;
 use candle::Device;
 use clap::{Parser, ValueEnum};
-use gnmt_infer::{LineResult, Translator};
+use gnmt_infer::{BeamOptions, LineResult, Translator};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Translate text with a trained gnmt model: one output line per input line, in order.
 #[derive(Debug, Parser)]
 #[command(name = "translate", version, about, long_about = None)]
 pub struct TranslateArgs {
+    /// Input files, or directories whose files are all translated, written into --out-dir
+    /// under the same names.
+    #[arg(value_name = "FILE", conflicts_with_all = ["input", "output"], requires = "out_dir")]
+    pub files: Vec<PathBuf>,
+    /// Output directory for the FILE arguments.
+    #[arg(long, requires = "files")]
+    pub out_dir: Option<PathBuf>,
+    /// Draw the attention matrix of the (first non-empty) input sentence as a PNG heat map.
+    #[arg(long, value_name = "PNG")]
+    pub attention_png: Option<PathBuf>,
     /// Model folder (config.json, model.safetensors, tokenizer.json, generation.json).
     /// Default: the shipped default model under models/.
     #[arg(short, long)]
@@ -63,10 +76,23 @@ pub struct TranslateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// No summary line on stderr.
+    /// No summary line and no progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
 }
+
+/// What one input produced.
+#[derive(Debug, Default)]
+struct Stats {
+    lines: usize,
+    sentences: usize,
+    tokens: usize,
+    /// The first non-empty line and its result, kept for `--attention-png`.
+    first: Option<(String, LineResult)>,
+}
+
+/// Lines from the reader thread: text (invalid UTF-8 replaced) and its size in bytes.
+type ReadLine = std::io::Result<(String, usize)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -118,36 +144,108 @@ impl TranslateArgs {
         options.prune_margin = self.prune_margin;
         options.n_best = self.n_best.unwrap_or(1);
         options.beam_size = options.beam_size.max(options.n_best);
-        options.keep_attention = self.attention;
         anyhow::ensure!(options.beam_size >= 1, "--beam-size must be at least 1");
 
-        let input: Box<dyn BufRead + Send> = match &self.input {
-            Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
-                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-            )),
-            _ => Box::new(std::io::BufReader::new(std::io::stdin())),
-        };
-        let mut out: Box<dyn Write> = match &self.output {
-            Some(p) if p.as_os_str() != "-" => Box::new(BufWriter::new(
-                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-            )),
-            _ => Box::new(BufWriter::new(std::io::stdout())),
-        };
-        let input_name = self
-            .input
-            .as_ref()
-            .map_or("stdin".to_string(), |p| p.display().to_string());
+        options.keep_attention = self.attention || self.attention_png.is_some();
+        let start = Instant::now();
+        let mut total = Stats::default();
+        if self.files.is_empty() {
+            let input: Box<dyn BufRead + Send> = match &self.input {
+                Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+            };
+            let size = self
+                .input
+                .as_ref()
+                .filter(|p| p.as_os_str() != "-")
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len());
+            let mut out: Box<dyn Write> = match &self.output {
+                Some(p) if p.as_os_str() != "-" => Box::new(BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                _ => Box::new(BufWriter::new(std::io::stdout())),
+            };
+            let name = self
+                .input
+                .as_ref()
+                .map_or("stdin".to_string(), |p| p.display().to_string());
+            total = self.stream(input, &mut out, &name, size, &translator, &options)?;
+        } else {
+            let out_dir = self
+                .out_dir
+                .clone()
+                .expect("clap requires --out-dir with files");
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("creating {}", out_dir.display()))?;
+            for (src, dst) in plan_files(&self.files, &out_dir)? {
+                let input = Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&src)
+                        .with_context(|| format!("opening {}", src.display()))?,
+                ));
+                let size = std::fs::metadata(&src).ok().map(|m| m.len());
+                let tmp = tempfile::NamedTempFile::new_in(&out_dir)?;
+                let mut out: Box<dyn Write> = Box::new(BufWriter::new(tmp.reopen()?));
+                let name = src.display().to_string();
+                let stats = self.stream(input, &mut out, &name, size, &translator, &options)?;
+                drop(out);
+                tmp.as_file().sync_all()?;
+                tmp.persist(&dst)
+                    .with_context(|| format!("writing {}", dst.display()))?;
+                if !self.quiet {
+                    eprintln!(
+                        "{} -> {}: {} lines",
+                        src.display(),
+                        dst.display(),
+                        stats.lines
+                    );
+                }
+                total.lines += stats.lines;
+                total.sentences += stats.sentences;
+                total.tokens += stats.tokens;
+                total.first = total.first.or(stats.first);
+            }
+        }
+        if let Some(png) = &self.attention_png {
+            draw_attention(png, &total, &translator)?;
+        }
+        if !self.quiet {
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "translated {} lines ({} non-empty) in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s",
+                total.lines,
+                total.sentences,
+                total.sentences as f64 / secs.max(1e-9),
+                total.tokens as f64 / secs.max(1e-9)
+            );
+        }
+        Ok(())
+    }
 
-        // Reader thread: lines as (number, text), invalid UTF-8 replaced and reported.
-        let (tx, rx) = mpsc::sync_channel::<std::io::Result<String>>(self.window.max(1) * 2);
-        let reader_name = input_name.clone();
+    /// Translates one input stream into `out`, line for line.
+    fn stream(
+        &self,
+        input: Box<dyn BufRead + Send>,
+        out: &mut Box<dyn Write>,
+        input_name: &str,
+        size: Option<u64>,
+        translator: &Translator,
+        options: &BeamOptions,
+    ) -> anyhow::Result<Stats> {
+        // Reader thread: lines with their byte counts, invalid UTF-8 replaced and reported.
+        let (tx, rx) = mpsc::sync_channel::<ReadLine>(self.window.max(1) * 2);
+        let reader_name = input_name.to_string();
         std::thread::spawn(move || {
             for (n, line) in input.split(b'\n').enumerate() {
                 let line = line.map(|mut bytes| {
+                    let read = bytes.len() + 1;
                     if bytes.last() == Some(&b'\r') {
                         bytes.pop();
                     }
-                    match String::from_utf8(bytes) {
+                    let text = match String::from_utf8(bytes) {
                         Ok(s) => s,
                         Err(e) => {
                             eprintln!(
@@ -156,7 +254,8 @@ impl TranslateArgs {
                             );
                             String::from_utf8_lossy(e.as_bytes()).into_owned()
                         }
-                    }
+                    };
+                    (text, read)
                 });
                 let failed = line.is_err();
                 if tx.send(line).is_err() || failed {
@@ -164,9 +263,8 @@ impl TranslateArgs {
                 }
             }
         });
-
-        let start = Instant::now();
-        let (mut lines_done, mut sentences, mut tokens) = (0usize, 0usize, 0usize);
+        let progress = self.progress_bar(size, input_name);
+        let mut stats = Stats::default();
         while let Ok(first) = rx.recv() {
             let mut window = vec![first.with_context(|| format!("reading {input_name}"))?];
             while window.len() < self.window.max(1) {
@@ -175,16 +273,16 @@ impl TranslateArgs {
                     Err(_) => break,
                 }
             }
-            let refs: Vec<&str> = window.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = window.iter().map(|(text, _)| text.as_str()).collect();
             let results =
-                match translator.translate(&refs, &options, self.batch_size, self.max_input_len) {
+                match translator.translate(&refs, options, self.batch_size, self.max_input_len) {
                     Ok(r) => r,
                     Err(e) => {
                         // Lose nothing: every line of the failed window still gets its (empty) line.
                         eprintln!(
                             "error: {input_name}:{}-{}: {e}; empty output lines written",
-                            lines_done + 1,
-                            lines_done + window.len()
+                            stats.lines + 1,
+                            stats.lines + window.len()
                         );
                         window
                             .iter()
@@ -197,7 +295,7 @@ impl TranslateArgs {
                     }
                 };
             for (k, r) in results.iter().enumerate() {
-                let line_no = lines_done + k;
+                let line_no = stats.lines + k;
                 if r.cropped {
                     eprintln!(
                         "warning: {input_name}:{}: longer than {} pieces; cropped",
@@ -206,24 +304,40 @@ impl TranslateArgs {
                     );
                 }
                 if !r.nbest.is_empty() {
-                    sentences += 1;
-                    tokens += r.nbest[0].hypothesis.tokens.len();
+                    stats.sentences += 1;
+                    stats.tokens += r.nbest[0].hypothesis.tokens.len();
+                    if stats.first.is_none() && self.attention_png.is_some() {
+                        stats.first = Some((window[k].0.clone(), r.clone()));
+                    }
                 }
-                self.write_line(&mut out, line_no, r, &translator)?;
+                self.write_line(out.as_mut(), line_no, r, translator)?;
             }
             out.flush()?;
-            lines_done += window.len();
+            stats.lines += window.len();
+            if let Some(p) = &progress {
+                p.inc(window.iter().map(|(_, n)| *n as u64).sum());
+            }
         }
         out.flush()?;
-        if !self.quiet {
-            let secs = start.elapsed().as_secs_f64();
-            eprintln!(
-                "translated {lines_done} lines ({sentences} non-empty) in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s",
-                sentences as f64 / secs.max(1e-9),
-                tokens as f64 / secs.max(1e-9)
-            );
+        if let Some(p) = progress {
+            p.finish_and_clear();
         }
-        Ok(())
+        Ok(stats)
+    }
+
+    /// A progress bar over the bytes of a file, when stderr is a terminal.
+    fn progress_bar(&self, size: Option<u64>, name: &str) -> Option<ProgressBar> {
+        let size = size.filter(|_| !self.quiet && std::io::stderr().is_terminal())?;
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {percent}% {binary_bytes_per_sec} eta {eta}",
+            )
+            .ok()?
+            .progress_chars("=> "),
+        );
+        bar.set_message(name.to_string());
+        Some(bar)
     }
 
     fn write_line(
@@ -274,4 +388,79 @@ impl TranslateArgs {
         }
         Ok(())
     }
+}
+
+/// The (input, output) file pairs for `files` (directories expanded to their files, sorted),
+/// refusing two inputs that would write the same output.
+fn plan_files(files: &[PathBuf], out_dir: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut inputs = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("reading directory {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            inputs.extend(entries);
+        } else {
+            inputs.push(f.clone());
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut plan = Vec::new();
+    for src in inputs {
+        let name = src
+            .file_name()
+            .with_context(|| format!("{}: not a file name", src.display()))?;
+        let dst = out_dir.join(name);
+        if let Some(other) = seen.insert(dst.clone(), src.clone()) {
+            anyhow::bail!(
+                "{} and {} would both be written to {}",
+                other.display(),
+                src.display(),
+                dst.display()
+            );
+        }
+        anyhow::ensure!(
+            std::fs::canonicalize(&src).ok() != std::fs::canonicalize(&dst).ok(),
+            "{} would overwrite itself; choose another --out-dir",
+            src.display()
+        );
+        plan.push((src, dst));
+    }
+    anyhow::ensure!(!plan.is_empty(), "no input files found");
+    Ok(plan)
+}
+
+/// The attention heat map of the first translated sentence: target pieces down, source pieces
+/// across, `</s>` included where the model attended from or to it.
+fn draw_attention(png: &Path, stats: &Stats, t: &Translator) -> anyhow::Result<()> {
+    let Some((line, result)) = &stats.first else {
+        anyhow::bail!("--attention-png: the input has no non-empty line to draw")
+    };
+    if stats.sentences > 1 {
+        eprintln!("warning: --attention-png draws the first sentence only");
+    }
+    let best = result.nbest.first().context("no translation")?;
+    let weights = &best.hypothesis.attention;
+    let mut cols = t.vocab().pieces(&t.vocab().encode(line)?);
+    let mut rows = t.vocab().pieces(&best.hypothesis.tokens);
+    let width = weights.first().map_or(0, Vec::len);
+    while cols.len() < width {
+        cols.push("</s>".into());
+    }
+    cols.truncate(width);
+    while rows.len() < weights.len() {
+        rows.push("</s>".into());
+    }
+    rows.truncate(weights.len());
+    crate::plot::heatmap(
+        png,
+        &format!("attention: {}", best.text),
+        &rows,
+        &cols,
+        weights,
+    )?;
+    Ok(())
 }
