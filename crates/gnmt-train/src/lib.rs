@@ -11,6 +11,7 @@ pub mod config;
 pub mod grads;
 pub mod loss;
 pub mod optim;
+pub mod progress;
 pub mod schedule;
 pub mod state;
 pub mod trainer;

@@ -34,6 +34,7 @@ use crate::config::TrainConfig;
 use crate::grads::GradStats;
 use crate::loss::batch_loss;
 use crate::optim::Optimizer;
+use crate::progress::Progress;
 use crate::schedule::lr_at;
 use crate::state::{RngState, TrainState};
 use crate::validate::{batch_tensors, Validator};
@@ -79,11 +80,8 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         path: out.clone(),
         source: e,
     })?;
-    let say = |msg: &str| {
-        if !args.quiet {
-            eprintln!("{msg}");
-        }
-    };
+    let progress = Progress::new(args.quiet, args.config.stop.max_steps);
+    let say = |msg: &str| progress.say(msg);
 
     let (config, vocab) = prepare_run(&args, &say)?;
     let vocab_json =
@@ -248,6 +246,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         state.step += 1;
         state.target_tokens += loss.tokens as u64;
         window.add(&loss, loss_value, &stats);
+        progress.update(state.step, loss_value, loss.tokens, lr);
 
         if state.step % config.log.log_every == 0 {
             let epoch = state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
@@ -277,6 +276,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         }
     };
 
+    progress.finish();
     say(&format!("stopping: {stop_reason}"));
     if validated_at != Some(state.step) && state.step > 0 {
         last_valid = Some(run_validation(
