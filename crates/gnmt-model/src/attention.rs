@@ -65,9 +65,32 @@ impl Attention {
 
     /// Queries `[B, T, H]` -> (context `[B, T, H]`, weights `[B, T, S]`).
     pub fn forward(&self, queries: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
-        let q = self.query.forward(queries)?; // [B, T, A]
+        self.attend(&self.query.forward(queries)?, memory)
+    }
+
+    /// The query projection's weight transposed and contiguous `[H, A]`, for
+    /// [`Attention::step_projected`].
+    pub fn query_weight_t(&self) -> Result<Tensor> {
+        self.query.weight().t()?.contiguous()
+    }
+
+    /// [`Attention::step`] with the query projection's transposed weight given
+    /// ([`Attention::query_weight_t`]).
+    pub fn step_projected(
+        &self,
+        query_weight_t: &Tensor,
+        query: &Tensor,
+        memory: &Memory,
+    ) -> Result<(Tensor, Tensor)> {
+        let q = query.matmul(query_weight_t)?.unsqueeze(1)?;
+        let (c, w) = self.attend(&q, memory)?;
+        Ok((c.squeeze(1)?, w.squeeze(1)?))
+    }
+
+    /// Projected queries `[B, T, A]` -> (context, weights).
+    fn attend(&self, q: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
         let v = self.score.weight().squeeze(0)?; // [A]
-        let scores = crate::additive::additive_scores(&q, &memory.keys, &v)?; // [B, T, S]
+        let scores = crate::additive::additive_scores(q, &memory.keys, &v)?; // [B, T, S]
         let scores = scores.broadcast_add(&memory.score_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = weights.matmul(&memory.values)?;

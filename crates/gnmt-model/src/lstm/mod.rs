@@ -42,6 +42,28 @@ impl LstmState {
     }
 }
 
+/// A layer's weights laid out for decoding one step at a time: `[W_ih | W_hh]^T` as one
+/// contiguous `[in + H, 4H]` matrix and the summed bias. A step is then one matmul over
+/// `[x | h]` that reads the weights as they lie, where `x W_ih^T` on the stored `[4H, in]`
+/// weight makes gemm repack it at every step. Made from the current weights by
+/// [`Lstm::step_weights`], so it never goes stale during training.
+#[derive(Debug, Clone)]
+pub struct StepWeights {
+    w_t: Tensor,
+    bias: Tensor,
+}
+
+impl StepWeights {
+    /// One step from an input `x [B, in]`.
+    pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let gates = Tensor::cat(&[x, &state.h], 1)?
+            .matmul(&self.w_t)?
+            .broadcast_add(&self.bias)?;
+        let (h, c) = fused::lstm_cell(&gates, &state.c)?;
+        Ok(LstmState { h, c })
+    }
+}
+
 /// One LSTM layer in one direction.
 #[derive(Debug, Clone)]
 pub struct Lstm {
@@ -66,6 +88,15 @@ impl Lstm {
 
     pub fn hidden_size(&self) -> usize {
         self.hidden
+    }
+
+    /// This layer's weights laid out for step-by-step decoding.
+    pub fn step_weights(&self) -> Result<StepWeights> {
+        let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?; // [4H, in + H]
+        Ok(StepWeights {
+            w_t: w.t()?.contiguous()?,
+            bias: (&self.b_ih + &self.b_hh)?,
+        })
     }
 
     /// Input part of the gates for every step at once: `x [B, T, in]` -> `[T, B, 4H]`,
