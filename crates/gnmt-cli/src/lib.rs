@@ -40,6 +40,8 @@ pub enum Command {
     Chrf(cmd::score::MetricArgs),
     /// Score a translation: sacreBLEU-compatible BLEU and chrF with signatures.
     Score(cmd::score::ScoreArgs),
+    /// Write a model folder to ship: average checkpoints, store as f16, set decoding defaults.
+    Export(cmd::export::ExportArgs),
     /// Draw a run folder's training curves (loss, BLEU, per-layer gradient norms) as PNG.
     Plot(cmd::plot::PlotArgs),
     /// Experiments on the architecture, with a written report.
@@ -64,6 +66,7 @@ impl Cli {
             Command::Chrf(a) => a.run_chrf(),
             Command::Eval(a) => a.run(),
             Command::Train(a) => a.run(),
+            Command::Export(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(),

@@ -313,3 +313,75 @@ fn files_in_and_out_and_bad_models() {
     let e = err(translate(&["-m", m.to_str().unwrap()], b"x\n", d));
     assert!(e.contains("is a Python pickle"), "{e}");
 }
+
+/// `gnmt export`: averaging a model with itself changes nothing; f16 storage halves the file
+/// and still translates every line; generation defaults are written; mismatches are refused.
+#[test]
+fn export_averages_converts_and_sets_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let m = m.to_str().unwrap();
+    let input = b"ba ko mi\ntu\n\nre mi ba ko\n";
+    let reference = ok(translate(&["-m", m, "-q"], input, d));
+
+    ok(gnmt(&["export", m, m, "-o", "avg"], d));
+    assert_eq!(ok(translate(&["-m", "avg", "-q"], input, d)), reference);
+
+    let out = ok(gnmt(
+        &[
+            "export",
+            m,
+            "-o",
+            "half",
+            "--storage",
+            "f16",
+            "--beam-size",
+            "3",
+            "--alpha",
+            "1.0",
+        ],
+        d,
+    ));
+    assert!(out.contains("F16"), "{out}");
+    let size = |p: &str| {
+        std::fs::metadata(d.join(p).join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size("half") * 2 <= size("avg") + 4096,
+        "{} vs {}",
+        size("half"),
+        size("avg")
+    );
+    let generation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("half/generation.json")).unwrap())
+            .unwrap();
+    assert_eq!(generation["beam_size"], 3);
+    assert_eq!(generation["alpha"], 1.0);
+    let half = ok(translate(&["-m", "half", "-q"], input, d));
+    assert_eq!(half.lines().count(), 4);
+
+    // Another vocabulary cannot be averaged in.
+    std::fs::create_dir(d.join("other")).unwrap();
+    for f in [
+        "config.json",
+        "generation.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(d.join("model").join(f), d.join("other").join(f)).unwrap();
+    }
+    let tokenizer = std::fs::read_to_string(d.join("other/tokenizer.json")).unwrap();
+    std::fs::write(
+        d.join("other/tokenizer.json"),
+        tokenizer.replacen("\"ba\"", "\"bb\"", 1),
+    )
+    .unwrap();
+    let e = err(gnmt(&["export", m, "other", "-o", "bad"], d));
+    assert!(
+        e.contains("other") && (e.contains("vocabulary") || e.contains("tokenizer")),
+        "{e}"
+    );
+}

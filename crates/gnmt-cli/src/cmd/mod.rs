@@ -5,6 +5,7 @@ pub mod bench_train;
 pub mod bench_translate;
 pub mod codec;
 pub mod eval;
+pub mod export;
 pub mod plot;
 pub mod prepare;
 pub mod score;

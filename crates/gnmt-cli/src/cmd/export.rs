@@ -1,0 +1,112 @@
+//! `gnmt export`: a model folder to ship, from one or several trained ones. Several are
+//! averaged parameter by parameter (checkpoint averaging, as fairseq's
+//! `average_checkpoints.py` or Marian's `--exponential-smoothing` offer); parameters can be
+//! stored as f16 to halve the size (loading converts them back to f32); the decoding defaults
+//! in generation.json can be set.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use gnmt_model::checkpoint;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Model folders (e.g. RUN/checkpoints/step-N, RUN/best); several are averaged. They must
+    /// share the architecture and the vocabulary.
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+    /// The model folder to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Storage precision of the parameters.
+    #[arg(long, value_enum, default_value_t = Storage::F32)]
+    pub storage: Storage,
+    /// Decoding defaults written to generation.json (default: the first model's).
+    #[arg(long)]
+    pub beam_size: Option<usize>,
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Storage {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ExportArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let device = Device::Cpu;
+        let load = |p: &PathBuf| {
+            checkpoint::load(p, DType::F64, &device)
+                .with_context(|| format!("loading {}", p.display()))
+        };
+        let first = load(&self.models[0])?;
+        let mut sums: HashMap<String, Tensor> = first.tensors.clone();
+        let mut steps = vec![first.step];
+        for path in &self.models[1..] {
+            let other = load(path)?;
+            anyhow::ensure!(
+                other.config == first.config,
+                "{} has another architecture than {}",
+                path.display(),
+                self.models[0].display()
+            );
+            anyhow::ensure!(
+                other.tokenizer_json == first.tokenizer_json,
+                "{} has another vocabulary than {}",
+                path.display(),
+                self.models[0].display()
+            );
+            for (name, t) in other.tensors {
+                let sum = sums.get_mut(&name).context("parameter sets differ")?;
+                *sum = (&*sum + t)?;
+            }
+            steps.push(other.step);
+        }
+        // Averaged in f64, so the order of the models does not matter to f32 precision.
+        let n = self.models.len() as f64;
+        let averaged = sums
+            .into_iter()
+            .map(|(name, t)| Ok((name, (t / n)?.to_dtype(DType::F32)?)))
+            .collect::<candle::Result<HashMap<_, _>>>()?;
+        let mut generation = first.generation.clone();
+        generation.beam_size = self.beam_size.unwrap_or(generation.beam_size);
+        generation.alpha = self.alpha.unwrap_or(generation.alpha);
+        generation.beta = self.beta.unwrap_or(generation.beta);
+        generation
+            .validate()
+            .map_err(|e| anyhow::anyhow!("generation settings: {e}"))?;
+        let storage = match self.storage {
+            Storage::F32 => DType::F32,
+            Storage::F16 => DType::F16,
+            Storage::Bf16 => DType::BF16,
+        };
+        checkpoint::save(
+            &self.output,
+            &first.config,
+            &averaged,
+            &first.tokenizer_json,
+            &generation,
+            *steps.iter().max().unwrap_or(&0),
+            storage,
+        )?;
+        println!(
+            "{}: {} model(s) averaged (updates {:?}), stored as {:?}, beam {} alpha {} beta {}",
+            self.output.display(),
+            self.models.len(),
+            steps,
+            storage,
+            generation.beam_size,
+            generation.alpha,
+            generation.beta
+        );
+        Ok(())
+    }
+}
