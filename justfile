@@ -20,10 +20,24 @@ vocab-multi30k data="../shared/data/multi30k":
 fmt:
     cargo fmt --all
 
-# Model training-step benchmark (forward + backward), 1 and 2 threads.
-bench-model preset="small":
-    cargo run --release --bin gnmt -- bench model --preset {{preset}}
+# Training-step benchmark (forward, backward, Adam), 1 and 2 threads, against PyTorch.
+bench-train preset="small":
+    cargo run --release --bin gnmt -- bench train --preset {{preset}} --torch
 
-# Train the small preset on Multi30k En->De for up to an hour, into runs/multi30k-small.
+# Decoding benchmark: greedy and beam 5 on test_2016_flickr, 1 and 2 threads, peak memory.
+bench-translate model="models/multi30k-en-de":
+    cargo run --release --bin gnmt -- bench translate -m {{model}}
+
+# Train the shipped model models/multi30k-en-de from scratch (95 minutes on 2 cores), then
+# export it: the last two checkpoints averaged, f16 storage, the decoding settings chosen on val.
 train-multi30k data="../shared/data/multi30k":
-    cargo run --release --bin gnmt -- train --train {{data}}/train.en {{data}}/train.de --valid {{data}}/val.en {{data}}/val.de --preset small -o runs/multi30k-small --max-time 60m --valid-every 400 --save-every 400
+    cargo run --release --bin gnmt -- --threads 2 train --config models/recipes/multi30k-en-de.toml --preset small --train {{data}}/train.en {{data}}/train.de --valid {{data}}/val.en {{data}}/val.de -o runs/multi30k-en-de
+    cargo run --release --bin gnmt -- export runs/multi30k-en-de/checkpoints/* -o models/multi30k-en-de --storage f16 --beam-size 5 --alpha 0.6 --beta 0.1
+
+# BLEU on val for a grid of beam settings (how the shipped generation.json was chosen).
+tune-generation model="runs/multi30k-en-de" data="../shared/data/multi30k":
+    for k in 1 5 10; do for a in 0.2 0.6 1.0; do for b in 0.0 0.1 0.2; do echo "beam $k alpha $a beta $b"; cargo run -q --release --bin gnmt -- eval -m {{model}} --src {{data}}/val.en --ref {{data}}/val.de --beam-size $k --alpha $a --beta $b | grep BLEU; done; done; done
+
+# The residual-connection study (about 30 minutes), into runs/study-residuals.
+study-residuals data="../shared/data/multi30k":
+    cargo run --release --bin gnmt -- study residuals --train {{data}}/train.en {{data}}/train.de --valid {{data}}/val.en {{data}}/val.de -o runs/study-residuals
