@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use candle::{DType, Device};
-use rayon::prelude::*;
 use candle_nn::VarBuilder;
 use gnmt_model::checkpoint::{self, GenerationConfig};
 use gnmt_model::Gnmt;
 use gnmt_tokenizer::Vocab;
+use rayon::prelude::*;
 
 use crate::{beam_search, BeamOptions, Error, Hypothesis, LengthLimit, Result};
 
