@@ -27,11 +27,12 @@ impl Real for f32 {
     fn tanh_(self) -> Self {
         fast_tanh(self)
     }
+    /// `(1 + tanh(x / 2)) / 2`: the rational tanh vectorises, a libm `expf` call does not.
     fn sigmoid(self) -> Self {
-        1.0 / (1.0 + (-self).exp())
+        0.5 * fast_tanh(0.5 * self) + 0.5
     }
     fn exp_(self) -> Self {
-        self.exp()
+        fast_exp(self)
     }
     fn ln_(self) -> Self {
         self.ln()
@@ -124,6 +125,29 @@ pub(crate) fn matmul<T: 'static + Real>(
     }
 }
 
+/// `exp(x)` for f32 without a libm call, so loops over it vectorise: `x = n ln2 + r` with
+/// `|r| <= ln2 / 2`, a degree-6 Taylor polynomial for `exp(r)` (relative error below 2e-7),
+/// and `2^n` put straight into the exponent bits. Inputs are clamped to the normal range:
+/// below -87.3 the result is about 1e-38 instead of a denormal or 0, which no sum of
+/// probabilities can tell apart.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer with plain float
+    // arithmetic (no `round` call, which is not vectorised on baseline x86-64).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// tanh as a 13/6 rational function (Eigen's `generic_fast_tanh_float`): accurate to a few
 /// f32 ULPs, branch-free, and vectorised by the compiler, unlike a libm call.
 #[inline(always)]
@@ -157,6 +181,30 @@ pub fn fast_tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let (got, want) = (fast_exp(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "max relative error {worst}");
+        assert!(fast_exp(-1000.0) < 1e-37 && fast_exp(-1000.0) >= 0.0);
+        assert!(fast_exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn sigmoid_through_tanh_is_accurate() {
+        let mut worst = 0f64;
+        for i in -20000..=20000 {
+            let x = i as f32 / 1000.0;
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            worst = worst.max((Real::sigmoid(x) as f64 - want).abs());
+        }
+        assert!(worst < 5e-7, "max error {worst}");
+    }
 
     #[test]
     fn fast_tanh_is_accurate() {

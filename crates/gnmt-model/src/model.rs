@@ -86,7 +86,11 @@ impl Gnmt {
     ) -> Result<(Tensor, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
         let (logits, attention, next) = self.decoder.step(tokens, state)?;
-        Ok((candle_nn::ops::log_softmax(&logits, 1)?, attention, next))
+        Ok((
+            crate::softmax_loss::log_softmax_rows(&logits)?,
+            attention,
+            next,
+        ))
     }
 
     /// Teacher-forced training pass: (logits `[B, T, V]`, attention `[B, T, S]`) for decoder

@@ -243,9 +243,12 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
-                let loss = ((&w - (target * (k + 1) as f64).unwrap()).unwrap().sqr().unwrap())
-                    .sum_all()
-                    .unwrap();
+                let loss = ((&w - (target * (k + 1) as f64).unwrap())
+                    .unwrap()
+                    .sqr()
+                    .unwrap())
+                .sum_all()
+                .unwrap();
                 let grads = loss.backward().unwrap();
                 opt.step(&grads, 0.01, Rule::Adam, 0.5, &o).unwrap();
             }
@@ -264,6 +267,8 @@ mod tests {
         }
         // Every weight started at 0.5 and moved by about 3 x lr toward its target (or stayed
         // where its gradient was zero: target 0.5 never occurs).
-        assert!(fused.iter().all(|&x| (x - 0.5).abs() > 0.02 && (x - 0.5).abs() < 0.031));
+        assert!(fused
+            .iter()
+            .all(|&x| (x - 0.5).abs() > 0.02 && (x - 0.5).abs() < 0.031));
     }
 }
