@@ -1,6 +1,7 @@
 //! End-to-end tests of the `gnmt` and `translate` binaries.
 
 mod cli;
+mod readme;
 mod study;
 mod train;
 mod translate;
