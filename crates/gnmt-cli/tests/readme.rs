@@ -68,7 +68,10 @@ fn readme_commands() -> Vec<Vec<String>> {
 fn every_readme_command_parses() {
     let commands = readme_commands();
     let count = |name: &str| commands.iter().filter(|c| c[0] == name).count();
-    assert!(count("gnmt") >= 10 && count("translate") >= 5, "{commands:?}");
+    assert!(
+        count("gnmt") >= 10 && count("translate") >= 5,
+        "{commands:?}"
+    );
     for c in &commands {
         let parsed = match c[0].as_str() {
             "gnmt" => gnmt_cli::Cli::try_parse_from(c).map(|_| ()),

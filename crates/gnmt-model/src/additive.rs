@@ -13,7 +13,7 @@
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::Real;
+use crate::kernels::{additive_row, additive_row_backward, Real};
 
 /// Fused `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -61,16 +61,10 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: &Dims) -> Vec<T> {
     out.par_chunks_mut(d.t * d.s)
         .enumerate()
         .for_each(|(b, out_b)| {
+            let keys = &k[b * d.s * d.a..][..d.s * d.a];
             for t in 0..d.t {
                 let qr = &q[(b * d.t + t) * d.a..][..d.a];
-                for s in 0..d.s {
-                    let kr = &k[(b * d.s + s) * d.a..][..d.a];
-                    let mut acc = T::default();
-                    for ((&qa, &ka), &va) in qr.iter().zip(kr).zip(v) {
-                        acc += va * (qa + ka).tanh_();
-                    }
-                    out_b[t * d.s + s] = acc;
-                }
+                additive_row(qr, keys, v, &mut out_b[t * d.s..][..d.s]);
             }
         });
     out
@@ -93,13 +87,7 @@ fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: &Dims) -> (Vec<T>, V
                     }
                     let kr = &k[(b * d.s + s) * d.a..][..d.a];
                     let (dqr, dkr) = (&mut dq[t * d.a..][..d.a], &mut dk[s * d.a..][..d.a]);
-                    for a in 0..d.a {
-                        let th = (qr[a] + kr[a]).tanh_();
-                        let dpre = gg * v[a] * (T::ONE - th * th);
-                        dqr[a] += dpre;
-                        dkr[a] += dpre;
-                        dv[a] += gg * th;
-                    }
+                    additive_row_backward(qr, kr, v, gg, dqr, dkr, &mut dv);
                 }
             }
             (dq, dk, dv)

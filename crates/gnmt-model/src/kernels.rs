@@ -24,19 +24,23 @@ pub(crate) trait Real:
 
 impl Real for f32 {
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn tanh_(self) -> Self {
         fast_tanh(self)
     }
     /// `(1 + tanh(x / 2)) / 2`: the rational tanh vectorises, a libm `expf` call does not.
+    #[inline(always)]
     fn sigmoid(self) -> Self {
         0.5 * fast_tanh(0.5 * self) + 0.5
     }
+    #[inline(always)]
     fn exp_(self) -> Self {
         fast_exp(self)
     }
     fn ln_(self) -> Self {
         self.ln()
     }
+    #[inline(always)]
     fn max_(self, other: Self) -> Self {
         self.max(other)
     }
@@ -48,18 +52,22 @@ impl Real for f32 {
 /// f64 is the precision of the gradient checks: exact library functions.
 impl Real for f64 {
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn tanh_(self) -> Self {
         self.tanh()
     }
+    #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
     }
+    #[inline(always)]
     fn exp_(self) -> Self {
         self.exp()
     }
     fn ln_(self) -> Self {
         self.ln()
     }
+    #[inline(always)]
     fn max_(self, other: Self) -> Self {
         self.max(other)
     }
@@ -122,6 +130,181 @@ pub(crate) fn matmul<T: 'static + Real>(
             false,
             parallelism,
         )
+    }
+}
+
+// Row kernels. Each is compiled for AVX-512 and AVX2+FMA as well as baseline x86-64 and
+// chosen at run time (`multiversion`); the arithmetic is the same source in every version
+// and Rust never contracts a multiply and an add into an FMA on its own, so every version
+// gives the same bits. Sums run over 16 independent lanes (a fixed order, so results stay
+// deterministic): a plain sequential float sum cannot be vectorised.
+
+/// Lanes of the vectorised reductions.
+const LANES: usize = 16;
+
+/// `sum_i f(i)` for `i < n`, accumulated in [`LANES`] lanes and then combined in order.
+#[inline(always)]
+pub(crate) fn lane_sum<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::default(); LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let mut total = T::default();
+    for i in full..n {
+        total += f(i);
+    }
+    for a in acc {
+        total += a;
+    }
+    total
+}
+
+/// The largest of `xs` (the first element for an empty... never called empty).
+#[inline(always)]
+fn lane_max<T: Real>(xs: &[T]) -> T {
+    let mut acc = [xs[0]; LANES];
+    let full = xs.len() / LANES * LANES;
+    for chunk in xs[..full].chunks_exact(LANES) {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = a.max_(x);
+        }
+    }
+    let mut m = xs[0];
+    for &x in &xs[full..] {
+        m = m.max_(x);
+    }
+    for a in acc {
+        m = m.max_(a);
+    }
+    m
+}
+
+/// One LSTM cell update of one row: pre-activation gates `g [4H]` (i, f, g, o) -> their
+/// activations into `acts [4H]`; the cell `c [H]` and hidden state `h [H]` updated in place.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn lstm_cell_row<T: Real>(g: &[T], acts: &mut [T], c: &mut [T], h: &mut [T]) {
+    let n = c.len();
+    let (gi, rest) = g.split_at(n);
+    let (gf, rest) = rest.split_at(n);
+    let (gg, go) = rest.split_at(n);
+    let (ai, rest) = acts.split_at_mut(n);
+    let (af, rest) = rest.split_at_mut(n);
+    let (ag, ao) = rest.split_at_mut(n);
+    for j in 0..n {
+        let (i, f, g, o) = (
+            gi[j].sigmoid(),
+            gf[j].sigmoid(),
+            gg[j].tanh_(),
+            go[j].sigmoid(),
+        );
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = g;
+        ao[j] = o;
+        let cj = f * c[j] + i * g;
+        c[j] = cj;
+        h[j] = o * cj.tanh_();
+    }
+}
+
+/// The backward pass of [`lstm_cell_row`] for one row, given its activations `acts [4H]`, the
+/// new cell `c [H]` and the previous one `c_prev [H]`, and the gradient `dh [H]` reaching the
+/// new hidden state. `dc [H]` holds the gradient reaching the new cell and leaves holding the
+/// one reaching `c_prev`; `dg [4H]` receives the gradient of the pre-activation gates.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn lstm_cell_row_backward<T: Real>(
+    acts: &[T],
+    c: &[T],
+    c_prev: &[T],
+    dh: &[T],
+    dc: &mut [T],
+    dg: &mut [T],
+) {
+    let n = c.len();
+    let (ai, rest) = acts.split_at(n);
+    let (af, rest) = rest.split_at(n);
+    let (ag, ao) = rest.split_at(n);
+    let (di, rest) = dg.split_at_mut(n);
+    let (df, rest) = rest.split_at_mut(n);
+    let (dgg, dgo) = rest.split_at_mut(n);
+    for j in 0..n {
+        let (i, f, g, o) = (ai[j], af[j], ag[j], ao[j]);
+        let tc = c[j].tanh_();
+        let dcj = dc[j] + dh[j] * o * (T::ONE - tc * tc);
+        di[j] = dcj * g * i * (T::ONE - i);
+        df[j] = dcj * c_prev[j] * f * (T::ONE - f);
+        dgg[j] = dcj * i * (T::ONE - g * g);
+        dgo[j] = dh[j] * tc * o * (T::ONE - o);
+        dc[j] = dcj * f;
+    }
+}
+
+/// Additive attention scores of one query `q [A]` against `keys [S, A]`:
+/// `out[s] = sum_a v[a] tanh(q[a] + keys[s, a])`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn additive_row<T: Real>(q: &[T], keys: &[T], v: &[T], out: &mut [T]) {
+    let a = q.len();
+    for (s, o) in out.iter_mut().enumerate() {
+        let k = &keys[s * a..][..a];
+        *o = lane_sum(a, |i| v[i] * (q[i] + k[i]).tanh_());
+    }
+}
+
+/// The gradient of `g * sum_a v[a] tanh(q[a] + k[a])` added into `dq`, `dk` and `dv`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn additive_row_backward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: T,
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    for i in 0..q.len() {
+        let th = (q[i] + k[i]).tanh_();
+        let dpre = g * v[i] * (T::ONE - th * th);
+        dq[i] += dpre;
+        dk[i] += dpre;
+        dv[i] += g * th;
+    }
+}
+
+/// `(logsumexp(z), sum(z))` of one row.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn row_logsumexp<T: Real>(z: &[T]) -> (T, T) {
+    let max = lane_max(z);
+    let sum = lane_sum(z.len(), |i| z[i]);
+    let total = lane_sum(z.len(), |i| (z[i] - max).exp_());
+    (max + total.ln_(), sum)
+}
+
+/// `z[j] = scale * exp(z[j] - lse) - spread`, in place.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn softmax_gradient_row<T: Real>(z: &mut [T], lse: T, scale: T, spread: T) {
+    for x in z.iter_mut() {
+        *x = scale * (*x - lse).exp_() - spread;
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{matmul, Real};
+use crate::kernels::{matmul, row_logsumexp, softmax_gradient_row, Real};
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
 /// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
@@ -136,17 +136,7 @@ fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
 
 /// `(logsumexp(row), sum(row))`.
 fn row_stats<T: Real>(z: &[T]) -> (T, T) {
-    let mut max = T::from_f64(f64::NEG_INFINITY);
-    let mut sum = T::default();
-    for &x in z {
-        max = max.max_(x);
-        sum += x;
-    }
-    let mut total = T::default();
-    for &x in z {
-        total += (x - max).exp_();
-    }
-    (max + total.ln_(), sum)
+    row_logsumexp(z)
 }
 
 /// Returns (the `[N, 2]` losses, log-sum-exp per row).
@@ -185,10 +175,7 @@ fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v
             return;
         }
         let (g0, g1) = (g[2 * n], g[2 * n + 1]);
-        let (scale, spread) = (g0 + g1, g0 * uniform);
-        for x in row.iter_mut() {
-            *x = scale * (*x - lse[n]).exp_() - spread;
-        }
+        softmax_gradient_row(row, lse[n], g0 + g1, g0 * uniform);
         let y = op.targets[n] as usize;
         row[y] = row[y] - g0 * (T::ONE - eps) - g1;
     });

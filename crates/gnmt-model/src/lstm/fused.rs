@@ -8,7 +8,7 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::Real;
+use crate::kernels::{lstm_cell_row, Real};
 
 /// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
 pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -26,21 +26,11 @@ struct LstmCell;
 
 fn forward<T: Real>(gates: &[T], c_prev: &[T], b: usize, h: usize) -> Vec<T> {
     let mut out = vec![T::default(); b * 2 * h];
+    let mut acts = vec![T::default(); 4 * h];
     for r in 0..b {
-        let g = &gates[r * 4 * h..][..4 * h];
-        let cp = &c_prev[r * h..][..h];
         let (oh, oc) = out[r * 2 * h..][..2 * h].split_at_mut(h);
-        for j in 0..h {
-            let (i, f, gg, o) = (
-                g[j].sigmoid(),
-                g[h + j].sigmoid(),
-                g[2 * h + j].tanh_(),
-                g[3 * h + j].sigmoid(),
-            );
-            let c = f * cp[j] + i * gg;
-            oc[j] = c;
-            oh[j] = o * c.tanh_();
-        }
+        oc.copy_from_slice(&c_prev[r * h..][..h]);
+        lstm_cell_row(&gates[r * 4 * h..][..4 * h], &mut acts, oc, oh);
     }
     out
 }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{matmul, Real};
+use crate::kernels::{lstm_cell_row, lstm_cell_row_backward, matmul, Real};
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
 /// (time-major), `bias [4H]` the sum of both LSTM biases; `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
@@ -146,21 +146,7 @@ fn forward_chunk<T: 'static + Real>(
             if real {
                 let g = &gates[r * 4 * h..][..4 * h];
                 let a = &mut out.acts[(s * m + r) * 4 * h..][..4 * h];
-                for j in 0..h {
-                    let (i, f, gg, o) = (
-                        g[j].sigmoid(),
-                        g[h + j].sigmoid(),
-                        g[2 * h + j].tanh_(),
-                        g[3 * h + j].sigmoid(),
-                    );
-                    a[j] = i;
-                    a[h + j] = f;
-                    a[2 * h + j] = gg;
-                    a[3 * h + j] = o;
-                    let c = f * cp[j] + i * gg;
-                    cp[j] = c;
-                    hp[j] = o * c.tanh_();
-                }
+                lstm_cell_row(g, a, cp, hp);
             }
             out.h[(s * m + r) * h..][..h].copy_from_slice(hp);
             out.cells[(s * m + r) * h..][..h].copy_from_slice(cp);
@@ -186,7 +172,8 @@ fn backward_chunk<T: 'static + Real>(
     let mut dh_next = vec![zero; m * h]; // gradient reaching h from later steps
     let mut dc_next = vec![zero; m * h];
     let mut dh_from_gates = vec![zero; m * h];
-    // The saved activations are laid out [T, B, .] for the whole batch.
+    let zeros = vec![zero; h]; // the cell state before the first step
+                               // The saved activations are laid out [T, B, .] for the whole batch.
     let at = |s: usize, r: usize, width: usize| (s * d.b + rows.start + r) * width;
     for k in (0..d.t).rev() {
         let s = d.time(k);
@@ -203,20 +190,10 @@ fn backward_chunk<T: 'static + Real>(
             }
             let a = &acts[at(s, r, 4 * h)..][..4 * h];
             let c = &cells[at(s, r, h)..][..h];
-            let c_prev = prev.map(|p| &cells[at(p, r, h)..][..h]);
+            let c_prev = prev.map_or(&zeros[..], |p| &cells[at(p, r, h)..][..h]);
             let dc = &mut dc_next[r * h..][..h];
             let dgr = &mut dg[r * 4 * h..][..4 * h];
-            for j in 0..h {
-                let (i, f, gg, o) = (a[j], a[h + j], a[2 * h + j], a[3 * h + j]);
-                let tc = c[j].tanh_();
-                let dcj = dc[j] + dh[j] * o * (T::ONE - tc * tc);
-                let cp = c_prev.map_or(zero, |cp| cp[j]);
-                dgr[j] = dcj * gg * i * (T::ONE - i);
-                dgr[h + j] = dcj * cp * f * (T::ONE - f);
-                dgr[2 * h + j] = dcj * i * (T::ONE - gg * gg);
-                dgr[3 * h + j] = dh[j] * tc * o * (T::ONE - o);
-                dc[j] = dcj * f;
-            }
+            lstm_cell_row_backward(a, c, c_prev, dh, dc, dgr);
         }
         // dh_prev = dgates W_hh for real rows; padded rows pass dh through untouched.
         matmul(
