@@ -133,6 +133,18 @@ pub(crate) fn matmul<T: 'static + Real>(
     }
 }
 
+/// The elements of a contiguous tensor's storage, or an error naming the operation.
+pub(crate) fn contiguous_slice<'a, T>(
+    data: &'a [T],
+    layout: &candle::Layout,
+    op: &str,
+) -> candle::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
 // Row kernels. Each is compiled for AVX-512 and AVX2+FMA as well as baseline x86-64 and
 // chosen at run time (`multiversion`); the arithmetic is the same source in every version
 // and Rust never contracts a multiply and an add into an FMA on its own, so every version

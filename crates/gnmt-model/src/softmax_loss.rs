@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{matmul, row_logsumexp, softmax_gradient_row, Real};
+use crate::kernels::{contiguous_slice, matmul, row_logsumexp, softmax_gradient_row, Real};
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
 /// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
@@ -214,10 +214,7 @@ fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, 
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle::bail!("token losses: inputs must be contiguous"),
-    }
+    contiguous_slice(data, l, "token losses")
 }
 
 impl TokenLosses {

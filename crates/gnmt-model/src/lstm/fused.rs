@@ -8,7 +8,7 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{lstm_cell_row, Real};
+use crate::kernels::{contiguous_slice, lstm_cell_row, Real};
 
 /// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
 pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -74,10 +74,7 @@ fn backward<T: Real>(
 }
 
 fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle::bail!("lstm cell: inputs must be contiguous"),
-    }
+    contiguous_slice(data, l, "lstm cell")
 }
 
 impl CustomOp2 for LstmCell {

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{lstm_cell_row, lstm_cell_row_backward, matmul, Real};
+use crate::kernels::{contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, Real};
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
 /// (time-major), `bias [4H]` the sum of both LSTM biases; `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
@@ -319,10 +319,7 @@ fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle::bail!("lstm: inputs must be contiguous"),
-    }
+    contiguous_slice(data, l, "lstm")
 }
 
 impl CustomOp3 for LstmSequence {
