@@ -154,19 +154,23 @@ pub(crate) fn contiguous_slice<'a, T>(
 /// Lanes of the vectorised reductions.
 const LANES: usize = 16;
 
-/// `sum_i f(i)` for `i < n`, accumulated in [`LANES`] lanes and then combined in order.
+/// `sum_i f(xs[i], ys[i])`, accumulated in [`LANES`] lanes (lane `l` takes the elements
+/// `l, l + LANES, ...`) and then combined in order. Written over exact chunks so that the
+/// compiler sees no bounds checks and vectorises the loop.
 #[inline(always)]
-pub(crate) fn lane_sum<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {
+pub(crate) fn lane_sum<T: Real>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> T) -> T {
+    let n = xs.len().min(ys.len());
+    let (xs, ys) = (&xs[..n], &ys[..n]);
     let mut acc = [T::default(); LANES];
-    let full = n / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+    let (mut xc, mut yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    for (x, y) in (&mut xc).zip(&mut yc) {
+        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *a += f(x, y);
         }
     }
     let mut total = T::default();
-    for i in full..n {
-        total += f(i);
+    for (&x, &y) in xc.remainder().iter().zip(yc.remainder()) {
+        total += f(x, y);
     }
     for a in acc {
         total += a;
@@ -268,9 +272,14 @@ pub(crate) fn lstm_cell_row_backward<T: Real>(
 ))]
 pub(crate) fn additive_row<T: Real>(q: &[T], keys: &[T], v: &[T], out: &mut [T]) {
     let a = q.len();
+    // q + k first (vectorised), then the weighted tanh sum over lanes.
+    let mut pre = vec![T::default(); a];
     for (s, o) in out.iter_mut().enumerate() {
         let k = &keys[s * a..][..a];
-        *o = lane_sum(a, |i| v[i] * (q[i] + k[i]).tanh_());
+        for ((p, &x), &y) in pre.iter_mut().zip(q).zip(k) {
+            *p = x + y;
+        }
+        *o = lane_sum(v, &pre, |w, x| w * x.tanh_());
     }
 }
 
@@ -304,9 +313,22 @@ pub(crate) fn additive_row_backward<T: Real>(
 ))]
 pub(crate) fn row_logsumexp<T: Real>(z: &[T]) -> (T, T) {
     let max = lane_max(z);
-    let sum = lane_sum(z.len(), |i| z[i]);
-    let total = lane_sum(z.len(), |i| (z[i] - max).exp_());
+    let sum = lane_sum(z, z, |x, _| x);
+    let total = lane_sum(z, z, |x, _| (x - max).exp_());
     (max + total.ln_(), sum)
+}
+
+/// `z[j] -= logsumexp(z)`, in place: a log-softmax of one row.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn log_softmax_row<T: Real>(z: &mut [T]) {
+    let max = lane_max(z);
+    let lse = max + lane_sum(z, z, |x, _| (x - max).exp_()).ln_();
+    for x in z.iter_mut() {
+        *x = *x - lse;
+    }
 }
 
 /// `z[j] = scale * exp(z[j] - lse) - spread`, in place.

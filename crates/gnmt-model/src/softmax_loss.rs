@@ -21,7 +21,9 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, matmul, row_logsumexp, softmax_gradient_row, Real};
+use crate::kernels::{
+    contiguous_slice, log_softmax_row, matmul, row_logsumexp, softmax_gradient_row, Real,
+};
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
 /// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
@@ -74,12 +76,7 @@ pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
         return candle_nn::ops::log_softmax(logits, D::Minus1);
     }
     let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
-    z.par_chunks_mut(v.max(1)).for_each(|row| {
-        let (lse, _) = row_stats(row);
-        for x in row.iter_mut() {
-            *x -= lse;
-        }
-    });
+    z.par_chunks_mut(v.max(1)).for_each(log_softmax_row);
     Tensor::from_vec(z, (n, v), logits.device())
 }
 
