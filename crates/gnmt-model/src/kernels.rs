@@ -145,6 +145,25 @@ pub(crate) fn contiguous_slice<'a, T>(
     }
 }
 
+/// Column sums of a row-major `[rows, cols]` matrix (a bias gradient). Blocks of columns run
+/// in parallel; each column is summed over the rows in order, whatever the thread count.
+pub(crate) fn column_sums<T: Real>(data: &[T], cols: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 256;
+    let mut sums = vec![T::default(); cols];
+    sums.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let (start, width) = (b * BLOCK, block.len());
+            for row in data.chunks_exact(cols) {
+                for (acc, &x) in block.iter_mut().zip(&row[start..start + width]) {
+                    *acc += x;
+                }
+            }
+        });
+    sums
+}
+
 // Row kernels. Each is compiled for AVX-512 and AVX2+FMA as well as baseline x86-64 and
 // chosen at run time (`multiversion`); the arithmetic is the same source in every version
 // and Rust never contracts a multiply and an add into an FMA on its own, so every version

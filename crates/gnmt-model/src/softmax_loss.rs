@@ -22,7 +22,8 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    contiguous_slice, log_softmax_row, matmul, row_logsumexp, softmax_gradient_row, Real,
+    column_sums, contiguous_slice, log_softmax_row, matmul, row_logsumexp, softmax_gradient_row,
+    Real,
 };
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
@@ -200,13 +201,7 @@ fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, 
         (x, false),
         threads,
     );
-    // The bias gradient sums the rows in a fixed order: independent of the thread count.
-    let mut db = vec![zero; d.v];
-    for row in dz.chunks(d.v) {
-        for (acc, &x) in db.iter_mut().zip(row) {
-            *acc += x;
-        }
-    }
+    let db = column_sums(dz, d.v);
     (dx, dw, db)
 }
 

@@ -19,7 +19,9 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, Real};
+use crate::kernels::{
+    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, Real,
+};
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
 /// (time-major), `bias [4H]` the sum of both LSTM biases; `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
@@ -298,13 +300,7 @@ fn backward<T: 'static + Real>(
         (&h_prev, false),
         rayon::current_num_threads(),
     );
-    // The bias gradient sums every row in a fixed order: independent of the thread count.
-    let mut d_bias = vec![zero; 4 * d.h];
-    for row in d_gates.chunks(4 * d.h) {
-        for (acc, &g) in d_bias.iter_mut().zip(row) {
-            *acc += g;
-        }
-    }
+    let d_bias = column_sums(&d_gates, 4 * d.h);
     (d_gates, d_w, d_bias)
 }
 
