@@ -143,19 +143,21 @@ impl ResidualStudyArgs {
     }
 
     fn config(&self, plan: &Plan, arm: &Arm) -> anyhow::Result<TrainConfig> {
-        let mut c = TrainConfig::default();
-        c.model = ModelConfig {
-            vocab_size: plan.vocab,
-            embedding_dim: plan.hidden,
-            hidden_size: plan.hidden,
-            attention_size: plan.hidden,
-            encoder_layers: plan.layers,
-            decoder_layers: plan.layers,
-            residual: arm.residual_from.is_some(),
-            residual_from_layer: arm.residual_from.unwrap_or(3),
-            ..ModelConfig::small()
+        let mut c = TrainConfig {
+            model: ModelConfig {
+                vocab_size: plan.vocab,
+                embedding_dim: plan.hidden,
+                hidden_size: plan.hidden,
+                attention_size: plan.hidden,
+                encoder_layers: plan.layers,
+                decoder_layers: plan.layers,
+                residual: arm.residual_from.is_some(),
+                residual_from_layer: arm.residual_from.unwrap_or(3),
+                ..ModelConfig::small()
+            },
+            seed: self.seed,
+            ..TrainConfig::default()
         };
-        c.seed = self.seed;
         c.stop.max_steps = Some(plan.steps);
         c.log.log_every = (plan.steps / 40).max(1);
         c.log.valid_every = (plan.steps / 4).max(1);
