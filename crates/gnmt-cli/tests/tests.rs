@@ -2,6 +2,7 @@
 
 mod cli;
 mod readme;
+mod shipped;
 mod study;
 mod train;
 mod translate;
