@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use crate::{gnmt, ok};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn first_lines(path: &Path, n: usize) -> String {
@@ -39,9 +42,18 @@ fn the_shipped_model_translates_without_m_and_scores() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let german = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = german.lines().collect();
     assert_eq!(lines.len(), 20);
@@ -51,8 +63,10 @@ fn the_shipped_model_translates_without_m_and_scores() {
         .iter()
         .filter(|l| {
             let first = l.split_whitespace().next().unwrap_or("");
-            ["Ein", "Eine", "Der", "Die", "Das", "Zwei", "Drei", "Mehrere", "Viele", "Einige"]
-                .contains(&first)
+            [
+                "Ein", "Eine", "Der", "Die", "Das", "Zwei", "Drei", "Mehrere", "Viele", "Einige",
+            ]
+            .contains(&first)
         })
         .count();
     assert!(articles >= 12, "{german}");
@@ -63,8 +77,16 @@ fn the_shipped_model_translates_without_m_and_scores() {
     // BLEU on the first 300 lines of test_2016_flickr with the shipped generation.json.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("src.en"), first_lines(&data.join("test_2016_flickr.en"), 300)).unwrap();
-    std::fs::write(d.join("ref.de"), first_lines(&data.join("test_2016_flickr.de"), 300)).unwrap();
+    std::fs::write(
+        d.join("src.en"),
+        first_lines(&data.join("test_2016_flickr.en"), 300),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("ref.de"),
+        first_lines(&data.join("test_2016_flickr.de"), 300),
+    )
+    .unwrap();
     let report = ok(gnmt(
         &[
             "eval",
@@ -83,5 +105,8 @@ fn the_shipped_model_translates_without_m_and_scores() {
         .nth(1)
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no BLEU in {report}"));
-    assert!(bleu >= 33.0, "BLEU {bleu} on the first 300 lines:\n{report}");
+    assert!(
+        bleu >= 33.0,
+        "BLEU {bleu} on the first 300 lines:\n{report}"
+    );
 }
