@@ -45,7 +45,7 @@ pub struct ResidualStudyArgs {
     /// Hidden, embedding and attention size.
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
-    /// Training updates per arm (the defaults take about 30 minutes for two arms on 2 cores).
+    /// Training updates per arm (with the defaults, two arms take about 20 minutes on 2 cores).
     #[arg(long, default_value_t = 300)]
     pub steps: u64,
     /// The arms: `none` (no residual connections) or N (residual connections from layer N up),
