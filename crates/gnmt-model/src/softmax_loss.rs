@@ -132,11 +132,6 @@ fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
     z
 }
 
-/// `(logsumexp(row), sum(row))`.
-fn row_stats<T: Real>(z: &[T]) -> (T, T) {
-    row_logsumexp(z)
-}
-
 /// Returns (the `[N, 2]` losses, log-sum-exp per row).
 fn losses<T: Real>(z: &[T], op: &TokenLosses, v: usize) -> (Vec<T>, Vec<T>) {
     let eps = T::from_f64(op.eps);
@@ -151,7 +146,7 @@ fn losses<T: Real>(z: &[T], op: &TokenLosses, v: usize) -> (Vec<T>, Vec<T>) {
             if !op.keep[n] {
                 return;
             }
-            let (lse, sum) = row_stats(row);
+            let (lse, sum) = row_logsumexp(row);
             let y = op.targets[n] as usize;
             let nll = lse - row[y];
             o[0] = (T::ONE - eps) * nll + eps * (lse - sum * inv_v);

@@ -30,12 +30,8 @@ impl StudyCommand {
 
 #[derive(Debug, Args)]
 pub struct ResidualStudyArgs {
-    /// Training source and target files, aligned line by line.
-    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
-    pub train: Vec<PathBuf>,
-    /// Validation source and target files.
-    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
-    pub valid: Vec<PathBuf>,
+    #[command(flatten)]
+    pub corpus: super::train::CorpusArgs,
     /// Output folder: one training run per arm, the figures and report.md.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -180,17 +176,25 @@ impl ResidualStudyArgs {
         std::fs::create_dir_all(&self.output)?;
         let data = self.output.join("data");
         let (train_src, train_tgt) = (
-            head(&self.train[0], plan.train_lines, &data.join("train.src"))?,
-            head(&self.train[1], plan.train_lines, &data.join("train.tgt"))?,
+            head(
+                &self.corpus.train[0],
+                plan.train_lines,
+                &data.join("train.src"),
+            )?,
+            head(
+                &self.corpus.train[1],
+                plan.train_lines,
+                &data.join("train.tgt"),
+            )?,
         );
         let (valid_src, valid_tgt) = (
             head(
-                &self.valid[0],
+                &self.corpus.valid[0],
                 Some(plan.valid_lines),
                 &data.join("valid.src"),
             )?,
             head(
-                &self.valid[1],
+                &self.corpus.valid[1],
                 Some(plan.valid_lines),
                 &data.join("valid.tgt"),
             )?,
@@ -301,13 +305,13 @@ impl ResidualStudyArgs {
              vocabulary. Every arm starts from the same weights (seed {}) and sees the same \
              batches in the same order for {} updates; the arms differ only in their residual \
              connections.\n",
-            self.train[0].display(),
-            self.train[1].display(),
+            self.corpus.train[0].display(),
+            self.corpus.train[1].display(),
             plan.train_lines
                 .map_or(String::new(), |n| format!(" (first {n} pairs)")),
             plan.valid_lines,
-            self.valid[0].display(),
-            self.valid[1].display(),
+            self.corpus.valid[0].display(),
+            self.corpus.valid[1].display(),
             plan.layers,
             plan.hidden,
             plan.vocab,

@@ -7,14 +7,21 @@ use clap::Args;
 use gnmt_model::ModelConfig;
 use gnmt_train::{train, TrainArgs as LibArgs, TrainConfig};
 
+/// The training and validation corpora of a run (`gnmt train`, `gnmt study`).
 #[derive(Debug, Args)]
-pub struct TrainArgs {
+pub struct CorpusArgs {
     /// Training source and target files (plain or gzip), aligned line by line.
     #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
     pub train: Vec<PathBuf>,
     /// Validation source and target files.
     #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
     pub valid: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
     /// Run folder. Running the same command again resumes from its newest checkpoint.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -99,10 +106,10 @@ impl TrainArgs {
             eprintln!("interrupted: saving a checkpoint before exiting (Ctrl-C again to quit now)");
         })?;
         let outcome = train(LibArgs {
-            train_src: self.train[0].clone(),
-            train_tgt: self.train[1].clone(),
-            valid_src: self.valid[0].clone(),
-            valid_tgt: self.valid[1].clone(),
+            train_src: self.corpus.train[0].clone(),
+            train_tgt: self.corpus.train[1].clone(),
+            valid_src: self.corpus.valid[0].clone(),
+            valid_tgt: self.corpus.valid[1].clone(),
             out_dir: self.output.clone(),
             config,
             tokenizer: self.tokenizer.clone(),

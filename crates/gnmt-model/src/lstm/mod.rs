@@ -95,21 +95,29 @@ impl Lstm {
         let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?; // [4H, in + H]
         Ok(StepWeights {
             w_t: w.t()?.contiguous()?,
-            bias: (&self.b_ih + &self.b_hh)?,
+            bias: self.bias()?,
         })
     }
 
-    /// Input part of the gates for every step at once: `x [B, T, in]` -> `[T, B, 4H]`,
-    /// time-major and contiguous so each step's slice is a plain row block.
-    pub fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
+    /// The sum of both bias vectors `[4H]`: the gates only ever see them added.
+    fn bias(&self) -> Result<Tensor> {
+        &self.b_ih + &self.b_hh
+    }
+
+    /// `x W_ih^T` for every step at once: `x [B, T, in]` -> `[T, B, 4H]`, time-major and
+    /// contiguous so each step's slice is a plain row block.
+    fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
-        let bias = (&self.b_ih + &self.b_hh)?;
         x.transpose(0, 1)?
             .contiguous()?
             .reshape((t * b, i))?
             .matmul(&self.w_ih.t()?)?
-            .broadcast_add(&bias)?
             .reshape((t, b, 4 * self.hidden))
+    }
+
+    /// Input part of the gates for every step at once, biases included: `[T, B, 4H]`.
+    pub fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
+        self.input_projection(x)?.broadcast_add(&self.bias()?)
     }
 
     /// One step from precomputed input gates `[B, 4H]`.
@@ -119,10 +127,10 @@ impl Lstm {
         Ok(LstmState { h, c })
     }
 
-    /// One step from an input `x [B, in]` (decoding).
+    /// One step from an input `x [B, in]` (the paper's attention query in training; decoding
+    /// steps through [`StepWeights`]).
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let bias = (&self.b_ih + &self.b_hh)?;
-        let input_gates = x.matmul(&self.w_ih.t()?)?.broadcast_add(&bias)?;
+        let input_gates = x.matmul(&self.w_ih.t()?)?.broadcast_add(&self.bias()?)?;
         self.cell(&input_gates, state)
     }
 
@@ -131,15 +139,9 @@ impl Lstm {
     /// are returned in the original time order. The whole recurrence is one fused operation
     /// ([`sequence::lstm_sequence`]); [`Lstm::forward_stepwise`] is its reference.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
-        let (b, t, i) = x.dims3()?;
-        let projected = x
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((t * b, i))?
-            .matmul(&self.w_ih.t()?)?
-            .reshape((t, b, 4 * self.hidden))?;
-        let bias = (&self.b_ih + &self.b_hh)?;
-        sequence::lstm_sequence(&projected, &self.w_hh, &bias, mask, reverse)?.transpose(0, 1)
+        let projected = self.input_projection(x)?;
+        sequence::lstm_sequence(&projected, &self.w_hh, &self.bias()?, mask, reverse)?
+            .transpose(0, 1)
     }
 
     /// [`Lstm::forward`] as one autograd op per step, also returning the final state: the
