@@ -14,8 +14,37 @@ pub struct Cli {
     /// Worker threads for parallel work (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (twice the
+    /// multiply-adds per instruction; needs a CPU with AVX512-BF16).
+    #[arg(long, global = true, value_enum, default_value_t = Matmul::F32)]
+    pub matmul: Matmul,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--matmul`: see [`gnmt_model::MatmulPrecision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Matmul {
+    F32,
+    Bf16,
+}
+
+impl Matmul {
+    pub fn name(self) -> &'static str {
+        match self {
+            Matmul::F32 => "f32",
+            Matmul::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Sets the process-wide precision of matrix products, before any model runs.
+pub fn init_matmul(m: Matmul) -> anyhow::Result<()> {
+    let p = match m {
+        Matmul::F32 => gnmt_model::MatmulPrecision::F32,
+        Matmul::Bf16 => gnmt_model::MatmulPrecision::Bf16,
+    };
+    gnmt_model::set_matmul_precision(p).map_err(anyhow::Error::msg)
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +84,7 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         init_threads(self.threads)?;
+        init_matmul(self.matmul)?;
         match self.command {
             Command::Vocab(a) => a.run(),
             Command::Encode(a) => a.run(),

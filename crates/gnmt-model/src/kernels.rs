@@ -1,5 +1,10 @@
 //! Scalar arithmetic and the matrix product shared by the fused CPU kernels, for f32 and f64.
 
+use std::any::TypeId;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::bf16_gemm::{PackedB, View};
+
 /// What the kernels need from a float type.
 pub(crate) trait Real:
     Copy
@@ -76,20 +81,135 @@ impl Real for f64 {
     }
 }
 
+/// How the fused operations multiply f32 matrices. f64 products are always f64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// f32 products and sums (`gemm`).
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16, f32 sums ([`crate::bf16_gemm`]; needs AVX512-BF16).
+    Bf16,
+}
+
+static BF16_MATMULS: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the precision of every f32 matrix product in the fused operations, process-wide
+/// (training and decoding read it at each product). Refuses bf16 on a CPU without
+/// AVX512-BF16.
+pub fn set_matmul_precision(p: MatmulPrecision) -> Result<(), String> {
+    if p == MatmulPrecision::Bf16 && !crate::bf16_gemm::available() {
+        return Err("bf16 matrix products need a CPU with AVX512-BF16".into());
+    }
+    BF16_MATMULS.store(p == MatmulPrecision::Bf16, Ordering::Relaxed);
+    Ok(())
+}
+
+pub fn matmul_precision() -> MatmulPrecision {
+    if BF16_MATMULS.load(Ordering::Relaxed) {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    }
+}
+
+/// "f32" or "bf16": the current [`matmul_precision`], as the `--matmul` option spells it.
+pub fn matmul_precision_name() -> &'static str {
+    match matmul_precision() {
+        MatmulPrecision::F32 => "f32",
+        MatmulPrecision::Bf16 => "bf16",
+    }
+}
+
+/// `x` as an f32 slice when `T` is f32.
+fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice already is a &[f32].
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice already is a &mut [f32].
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+/// The right operand of a product used many times (a recurrent weight, read at every step):
+/// packed for the bf16 kernel once, when bf16 products are on.
+pub(crate) struct Rhs<'a, T> {
+    data: &'a [T],
+    transposed: bool,
+    packed: Option<PackedB>,
+}
+
+impl<'a, T: 'static> Rhs<'a, T> {
+    /// `b [k, n]` row-major, or with `transposed` read from its `[n, k]` row-major storage.
+    pub(crate) fn new(data: &'a [T], (k, n): (usize, usize), transposed: bool) -> Self {
+        let packed = match (matmul_precision(), as_f32(data)) {
+            (MatmulPrecision::Bf16, Some(b)) => Some(PackedB::new(View::new(b, k, n, transposed))),
+            _ => None,
+        };
+        Self {
+            data,
+            transposed,
+            packed,
+        }
+    }
+}
+
 /// `dst [m, n] (+)= a [m, k] * b [k, n]`, densely packed and row-major, except that a
-/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage.
+/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage. In bf16 mode
+/// f32 operands are multiplied by [`crate::bf16_gemm`].
 pub(crate) fn matmul<T: 'static + Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
-    (a, a_transposed): (&[T], bool),
+    a: (&[T], bool),
     (b, b_transposed): (&[T], bool),
+    threads: usize,
+) {
+    matmul_rhs(
+        (m, n, k),
+        dst,
+        accumulate,
+        a,
+        &Rhs::new(b, (k, n), b_transposed),
+        threads,
+    )
+}
+
+/// [`matmul`] with a prepared right operand.
+pub(crate) fn matmul_rhs<T: 'static + Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    (a, a_transposed): (&[T], bool),
+    rhs: &Rhs<T>,
     threads: usize,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    let (b, b_transposed) = (rhs.data, rhs.transposed);
     assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    if let Some(packed) = &rhs.packed {
+        assert!(
+            packed.k() == k && packed.n() == n,
+            "packed operand of another shape"
+        );
+        let (dst, a) = (as_f32_mut(dst), as_f32(a));
+        let (dst, a) = (
+            dst.expect("packed only for f32"),
+            a.expect("packed only for f32"),
+        );
+        crate::bf16_gemm::gemm(
+            dst,
+            accumulate,
+            View::new(a, m, k, a_transposed),
+            packed,
+            threads,
+        );
+        return;
+    }
     // (column stride, row stride) of each operand.
     let (a_cs, a_rs) = if a_transposed {
         (m as isize, 1)

@@ -24,9 +24,11 @@
 
 pub mod additive;
 pub mod attention;
+pub mod bf16_gemm;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod dense;
 pub mod dropout;
 pub mod encoder;
 mod kernels;
@@ -38,5 +40,6 @@ pub mod softmax_loss;
 pub use config::{AttentionQuery, ModelConfig};
 pub use decoder::DecoderState;
 pub use dropout::Dropout;
+pub use kernels::{matmul_precision, matmul_precision_name, set_matmul_precision, MatmulPrecision};
 pub use model::{mask_from_lengths, EncoderOutput, Gnmt};
 pub use params::{init_model, init_varmap, parameter_count, parameter_specs, ParamSpec};

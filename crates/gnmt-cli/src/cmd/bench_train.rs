@@ -65,6 +65,25 @@ fn rate_of(text: &str) -> Option<f64> {
         .and_then(|r| r.trim().parse().ok())
 }
 
+/// Best-of-three bf16 product rate at 2048^3 ([`gnmt_model::bf16_gemm`]), in GFLOP/s.
+fn bf16_peak_gflops() -> f64 {
+    use gnmt_model::bf16_gemm::{gemm, PackedB, View};
+    let n = 2048;
+    let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
+    let mut c = vec![0f32; n * n];
+    let packed = PackedB::new(View::new(&b, n, n, false));
+    let threads = rayon::current_num_threads();
+    let mut run = || gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);
+    run(); // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run();
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
 /// Best-of-three f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
 fn peak_gflops() -> anyhow::Result<f64> {
     let n = 2048;
@@ -106,6 +125,8 @@ impl BenchTrainArgs {
                 .args([
                     "--threads",
                     &threads.to_string(),
+                    "--matmul",
+                    gnmt_model::matmul_precision_name(),
                     "bench",
                     "train",
                     "--single",
@@ -233,9 +254,10 @@ impl BenchTrainArgs {
         let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
         let peak = peak_gflops()?;
         println!(
-            "threads={} (candle {}): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
+            "threads={} (candle {}, {} products): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
             rayon::current_num_threads(),
             candle::utils::get_num_threads(),
+            gnmt_model::matmul_precision_name(),
             rate,
             1000.0 * secs / self.steps as f64,
             flops / 1e6,
@@ -243,6 +265,14 @@ impl BenchTrainArgs {
             100.0 * rate * flops / 1e9 / peak,
             peak
         );
+        if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
+            let bf16_peak = bf16_peak_gflops();
+            println!(
+                "bf16 products: {:.0}% of the {:.0} GFLOP/s a 2048^3 bf16 product reaches",
+                100.0 * rate * flops / 1e9 / bf16_peak,
+                bf16_peak
+            );
+        }
         println!("tokens_per_s={rate}");
         Ok(())
     }

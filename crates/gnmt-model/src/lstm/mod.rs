@@ -108,11 +108,8 @@ impl Lstm {
     /// contiguous so each step's slice is a plain row block.
     fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
-        x.transpose(0, 1)?
-            .contiguous()?
-            .reshape((t * b, i))?
-            .matmul(&self.w_ih.t()?)?
-            .reshape((t, b, 4 * self.hidden))
+        let x = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
+        crate::dense::matmul_t(&x, &self.w_ih)?.reshape((t, b, 4 * self.hidden))
     }
 
     /// Input part of the gates for every step at once, biases included: `[T, B, 4H]`.

@@ -20,7 +20,8 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, Real,
+    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs, Real,
+    Rhs,
 };
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
@@ -111,7 +112,7 @@ struct ChunkForward<T> {
 fn forward_chunk<T: 'static + Real>(
     x_gates: &[T],
     bias: &[T],
-    w_hh_t: &[T],
+    w_hh_t: &Rhs<T>,
     keep: Option<&[bool]>,
     d: Dims,
     rows: std::ops::Range<usize>,
@@ -134,14 +135,7 @@ fn forward_chunk<T: 'static + Real>(
                 *g = x + b;
             }
         }
-        matmul(
-            (m, 4 * h, h),
-            &mut gates,
-            true,
-            (&h_prev, false),
-            (w_hh_t, false),
-            1,
-        );
+        matmul_rhs((m, 4 * h, h), &mut gates, true, (&h_prev, false), w_hh_t, 1);
         for (r, row) in rows.clone().enumerate() {
             let real = keep.is_none_or(|k| k[s * d.b + row]);
             let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
@@ -163,7 +157,7 @@ fn backward_chunk<T: 'static + Real>(
     grad_h: &[T],
     acts: &[T],
     cells: &[T],
-    w_hh: &[T],
+    w_hh: &Rhs<T>,
     keep: Option<&[bool]>,
     d: Dims,
     rows: std::ops::Range<usize>,
@@ -198,12 +192,12 @@ fn backward_chunk<T: 'static + Real>(
             lstm_cell_row_backward(a, c, c_prev, dh, dc, dgr);
         }
         // dh_prev = dgates W_hh for real rows; padded rows pass dh through untouched.
-        matmul(
+        matmul_rhs(
             (m, h, 4 * h),
             &mut dh_from_gates,
             false,
             (dg, false),
-            (w_hh, false),
+            w_hh,
             1,
         );
         for (r, row) in rows.clone().enumerate() {
@@ -243,6 +237,7 @@ fn forward<T: 'static + Real>(
     let chunks = d.chunks();
     // W_hh^T as a contiguous [H, 4H] copy: gemm then reads it without repacking every step.
     let w_hh_t = transpose(w_hh, 4 * d.h, d.h);
+    let w_hh_t = Rhs::new(&w_hh_t, (d.h, 4 * d.h), false);
     let results: Vec<ChunkForward<T>> = chunks
         .par_iter()
         .map(|rows| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows.clone()))
@@ -272,9 +267,10 @@ fn backward<T: 'static + Real>(
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
+    let w_hh = Rhs::new(w_hh, (4 * d.h, d.h), false);
     let parts: Vec<Vec<T>> = chunks
         .par_iter()
-        .map(|rows| backward_chunk(grad_h, acts, cells, w_hh, keep, d, rows.clone()))
+        .map(|rows| backward_chunk(grad_h, acts, cells, &w_hh, keep, d, rows.clone()))
         .collect();
     let parts_ref: Vec<_> = chunks
         .iter()

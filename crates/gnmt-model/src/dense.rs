@@ -1,0 +1,133 @@
+//! `x W^T` (a linear layer without bias) as one operation whose products, forward and
+//! backward, go through [`crate::kernels::matmul`]: f32, or bf16 when
+//! [`crate::set_matmul_precision`] asks for it. Candle's own matmul would stay f32.
+
+use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::kernels::{contiguous_slice, matmul, Real};
+
+/// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, MatmulT)
+}
+
+struct MatmulT;
+
+fn product<T: 'static + Real>(x: &[T], w: &[T], (n, i, o): (usize, usize, usize)) -> Vec<T> {
+    let mut y = vec![T::default(); n * o];
+    let threads = rayon::current_num_threads();
+    matmul((n, o, i), &mut y, false, (x, false), (w, true), threads);
+    y
+}
+
+/// Gradients of `x` (`g w`) and `w` (`g^T x`).
+fn gradients<T: 'static + Real>(
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    (n, i, o): (usize, usize, usize),
+) -> (Vec<T>, Vec<T>) {
+    let threads = rayon::current_num_threads();
+    let mut dx = vec![T::default(); n * i];
+    matmul((n, i, o), &mut dx, false, (g, false), (w, false), threads);
+    let mut dw = vec![T::default(); o * i];
+    matmul((o, i, n), &mut dw, false, (g, true), (x, false), threads);
+    (dx, dw)
+}
+
+impl CustomOp2 for MatmulT {
+    fn name(&self) -> &'static str {
+        "matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, i) = l1.shape().dims2()?;
+        let (o, iw) = l2.shape().dims2()?;
+        if i != iw {
+            candle::bail!(
+                "matmul-t: x {:?} and w {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let d = (n, i, o);
+        let y = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(product(
+                contiguous_slice(x, l1, "matmul-t")?,
+                contiguous_slice(w, l2, "matmul-t")?,
+                d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(product(
+                contiguous_slice(x, l1, "matmul-t")?,
+                contiguous_slice(w, l2, "matmul-t")?,
+                d,
+            )),
+            _ => candle::bail!("matmul-t: f32 or f64 inputs of one dtype only"),
+        };
+        Ok((y, Shape::from((n, o))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, i) = x.dims2()?;
+        let o = w.dims2()?.0;
+        let flat = |t: &Tensor| t.flatten_all()?.contiguous();
+        let (xf, wf, gf) = (flat(x)?, flat(w)?, flat(&grad.contiguous()?)?);
+        let device = x.device();
+        macro_rules! grads {
+            ($t:ty) => {{
+                let (dx, dw) =
+                    gradients::<$t>(&xf.to_vec1()?, &wf.to_vec1()?, &gf.to_vec1()?, (n, i, o));
+                (
+                    Tensor::from_vec(dx, (n, i), device)?,
+                    Tensor::from_vec(dw, (o, i), device)?,
+                )
+            }};
+        }
+        let (dx, dw) = match x.dtype() {
+            candle::DType::F32 => grads!(f32),
+            candle::DType::F64 => grads!(f64),
+            other => candle::bail!("matmul-t: no backward for {other:?}"),
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::{Device, Var};
+
+    #[test]
+    fn values_and_gradients_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (7, 5), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5), &dev)?)?;
+        let probe = Tensor::randn(0f64, 1.0, (7, 3), &dev)?;
+        let ours = matmul_t(&x, &w)?;
+        let reference = x.matmul(&w.t()?)?;
+        let diff = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff}");
+        let g1 = (ours * &probe)?.sum_all()?.backward()?;
+        let g2 = (reference * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &w] {
+            let d = (g1.get(v).unwrap() - g2.get(v).unwrap())?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(d < 1e-12, "{d}");
+        }
+        Ok(())
+    }
+}
