@@ -16,8 +16,9 @@ pub struct Cli {
     pub threads: Option<usize>,
     /// Precision of the matrix products: f32, or bf16 operands with f32 sums (twice the
     /// multiply-adds per instruction; needs a CPU with AVX512-BF16).
-    #[arg(long, global = true, value_enum, default_value_t = Matmul::F32)]
-    pub matmul: Matmul,
+    /// [default: f32, or the training config's `matmul`]
+    #[arg(long, global = true, value_enum)]
+    pub matmul: Option<Matmul>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,22 +30,18 @@ pub enum Matmul {
     Bf16,
 }
 
-impl Matmul {
-    pub fn name(self) -> &'static str {
-        match self {
-            Matmul::F32 => "f32",
-            Matmul::Bf16 => "bf16",
+impl From<Matmul> for gnmt_model::MatmulPrecision {
+    fn from(m: Matmul) -> Self {
+        match m {
+            Matmul::F32 => gnmt_model::MatmulPrecision::F32,
+            Matmul::Bf16 => gnmt_model::MatmulPrecision::Bf16,
         }
     }
 }
 
 /// Sets the process-wide precision of matrix products, before any model runs.
 pub fn init_matmul(m: Matmul) -> anyhow::Result<()> {
-    let p = match m {
-        Matmul::F32 => gnmt_model::MatmulPrecision::F32,
-        Matmul::Bf16 => gnmt_model::MatmulPrecision::Bf16,
-    };
-    gnmt_model::set_matmul_precision(p).map_err(anyhow::Error::msg)
+    gnmt_model::set_matmul_precision(m.into()).map_err(anyhow::Error::msg)
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +81,7 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         init_threads(self.threads)?;
-        init_matmul(self.matmul)?;
+        init_matmul(self.matmul.unwrap_or(Matmul::F32))?;
         match self.command {
             Command::Vocab(a) => a.run(),
             Command::Encode(a) => a.run(),
@@ -95,7 +92,7 @@ impl Cli {
             Command::Bleu(a) => a.run_bleu(),
             Command::Chrf(a) => a.run_chrf(),
             Command::Eval(a) => a.run(),
-            Command::Train(a) => a.run(),
+            Command::Train(a) => a.run(self.matmul),
             Command::Export(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),

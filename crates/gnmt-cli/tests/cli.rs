@@ -185,6 +185,9 @@ fn threads_flag_sizes_candle_too() {
             ],
             dir.path(),
         ));
-        assert!(out.contains(&format!("threads={n} (candle {n})")), "{out}");
+        assert!(
+            out.contains(&format!("threads={n} (candle {n}, f32 products)")),
+            "{out}"
+        );
     }
 }

@@ -3,10 +3,10 @@ use std::time::{Duration, Instant};
 
 use crate::{err, gnmt, ok};
 
-const SORT_CONFIG: &str = r#"{
-  "model": {"vocab_size": 300, "embedding_dim": 32, "hidden_size": 64, "encoder_layers": 2, "decoder_layers": 2, "attention_size": 32},
+/// Optimisation for the end-to-end test; the model is the `tiny` preset.
+const E2E_CONFIG: &str = r#"{
   "init_scale": 0.1, "dropout": 0.0, "label_smoothing": 0.0, "optim": {"lr": 0.005, "warmup_steps": 20},
-  "data": {"max_tokens": 600}, "log": {"log_every": 100, "valid_every": 400, "save_every": 400}
+  "data": {"max_tokens": 600}, "log": {"log_every": 100, "valid_every": 500, "save_every": 500}
 }"#;
 
 const TINY_CONFIG: &str = r#"{
@@ -41,63 +41,46 @@ fn add_blank_lines(d: &Path, prefix: &str, every: usize) {
     }
 }
 
-/// The end-to-end check: a small model trained from scratch through the real CLI on a
-/// synthetic task (sort the words; blank lines included) learns it: validation BLEU on
-/// held-out sentences of at least 95.
+/// The end-to-end check: the `tiny` preset (3+3 layers of 64 units, so the residual path from
+/// layer 3 is in it) trained from scratch through the real CLI on a synthetic task (reverse the
+/// words; blank lines included) learns it: validation BLEU on held-out sentences of at least
+/// 95 after 3,000 updates (about a minute on 2 cores).
 ///
-/// Why sorting and not copying: this architecture (decoder state starts at zero, additive
-/// attention from the bottom decoder layer) finds the sharp positional attention that random
-/// copying needs only after thousands of updates; a PyTorch replica of the same model on the
-/// same data plateaus the same way. Sorting is solvable from the source's words plus an order
-/// rule and still exercises every part: vocabulary, batching, encoder, attention, decoder,
-/// optimiser, validation and checkpoints.
+/// Why reversing and not copying: both tasks need attention to find source positions by
+/// learning to count, and both sit on a plateau for the first 1,500 or so updates. Measured
+/// with this configuration on one thread: reversing reaches BLEU 100 by update 2,000 (seed 1)
+/// and 99.2 by 2,500 (seed 2); copying reaches 89-95 after 5,000 updates, and the 2-layer
+/// model of an earlier test 96-98 after 3,000-4,000: too slow, and too close to the threshold,
+/// for CI.
 #[test]
-fn a_small_model_learns_the_sort_task() {
+fn the_tiny_preset_learns_to_reverse() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(gnmt(
-        &[
-            "synth",
-            "--task",
-            "sort",
-            "--pairs",
-            "3000",
-            "--symbols",
-            "8",
-            "--min-len",
-            "1",
-            "--max-len",
-            "5",
-            "--seed",
-            "1",
-            "-o",
-            "train",
-        ],
-        d,
-    ));
-    ok(gnmt(
-        &[
-            "synth",
-            "--task",
-            "sort",
-            "--pairs",
-            "200",
-            "--symbols",
-            "8",
-            "--min-len",
-            "1",
-            "--max-len",
-            "5",
-            "--seed",
-            "2",
-            "-o",
-            "valid",
-        ],
-        d,
-    ));
+    for (name, pairs, seed) in [("train", "3000", "1"), ("valid", "200", "2")] {
+        ok(gnmt(
+            &[
+                "synth",
+                "--task",
+                "reverse",
+                "--pairs",
+                pairs,
+                "--symbols",
+                "8",
+                "--min-len",
+                "1",
+                "--max-len",
+                "5",
+                "--seed",
+                seed,
+                "-o",
+                name,
+            ],
+            d,
+        ));
+    }
     add_blank_lines(d, "train", 100);
     add_blank_lines(d, "valid", 40);
-    std::fs::write(d.join("config.json"), SORT_CONFIG).unwrap();
+    std::fs::write(d.join("config.json"), E2E_CONFIG).unwrap();
     let out = ok(gnmt(
         &[
             "train",
@@ -109,22 +92,24 @@ fn a_small_model_learns_the_sort_task() {
             "valid.tgt",
             "--config",
             "config.json",
+            "--preset",
+            "tiny",
             "-o",
             "run",
             "--max-steps",
-            "1200",
+            "3000",
             "--quiet",
         ],
         d,
     ));
-    assert!(out.contains("1200 updates"), "{out}");
+    assert!(out.contains("3000 updates"), "{out}");
     let v = validations(&d.join("run"));
-    assert_eq!(v.len(), 3);
+    assert_eq!(v.len(), 6);
     let (first, last) = (&v[0], &v[v.len() - 1]);
     let bleu = last["bleu"].as_f64().unwrap();
     assert!(
         bleu >= 95.0,
-        "validation BLEU after 1200 updates: {bleu} ({v:?})"
+        "validation BLEU after 3000 updates: {bleu} ({v:?})"
     );
     assert!(
         last["valid_loss"].as_f64().unwrap() < 0.2 * first["valid_loss"].as_f64().unwrap(),
@@ -146,7 +131,7 @@ fn a_small_model_learns_the_sort_task() {
         assert!(d.join("run").join(f).is_file(), "{f} missing");
     }
     // One translation per validation line, blank lines translated to blank lines.
-    let translations = std::fs::read_to_string(d.join("run/valid/step-1200.txt")).unwrap();
+    let translations = std::fs::read_to_string(d.join("run/valid/step-3000.txt")).unwrap();
     let sources = std::fs::read_to_string(d.join("valid.src")).unwrap();
     assert_eq!(translations.lines().count(), sources.lines().count());
     for (src, hyp) in sources.lines().zip(translations.lines()) {
@@ -155,8 +140,8 @@ fn a_small_model_learns_the_sort_task() {
     // The per-layer gradient norms are logged for every layer of both stacks.
     let log = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
     let first_log: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert_eq!(first_log["grad_norm_encoder"].as_array().unwrap().len(), 2);
-    assert_eq!(first_log["grad_norm_decoder"].as_array().unwrap().len(), 2);
+    assert_eq!(first_log["grad_norm_encoder"].as_array().unwrap().len(), 3);
+    assert_eq!(first_log["grad_norm_decoder"].as_array().unwrap().len(), 3);
 }
 
 fn tiny_run_setup(d: &Path) {

@@ -110,12 +110,12 @@ pub fn greedy_decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gnmt_model::{init_model, ModelConfig};
+    use gnmt_model::init_model;
 
     #[test]
     fn batch_composition_does_not_change_translations() {
         let (model, _) =
-            init_model(&ModelConfig::tiny(), 5, 0.5, DType::F32, &Device::Cpu).unwrap();
+            init_model(&crate::test_config(), 5, 0.5, DType::F32, &Device::Cpu).unwrap();
         let sources: Vec<Vec<u32>> =
             vec![vec![5, 6, 7, 8, 9, 10], vec![11], vec![], vec![12, 13, 14]];
         let limit = LengthLimit { a: 1.5, b: 3 };
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn out_of_vocabulary_ids_are_an_error() {
         let (model, _) =
-            init_model(&ModelConfig::tiny(), 5, 0.5, DType::F32, &Device::Cpu).unwrap();
+            init_model(&crate::test_config(), 5, 0.5, DType::F32, &Device::Cpu).unwrap();
         let err = greedy_decode(
             &model,
             &[vec![64]],

@@ -22,3 +22,16 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The model the unit tests decode with: the `tiny` preset's layout (3+3 layers, residual from
+/// layer 3) at 8 units and a 64-entry vocabulary, small enough for exhaustive checks.
+#[cfg(test)]
+pub(crate) fn test_config() -> gnmt_model::ModelConfig {
+    gnmt_model::ModelConfig {
+        vocab_size: 64,
+        embedding_dim: 8,
+        hidden_size: 8,
+        attention_size: 8,
+        ..gnmt_model::ModelConfig::tiny()
+    }
+}

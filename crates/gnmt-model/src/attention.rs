@@ -3,7 +3,9 @@
 //! context = weighted sum of the encoder outputs.
 
 use candle::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::dense::StepMatrix;
 
 /// The encoder side of attention, computed once per sentence batch.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ impl Attention {
     pub fn memory(&self, values: &Tensor, mask: &Tensor) -> Result<Memory> {
         // Beam search reorders the memory by rows, which needs contiguous tensors.
         let values = values.contiguous()?;
-        let keys = self.key.forward(&values)?;
+        let keys = crate::dense::linear(&values, self.key.weight(), self.key.bias())?;
         let score_bias = ((mask - 1.0)? * -MASKED_SCORE)?.unsqueeze(1)?;
         Ok(Memory {
             values,
@@ -65,7 +67,8 @@ impl Attention {
 
     /// Queries `[B, T, H]` -> (context `[B, T, H]`, weights `[B, T, S]`).
     pub fn forward(&self, queries: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
-        self.attend(&self.query.forward(queries)?, memory)
+        let q = crate::dense::linear(queries, self.query.weight(), None)?;
+        self.attend(&q, memory)
     }
 
     /// The query projection's weight transposed and contiguous `[H, A]`, for
@@ -78,11 +81,11 @@ impl Attention {
     /// ([`Attention::query_weight_t`]).
     pub fn step_projected(
         &self,
-        query_weight_t: &Tensor,
+        query_weight_t: &StepMatrix,
         query: &Tensor,
         memory: &Memory,
     ) -> Result<(Tensor, Tensor)> {
-        let q = query.matmul(query_weight_t)?.unsqueeze(1)?;
+        let q = query_weight_t.apply(query)?.unsqueeze(1)?;
         let (c, w) = self.attend(&q, memory)?;
         Ok((c.squeeze(1)?, w.squeeze(1)?))
     }

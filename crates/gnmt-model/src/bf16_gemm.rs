@@ -106,36 +106,43 @@ struct Lines<'a> {
 }
 
 impl Lines<'_> {
-    fn pack(&self, first: usize, width: usize, out: &mut [u32]) {
-        let lines = width.min(self.count.saturating_sub(first));
-        let full_pairs = self.depth / 2;
-        let odd = self.depth % 2 == 1;
+    /// Packs `blocks` consecutive blocks of `width` lines, the first starting at line
+    /// `first_block * width`, into `out` (one block after another).
+    fn pack(&self, first_block: usize, blocks: usize, width: usize, out: &mut [u32]) {
+        let pairs = self.depth.div_ceil(2);
+        let first = first_block * width;
+        let lines = (blocks * width).min(self.count.saturating_sub(first));
+        // Word of line `j` (counted from `first`) and pair `p`.
+        let at = |j: usize, p: usize| (j / width) * pairs * width + p * width + j % width;
         if self.depth_stride == 1 {
             // Each line's depth run is contiguous: convert it pair by pair.
             for j in 0..lines {
                 let line = &self.data[(first + j) * self.line_stride..][..self.depth];
                 for (p, two) in line.chunks_exact(2).enumerate() {
-                    out[p * width + j] = pair(two[0], two[1]);
+                    out[at(j, p)] = pair(two[0], two[1]);
                 }
-                if odd {
-                    out[full_pairs * width + j] = pair(line[self.depth - 1], 0.0);
+                if self.depth % 2 == 1 {
+                    out[at(j, pairs - 1)] = pair(line[self.depth - 1], 0.0);
                 }
             }
         } else {
             // View::new makes one of the strides 1.
             debug_assert_eq!(self.line_stride, 1);
-            // Each depth's run over the lines is contiguous: interleave two of them.
-            for p in 0..self.depth.div_ceil(2) {
+            // Each depth's run over the lines is contiguous: interleave two of them, a whole
+            // run of `blocks * width` lines at a time (a transposed operand read one block of
+            // 8 lines at a time would touch a new cache line per 32 bytes).
+            let zeros = vec![0f32; lines];
+            for p in 0..pairs {
                 let lo = &self.data[2 * p * self.depth_stride + first..][..lines];
-                let words = &mut out[p * width..][..lines];
-                if 2 * p + 1 < self.depth {
-                    let hi = &self.data[(2 * p + 1) * self.depth_stride + first..][..lines];
+                let hi = if 2 * p + 1 < self.depth {
+                    &self.data[(2 * p + 1) * self.depth_stride + first..][..lines]
+                } else {
+                    &zeros[..]
+                };
+                for (block, (lo, hi)) in lo.chunks(width).zip(hi.chunks(width)).enumerate() {
+                    let words = &mut out[block * pairs * width + p * width..][..lo.len()];
                     for ((w, &l), &h) in words.iter_mut().zip(lo).zip(hi) {
                         *w = pair(l, h);
-                    }
-                } else {
-                    for (w, &l) in words.iter_mut().zip(lo) {
-                        *w = pair(l, 0.0);
                     }
                 }
             }
@@ -183,8 +190,11 @@ impl PackedB {
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
+        if data.is_empty() {
+            return Self { k, n, pairs, data };
+        }
         let lines = b.cols_as_lines();
-        let pack = |(panel, out): (usize, &mut [u32])| lines.pack(panel * NR, NR, out);
+        let pack = |(panel, out): (usize, &mut [u32])| lines.pack(panel, 1, NR, out);
         if panels > 4 {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(pack);
         } else {
@@ -206,18 +216,33 @@ impl PackedB {
     }
 }
 
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB({} x {})", self.k(), self.n())
+    }
+}
+
 /// `A [m, k]` packed by blocks of [`MR`] rows.
 fn pack_a(a: View, pairs: usize) -> Vec<u32> {
     let blocks = a.rows.div_ceil(MR);
     let mut data = vec![0u32; blocks * pairs * MR];
     let lines = a.rows_as_lines();
-    let pack_block = |(block, out): (usize, &mut [u32])| lines.pack(block * MR, MR, out);
-    if blocks > 8 {
-        data.par_chunks_mut(pairs * MR)
+    if data.is_empty() {
+        return data;
+    }
+    // Blocks are packed 16 at a time (128 rows), in parallel when there are several groups.
+    const GROUP: usize = 16;
+    let pack_group = |(group, out): (usize, &mut [u32])| {
+        lines.pack(group * GROUP, out.len() / (pairs * MR), MR, out)
+    };
+    if blocks > GROUP {
+        data.par_chunks_mut(GROUP * pairs * MR)
             .enumerate()
-            .for_each(pack_block);
+            .for_each(pack_group);
     } else {
-        data.chunks_mut(pairs * MR).enumerate().for_each(pack_block);
+        data.chunks_mut(GROUP * pairs * MR)
+            .enumerate()
+            .for_each(pack_group);
     }
     data
 }

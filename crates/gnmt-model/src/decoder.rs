@@ -9,6 +9,7 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use crate::attention::{Attention, Memory};
 use crate::config::{AttentionQuery, ModelConfig};
+use crate::dense::StepMatrix;
 use crate::dropout::{self, Dropout};
 use crate::lstm::{Lstm, LstmState, StepWeights};
 
@@ -39,8 +40,8 @@ pub struct DecoderState {
 #[derive(Debug)]
 struct StepLayout {
     layers: Vec<StepWeights>,
-    query_t: Tensor,
-    output_t: Tensor,
+    query_t: StepMatrix,
+    output_t: StepMatrix,
     output_bias: Tensor,
 }
 
@@ -55,6 +56,24 @@ impl DecoderState {
                 .map(|s| s.index_select(indices))
                 .collect::<Result<_>>()?,
             memory: self.memory.index_select(indices)?,
+            weights: self.weights.clone(),
+        })
+    }
+
+    /// [`DecoderState::reorder`] for a caller that knows every new row `r` belongs to the same
+    /// sentence as old row `r` (a beam step where no sentence gained or lost rows): the
+    /// source memory is the same tensor row for row, so it is kept instead of copied.
+    pub fn reorder_within_sentences(&self, indices: &Tensor) -> Result<Self> {
+        if indices.dims1()? != self.batch_size() {
+            candle::bail!("reorder within sentences: the row count must not change")
+        }
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|s| s.index_select(indices))
+                .collect::<Result<_>>()?,
+            memory: self.memory.clone(),
             weights: self.weights.clone(),
         })
     }
@@ -116,8 +135,8 @@ impl Decoder {
                 .iter()
                 .map(Lstm::step_weights)
                 .collect::<Result<_>>()?,
-            query_t: self.attention.query_weight_t()?,
-            output_t: self.output.weight().t()?.contiguous()?,
+            query_t: StepMatrix::new(self.attention.query_weight_t()?)?,
+            output_t: StepMatrix::new(self.output.weight().t()?)?,
             output_bias: self
                 .output
                 .bias()
@@ -245,7 +264,7 @@ impl Decoder {
             x = if residual { (&s.h + &x)? } else { s.h.clone() };
             layers.push(s);
         }
-        let logits = x.matmul(&w.output_t)?.broadcast_add(&w.output_bias)?;
+        let logits = w.output_t.apply_bias(&x, &w.output_bias)?;
         Ok((
             logits,
             weights,

@@ -2,9 +2,98 @@
 //! backward, go through [`crate::kernels::matmul`]: f32, or bf16 when
 //! [`crate::set_matmul_precision`] asks for it. Candle's own matmul would stay f32.
 
-use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{contiguous_slice, matmul, Real};
+use crate::bf16_gemm::{self, PackedB, View};
+use crate::kernels::{contiguous_slice, matmul, matmul_precision, MatmulPrecision, Real};
+
+/// A weight laid out for the products of decoding, `x W` with `W [in, out]` contiguous: gemm
+/// reads it as it lies, and in bf16 mode it is packed once for the bf16 kernel, not at every
+/// step.
+#[derive(Debug)]
+pub struct StepMatrix {
+    w: Tensor,
+    packed: Option<PackedB>,
+}
+
+impl StepMatrix {
+    /// `w [in, out]`.
+    pub fn new(w: Tensor) -> Result<Self> {
+        let w = w.contiguous()?;
+        let packed = if matmul_precision() == MatmulPrecision::Bf16 && w.dtype() == DType::F32 {
+            let (k, n) = w.dims2()?;
+            let data = w.flatten_all()?.to_vec1::<f32>()?;
+            Some(PackedB::new(View::new(&data, k, n, false)))
+        } else {
+            None
+        };
+        Ok(Self { w, packed })
+    }
+
+    /// `x [B, in]` -> `x W [B, out]`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            None => x.matmul(&self.w),
+            Some(p) => self.packed_product(p, x, None),
+        }
+    }
+
+    /// `x [B, in]` -> `x W + bias [B, out]`.
+    pub fn apply_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            None => x.matmul(&self.w)?.broadcast_add(bias),
+            Some(p) => self.packed_product(p, x, Some(bias)),
+        }
+    }
+
+    /// The bf16 product; with a bias, the output starts as the bias rows and the product is
+    /// added onto them (one pass over the output fewer than adding it afterwards).
+    fn packed_product(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, k) = x.dims2()?;
+        let a = x.flatten_all()?.to_vec1::<f32>()?;
+        let n = p.n();
+        let y = match bias {
+            Some(bias) => {
+                let bias = bias.to_vec1::<f32>()?;
+                if bias.len() != n {
+                    candle::bail!("step matrix: bias of {} for {n} outputs", bias.len())
+                }
+                let mut y = Vec::with_capacity(b * n);
+                for _ in 0..b {
+                    y.extend_from_slice(&bias);
+                }
+                y
+            }
+            None => vec![0f32; b * n],
+        };
+        let mut y = y;
+        let threads = rayon::current_num_threads();
+        bf16_gemm::gemm(
+            &mut y,
+            bias.is_some(),
+            View::new(&a, b, k, false),
+            p,
+            threads,
+        );
+        Tensor::from_vec(y, (b, n), x.device())
+    }
+}
+
+/// A linear layer over the last dimension: `x [.., in]`, `w [out, in]`, `bias [out]` ->
+/// `x w^T + bias [.., out]`, through [`matmul_t`].
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (inner, lead) = dims.split_last().expect("at least one dimension");
+    let rows = lead.iter().product::<usize>();
+    let y = matmul_t(&x.reshape((rows, *inner))?, w)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.dims2()?.0);
+    y.reshape(out_dims)
+}
 
 /// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {

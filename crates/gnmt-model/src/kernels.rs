@@ -82,7 +82,8 @@ impl Real for f64 {
 }
 
 /// How the fused operations multiply f32 matrices. f64 products are always f64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {
     /// f32 products and sums (`gemm`).
     #[default]

@@ -26,6 +26,9 @@ pub struct TrainConfig {
     pub log: LogConfig,
     /// Decoding settings stored with the model (validation decodes greedily).
     pub generation: GenerationConfig,
+    /// Precision of the matrix products, `"f32"` or `"bf16"` (bf16 operands, f32 sums; needs
+    /// AVX512-BF16). Weights, gradients and optimiser state stay f32 either way.
+    pub matmul: gnmt_model::MatmulPrecision,
 }
 
 impl Default for TrainConfig {
@@ -41,6 +44,7 @@ impl Default for TrainConfig {
             stop: StopConfig::default(),
             log: LogConfig::default(),
             generation: GenerationConfig::default(),
+            matmul: gnmt_model::MatmulPrecision::F32,
         }
     }
 }

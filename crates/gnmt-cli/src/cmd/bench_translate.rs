@@ -49,7 +49,9 @@ impl BenchTranslateArgs {
         for &beam in &self.beams {
             for &threads in &self.threads_list {
                 let out = std::process::Command::new(&exe)
-                    .args(["--threads", &threads.to_string(), "bench", "translate"])
+                    .args(["--threads", &threads.to_string()])
+                    .args(["--matmul", gnmt_model::matmul_precision_name()])
+                    .args(["bench", "translate"])
                     .arg("-m")
                     .arg(&self.model)
                     .arg("--src")
@@ -90,8 +92,9 @@ impl BenchTranslateArgs {
             .map(|b| b.hypothesis.tokens.len())
             .sum();
         println!(
-            "beam {beam}, threads {}: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s; model load {load_s:.2}s; peak memory {}",
+            "beam {beam}, threads {}, {} products: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s; model load {load_s:.2}s; peak memory {}",
             rayon::current_num_threads(),
+            gnmt_model::matmul_precision_name(),
             lines.len(),
             lines.len() as f64 / secs,
             tokens as f64 / secs,

@@ -71,7 +71,8 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The effective configuration: file (or defaults), then preset, then flags.
-    pub fn resolve(&self) -> anyhow::Result<TrainConfig> {
+    /// The effective configuration; `matmul` is the global `--matmul` flag, if given.
+    pub fn resolve(&self, matmul: Option<crate::Matmul>) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => TrainConfig::from_file(p)?,
             None => TrainConfig::default(),
@@ -90,12 +91,15 @@ impl TrainArgs {
             log_every => log.log_every, keep_last => log.keep_last, seed => seed, lr => optim.lr,
             dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
         );
+        if let Some(m) = matmul {
+            c.matmul = m.into();
+        }
         c.validate()?;
         Ok(c)
     }
 
-    pub fn run(self) -> anyhow::Result<()> {
-        let config = self.resolve()?;
+    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
+        let config = self.resolve(matmul)?;
         // First Ctrl-C: finish the update, validate, save, exit. Second: exit at once.
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();

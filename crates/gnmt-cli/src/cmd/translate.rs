@@ -76,6 +76,10 @@ pub struct TranslateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (faster; needs
+    /// AVX512-BF16; translations may differ slightly from f32).
+    #[arg(long, value_enum, default_value_t = crate::Matmul::F32)]
+    pub matmul: crate::Matmul,
     /// No summary line and no progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -129,6 +133,7 @@ fn default_model() -> anyhow::Result<PathBuf> {
 impl TranslateArgs {
     pub fn run(self) -> anyhow::Result<()> {
         crate::init_threads(self.threads)?;
+        crate::init_matmul(self.matmul)?;
         let model_dir = match &self.model {
             Some(m) => m.clone(),
             None => default_model()?,

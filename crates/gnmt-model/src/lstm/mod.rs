@@ -15,6 +15,8 @@ pub mod sequence;
 use candle::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::dense::StepMatrix;
+
 /// The recurrent state of one layer: hidden output `h` and cell `c`, both `[B, H]`.
 #[derive(Debug, Clone)]
 pub struct LstmState {
@@ -47,18 +49,18 @@ impl LstmState {
 /// `[x | h]` that reads the weights as they lie, where `x W_ih^T` on the stored `[4H, in]`
 /// weight makes gemm repack it at every step. Made from the current weights by
 /// [`Lstm::step_weights`], so it never goes stale during training.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StepWeights {
-    w_t: Tensor,
+    w_t: StepMatrix,
     bias: Tensor,
 }
 
 impl StepWeights {
     /// One step from an input `x [B, in]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let gates = Tensor::cat(&[x, &state.h], 1)?
-            .matmul(&self.w_t)?
-            .broadcast_add(&self.bias)?;
+        let gates = self
+            .w_t
+            .apply_bias(&Tensor::cat(&[x, &state.h], 1)?, &self.bias)?;
         let (h, c) = fused::lstm_cell(&gates, &state.c)?;
         Ok(LstmState { h, c })
     }
@@ -94,7 +96,7 @@ impl Lstm {
     pub fn step_weights(&self) -> Result<StepWeights> {
         let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?; // [4H, in + H]
         Ok(StepWeights {
-            w_t: w.t()?.contiguous()?,
+            w_t: StepMatrix::new(w.t()?)?,
             bias: self.bias()?,
         })
     }

@@ -1,0 +1,74 @@
+//! bf16 matrix products through the whole model. A test binary of its own: the precision is
+//! process-wide, and the other model tests compare f32 results exactly.
+
+mod common;
+
+use candle::{DType, Tensor};
+use gnmt_model::{bf16_gemm, set_matmul_precision, MatmulPrecision, ModelConfig};
+
+use common::{inputs, max_abs_diff, model, nll};
+
+/// Loss, gradients and decoding steps with bf16 products stay close to f32 (bf16 keeps 8 bits
+/// of mantissa, so about 1% relative), and are not equal to them (the products really ran in
+/// bf16).
+#[test]
+fn bf16_products_track_f32_through_training_and_decoding() {
+    if !bf16_gemm::available() {
+        eprintln!("not run: this CPU lacks AVX512-BF16 (set_matmul_precision refuses bf16)");
+        assert!(set_matmul_precision(MatmulPrecision::Bf16).is_err());
+        return;
+    }
+    let cfg = ModelConfig {
+        hidden_size: 64,
+        embedding_dim: 32,
+        attention_size: 32,
+        ..ModelConfig::tiny()
+    };
+    let (m, varmap) = model(&cfg, DType::F32);
+    let x = inputs(DType::F32);
+    let run = || {
+        let (logits, _) = m.forward(&x.src, &x.src_mask, &x.tgt_in, None).unwrap();
+        let loss = nll(&logits, &x.tgt_out);
+        let grads = loss.backward().unwrap();
+        let vars = varmap.all_vars();
+        let grads: Vec<Tensor> = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+        let memory = m.encode(&x.src, &x.src_mask).unwrap();
+        let state = m.start_state(&memory).unwrap();
+        let bos = Tensor::new(&[2u32, 2, 2], &candle::Device::Cpu).unwrap();
+        let (log_probs, _, _) = m.step(&bos, &state).unwrap();
+        (loss.to_scalar::<f32>().unwrap(), grads, log_probs)
+    };
+    set_matmul_precision(MatmulPrecision::F32).unwrap();
+    let (loss32, grads32, step32) = run();
+    set_matmul_precision(MatmulPrecision::Bf16).unwrap();
+    let (loss16, grads16, step16) = run();
+    set_matmul_precision(MatmulPrecision::F32).unwrap();
+
+    assert!(
+        loss16 != loss32,
+        "bf16 products left the loss bit-identical"
+    );
+    assert!(
+        ((loss16 - loss32) / loss32).abs() < 0.01,
+        "loss {loss16} (bf16) vs {loss32} (f32)"
+    );
+    for (g16, g32) in grads16.iter().zip(&grads32) {
+        let scale = g32
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let diff = max_abs_diff(g16, g32);
+        assert!(
+            diff <= 0.05 * scale + 1e-6,
+            "gradient differs by {diff} (scale {scale})"
+        );
+    }
+    let diff = max_abs_diff(&step16, &step32);
+    assert!(
+        diff > 0.0 && diff < 0.05,
+        "decoding log-probabilities differ by {diff}"
+    );
+}
