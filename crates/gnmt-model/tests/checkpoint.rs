@@ -20,7 +20,7 @@ fn tokenizer_json(n: usize) -> Vec<u8> {
 }
 
 fn saved() -> (tempfile::TempDir, ModelConfig, HashMap<String, Tensor>) {
-    let cfg = ModelConfig::tiny();
+    let cfg = crate::common::tiny8();
     let (_, varmap) = model(&cfg, DType::F32);
     let dir = tempfile::tempdir().unwrap();
     let tensors = tensors_of(&varmap);

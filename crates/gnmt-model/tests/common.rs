@@ -30,6 +30,18 @@ pub fn inputs(dtype: DType) -> Inputs {
     }
 }
 
+/// The `tiny` preset's layout (3+3 layers, residual from layer 3) at 8 units and a 64-entry
+/// vocabulary: what these tests were written for, small enough for finite differences.
+pub fn tiny8() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 64,
+        embedding_dim: 8,
+        hidden_size: 8,
+        attention_size: 8,
+        ..ModelConfig::tiny()
+    }
+}
+
 pub fn model(cfg: &ModelConfig, dtype: DType) -> (Gnmt, candle_nn::VarMap) {
     init_model(cfg, 7, 0.3, dtype, &Device::Cpu).unwrap()
 }

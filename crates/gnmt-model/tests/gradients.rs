@@ -8,7 +8,7 @@ use crate::common::{inputs, model, nll};
 /// entry with the largest gradient and two others with non-negligible gradients.
 #[test]
 fn analytic_gradients_match_finite_differences() {
-    let tiny = ModelConfig::tiny();
+    let tiny = crate::common::tiny8();
     for cfg in [
         tiny.clone(),
         ModelConfig {

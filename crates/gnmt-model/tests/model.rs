@@ -8,7 +8,7 @@ use gnmt_model::{
 use crate::common::{ids, inputs, max_abs_diff, model};
 
 fn both_queries() -> [ModelConfig; 2] {
-    let tiny = ModelConfig::tiny();
+    let tiny = crate::common::tiny8();
     [
         tiny.clone(),
         ModelConfig {
@@ -71,7 +71,7 @@ fn teacher_forcing_equals_step_by_step_decoding() {
 
 #[test]
 fn reorder_moves_whole_hypotheses() {
-    let (m, _) = model(&ModelConfig::tiny(), DType::F32);
+    let (m, _) = model(&crate::common::tiny8(), DType::F32);
     let x = inputs(DType::F32);
     let state = m
         .start_state(&m.encode(&x.src, &x.src_mask).unwrap())
@@ -114,7 +114,7 @@ fn residual_connections_add_the_layer_input_exactly() {
     let deep = ModelConfig {
         encoder_layers: 3,
         decoder_layers: 3,
-        ..ModelConfig::tiny()
+        ..crate::common::tiny8()
     };
     let varmap = init_varmap(&deep, 3, 0.3, DType::F32, &Device::Cpu).unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
@@ -192,7 +192,7 @@ fn residual_connections_add_the_layer_input_exactly() {
 
 #[test]
 fn seeded_initialisation_is_reproducible() {
-    let cfg = ModelConfig::tiny();
+    let cfg = crate::common::tiny8();
     let a = init_varmap(&cfg, 11, 0.04, DType::F32, &Device::Cpu).unwrap();
     let b = init_varmap(&cfg, 11, 0.04, DType::F32, &Device::Cpu).unwrap();
     let c = init_varmap(&cfg, 12, 0.04, DType::F32, &Device::Cpu).unwrap();
@@ -226,7 +226,7 @@ fn seeded_initialisation_is_reproducible() {
 
 #[test]
 fn dropout_is_seeded_and_only_in_training() {
-    let (m, _) = model(&ModelConfig::tiny(), DType::F32);
+    let (m, _) = model(&crate::common::tiny8(), DType::F32);
     let x = inputs(DType::F32);
     let run = |d: Option<&mut Dropout>| m.forward(&x.src, &x.src_mask, &x.tgt_in, d).unwrap().0;
     let plain = run(None);
@@ -243,7 +243,7 @@ fn dropout_is_seeded_and_only_in_training() {
 
 #[test]
 fn wrong_inputs_are_errors_not_panics() {
-    let (m, _) = model(&ModelConfig::tiny(), DType::F32);
+    let (m, _) = model(&crate::common::tiny8(), DType::F32);
     let x = inputs(DType::F32);
     let floats = x.src.to_dtype(DType::F32).unwrap();
     let err = m.encode(&floats, &x.src_mask).unwrap_err().to_string();
@@ -255,7 +255,7 @@ fn wrong_inputs_are_errors_not_panics() {
     assert!(err.contains("differ in shape"), "{err}");
     let bad = ModelConfig {
         decoder_layers: 0,
-        ..ModelConfig::tiny()
+        ..crate::common::tiny8()
     };
     let err = Gnmt::new(&bad, VarBuilder::zeros(DType::F32, &Device::Cpu))
         .unwrap_err()
@@ -273,7 +273,7 @@ fn parameter_names_are_pinned() {
             .map(|s| format!("{} {:?}", s.name, s.shape))
             .collect::<Vec<_>>()
     };
-    let tiny = listing(&ModelConfig::tiny());
+    let tiny = listing(&crate::common::tiny8());
     let expected_tiny = [
         "decoder.attention.key.bias [8]",
         "decoder.attention.key.weight [8, 8]",
@@ -318,7 +318,8 @@ fn parameter_names_are_pinned() {
     assert!(small.contains(&"decoder.lstm.weight_ih_l3 [1024, 512]".to_string()));
     assert!(small.contains(&"encoder.lstm.weight_ih_l1 [1024, 512]".to_string()));
     // Parameter counts of the presets, pinned.
-    assert_eq!(parameter_count(&ModelConfig::tiny()).unwrap(), 6_544);
+    assert_eq!(parameter_count(&crate::common::tiny8()).unwrap(), 6_544);
+    assert_eq!(parameter_count(&ModelConfig::tiny()).unwrap(), 300_396);
     assert_eq!(parameter_count(&ModelConfig::small()).unwrap(), 12_069_184);
     let paper = ModelConfig::preset("gnmt-8x1024").unwrap();
     assert_eq!(parameter_count(&paper).unwrap(), 280_929_536);
