@@ -15,7 +15,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Precision of the matrix products: f32, or bf16 operands with f32 sums (twice the
-    /// multiply-adds per instruction; needs a CPU with AVX512-BF16).
+    /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere).
     /// [default: f32, or the training config's `matmul`]
     #[arg(long, global = true, value_enum)]
     pub matmul: Option<Matmul>,
@@ -39,9 +39,16 @@ impl From<Matmul> for gnmt_model::MatmulPrecision {
     }
 }
 
-/// Sets the process-wide precision of matrix products, before any model runs.
+/// Sets the process-wide precision of matrix products, before any model runs; warns when
+/// bf16 will be slow on this CPU.
 pub fn init_matmul(m: Matmul) -> anyhow::Result<()> {
-    gnmt_model::set_matmul_precision(m.into()).map_err(anyhow::Error::msg)
+    if m == Matmul::Bf16 && !gnmt_model::bf16_gemm::accelerated() {
+        eprintln!(
+            "warning: this CPU lacks AVX512-BF16: bf16 products run a portable version, slower than f32"
+        );
+    }
+    gnmt_model::set_matmul_precision(m.into());
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]

@@ -162,7 +162,7 @@ pub fn beam_search(
         for (r, &(sent, h)) in rows.iter().enumerate() {
             let hyp = &live[sent][h];
             let width = o.beam_size - finished[sent].len();
-            for (token, lp) in top_k(&log_probs[r], width) {
+            for (token, lp) in top_k(log_probs[r], width) {
                 let log_prob = hyp.log_prob + lp as f64;
                 let len = hyp.tokens.len() + 1;
                 candidates[sent].push((

@@ -24,8 +24,10 @@ pub const NR: usize = 32;
 /// Rows of `A` that share one pass over a panel of `B` (the panel stays in L1 for them).
 const ROW_GROUP: usize = 64;
 
-/// Whether this CPU runs the kernel. Without it the callers use their f32 product.
-pub fn available() -> bool {
+/// Whether this CPU has the `vdpbf16ps` instruction. Without it [`gemm`] runs a portable
+/// version of the same arithmetic (exact bf16 products, f32 sums): same results up to the
+/// rounding of the sums, several times slower than f32.
+pub fn accelerated() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -249,12 +251,12 @@ fn pack_a(a: View, pairs: usize) -> Vec<u32> {
 
 /// `dst [m, n]` (row-major, dense) `(+)= A B`. `threads` > 1 splits the tiles over rayon's pool.
 ///
-/// Panics if the CPU lacks AVX512-BF16 (check [`available`]) or the shapes disagree.
+/// Panics if the shapes disagree.
 pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: usize) {
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
     assert!(dst.len() >= m * n, "destination too short");
-    assert!(available(), "this CPU lacks AVX512-BF16");
+    let fast = accelerated();
     if m == 0 || n == 0 {
         return;
     }
@@ -264,7 +266,8 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
         }
         return;
     }
-    let packed_a = pack_a(a, b.pairs);
+    let pairs = b.pairs;
+    let packed_a = pack_a(a, pairs);
     let a_block = |block: usize| &packed_a[block * b.pairs * MR..][..b.pairs * MR];
     let panels = n.div_ceil(NR);
     let groups = m.div_ceil(ROW_GROUP);
@@ -284,9 +287,14 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
             let cols = panel * NR..((panel + 1) * NR).min(n);
             for block in rows.start / MR..rows.end.div_ceil(MR) {
                 let mut tile = [[0f32; NR]; MR];
-                // SAFETY: available() was checked above; both packed operands hold
-                // `b.pairs` pairs of MR (A) and NR (B) words.
-                unsafe { kernel(b.pairs, a_block(block), b.panel(panel), &mut tile) };
+                let (a, b) = (a_block(block), b.panel(panel));
+                if fast {
+                    // SAFETY: the CPU has the instructions (accelerated()); both packed
+                    // operands hold `pairs` pairs of MR (A) and NR (B) words.
+                    unsafe { kernel(pairs, a, b, &mut tile) };
+                } else {
+                    portable_kernel(pairs, a, b, &mut tile);
+                }
                 for (i, row) in tile.iter().enumerate() {
                     let r = block * MR + i;
                     if r >= m {
@@ -358,7 +366,23 @@ unsafe fn kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR])
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
-    unreachable!("available() is false off x86_64")
+    unreachable!("accelerated() is false off x86_64")
+}
+
+/// [`kernel`] in plain Rust, for CPUs without AVX512-BF16: each bf16 product is exact in f32,
+/// so only the order and rounding of the sums can differ.
+fn portable_kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    let halves = |w: u32| (from_bf16(w as u16), from_bf16((w >> 16) as u16));
+    for p in 0..pairs {
+        let b_words = &b[p * NR..][..NR];
+        for (i, row) in tile.iter_mut().enumerate() {
+            let (a0, a1) = halves(a[p * MR + i]);
+            for (acc, &w) in row.iter_mut().zip(b_words) {
+                let (b0, b1) = halves(w);
+                *acc += a0 * b0 + a1 * b1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -397,10 +421,6 @@ mod tests {
 
     #[test]
     fn products_match_the_rounded_operands_for_every_layout_and_edge() {
-        if !available() {
-            eprintln!("skipped: this CPU lacks AVX512-BF16");
-            return;
-        }
         // Odd k, partial tiles in both directions, a single row, several row groups.
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -434,10 +454,6 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        if !available() {
-            eprintln!("skipped: this CPU lacks AVX512-BF16");
-            return;
-        }
         let (m, n, k) = (300, 700, 256);
         let (a, b) = (random(m * k, 3), random(k * n, 4));
         let packed = PackedB::new(View::new(&b, k, n, false));
@@ -458,11 +474,31 @@ mod tests {
     }
 
     #[test]
-    fn bf16_products_stay_close_to_f32() {
-        if !available() {
-            eprintln!("skipped: this CPU lacks AVX512-BF16");
+    fn the_portable_kernel_agrees_with_the_instruction() {
+        if !accelerated() {
+            // Nothing to compare with: every other test here ran the portable kernel.
             return;
         }
+        let pairs = 37;
+        let a: Vec<u32> = random(pairs * MR, 7)
+            .iter()
+            .map(|&x| pair(x, -x / 3.0))
+            .collect();
+        let b: Vec<u32> = random(pairs * NR, 8)
+            .iter()
+            .map(|&x| pair(x / 2.0, x))
+            .collect();
+        let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+        // SAFETY: accelerated() checked; a and b hold `pairs` pairs of MR and NR words.
+        unsafe { kernel(pairs, &a, &b, &mut fast) };
+        portable_kernel(pairs, &a, &b, &mut portable);
+        for (f, p) in fast.iter().flatten().zip(portable.iter().flatten()) {
+            assert!((f - p).abs() < 1e-4, "{f} vs {p}");
+        }
+    }
+
+    #[test]
+    fn bf16_products_stay_close_to_f32() {
         // bf16 keeps 8 bits of mantissa: relative error per product about 2^-8, and random
         // signs make the errors of a k-term sum grow like sqrt(k).
         let (m, n, k) = (16, 16, 512);

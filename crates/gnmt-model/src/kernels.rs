@@ -95,14 +95,11 @@ pub enum MatmulPrecision {
 static BF16_MATMULS: AtomicBool = AtomicBool::new(false);
 
 /// Chooses the precision of every f32 matrix product in the fused operations, process-wide
-/// (training and decoding read it at each product). Refuses bf16 on a CPU without
-/// AVX512-BF16.
-pub fn set_matmul_precision(p: MatmulPrecision) -> Result<(), String> {
-    if p == MatmulPrecision::Bf16 && !crate::bf16_gemm::available() {
-        return Err("bf16 matrix products need a CPU with AVX512-BF16".into());
-    }
+/// (training and decoding read it at each product). bf16 is fast only on CPUs with
+/// AVX512-BF16 ([`crate::bf16_gemm::accelerated`]); elsewhere it runs a portable version of
+/// the same arithmetic.
+pub fn set_matmul_precision(p: MatmulPrecision) {
     BF16_MATMULS.store(p == MatmulPrecision::Bf16, Ordering::Relaxed);
-    Ok(())
 }
 
 pub fn matmul_precision() -> MatmulPrecision {

@@ -26,8 +26,8 @@ pub struct TrainConfig {
     pub log: LogConfig,
     /// Decoding settings stored with the model (validation decodes greedily).
     pub generation: GenerationConfig,
-    /// Precision of the matrix products, `"f32"` or `"bf16"` (bf16 operands, f32 sums; needs
-    /// AVX512-BF16). Weights, gradients and optimiser state stay f32 either way.
+    /// Precision of the matrix products, `"f32"` or `"bf16"` (bf16 operands, f32 sums; fast on
+    /// CPUs with AVX512-BF16). Weights, gradients and optimiser state stay f32 either way.
     pub matmul: gnmt_model::MatmulPrecision,
 }
 

@@ -76,8 +76,8 @@ pub struct TranslateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (faster; needs
-    /// AVX512-BF16; translations may differ slightly from f32).
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (faster on CPUs
+    /// with AVX512-BF16, slow elsewhere; translations may differ slightly from f32).
     #[arg(long, value_enum, default_value_t = crate::Matmul::F32)]
     pub matmul: crate::Matmul,
     /// No summary line and no progress bar on stderr.
