@@ -49,15 +49,7 @@ impl DecoderState {
     /// Keeps batch rows `indices` (a `u32` tensor of row numbers), in that order; the source
     /// memory follows its hypotheses.
     pub fn reorder(&self, indices: &Tensor) -> Result<Self> {
-        Ok(Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|s| s.index_select(indices))
-                .collect::<Result<_>>()?,
-            memory: self.memory.index_select(indices)?,
-            weights: self.weights.clone(),
-        })
+        self.with_rows(indices, self.memory.index_select(indices)?)
     }
 
     /// [`DecoderState::reorder`] for a caller that knows every new row `r` belongs to the same
@@ -67,13 +59,18 @@ impl DecoderState {
         if indices.dims1()? != self.batch_size() {
             candle::bail!("reorder within sentences: the row count must not change")
         }
+        self.with_rows(indices, self.memory.clone())
+    }
+
+    /// The recurrent states of rows `indices`, with `memory` as the source memory.
+    fn with_rows(&self, indices: &Tensor, memory: Memory) -> Result<Self> {
         Ok(Self {
             layers: self
                 .layers
                 .iter()
                 .map(|s| s.index_select(indices))
                 .collect::<Result<_>>()?,
-            memory: self.memory.clone(),
+            memory,
             weights: self.weights.clone(),
         })
     }
