@@ -223,8 +223,8 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Keys that may change when a run is resumed (limits and logging); everything else must
-    /// match the saved configuration.
+    /// Keys that may change when a run is resumed (limits, logging, decoding defaults, the
+    /// precision of matrix products); everything else must match the saved configuration.
     pub fn resume_conflicts(&self, saved: &TrainConfig) -> Vec<String> {
         let (a, b) = (
             serde_json::to_value(self).expect("plain"),
@@ -233,7 +233,10 @@ impl TrainConfig {
         let mut out = Vec::new();
         diff_keys("", &a, &b, &mut out);
         out.retain(|k| {
-            !(k.starts_with("stop.") || k.starts_with("log.") || k.starts_with("generation."))
+            !(k.starts_with("stop.")
+                || k.starts_with("log.")
+                || k.starts_with("generation.")
+                || k.starts_with("matmul "))
         });
         out
     }
@@ -268,5 +271,29 @@ fn diff_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &m
         }
         _ if a != b => out.push(format!("{prefix} ({b} -> {a})")),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_may_change_limits_and_precision_but_not_the_setup() {
+        let saved = TrainConfig::default();
+        let mut next = saved.clone();
+        next.stop.max_steps = Some(10);
+        next.log.valid_every = 7;
+        next.matmul = gnmt_model::MatmulPrecision::Bf16;
+        assert_eq!(next.resume_conflicts(&saved), Vec::<String>::new());
+        next.optim.lr = 1.0;
+        next.model.hidden_size = 12;
+        let conflicts = next.resume_conflicts(&saved);
+        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        assert!(
+            conflicts[0].starts_with("model.hidden_size "),
+            "{conflicts:?}"
+        );
+        assert!(conflicts[1].starts_with("optim.lr "), "{conflicts:?}");
     }
 }
