@@ -321,11 +321,6 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
     }
 }
 
-/// `dst (+)= A B` with `B` packed for this call only.
-pub fn gemm_unpacked(dst: &mut [f32], accumulate: bool, a: View, b: View, threads: usize) {
-    gemm(dst, accumulate, a, &PackedB::new(b), threads)
-}
-
 struct SharedDst(*mut f32);
 // SAFETY: used only to hand disjoint parts of one destination to the tiles of `gemm`.
 unsafe impl Sync for SharedDst {}
@@ -389,6 +384,11 @@ fn portable_kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// `dst (+)= A B` with `B` packed for this call only.
+    fn gemm_unpacked(dst: &mut [f32], accumulate: bool, a: View, b: View, threads: usize) {
+        gemm(dst, accumulate, a, &PackedB::new(b), threads)
+    }
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

@@ -52,7 +52,7 @@ impl StepMatrix {
         let (b, k) = x.dims2()?;
         let a = x.flatten_all()?.to_vec1::<f32>()?;
         let n = p.n();
-        let y = match bias {
+        let mut y = match bias {
             Some(bias) => {
                 let bias = bias.to_vec1::<f32>()?;
                 if bias.len() != n {
@@ -66,7 +66,6 @@ impl StepMatrix {
             }
             None => vec![0f32; b * n],
         };
-        let mut y = y;
         let threads = rayon::current_num_threads();
         bf16_gemm::gemm(
             &mut y,
@@ -172,7 +171,7 @@ impl CustomOp2 for MatmulT {
         let (n, i) = x.dims2()?;
         let o = w.dims2()?.0;
         let flat = |t: &Tensor| t.flatten_all()?.contiguous();
-        let (xf, wf, gf) = (flat(x)?, flat(w)?, flat(&grad.contiguous()?)?);
+        let (xf, wf, gf) = (flat(x)?, flat(w)?, flat(grad)?);
         let device = x.device();
         macro_rules! grads {
             ($t:ty) => {{

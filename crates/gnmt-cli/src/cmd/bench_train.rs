@@ -65,38 +65,43 @@ fn rate_of(text: &str) -> Option<f64> {
         .and_then(|r| r.trim().parse().ok())
 }
 
-/// Best-of-three bf16 product rate at 2048^3 ([`gnmt_model::bf16_gemm`]), in GFLOP/s.
-fn bf16_peak_gflops() -> f64 {
+/// Side of the square product that measures the machine's peak.
+const PEAK_N: usize = 2048;
+
+/// GFLOP/s of the best of three runs of a `PEAK_N`^3 product (after one warm-up run).
+fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
+}
+
+/// bf16 product rate at 2048^3 ([`gnmt_model::bf16_gemm`]), in GFLOP/s.
+fn bf16_peak_gflops() -> anyhow::Result<f64> {
     use gnmt_model::bf16_gemm::{gemm, PackedB, View};
-    let n = 2048;
+    let n = PEAK_N;
     let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
     let mut c = vec![0f32; n * n];
     let packed = PackedB::new(View::new(&b, n, n, false));
     let threads = rayon::current_num_threads();
-    let mut run = || gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);
-    run(); // warm-up
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let start = Instant::now();
-        run();
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    2.0 * (n as f64).powi(3) / best / 1e9
+    best_of_three(|| {
+        gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);
+        Ok(())
+    })
 }
 
-/// Best-of-three f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
+/// f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
 fn peak_gflops() -> anyhow::Result<f64> {
-    let n = 2048;
-    let a = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
-    let b = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
-    a.matmul(&b)?; // warm-up
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let start = Instant::now();
+    let a = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
+    best_of_three(|| {
         a.matmul(&b)?;
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+        Ok(())
+    })
 }
 
 impl BenchTrainArgs {
@@ -266,7 +271,7 @@ impl BenchTrainArgs {
             peak
         );
         if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
-            let bf16_peak = bf16_peak_gflops();
+            let bf16_peak = bf16_peak_gflops()?;
             println!(
                 "bf16 products: {:.0}% of the {:.0} GFLOP/s a 2048^3 bf16 product reaches",
                 100.0 * rate * flops / 1e9 / bf16_peak,
