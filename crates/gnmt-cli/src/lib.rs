@@ -42,7 +42,7 @@ impl From<Matmul> for gnmt_model::MatmulPrecision {
 /// Sets the process-wide precision of matrix products, before any model runs; warns when
 /// bf16 will be slow on this CPU.
 pub fn init_matmul(m: Matmul) -> anyhow::Result<()> {
-    if m == Matmul::Bf16 && !gnmt_model::bf16_gemm::accelerated() {
+    if m == Matmul::Bf16 && !gnmt_model::packed_gemm::accelerated() {
         eprintln!(
             "warning: this CPU lacks AVX512-BF16: bf16 products run a portable version, slower than f32"
         );

@@ -147,7 +147,9 @@ fn translations_do_not_depend_on_batch_size_or_threads() {
     let d = dir.path();
     let m = model(d);
     let input = hostile_input();
-    for beam in ["1", "5"] {
+    // n-best lists print every hypothesis with its score: equal output means equal bits up
+    // to the printed digits, not just equal best strings.
+    for (beam, matmul) in [("1", "f32"), ("5", "f32"), ("5", "bf16")] {
         let mut reference: Option<Vec<u8>> = None;
         for (batch, threads) in [("1", "1"), ("7", "2"), ("64", "1"), ("64", "2")] {
             let out = translate(
@@ -156,6 +158,10 @@ fn translations_do_not_depend_on_batch_size_or_threads() {
                     m.to_str().unwrap(),
                     "--beam-size",
                     beam,
+                    "--n-best",
+                    beam,
+                    "--matmul",
+                    matmul,
                     "--batch-size",
                     batch,
                     "--threads",
@@ -170,7 +176,7 @@ fn translations_do_not_depend_on_batch_size_or_threads() {
                 None => reference = Some(out.stdout),
                 Some(r) => assert!(
                     r == &out.stdout,
-                    "beam {beam}, batch {batch}, threads {threads} differs"
+                    "beam {beam}, {matmul}, batch {batch}, threads {threads} differs"
                 ),
             }
         }

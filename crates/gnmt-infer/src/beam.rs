@@ -10,7 +10,7 @@
 //! plain beam search on log-probabilities; with beam size 1 it is exactly greedy decoding.
 
 use candle::{DType, Device, Tensor};
-use gnmt_model::Gnmt;
+use gnmt_model::{DecodingWeights, Gnmt};
 use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
 use crate::greedy::source_batch;
@@ -99,6 +99,19 @@ pub fn beam_search(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    beam_search_with(model, &model.decoding_weights()?, sources, o, dtype, device)
+}
+
+/// [`beam_search`] stepping with `weights` from [`Gnmt::decoding_weights`] of `model`, for a
+/// caller that decodes many batches with the same weights and lays them out once.
+pub fn beam_search_with(
+    model: &Gnmt,
+    weights: &DecodingWeights,
+    sources: &[Vec<u32>],
+    o: &BeamOptions,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Vec<Hypothesis>>> {
     if o.beam_size == 0 || o.n_best == 0 || o.n_best > o.beam_size {
         return Err(Error::Input(format!(
             "need 1 <= n_best ({}) <= beam_size ({})",
@@ -115,7 +128,7 @@ pub fn beam_search(
         )));
     }
     let (src, mask) = source_batch(sources, dtype, device)?;
-    let mut state = model.start_state(&model.encode(&src, &mask)?)?;
+    let mut state = model.start_state_with(&model.encode(&src, &mask)?, weights)?;
     let src_len: Vec<usize> = sources.iter().map(|s| s.len() + 1).collect();
     let max_len: Vec<usize> = src_len.iter().map(|&n| o.limit.for_source(n)).collect();
 
@@ -137,11 +150,13 @@ pub fn beam_search(
     let mut inputs: Vec<u32> = vec![BOS_ID; n];
 
     while !rows.is_empty() {
-        let (log_probs, attention, next) =
-            model.step(&Tensor::new(inputs.as_slice(), device)?, &state)?;
-        let vocab_row = log_probs.dims()[1];
-        let log_probs: Vec<f32> = log_probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let log_probs: Vec<&[f32]> = log_probs.chunks(vocab_row).collect();
+        // A row never needs more than `beam_size` candidates: its sentence keeps at most
+        // that many hypotheses.
+        let (top, attention, next) = model.step_top_tokens(
+            &Tensor::new(inputs.as_slice(), device)?,
+            &state,
+            o.beam_size,
+        )?;
         let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
 
         // Each row's coverage after this step, computed once: candidates are scored with it
@@ -162,7 +177,7 @@ pub fn beam_search(
         for (r, &(sent, h)) in rows.iter().enumerate() {
             let hyp = &live[sent][h];
             let width = o.beam_size - finished[sent].len();
-            for (token, lp) in top_k(log_probs[r], width) {
+            for (token, lp) in top.row(r).take(width) {
                 let log_prob = hyp.log_prob + lp as f64;
                 let len = hyp.tokens.len() + 1;
                 candidates[sent].push((
@@ -279,19 +294,6 @@ pub fn beam_search(
         .collect())
 }
 
-/// The `k` largest entries of a row as `(index, value)`, largest first (ties: lower index).
-fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &v) in row.iter().enumerate() {
-        if best.len() < k || v > best[best.len() - 1].1 {
-            let pos = best.partition_point(|&(_, b)| b >= v);
-            best.insert(pos, (i as u32, v));
-            best.truncate(k);
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,15 +321,6 @@ mod tests {
         assert_eq!(length_penalty(1, 0.0), 1.0);
         assert!((length_penalty(7, 0.6) - 2f64.powf(0.6)).abs() < 1e-12);
         assert!((coverage_penalty(&[0.5, 2.0, 0.0]) - 0.5f64.ln()).abs() < 1e-12);
-    }
-
-    #[test]
-    fn top_k_picks_the_largest() {
-        assert_eq!(
-            top_k(&[0.1, 0.5, 0.3, 0.5, -1.0], 3),
-            vec![(1, 0.5), (3, 0.5), (2, 0.3)]
-        );
-        assert_eq!(top_k(&[1.0], 3), vec![(0, 1.0)]);
     }
 
     #[test]

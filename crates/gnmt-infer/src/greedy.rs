@@ -2,7 +2,7 @@
 //! reaches its length limit leaves the batch (the decoder state is narrowed to the rows still
 //! running), so long sentences do not make short ones pay.
 
-use candle::{DType, Device, Tensor, D};
+use candle::{DType, Device, Tensor};
 use gnmt_model::{mask_from_lengths, Gnmt};
 
 use gnmt_tokenizer::{BOS_ID, EOS_ID, PAD_ID};
@@ -76,8 +76,8 @@ pub fn greedy_decode(
     let mut tokens = vec![BOS_ID; sources.len()];
     while !alive.is_empty() {
         let input = Tensor::new(tokens.as_slice(), device)?;
-        let (log_probs, _, next) = model.step(&input, &state)?;
-        let best: Vec<u32> = log_probs.argmax(D::Minus1)?.to_vec1()?;
+        let (top, _, next) = model.step_top_tokens(&input, &state, 1)?;
+        let best = top.best();
         let mut keep = Vec::with_capacity(alive.len());
         tokens.clear();
         for (k, (&row, &token)) in alive.iter().zip(&best).enumerate() {

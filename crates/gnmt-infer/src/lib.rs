@@ -8,7 +8,9 @@ mod beam;
 mod greedy;
 mod translator;
 
-pub use beam::{beam_search, coverage_penalty, length_penalty, BeamOptions, Hypothesis};
+pub use beam::{
+    beam_search, beam_search_with, coverage_penalty, length_penalty, BeamOptions, Hypothesis,
+};
 pub use greedy::{greedy_decode, source_batch, LengthLimit};
 pub use translator::{LineResult, Translation, Translator};
 

@@ -6,11 +6,11 @@ use std::path::Path;
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
 use gnmt_model::checkpoint::{self, GenerationConfig};
-use gnmt_model::Gnmt;
+use gnmt_model::{DecodingWeights, Gnmt};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
-use crate::{beam_search, BeamOptions, Error, Hypothesis, LengthLimit, Result};
+use crate::{beam_search_with, BeamOptions, Error, Hypothesis, LengthLimit, Result};
 
 /// One translated hypothesis with its text.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct LineResult {
 
 pub struct Translator {
     model: Gnmt,
+    /// The decoder's weights laid out for stepping once, under the matmul precision in force
+    /// at load time, and shared by every batch.
+    weights: DecodingWeights,
     vocab: Vocab,
     generation: GenerationConfig,
     device: Device,
@@ -51,6 +54,7 @@ impl Translator {
             VarBuilder::from_tensors(folder.tensors, DType::F32, device),
         )?;
         Ok(Self {
+            weights: model.decoding_weights()?,
             model,
             vocab,
             generation: folder.generation,
@@ -121,7 +125,14 @@ impl Translator {
             .par_iter()
             .map(|chunk| {
                 let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
-                beam_search(&self.model, &batch, options, DType::F32, &self.device)
+                beam_search_with(
+                    &self.model,
+                    &self.weights,
+                    &batch,
+                    options,
+                    DType::F32,
+                    &self.device,
+                )
             })
             .collect();
         for (chunk, hyps) in chunks.into_iter().zip(decoded) {

@@ -2,10 +2,12 @@
 //! layer"): `score(q, k) = v . tanh(W_q q + W_k k + b)`, softmax over the real source positions,
 //! context = weighted sum of the encoder outputs.
 
-use candle::{Result, Tensor, D};
+use candle::{DType, Result, Tensor, WithDType, D};
 use candle_nn::{Linear, VarBuilder};
+use rayon::prelude::*;
 
 use crate::dense::StepMatrix;
+use crate::kernels::{attend_row, tensor_slice, Real};
 
 /// The encoder side of attention, computed once per sentence batch.
 #[derive(Debug, Clone)]
@@ -85,9 +87,13 @@ impl Attention {
         query: &Tensor,
         memory: &Memory,
     ) -> Result<(Tensor, Tensor)> {
-        let q = query_weight_t.apply(query)?.unsqueeze(1)?;
-        let (c, w) = self.attend(&q, memory)?;
-        Ok((c.squeeze(1)?, w.squeeze(1)?))
+        let q = query_weight_t.apply(query)?;
+        let v = self.score.weight().squeeze(0)?;
+        match q.dtype() {
+            DType::F32 => attend_rows::<f32>(&q, &v, memory),
+            DType::F64 => attend_rows::<f64>(&q, &v, memory),
+            other => candle::bail!("attention step: no kernel for {other:?}"),
+        }
     }
 
     /// Projected queries `[B, T, A]` -> (context, weights).
@@ -105,4 +111,58 @@ impl Attention {
         let (c, w) = self.forward(&query.unsqueeze(1)?, memory)?;
         Ok((c.squeeze(1)?, w.squeeze(1)?))
     }
+}
+
+/// Decoding's attention for projected queries `q [B, A]` with `v [A]`: (context `[B, H]`,
+/// weights `[B, S]`), one fused pass per row reading the memory in place. Unlike candle's
+/// softmax and batched matmul, whose sums are split into lanes by the padded source length,
+/// every sum here runs over the row's real positions in order, so a sentence translates to the
+/// same bits whatever batch it is in.
+fn attend_rows<T: Real + WithDType>(
+    q: &Tensor,
+    v: &Tensor,
+    memory: &Memory,
+) -> Result<(Tensor, Tensor)> {
+    let (b, a) = q.dims2()?;
+    let (bv, s, h) = memory.values.dims3()?;
+    if b != bv || memory.keys.dims3()? != (b, s, a) || memory.mask.dims2()? != (b, s) {
+        candle::bail!(
+            "attention step: queries {:?} do not fit the memory {:?}",
+            q.shape(),
+            memory.values.shape()
+        )
+    }
+    let contiguous = |t: &Tensor| t.contiguous();
+    let (q, v) = (contiguous(q)?, contiguous(v)?);
+    let (keys, values, mask) = (
+        contiguous(&memory.keys)?,
+        contiguous(&memory.values)?,
+        contiguous(&memory.mask)?,
+    );
+    let guards = [&q, &v, &keys, &values, &mask].map(|t| t.storage_and_layout());
+    let [q, v, keys, values, mask] =
+        [0, 1, 2, 3, 4].map(|i| tensor_slice::<T>(&guards[i].0, guards[i].1, "attention step"));
+    let (q, v, keys, values, mask) = (q?, v?, keys?, values?, mask?);
+    let mut weights = vec![T::default(); b * s];
+    let mut context = vec![T::default(); b * h];
+    weights
+        .par_chunks_mut(s.max(1))
+        .zip(context.par_chunks_mut(h.max(1)))
+        .enumerate()
+        .for_each(|(r, (w, c))| {
+            attend_row(
+                &q[r * a..][..a],
+                &keys[r * s * a..][..s * a],
+                v,
+                &mask[r * s..][..s],
+                &values[r * s * h..][..s * h],
+                w,
+                c,
+            )
+        });
+    let device = memory.values.device();
+    Ok((
+        Tensor::from_vec(context, (b, h), device)?,
+        Tensor::from_vec(weights, (b, s), device)?,
+    ))
 }

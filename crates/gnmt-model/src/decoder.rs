@@ -30,13 +30,19 @@ pub struct Decoder {
 pub struct DecoderState {
     pub layers: Vec<LstmState>,
     pub memory: Memory,
-    /// The decoder's weights laid out for stepping, made once per batch by `start_state`.
-    weights: Arc<StepLayout>,
+    /// The decoder's weights laid out for stepping.
+    weights: DecodingWeights,
 }
 
-/// The decoder's weights transposed into contiguous copies (see [`StepWeights`]): the small
-/// per-step matmuls of decoding then read them without repacking. For a 8,000-word output
-/// layer the repacking alone used to cost a third of decoding time.
+/// The decoder's weights laid out for the small per-step products of decoding: transposed
+/// into contiguous copies (see [`StepWeights`]), and packed for the bf16 kernel when that
+/// precision is on. Made once per model by a translator ([`Decoder::decoding_weights`]) and
+/// shared by every batch; for an 8,000-word output layer, laying out per batch cost a few
+/// percent of beam search, and repacking per step once cost a third of decoding time.
+/// A value tied to the weights it was made from: remake it after the weights change.
+#[derive(Debug, Clone)]
+pub struct DecodingWeights(Arc<StepLayout>);
+
 #[derive(Debug)]
 struct StepLayout {
     layers: Vec<StepWeights>,
@@ -118,15 +124,9 @@ impl Decoder {
         self.attention.memory(encoder_outputs, mask)
     }
 
-    pub fn start_state(&self, memory: Memory) -> Result<DecoderState> {
-        let b = memory.values.dims()[0];
-        let (dtype, device) = (memory.values.dtype(), memory.values.device().clone());
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| LstmState::zeros(b, l.hidden_size(), dtype, &device))
-            .collect::<Result<_>>()?;
-        let weights = Arc::new(StepLayout {
+    /// The weights laid out for [`Decoder::step`], under the current matmul precision.
+    pub fn decoding_weights(&self) -> Result<DecodingWeights> {
+        Ok(DecodingWeights(Arc::new(StepLayout {
             layers: self
                 .layers
                 .iter()
@@ -139,7 +139,19 @@ impl Decoder {
                 .bias()
                 .expect("the output layer has a bias")
                 .clone(),
-        });
+        })))
+    }
+
+    /// The state before the first target token, stepping with `weights` (from
+    /// [`Decoder::decoding_weights`] of this decoder).
+    pub fn start_state(&self, memory: Memory, weights: DecodingWeights) -> Result<DecoderState> {
+        let b = memory.values.dims()[0];
+        let (dtype, device) = (memory.values.dtype(), memory.values.device().clone());
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LstmState::zeros(b, l.hidden_size(), dtype, &device))
+            .collect::<Result<_>>()?;
         Ok(DecoderState {
             layers,
             memory,
@@ -229,7 +241,34 @@ impl Decoder {
         tokens: &Tensor,
         state: &DecoderState,
     ) -> Result<(Tensor, Tensor, DecoderState)> {
-        let w = &state.weights;
+        let (top, weights, next) = self.step_top(tokens, state)?;
+        let w = &state.weights.0;
+        Ok((w.output_t.apply_bias(&top, &w.output_bias)?, weights, next))
+    }
+
+    /// [`Decoder::step`] with the logits as a row-major `[B, V]` f32 vector, for the caller
+    /// that reads them once (the top-k of beam search) and need not make a tensor.
+    pub fn step_logits(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+    ) -> Result<(Vec<f32>, Tensor, DecoderState)> {
+        let (top, weights, next) = self.step_top(tokens, state)?;
+        let w = &state.weights.0;
+        Ok((
+            w.output_t.apply_bias_f32(&top, &w.output_bias)?,
+            weights,
+            next,
+        ))
+    }
+
+    /// One step up to the top layer's output `[B, H]`, before the output projection.
+    fn step_top(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+    ) -> Result<(Tensor, Tensor, DecoderState)> {
+        let w = &state.weights.0;
         let attend = |query: &Tensor| {
             self.attention
                 .step_projected(&w.query_t, query, &state.memory)
@@ -261,9 +300,8 @@ impl Decoder {
             x = if residual { (&s.h + &x)? } else { s.h.clone() };
             layers.push(s);
         }
-        let logits = w.output_t.apply_bias(&x, &w.output_bias)?;
         Ok((
-            logits,
+            x,
             weights,
             DecoderState {
                 layers,

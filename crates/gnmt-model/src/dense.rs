@@ -4,12 +4,12 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::bf16_gemm::{self, PackedB, View};
-use crate::kernels::{contiguous_slice, matmul, matmul_precision, MatmulPrecision, Real};
+use crate::kernels::{contiguous_slice, matmul, packed_format, Real};
+use crate::packed_gemm::{self, PackedB, View};
 
-/// A weight laid out for the products of decoding, `x W` with `W [in, out]` contiguous: gemm
-/// reads it as it lies, and in bf16 mode it is packed once for the bf16 kernel, not at every
-/// step.
+/// A weight laid out for the products of decoding, `x W` with `W [in, out]`: an f32 weight is
+/// packed once for [`crate::packed_gemm`] in the current precision's format, not at every
+/// step; other dtypes keep a contiguous copy for candle's matmul.
 #[derive(Debug)]
 pub struct StepMatrix {
     w: Tensor,
@@ -17,17 +17,26 @@ pub struct StepMatrix {
 }
 
 impl StepMatrix {
-    /// `w [in, out]`.
+    /// `w [in, out]` (a transposed view is fine: packing reads it in place).
     pub fn new(w: Tensor) -> Result<Self> {
-        let w = w.contiguous()?;
-        let packed = if matmul_precision() == MatmulPrecision::Bf16 && w.dtype() == DType::F32 {
-            let (k, n) = w.dims2()?;
-            let data = w.flatten_all()?.to_vec1::<f32>()?;
-            Some(PackedB::new(View::new(&data, k, n, false)))
+        if w.dtype() != DType::F32 {
+            return Ok(Self {
+                w: w.contiguous()?,
+                packed: None,
+            });
+        }
+        let (k, n) = w.dims2()?;
+        // `w` is usually the transpose of a stored `[out, in]` weight: read that storage.
+        let (data, transposed) = if w.is_contiguous() {
+            (w.flatten_all()?.to_vec1::<f32>()?, false)
         } else {
-            None
+            (w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, true)
         };
-        Ok(Self { w, packed })
+        let packed = PackedB::new(View::new(&data, k, n, transposed), packed_format());
+        Ok(Self {
+            w,
+            packed: Some(packed),
+        })
     }
 
     /// `x [B, in]` -> `x W [B, out]`.
@@ -46,9 +55,26 @@ impl StepMatrix {
         }
     }
 
+    /// [`StepMatrix::apply_bias`] as a row-major f32 vector (no tensor made in bf16 mode).
+    pub fn apply_bias_f32(&self, x: &Tensor, bias: &Tensor) -> Result<Vec<f32>> {
+        match &self.packed {
+            None => self
+                .apply_bias(x, bias)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1(),
+            Some(p) => self.packed_rows(p, x, Some(bias)),
+        }
+    }
+
+    fn packed_product(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.packed_rows(p, x, bias)?;
+        Tensor::from_vec(y, (x.dims2()?.0, p.n()), x.device())
+    }
+
     /// The bf16 product; with a bias, the output starts as the bias rows and the product is
     /// added onto them (one pass over the output fewer than adding it afterwards).
-    fn packed_product(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    fn packed_rows(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Vec<f32>> {
         let (b, k) = x.dims2()?;
         let a = x.flatten_all()?.to_vec1::<f32>()?;
         let n = p.n();
@@ -67,14 +93,14 @@ impl StepMatrix {
             None => vec![0f32; b * n],
         };
         let threads = rayon::current_num_threads();
-        bf16_gemm::gemm(
+        packed_gemm::gemm(
             &mut y,
             bias.is_some(),
             View::new(&a, b, k, false),
             p,
             threads,
         );
-        Tensor::from_vec(y, (b, n), x.device())
+        Ok(y)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::bf16_gemm::{PackedB, View};
+use crate::packed_gemm::{Format, PackedB, View};
 
 /// What the kernels need from a float type.
 pub(crate) trait Real:
@@ -14,6 +14,7 @@ pub(crate) trait Real:
     + PartialEq
     + std::ops::Add<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
@@ -85,10 +86,10 @@ impl Real for f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {
-    /// f32 products and sums (`gemm`).
+    /// f32 products and sums ([`crate::packed_gemm`]'s f32 kernel).
     #[default]
     F32,
-    /// Operands rounded to bfloat16, f32 sums ([`crate::bf16_gemm`]; needs AVX512-BF16).
+    /// Operands rounded to bfloat16, f32 sums ([`crate::packed_gemm`]; needs AVX512-BF16).
     Bf16,
 }
 
@@ -96,7 +97,7 @@ static BF16_MATMULS: AtomicBool = AtomicBool::new(false);
 
 /// Chooses the precision of every f32 matrix product in the fused operations, process-wide
 /// (training and decoding read it at each product). bf16 is fast only on CPUs with
-/// AVX512-BF16 ([`crate::bf16_gemm::accelerated`]); elsewhere it runs a portable version of
+/// AVX512-BF16 ([`crate::packed_gemm::accelerated`]); elsewhere it runs a portable version of
 /// the same arithmetic.
 pub fn set_matmul_precision(p: MatmulPrecision) {
     BF16_MATMULS.store(p == MatmulPrecision::Bf16, Ordering::Relaxed);
@@ -131,8 +132,16 @@ fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
+/// The packed format of f32 products under the current [`matmul_precision`].
+pub(crate) fn packed_format() -> Format {
+    match matmul_precision() {
+        MatmulPrecision::F32 => Format::F32,
+        MatmulPrecision::Bf16 => Format::Bf16,
+    }
+}
+
 /// The right operand of a product used many times (a recurrent weight, read at every step):
-/// packed for the bf16 kernel once, when bf16 products are on.
+/// f32 operands are packed once for [`crate::packed_gemm`] in the current precision's format.
 pub(crate) struct Rhs<'a, T> {
     data: &'a [T],
     transposed: bool,
@@ -142,10 +151,8 @@ pub(crate) struct Rhs<'a, T> {
 impl<'a, T: 'static> Rhs<'a, T> {
     /// `b [k, n]` row-major, or with `transposed` read from its `[n, k]` row-major storage.
     pub(crate) fn new(data: &'a [T], (k, n): (usize, usize), transposed: bool) -> Self {
-        let packed = match (matmul_precision(), as_f32(data)) {
-            (MatmulPrecision::Bf16, Some(b)) => Some(PackedB::new(View::new(b, k, n, transposed))),
-            _ => None,
-        };
+        let packed =
+            as_f32(data).map(|b| PackedB::new(View::new(b, k, n, transposed), packed_format()));
         Self {
             data,
             transposed,
@@ -155,8 +162,9 @@ impl<'a, T: 'static> Rhs<'a, T> {
 }
 
 /// `dst [m, n] (+)= a [m, k] * b [k, n]`, densely packed and row-major, except that a
-/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage. In bf16 mode
-/// f32 operands are multiplied by [`crate::bf16_gemm`].
+/// transposed operand is read from its `[k, m]` (or `[n, k]`) row-major storage. f32 operands
+/// are multiplied by [`crate::packed_gemm`] (f32 or bf16 by the current precision; each
+/// element summed in depth order, whatever the shape or thread count), f64 by `gemm`.
 pub(crate) fn matmul<T: 'static + Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
@@ -199,7 +207,7 @@ pub(crate) fn matmul_rhs<T: 'static + Real>(
             dst.expect("packed only for f32"),
             a.expect("packed only for f32"),
         );
-        crate::bf16_gemm::gemm(
+        crate::packed_gemm::gemm(
             dst,
             accumulate,
             View::new(a, m, k, a_transposed),
@@ -252,6 +260,19 @@ pub(crate) fn matmul_rhs<T: 'static + Real>(
 }
 
 /// The elements of a contiguous tensor's storage, or an error naming the operation.
+/// The data of a contiguous CPU tensor of dtype `T`, read in place from `storage` (the guard
+/// of [`candle::Tensor::storage_and_layout`]): no copy, unlike `to_vec1`.
+pub(crate) fn tensor_slice<'a, T: candle::WithDType>(
+    storage: &'a candle::Storage,
+    layout: &candle::Layout,
+    op: &str,
+) -> candle::Result<&'a [T]> {
+    match storage {
+        candle::Storage::Cpu(cpu) => contiguous_slice(T::cpu_storage_as_slice(cpu)?, layout, op),
+        _ => candle::bail!("{op}: CPU tensors only"),
+    }
+}
+
 pub(crate) fn contiguous_slice<'a, T>(
     data: &'a [T],
     layout: &candle::Layout,
@@ -420,6 +441,56 @@ pub(crate) fn additive_row<T: Real>(q: &[T], keys: &[T], v: &[T], out: &mut [T])
     }
 }
 
+/// Attention of one query over one sentence's memory: the additive scores of the projected
+/// query `q [A]` against `keys [S, A]`, softmax over the positions where `mask [S]` is non-zero
+/// (exactly 0 elsewhere) into `weights [S]`, and `context [H] = sum_s weights[s] values[s]`.
+/// Every sum runs over the real positions in source order, so the result does not depend on
+/// how much padding follows them.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn attend_row<T: Real>(
+    q: &[T],
+    keys: &[T],
+    v: &[T],
+    mask: &[T],
+    values: &[T],
+    weights: &mut [T],
+    context: &mut [T],
+) {
+    let h = context.len();
+    additive_row(q, keys, v, weights);
+    let real = |s: &usize| mask[*s] != T::default();
+    let max = (0..mask.len())
+        .filter(real)
+        .map(|s| weights[s])
+        .reduce(|a, b| a.max_(b));
+    context.fill(T::default());
+    let Some(max) = max else {
+        weights.fill(T::default()); // no real position: nothing to attend to
+        return;
+    };
+    let mut sum = T::default();
+    for (s, w) in weights.iter_mut().enumerate() {
+        *w = if real(&s) {
+            (*w - max).exp_()
+        } else {
+            T::default()
+        };
+        sum += *w;
+    }
+    for (s, w) in weights.iter_mut().enumerate() {
+        if !real(&s) {
+            continue;
+        }
+        *w = *w / sum;
+        for (c, &x) in context.iter_mut().zip(&values[s * h..][..h]) {
+            *c += *w * x;
+        }
+    }
+}
+
 /// The gradient of `g * sum_a v[a] tanh(q[a] + k[a])` added into `dq`, `dk` and `dv`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
@@ -461,11 +532,26 @@ pub(crate) fn row_logsumexp<T: Real>(z: &[T]) -> (T, T) {
     "x86_64+avx2+fma"
 ))]
 pub(crate) fn log_softmax_row<T: Real>(z: &mut [T]) {
-    let max = lane_max(z);
-    let lse = max + lane_sum(z, z, |x, _| (x - max).exp_()).ln_();
+    let lse = log_sum_exp(z);
     for x in z.iter_mut() {
         *x = *x - lse;
     }
+}
+
+/// `logsumexp(z)` of one row: exactly the shift [`log_softmax_row`] subtracts, so that
+/// `z[j] - log_sum_exp_row(z)` is bit for bit the log-probability it writes.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn log_sum_exp_row<T: Real>(z: &[T]) -> T {
+    log_sum_exp(z)
+}
+
+#[inline(always)]
+fn log_sum_exp<T: Real>(z: &[T]) -> T {
+    let max = lane_max(z);
+    max + lane_sum(z, z, |x, _| (x - max).exp_()).ln_()
 }
 
 /// `z[j] = scale * exp(z[j] - lse) - spread`, in place.

@@ -24,7 +24,6 @@
 
 pub mod additive;
 pub mod attention;
-pub mod bf16_gemm;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
@@ -34,12 +33,15 @@ pub mod encoder;
 mod kernels;
 pub mod lstm;
 mod model;
+pub mod packed_gemm;
 pub mod params;
 pub mod softmax_loss;
+pub mod top_tokens;
 
 pub use config::{AttentionQuery, ModelConfig};
-pub use decoder::DecoderState;
+pub use decoder::{DecoderState, DecodingWeights};
 pub use dropout::Dropout;
 pub use kernels::{matmul_precision, matmul_precision_name, set_matmul_precision, MatmulPrecision};
 pub use model::{mask_from_lengths, EncoderOutput, Gnmt};
 pub use params::{init_model, init_varmap, parameter_count, parameter_specs, ParamSpec};
+pub use top_tokens::{top_tokens, TopTokens};

@@ -6,9 +6,10 @@ use candle_nn::VarBuilder;
 
 use crate::attention::Memory;
 use crate::config::ModelConfig;
-use crate::decoder::{Decoder, DecoderState};
+use crate::decoder::{Decoder, DecoderState, DecodingWeights};
 use crate::dropout::Dropout;
 use crate::encoder::Encoder;
+use crate::top_tokens::{top_tokens, TopTokens};
 
 /// The encoded source batch, ready for attention.
 #[derive(Debug, Clone)]
@@ -72,9 +73,27 @@ impl Gnmt {
         })
     }
 
-    /// The decoder state before the first target token.
+    /// The decoder state before the first target token. Lays the decoder's weights out for
+    /// stepping each time; a caller decoding many batches with fixed weights makes them once
+    /// with [`Gnmt::decoding_weights`] and uses [`Gnmt::start_state_with`].
     pub fn start_state(&self, encoded: &EncoderOutput) -> Result<DecoderState> {
-        self.decoder.start_state(encoded.memory.clone())
+        self.start_state_with(encoded, &self.decoding_weights()?)
+    }
+
+    /// The decoder's weights laid out for [`Gnmt::step`] under the current matmul precision.
+    /// Valid while this model's weights stay as they are (not across training updates).
+    pub fn decoding_weights(&self) -> Result<DecodingWeights> {
+        self.decoder.decoding_weights()
+    }
+
+    /// [`Gnmt::start_state`] with weights from [`Gnmt::decoding_weights`] of this model.
+    pub fn start_state_with(
+        &self,
+        encoded: &EncoderOutput,
+        weights: &DecodingWeights,
+    ) -> Result<DecoderState> {
+        self.decoder
+            .start_state(encoded.memory.clone(), weights.clone())
     }
 
     /// One decoding step for `tokens [B]` (u32, the previous output or `<s>`):
@@ -88,6 +107,24 @@ impl Gnmt {
         let (logits, attention, next) = self.decoder.step(tokens, state)?;
         Ok((
             crate::softmax_loss::log_softmax_rows(&logits)?,
+            attention,
+            next,
+        ))
+    }
+
+    /// One decoding step that keeps only the `k` most probable next tokens of each row, with
+    /// their log-probabilities (bit for bit those of [`Gnmt::step`]): what beam search and
+    /// greedy search need, without writing out the full `[B, V]` log-softmax.
+    pub fn step_top_tokens(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+        k: usize,
+    ) -> Result<(TopTokens, Tensor, DecoderState)> {
+        check_ids(tokens, "tokens")?;
+        let (logits, attention, next) = self.decoder.step_logits(tokens, state)?;
+        Ok((
+            top_tokens(&logits, self.config.vocab_size, k),
             attention,
             next,
         ))

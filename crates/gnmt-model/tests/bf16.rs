@@ -1,18 +1,23 @@
 //! bf16 matrix products through the whole model. A test binary of its own: the precision is
 //! process-wide, and the other model tests compare f32 results exactly.
 
+#[allow(dead_code)] // each test binary uses part of it
 mod common;
 
 use candle::{DType, Tensor};
 use gnmt_model::{set_matmul_precision, MatmulPrecision, ModelConfig};
 
-use common::{inputs, max_abs_diff, model, nll};
+use common::{assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll};
+
+/// The precision is process-wide: tests that set it take turns.
+static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Loss, gradients and decoding steps with bf16 products stay close to f32 (bf16 keeps 8 bits
 /// of mantissa, so about 1% relative), and are not equal to them (the products really ran in
 /// bf16).
 #[test]
 fn bf16_products_track_f32_through_training_and_decoding() {
+    let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = ModelConfig {
         hidden_size: 64,
         embedding_dim: 32,
@@ -66,4 +71,21 @@ fn bf16_products_track_f32_through_training_and_decoding() {
         diff > 0.0 && diff < 0.05,
         "decoding log-probabilities differ by {diff}"
     );
+}
+
+/// A sentence decodes to the same bits alone and in a padded batch (the bf16 kernel sums every
+/// dot product in one fixed order, whatever the row count).
+#[test]
+fn bf16_decoding_does_not_depend_on_the_batch() {
+    let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = ModelConfig {
+        hidden_size: 64,
+        embedding_dim: 32,
+        attention_size: 32,
+        ..ModelConfig::tiny()
+    };
+    let (m, _) = model(&cfg, DType::F32);
+    set_matmul_precision(MatmulPrecision::Bf16);
+    assert_decoding_ignores_batch_mates(&m);
+    set_matmul_precision(MatmulPrecision::F32);
 }

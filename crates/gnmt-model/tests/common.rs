@@ -84,3 +84,50 @@ pub fn nll(logits: &Tensor, tgt_out: &[Vec<u32>]) -> Tensor {
         .neg()
         .unwrap()
 }
+
+/// Decodes the three sources of [`inputs`] together (padded to 5) and each alone (no padding)
+/// for the steps of their teacher-forced targets, and asserts that every step's top tokens,
+/// their log-probabilities and the attention on real positions agree bit for bit: a sentence
+/// must translate the same whatever batch it shares.
+pub fn assert_decoding_ignores_batch_mates(m: &Gnmt) {
+    let x = inputs(DType::F32);
+    let src: [&[u32]; 3] = [&[5, 9, 12, 7, 3], &[8, 3], &[40, 41, 3]];
+    let tgt: [&[u32]; 3] = [&[2, 11, 13, 17], &[2, 19], &[2, 23, 29]];
+    let weights = m.decoding_weights().unwrap();
+    let step_all = |src: &Tensor, mask: &Tensor, tokens: &[Vec<u32>]| {
+        let mut state = m
+            .start_state_with(&m.encode(src, mask).unwrap(), &weights)
+            .unwrap();
+        let mut steps = Vec::new();
+        for step in tokens {
+            let input = Tensor::new(step.as_slice(), &Device::Cpu).unwrap();
+            let (top, attn, next) = m.step_top_tokens(&input, &state, 4).unwrap();
+            steps.push((top, attn.to_vec2::<f32>().unwrap()));
+            state = next;
+        }
+        steps
+    };
+    // Together: 4 steps, every row fed its own target (padded rows repeat their last token).
+    let together_tokens: Vec<Vec<u32>> = (0..4)
+        .map(|t| tgt.iter().map(|r| r[t.min(r.len() - 1)]).collect())
+        .collect();
+    let together = step_all(&x.src, &x.src_mask, &together_tokens);
+    for (row, (s, t)) in src.iter().zip(tgt).enumerate() {
+        let mask = mask_from_lengths(&[s.len()], s.len(), DType::F32, &Device::Cpu).unwrap();
+        let tokens: Vec<Vec<u32>> = t.iter().map(|&id| vec![id]).collect();
+        let alone = step_all(&ids(&[s], s.len()), &mask, &tokens);
+        for (step, (top, attn)) in alone.iter().enumerate() {
+            let (top_b, attn_b) = &together[step];
+            assert_eq!(
+                top.row(0).collect::<Vec<_>>(),
+                top_b.row(row).collect::<Vec<_>>(),
+                "sentence {row}, step {step}: top tokens"
+            );
+            assert_eq!(
+                attn[0][..],
+                attn_b[row][..s.len()],
+                "sentence {row}, step {step}"
+            );
+        }
+    }
+}

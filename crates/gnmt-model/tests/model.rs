@@ -70,6 +70,40 @@ fn teacher_forcing_equals_step_by_step_decoding() {
 }
 
 #[test]
+fn top_tokens_are_the_best_log_probabilities_of_a_step_bit_for_bit() {
+    for cfg in both_queries() {
+        let (m, _) = model(&cfg, DType::F32);
+        let x = inputs(DType::F32);
+        let encoded = m.encode(&x.src, &x.src_mask).unwrap();
+        let weights = m.decoding_weights().unwrap();
+        let mut state = m.start_state_with(&encoded, &weights).unwrap();
+        for t in 0..4 {
+            let tokens = x.tgt_in.i((.., t)).unwrap().contiguous().unwrap();
+            let (logp, attn, next) = m.step(&tokens, &state).unwrap();
+            let (top, top_attn, top_next) = m.step_top_tokens(&tokens, &state, 6).unwrap();
+            assert_eq!(max_abs_diff(&attn, &top_attn), 0.0);
+            let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                let mut want: Vec<(u32, f32)> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as u32, v))
+                    .collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                want.truncate(6);
+                assert_eq!(
+                    top.row(r).collect::<Vec<_>>(),
+                    want,
+                    "{cfg:?} step {t} row {r}"
+                );
+            }
+            assert_eq!(max_abs_diff(&next.layers[0].h, &top_next.layers[0].h), 0.0);
+            state = next;
+        }
+    }
+}
+
+#[test]
 fn reorder_moves_whole_hypotheses() {
     let (m, _) = model(&crate::common::tiny8(), DType::F32);
     let x = inputs(DType::F32);
@@ -323,4 +357,20 @@ fn parameter_names_are_pinned() {
     assert_eq!(parameter_count(&ModelConfig::small()).unwrap(), 12_069_184);
     let paper = ModelConfig::preset("gnmt-8x1024").unwrap();
     assert_eq!(parameter_count(&paper).unwrap(), 280_929_536);
+}
+
+#[test]
+fn f32_decoding_does_not_depend_on_the_batch() {
+    for cfg in [
+        crate::common::tiny8(),
+        ModelConfig {
+            hidden_size: 64,
+            embedding_dim: 32,
+            attention_size: 32,
+            ..ModelConfig::tiny()
+        },
+    ] {
+        let (m, _) = model(&cfg, DType::F32);
+        crate::common::assert_decoding_ignores_batch_mates(&m);
+    }
 }

@@ -80,13 +80,13 @@ fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<
     Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
 }
 
-/// bf16 product rate at 2048^3 ([`gnmt_model::bf16_gemm`]), in GFLOP/s.
+/// bf16 product rate at 2048^3 ([`gnmt_model::packed_gemm`]), in GFLOP/s.
 fn bf16_peak_gflops() -> anyhow::Result<f64> {
-    use gnmt_model::bf16_gemm::{gemm, PackedB, View};
+    use gnmt_model::packed_gemm::{gemm, Format, PackedB, View};
     let n = PEAK_N;
     let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
     let mut c = vec![0f32; n * n];
-    let packed = PackedB::new(View::new(&b, n, n, false));
+    let packed = PackedB::new(View::new(&b, n, n, false), Format::Bf16);
     let threads = rayon::current_num_threads();
     best_of_three(|| {
         gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);

@@ -1,19 +1,21 @@
-//! Matrix products of f32 matrices computed in bfloat16 with f32 accumulation, on the
-//! AVX512-BF16 instruction `vdpbf16ps` (one instruction: 16 lanes, each adding the dot product
-//! of two bf16 pairs to an f32 accumulator; twice the multiply-adds of an f32 FMA).
+//! Matrix products of f32 matrices on packed operands, in one of two [`Format`]s:
 //!
-//! Operands stay f32 everywhere else: they are rounded to bf16 (round to nearest even) only
-//! while being packed for the kernel, and results are f32. This is the mixed precision of
-//! TPUs and of PyTorch's autocast: 8 bits of mantissa in the products, full f32 sums.
+//! - **bf16**: operands rounded to bfloat16 (round to nearest even) while being packed, f32
+//!   sums, on the AVX512-BF16 instruction `vdpbf16ps` (16 lanes, each adding the dot product
+//!   of two bf16 pairs to an f32 accumulator: twice the multiply-adds of an f32 FMA). The mixed
+//!   precision of TPUs and PyTorch's autocast: 8 bits of mantissa in the products.
+//! - **f32**: plain f32 fused multiply-adds (AVX-512F).
 //!
-//! Layout. `B [k, n]` is packed into panels of [`NR`] columns; within a panel, row pair `p`
-//! (rows `2p`, `2p+1`) is `NR` 32-bit words, word `j` holding `(b[2p, j], b[2p+1, j])`. `A`
-//! is packed the same way by blocks of [`MR`] rows, word `i` of pair `p` holding
-//! `(a[i, 2p], a[i, 2p+1])`. The micro-kernel broadcasts an `A` word and multiplies it with
-//! two `B` vectors: an `MR x NR` tile of `C` lives in 16 registers over the whole `k` loop.
+//! Layout. `B [k, n]` is packed into panels of [`NR`] columns; within a panel, depth word `p`
+//! is `NR` 32-bit words, word `j` holding column `j`'s depth `p` (f32) or depths `2p, 2p+1`
+//! (a bf16 pair). `A` is packed the same way by blocks of [`MR`] rows. The micro-kernel
+//! broadcasts an `A` word and multiplies it with two `B` vectors: an `MR x NR` tile of `C`
+//! lives in 16 registers over the whole `k` loop.
 //!
-//! Every element of the result is summed by one kernel call in a fixed order, whatever the
-//! number of threads: results do not depend on it.
+//! Every element of the result is summed by one kernel call, over the depth in order: results
+//! depend on neither the number of threads nor the number of rows, so a sentence decodes to
+//! the same bits whatever batch it is in (the `gemm` crate splits the depth into blocks whose
+//! size depends on the matrix shape, and takes another path for a single row).
 
 use rayon::prelude::*;
 
@@ -23,6 +25,38 @@ pub const MR: usize = 8;
 pub const NR: usize = 32;
 /// Rows of `A` that share one pass over a panel of `B` (the panel stays in L1 for them).
 const ROW_GROUP: usize = 64;
+
+/// How a packed operand holds its numbers, and so which kernel multiplies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Two depths per word, as a pair of bfloat16.
+    Bf16,
+    /// One depth per word, as f32.
+    F32,
+}
+
+impl Format {
+    fn depth_per_word(self) -> usize {
+        match self {
+            Format::Bf16 => 2,
+            Format::F32 => 1,
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512F, for the f32 kernel. Without it [`gemm`] runs a portable
+/// version of the same arithmetic (the same fused multiply-adds in the same order: the same
+/// bits, slower where the CPU lacks FMA).
+pub fn accelerated_f32() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Whether this CPU has the `vdpbf16ps` instruction. Without it [`gemm`] runs a portable
 /// version of the same arithmetic (exact bf16 products, f32 sums): same results up to the
@@ -96,9 +130,10 @@ impl<'a> View<'a> {
 }
 
 /// Packs `lines` (rows of `A` or columns of `B`) of an operand into words: word
-/// `p * width + j` holds the depth pair `(2p, 2p + 1)` of line `first + j`. Element `(line,
-/// depth)` is `data[line * line_stride + depth * depth_stride]`; lines past `count` and the odd
-/// depth past `depth` stay zero in `out`, which must arrive zeroed.
+/// `p * width + j` holds depth word `p` of line `first + j` (depth `p` in f32, the pair
+/// `(2p, 2p + 1)` in bf16). Element `(line, depth)` is `data[line * line_stride + depth *
+/// depth_stride]`; lines past `count` and the odd depth past `depth` stay zero in `out`, which
+/// must arrive zeroed.
 struct Lines<'a> {
     data: &'a [f32],
     count: usize,
@@ -110,7 +145,17 @@ struct Lines<'a> {
 impl Lines<'_> {
     /// Packs `blocks` consecutive blocks of `width` lines, the first starting at line
     /// `first_block * width`, into `out` (one block after another).
-    fn pack(&self, first_block: usize, blocks: usize, width: usize, out: &mut [u32]) {
+    fn pack(
+        &self,
+        format: Format,
+        first_block: usize,
+        blocks: usize,
+        width: usize,
+        out: &mut [u32],
+    ) {
+        if format == Format::F32 {
+            return self.pack_f32(first_block, blocks, width, out);
+        }
         let pairs = self.depth.div_ceil(2);
         let first = first_block * width;
         let lines = (blocks * width).min(self.count.saturating_sub(first));
@@ -152,6 +197,35 @@ impl Lines<'_> {
     }
 }
 
+impl Lines<'_> {
+    /// [`Lines::pack`] for [`Format::F32`]: one depth per word, the f32's bits.
+    fn pack_f32(&self, first_block: usize, blocks: usize, width: usize, out: &mut [u32]) {
+        let depth = self.depth;
+        let first = first_block * width;
+        let lines = (blocks * width).min(self.count.saturating_sub(first));
+        if self.depth_stride == 1 {
+            for j in 0..lines {
+                let line = &self.data[(first + j) * self.line_stride..][..depth];
+                let base = (j / width) * depth * width + j % width;
+                for (p, &x) in line.iter().enumerate() {
+                    out[base + p * width] = x.to_bits();
+                }
+            }
+        } else {
+            debug_assert_eq!(self.line_stride, 1);
+            for p in 0..depth {
+                let run = &self.data[p * self.depth_stride + first..][..lines];
+                for (block, part) in run.chunks(width).enumerate() {
+                    let words = &mut out[block * depth * width + p * width..][..part.len()];
+                    for (w, &x) in words.iter_mut().zip(part) {
+                        *w = x.to_bits();
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<'a> View<'a> {
     /// The rows of this matrix as lines (the `A` operand).
     fn rows_as_lines(&self) -> Lines<'a> {
@@ -179,30 +253,47 @@ impl<'a> View<'a> {
 /// The right-hand operand `B [k, n]`, packed once and usable for many products (the
 /// recurrent weight of an LSTM is packed once per sequence, not once per step).
 pub struct PackedB {
+    format: Format,
     k: usize,
     n: usize,
-    /// Row pairs: `ceil(k / 2)`.
+    /// Depth words: `k` in f32, `ceil(k / 2)` in bf16.
     pairs: usize,
     data: Vec<u32>,
 }
 
 impl PackedB {
-    pub fn new(b: View) -> Self {
+    pub fn new(b: View, format: Format) -> Self {
         let (k, n) = (b.rows, b.cols);
-        let pairs = k.div_ceil(2);
+        let pairs = k.div_ceil(format.depth_per_word());
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
         if data.is_empty() {
-            return Self { k, n, pairs, data };
+            return Self {
+                format,
+                k,
+                n,
+                pairs,
+                data,
+            };
         }
         let lines = b.cols_as_lines();
-        let pack = |(panel, out): (usize, &mut [u32])| lines.pack(panel, 1, NR, out);
+        let pack = |(panel, out): (usize, &mut [u32])| lines.pack(format, panel, 1, NR, out);
         if panels > 4 {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(pack);
         } else {
             data.chunks_mut(pairs * NR).enumerate().for_each(pack);
         }
-        Self { k, n, pairs, data }
+        Self {
+            format,
+            k,
+            n,
+            pairs,
+            data,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     pub fn k(&self) -> usize {
@@ -220,12 +311,12 @@ impl PackedB {
 
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedB({} x {})", self.k(), self.n())
+        write!(f, "PackedB({} x {}, {:?})", self.k(), self.n(), self.format)
     }
 }
 
 /// `A [m, k]` packed by blocks of [`MR`] rows.
-fn pack_a(a: View, pairs: usize) -> Vec<u32> {
+fn pack_a(a: View, pairs: usize, format: Format) -> Vec<u32> {
     let blocks = a.rows.div_ceil(MR);
     let mut data = vec![0u32; blocks * pairs * MR];
     let lines = a.rows_as_lines();
@@ -235,7 +326,7 @@ fn pack_a(a: View, pairs: usize) -> Vec<u32> {
     // Blocks are packed 16 at a time (128 rows), in parallel when there are several groups.
     const GROUP: usize = 16;
     let pack_group = |(group, out): (usize, &mut [u32])| {
-        lines.pack(group * GROUP, out.len() / (pairs * MR), MR, out)
+        lines.pack(format, group * GROUP, out.len() / (pairs * MR), MR, out)
     };
     if blocks > GROUP {
         data.par_chunks_mut(GROUP * pairs * MR)
@@ -256,7 +347,10 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
     assert!(dst.len() >= m * n, "destination too short");
-    let fast = accelerated();
+    let fast = match b.format {
+        Format::Bf16 => accelerated(),
+        Format::F32 => accelerated_f32(),
+    };
     if m == 0 || n == 0 {
         return;
     }
@@ -267,7 +361,7 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
         return;
     }
     let pairs = b.pairs;
-    let packed_a = pack_a(a, pairs);
+    let packed_a = pack_a(a, pairs, b.format);
     let a_block = |block: usize| &packed_a[block * b.pairs * MR..][..b.pairs * MR];
     let panels = n.div_ceil(NR);
     let groups = m.div_ceil(ROW_GROUP);
@@ -281,6 +375,7 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
         .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
         .collect();
     let out = SharedDst(dst.as_mut_ptr());
+    let b_format = b.format;
     let run_tile = |&(group, first_panel): &(usize, usize)| {
         let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
         for panel in first_panel..(first_panel + panel_chunk).min(panels) {
@@ -288,12 +383,14 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
             for block in rows.start / MR..rows.end.div_ceil(MR) {
                 let mut tile = [[0f32; NR]; MR];
                 let (a, b) = (a_block(block), b.panel(panel));
-                if fast {
-                    // SAFETY: the CPU has the instructions (accelerated()); both packed
-                    // operands hold `pairs` pairs of MR (A) and NR (B) words.
-                    unsafe { kernel(pairs, a, b, &mut tile) };
-                } else {
-                    portable_kernel(pairs, a, b, &mut tile);
+                match (b_format, fast) {
+                    // SAFETY: the CPU has the instructions (accelerated() or
+                    // accelerated_f32()); both packed operands hold `pairs` depth words of MR
+                    // (A) and NR (B) words.
+                    (Format::Bf16, true) => unsafe { kernel(pairs, a, b, &mut tile) },
+                    (Format::Bf16, false) => portable_kernel(pairs, a, b, &mut tile),
+                    (Format::F32, true) => unsafe { kernel_f32(pairs, a, b, &mut tile) },
+                    (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
                 }
                 for (i, row) in tile.iter().enumerate() {
                     let r = block * MR + i;
@@ -380,6 +477,56 @@ fn portable_kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR
     }
 }
 
+/// One `MR x NR` tile over all `k` depths in f32: `tile = A_block B_panel`, each element a
+/// chain of fused multiply-adds in depth order.
+///
+/// # Safety
+/// The CPU must have AVX512F; `a` holds `k * MR` words, `b` `k * NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_f32(k: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+    let (a, b) = (a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..k {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(*a.add(p * MR + i));
+            acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
+            acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+        }
+    }
+    for (row, acc_row) in tile.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(row.as_mut_ptr(), acc_row[0]);
+        _mm512_storeu_ps(row.as_mut_ptr().add(16), acc_row[1]);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_f32(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
+    unreachable!("accelerated_f32() is false off x86_64")
+}
+
+/// [`kernel_f32`] in plain Rust: the same fused multiply-adds in the same order, so the same
+/// bits (`mul_add` is an FMA instruction where the CPU has one, exact software otherwise).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn portable_kernel_f32(k: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    for row in tile.iter_mut() {
+        row.fill(0.0);
+    }
+    for p in 0..k {
+        let b_words = &b[p * NR..][..NR];
+        for (i, row) in tile.iter_mut().enumerate() {
+            let ai = f32::from_bits(a[p * MR + i]);
+            for (acc, &w) in row.iter_mut().zip(b_words) {
+                *acc = ai.mul_add(f32::from_bits(w), *acc);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +534,7 @@ mod tests {
 
     /// `dst (+)= A B` with `B` packed for this call only.
     fn gemm_unpacked(dst: &mut [f32], accumulate: bool, a: View, b: View, threads: usize) {
-        gemm(dst, accumulate, a, &PackedB::new(b), threads)
+        gemm(dst, accumulate, a, &PackedB::new(b, Format::Bf16), threads)
     }
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -456,21 +603,23 @@ mod tests {
     fn results_do_not_depend_on_the_thread_count() {
         let (m, n, k) = (300, 700, 256);
         let (a, b) = (random(m * k, 3), random(k * n, 4));
-        let packed = PackedB::new(View::new(&b, k, n, false));
-        let run = |threads| {
-            let mut out = vec![0f32; m * n];
-            gemm(
-                &mut out,
-                false,
-                View::new(&a, m, k, false),
-                &packed,
-                threads,
-            );
-            out
-        };
-        let one = run(1);
-        assert_eq!(one, run(2));
-        assert_eq!(one, run(7));
+        for format in [Format::F32, Format::Bf16] {
+            let packed = PackedB::new(View::new(&b, k, n, false), format);
+            let run = |threads| {
+                let mut out = vec![0f32; m * n];
+                gemm(
+                    &mut out,
+                    false,
+                    View::new(&a, m, k, false),
+                    &packed,
+                    threads,
+                );
+                out
+            };
+            let one = run(1);
+            assert_eq!(one, run(2));
+            assert_eq!(one, run(7));
+        }
     }
 
     #[test]
@@ -495,6 +644,89 @@ mod tests {
         for (f, p) in fast.iter().flatten().zip(portable.iter().flatten()) {
             assert!((f - p).abs() < 1e-4, "{f} vs {p}");
         }
+    }
+
+    /// The exact product in f64.
+    fn exact_product(a: View, b: View) -> Vec<f64> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|p| a.at(i, p) as f64 * b.at(p, j) as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn f32_products_are_exact_up_to_f32_rounding_for_every_layout_and_edge() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 32, 2),
+            (70, 45, 33),
+            (131, 100, 64),
+        ] {
+            for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (a_data, b_data) = (random(m * k, 11), random(k * n, 12));
+                let (a, b) = (View::new(&a_data, m, k, at), View::new(&b_data, k, n, bt));
+                let want = exact_product(a, b);
+                let packed = PackedB::new(b, Format::F32);
+                for threads in [1, 3] {
+                    let mut got = vec![0.5f32; m * n];
+                    gemm(&mut got, false, a, &packed, threads);
+                    let mut acc = vec![0.5f32; m * n];
+                    gemm(&mut acc, true, a, &packed, threads);
+                    for ((g, c), w) in got.iter().zip(&acc).zip(&want) {
+                        assert!(
+                            (*g as f64 - w).abs() < 1e-6 * k as f64,
+                            "{m}x{n}x{k}: {g} vs {w}"
+                        );
+                        assert_eq!(*c, 0.5 + *g, "accumulating adds the same product");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row `i` of `A B` is the same bits whatever rows surround it: what makes a sentence
+    /// decode the same in any batch.
+    #[test]
+    fn a_row_of_the_product_does_not_depend_on_the_other_rows() {
+        let (k, n) = (300, 77);
+        let (a, b) = (random(200 * k, 13), random(k * n, 14));
+        for format in [Format::F32, Format::Bf16] {
+            let packed = PackedB::new(View::new(&b, k, n, false), format);
+            let product = |rows: &[f32], m: usize| {
+                let mut out = vec![0f32; m * n];
+                gemm(&mut out, false, View::new(rows, m, k, false), &packed, 2);
+                out
+            };
+            let alone = product(&a[5 * k..6 * k], 1);
+            for m in [6, 9, 64, 200] {
+                assert_eq!(
+                    alone[..],
+                    product(&a[..m * k], m)[5 * n..6 * n],
+                    "{format:?}, {m} rows"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_f32_kernel_gives_the_same_bits_as_the_instruction() {
+        if !accelerated_f32() {
+            return; // every other f32 test here ran the portable kernel
+        }
+        let k = 37;
+        let a: Vec<u32> = random(k * MR, 15).iter().map(|x| x.to_bits()).collect();
+        let b: Vec<u32> = random(k * NR, 16).iter().map(|x| x.to_bits()).collect();
+        let (mut fast, mut portable) = ([[0f32; NR]; MR], [[1f32; NR]; MR]);
+        // SAFETY: accelerated_f32() checked; a and b hold k depths of MR and NR words.
+        unsafe { kernel_f32(k, &a, &b, &mut fast) };
+        portable_kernel_f32(k, &a, &b, &mut portable);
+        assert_eq!(fast, portable);
     }
 
     #[test]
