@@ -246,20 +246,19 @@ impl Decoder {
         Ok((w.output_t.apply_bias(&top, &w.output_bias)?, weights, next))
     }
 
-    /// [`Decoder::step`] with the logits as a row-major `[B, V]` f32 vector, for the caller
-    /// that reads them once (the top-k of beam search) and need not make a tensor.
+    /// [`Decoder::step`] with the logits written into `logits` as a row-major `[B, V]` f32
+    /// vector (a buffer reused across steps), for the caller that reads them once (the top-k
+    /// of beam search) and need not make a tensor.
     pub fn step_logits(
         &self,
         tokens: &Tensor,
         state: &DecoderState,
-    ) -> Result<(Vec<f32>, Tensor, DecoderState)> {
+        logits: &mut Vec<f32>,
+    ) -> Result<(Tensor, DecoderState)> {
         let (top, weights, next) = self.step_top(tokens, state)?;
         let w = &state.weights.0;
-        Ok((
-            w.output_t.apply_bias_f32(&top, &w.output_bias)?,
-            weights,
-            next,
-        ))
+        w.output_t.apply_bias_into(&top, &w.output_bias, logits)?;
+        Ok((weights, next))
     }
 
     /// One step up to the top layer's output `[B, H]`, before the output projection.

@@ -1,6 +1,8 @@
 //! GNMT (Wu et al. 2016, "Google's Neural Machine Translation System", arXiv:1609.08144):
 //! the encoder, the attention decoder, and the inference API beam search drives.
 
+use std::cell::RefCell;
+
 use candle::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -122,12 +124,24 @@ impl Gnmt {
         k: usize,
     ) -> Result<(TopTokens, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
-        let (logits, attention, next) = self.decoder.step_logits(tokens, state)?;
-        Ok((
-            top_tokens(&logits, self.config.vocab_size, k),
-            attention,
-            next,
-        ))
+        let run = |logits: &mut Vec<f32>| {
+            let (attention, next) = self.decoder.step_logits(tokens, state, logits)?;
+            Ok((
+                top_tokens(logits, self.config.vocab_size, k),
+                attention,
+                next,
+            ))
+        };
+        // One logits buffer per thread, reused from step to step. A thread that is already
+        // inside this function (rayon can run another batch's step on a thread waiting for
+        // its parallel product) takes a fresh one.
+        thread_local! {
+            static LOGITS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        LOGITS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut logits) => run(&mut logits),
+            Err(_) => run(&mut Vec::new()),
+        })
     }
 
     /// Teacher-forced training pass: (logits `[B, T, V]`, attention `[B, T, S]`) for decoder

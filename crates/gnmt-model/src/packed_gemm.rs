@@ -344,6 +344,32 @@ fn pack_a(a: View, pairs: usize, format: Format) -> Vec<u32> {
 ///
 /// Panics if the shapes disagree.
 pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: usize) {
+    let write = if accumulate {
+        Write::Accumulate
+    } else {
+        Write::Store
+    };
+    gemm_with(dst, write, a, b, threads)
+}
+
+/// `dst [m, n] = A B + bias` (`bias [n]` added to every row as the tiles are written: no
+/// separate pass over the output, which for a decoder's output layer is megabytes per step).
+///
+/// Panics if the shapes disagree.
+pub fn gemm_bias(dst: &mut [f32], a: View, b: &PackedB, bias: &[f32], threads: usize) {
+    assert_eq!(bias.len(), b.n, "bias length differs from the column count");
+    gemm_with(dst, Write::Bias(bias), a, b, threads)
+}
+
+/// How a finished tile goes into the destination.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    Store,
+    Accumulate,
+    Bias(&'a [f32]),
+}
+
+fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize) {
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
     assert!(dst.len() >= m * n, "destination too short");
@@ -355,8 +381,12 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
         return;
     }
     if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
+        match write {
+            Write::Store => dst[..m * n].fill(0.0),
+            Write::Accumulate => {}
+            Write::Bias(bias) => dst[..m * n]
+                .chunks_mut(n)
+                .for_each(|row| row.copy_from_slice(bias)),
         }
         return;
     }
@@ -378,10 +408,12 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
     let b_format = b.format;
     let run_tile = |&(group, first_panel): &(usize, usize)| {
         let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
+        // Every kernel overwrites the whole tile: zeroing it per call was a `memset` call per
+        // kernel call, 5% of a beam step.
+        let mut tile = [[0f32; NR]; MR];
         for panel in first_panel..(first_panel + panel_chunk).min(panels) {
             let cols = panel * NR..((panel + 1) * NR).min(n);
             for block in rows.start / MR..rows.end.div_ceil(MR) {
-                let mut tile = [[0f32; NR]; MR];
                 let (a, b) = (a_block(block), b.panel(panel));
                 match (b_format, fast) {
                     // SAFETY: the CPU has the instructions (accelerated() or
@@ -400,12 +432,18 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
                     // SAFETY: tiles are disjoint in (row, column), so no two threads write
                     // the same element; r < m and cols end <= n bound the slice in dst.
                     let d = unsafe { out.row(r * n + cols.start, cols.len()) };
-                    if accumulate {
-                        for (x, y) in d.iter_mut().zip(row) {
-                            *x += y;
+                    match write {
+                        Write::Store => d.copy_from_slice(&row[..cols.len()]),
+                        Write::Accumulate => {
+                            for (x, y) in d.iter_mut().zip(row) {
+                                *x += y;
+                            }
                         }
-                    } else {
-                        d.copy_from_slice(&row[..cols.len()]);
+                        Write::Bias(bias) => {
+                            for ((x, y), b) in d.iter_mut().zip(row).zip(&bias[cols.clone()]) {
+                                *x = y + b;
+                            }
+                        }
                     }
                 }
             }
@@ -465,6 +503,9 @@ unsafe fn kernel(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
 /// so only the order and rounding of the sums can differ.
 fn portable_kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
     let halves = |w: u32| (from_bf16(w as u16), from_bf16((w >> 16) as u16));
+    for row in tile.iter_mut() {
+        row.fill(0.0);
+    }
     for p in 0..pairs {
         let b_words = &b[p * NR..][..NR];
         for (i, row) in tile.iter_mut().enumerate() {
@@ -637,7 +678,7 @@ mod tests {
             .iter()
             .map(|&x| pair(x / 2.0, x))
             .collect();
-        let (mut fast, mut portable) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+        let (mut fast, mut portable) = ([[7f32; NR]; MR], [[7f32; NR]; MR]);
         // SAFETY: accelerated() checked; a and b hold `pairs` pairs of MR and NR words.
         unsafe { kernel(pairs, &a, &b, &mut fast) };
         portable_kernel(pairs, &a, &b, &mut portable);
@@ -722,7 +763,7 @@ mod tests {
         let k = 37;
         let a: Vec<u32> = random(k * MR, 15).iter().map(|x| x.to_bits()).collect();
         let b: Vec<u32> = random(k * NR, 16).iter().map(|x| x.to_bits()).collect();
-        let (mut fast, mut portable) = ([[0f32; NR]; MR], [[1f32; NR]; MR]);
+        let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
         // SAFETY: accelerated_f32() checked; a and b hold k depths of MR and NR words.
         unsafe { kernel_f32(k, &a, &b, &mut fast) };
         portable_kernel_f32(k, &a, &b, &mut portable);
