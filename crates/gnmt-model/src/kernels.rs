@@ -579,13 +579,19 @@ pub fn fast_exp(x: f32) -> f32 {
     // arithmetic (no `round` call, which is not vectorised on baseline x86-64).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // The bits of `shifted` are those of ROUND plus the integer n (|n| <= 127 keeps it in the
+    // mantissa), so 2^n's exponent field comes from integer arithmetic on them. `n as i32`
+    // would be a saturating conversion, which LLVM turns into scalar code per lane (a third of
+    // a log-sum-exp's time).
+    const ROUND_BITS: u32 = 0x4b40_0000; // ROUND.to_bits()
+    p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_BITS).wrapping_add(127) << 23)
 }
 
 /// tanh as a 13/6 rational function (Eigen's `generic_fast_tanh_float`): accurate to a few
