@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle::backprop::GradStore;
-use candle::{DType, Device, Tensor, Var};
+use candle::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 
 use crate::config::OptimConfig;
 use crate::schedule::Rule;
@@ -80,7 +81,7 @@ impl Optimizer {
                     c1,
                     c2,
                 };
-                (self.m[i], self.v[i]) = step.apply(var, g, &self.m[i], &self.v[i])?;
+                step.apply(var, g, &self.m[i], &self.v[i])?;
                 continue;
             }
             let g = (g * grad_scale)?;
@@ -176,11 +177,11 @@ struct AdamStep {
 }
 
 impl AdamStep {
-    /// Updates `var` in place; returns the new moments.
-    fn apply(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        use rayon::prelude::*;
-        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-        let (mut p, g, mut m, mut v) = (flat(var.as_tensor())?, flat(g)?, flat(m)?, flat(v)?);
+    /// Updates `var`, `m` and `v` in place (each an f32 tensor of one shape): three parallel
+    /// passes over storage, no copies. The per-element arithmetic is fixed, so results do not
+    /// depend on the thread count. (Copying the four tensors out and the parameter back in,
+    /// on the calling thread, took 5% of a two-thread training step.)
+    fn apply(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
         let f = |x: f64| x as f32;
         let (scale, b1, b2, eps, lr) = (
             f(self.grad_scale),
@@ -195,27 +196,116 @@ impl AdamStep {
             f(self.c1),
             f(self.c2),
         );
-        const CHUNK: usize = 1 << 14;
-        p.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                    let g = g * scale;
-                    *m = *m * b1 + g * one_b1;
-                    *v = *v * b2 + (g * g) * one_b2;
-                    let update = (*m / c1) / ((*v / c2).sqrt() + eps) * lr;
-                    *p -= update;
+        let g = g.contiguous()?;
+        m.inplace_op2(
+            &g,
+            &InPlace2(|m: &mut f32, g: f32| {
+                *m = *m * b1 + (g * scale) * one_b1;
+            }),
+        )?;
+        v.inplace_op2(
+            &g,
+            &InPlace2(|v: &mut f32, g: f32| {
+                let g = g * scale;
+                *v = *v * b2 + (g * g) * one_b2;
+            }),
+        )?;
+        var.as_tensor().inplace_op3(
+            m,
+            v,
+            &InPlace3(|p: &mut f32, m: f32, v: f32| {
+                *p -= (m / c1) / ((v / c2).sqrt() + eps) * lr;
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Elements per parallel job of the in-place updates.
+const CHUNK: usize = 1 << 14;
+
+/// The contiguous f32 data of a CPU storage.
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle::bail!("{op}: contiguous f32 CPU tensors only"),
+    }
+}
+
+fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> candle::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => candle::bail!("{op}: contiguous f32 CPU tensors only"),
+    }
+}
+
+/// `x = f(x, y)` element by element, in place, in parallel.
+struct InPlace2<F>(F);
+
+impl<F: Fn(&mut f32, f32) + Sync> InplaceOp2 for InPlace2<F> {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle::Result<()> {
+        let (x, y) = (
+            f32_data_mut(s1, l1, self.name())?,
+            f32_data(s2, l2, self.name())?,
+        );
+        if x.len() != y.len() {
+            candle::bail!("{}: sizes differ", self.name())
+        }
+        x.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .for_each(|(x, y)| {
+                for (x, &y) in x.iter_mut().zip(y) {
+                    (self.0)(x, y);
                 }
             });
-        let shape = var.shape().clone();
-        let device = var.device().clone();
-        var.set(&Tensor::from_vec(p, shape.clone(), &device)?)?;
-        Ok((
-            Tensor::from_vec(m, shape.clone(), &device)?,
-            Tensor::from_vec(v, shape, &device)?,
-        ))
+        Ok(())
+    }
+}
+
+/// `x = f(x, y, z)` element by element, in place, in parallel.
+struct InPlace3<F>(F);
+
+impl<F: Fn(&mut f32, f32, f32) + Sync> InplaceOp3 for InPlace3<F> {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle::Result<()> {
+        let x = f32_data_mut(s1, l1, self.name())?;
+        let (y, z) = (
+            f32_data(s2, l2, self.name())?,
+            f32_data(s3, l3, self.name())?,
+        );
+        if x.len() != y.len() || x.len() != z.len() {
+            candle::bail!("{}: sizes differ", self.name())
+        }
+        x.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .zip(z.par_chunks(CHUNK))
+            .for_each(|((x, y), z)| {
+                for ((x, &y), &z) in x.iter_mut().zip(y).zip(z) {
+                    (self.0)(x, y, z);
+                }
+            });
+        Ok(())
     }
 }
 
