@@ -212,13 +212,22 @@ impl CustomOp2 for MatmulT {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, i) = x.dims2()?;
         let o = w.dims2()?.0;
-        let flat = |t: &Tensor| t.flatten_all()?.contiguous();
-        let (xf, wf, gf) = (flat(x)?, flat(w)?, flat(grad)?);
+        let (xc, wc, gc) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        // Read in place: copying the inputs out was serial work on the calling thread.
+        let (xs, ws, gs) = (
+            xc.storage_and_layout(),
+            wc.storage_and_layout(),
+            gc.storage_and_layout(),
+        );
         let device = x.device();
         macro_rules! grads {
             ($t:ty) => {{
-                let (dx, dw) =
-                    gradients::<$t>(&xf.to_vec1()?, &wf.to_vec1()?, &gf.to_vec1()?, (n, i, o));
+                let (dx, dw) = gradients::<$t>(
+                    tensor_slice(&xs.0, xs.1, "matmul-t")?,
+                    tensor_slice(&ws.0, ws.1, "matmul-t")?,
+                    tensor_slice(&gs.0, gs.1, "matmul-t")?,
+                    (n, i, o),
+                );
                 (
                     Tensor::from_vec(dx, (n, i), device)?,
                     Tensor::from_vec(dw, (o, i), device)?,

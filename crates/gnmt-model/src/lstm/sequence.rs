@@ -20,8 +20,8 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs, Real,
-    Rhs,
+    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs,
+    tensor_slice, Real, Rhs,
 };
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
@@ -383,20 +383,25 @@ impl CustomOp3 for LstmSequence {
         };
         let keep = self.keep.as_deref();
         let device = input_proj.device();
-        let flat = |x: &Tensor| x.flatten_all()?.contiguous();
-        let (w, o, g) = (flat(w_hh)?, flat(out)?, flat(grad)?);
+        let (w, o, g) = (w_hh.contiguous()?, out.contiguous()?, grad.contiguous()?);
+        // Read in place: copying the inputs out was serial work on the calling thread.
+        let (ws, os, gs) = (
+            w.storage_and_layout(),
+            o.storage_and_layout(),
+            g.storage_and_layout(),
+        );
         let saved = self.saved.lock().expect("lstm: poisoned");
         let Some((acts, cells)) = saved.as_ref() else {
             candle::bail!("lstm: backward before forward")
         };
         macro_rules! grads {
             ($t:ty, $a:expr, $c:expr) => {{
-                let (dg, dw, db) = backward(
-                    &g.to_vec1::<$t>()?,
-                    &o.to_vec1()?,
+                let (dg, dw, db) = backward::<$t>(
+                    tensor_slice(&gs.0, gs.1, "lstm")?,
+                    tensor_slice(&os.0, os.1, "lstm")?,
                     $a,
                     $c,
-                    &w.to_vec1()?,
+                    tensor_slice(&ws.0, ws.1, "lstm")?,
                     keep,
                     d,
                 );
