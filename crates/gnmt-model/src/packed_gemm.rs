@@ -607,9 +607,15 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
     }
 
-    #[test]
-    fn products_match_the_rounded_operands_for_every_layout_and_edge() {
-        // Odd k, partial tiles in both directions, a single row, several row groups.
+    /// Products in `format` against `want(a, b)` within `tolerance * k`, for odd k, partial
+    /// tiles in both directions, a single row, several row groups, every operand layout and
+    /// thread count; accumulating adds exactly the stored product.
+    fn check_every_layout_and_edge(
+        format: Format,
+        want: fn(View, View) -> Vec<f64>,
+        tolerance: f64,
+        seed: u64,
+    ) {
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
@@ -618,26 +624,30 @@ mod tests {
             (131, 100, 64),
         ] {
             for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
-                let (a_data, b_data) = (random(m * k, 1), random(k * n, 2));
+                let (a_data, b_data) = (random(m * k, seed), random(k * n, seed + 1));
                 let (a, b) = (View::new(&a_data, m, k, at), View::new(&b_data, k, n, bt));
-                let want = rounded_product(a, b);
+                let want = want(a, b);
+                let packed = PackedB::new(b, format);
                 for threads in [1, 3] {
                     let mut got = vec![0.5f32; m * n];
-                    gemm_unpacked(&mut got, false, a, b, threads);
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            (*g as f64 - w).abs() < 1e-5 * (k as f64),
-                            "{m}x{n}x{k}: {g} vs {w}"
-                        );
-                    }
+                    gemm(&mut got, false, a, &packed, threads);
                     let mut acc = vec![0.5f32; m * n];
-                    gemm_unpacked(&mut acc, true, a, b, threads);
-                    for (g, w) in acc.iter().zip(&want) {
-                        assert!((*g as f64 - 0.5 - w).abs() < 1e-5 * (k as f64));
+                    gemm(&mut acc, true, a, &packed, threads);
+                    for ((g, c), w) in got.iter().zip(&acc).zip(&want) {
+                        assert!(
+                            (*g as f64 - w).abs() < tolerance * k as f64,
+                            "{format:?} {m}x{n}x{k}: {g} vs {w}"
+                        );
+                        assert_eq!(*c, 0.5 + *g, "accumulating adds the same product");
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_for_every_layout_and_edge() {
+        check_every_layout_and_edge(Format::Bf16, rounded_product, 1e-5, 1);
     }
 
     #[test]
@@ -702,33 +712,7 @@ mod tests {
 
     #[test]
     fn f32_products_are_exact_up_to_f32_rounding_for_every_layout_and_edge() {
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (3, 5, 7),
-            (8, 32, 2),
-            (70, 45, 33),
-            (131, 100, 64),
-        ] {
-            for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
-                let (a_data, b_data) = (random(m * k, 11), random(k * n, 12));
-                let (a, b) = (View::new(&a_data, m, k, at), View::new(&b_data, k, n, bt));
-                let want = exact_product(a, b);
-                let packed = PackedB::new(b, Format::F32);
-                for threads in [1, 3] {
-                    let mut got = vec![0.5f32; m * n];
-                    gemm(&mut got, false, a, &packed, threads);
-                    let mut acc = vec![0.5f32; m * n];
-                    gemm(&mut acc, true, a, &packed, threads);
-                    for ((g, c), w) in got.iter().zip(&acc).zip(&want) {
-                        assert!(
-                            (*g as f64 - w).abs() < 1e-6 * k as f64,
-                            "{m}x{n}x{k}: {g} vs {w}"
-                        );
-                        assert_eq!(*c, 0.5 + *g, "accumulating adds the same product");
-                    }
-                }
-            }
-        }
+        check_every_layout_and_edge(Format::F32, exact_product, 1e-6, 11);
     }
 
     /// Row `i` of `A B` is the same bits whatever rows surround it: what makes a sentence

@@ -5,9 +5,9 @@
 mod common;
 
 use candle::{DType, Tensor};
-use gnmt_model::{set_matmul_precision, MatmulPrecision, ModelConfig};
+use gnmt_model::{set_matmul_precision, MatmulPrecision};
 
-use common::{assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll};
+use common::{assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll, tiny64};
 
 /// The precision is process-wide: tests that set it take turns.
 static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -18,12 +18,7 @@ static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn bf16_products_track_f32_through_training_and_decoding() {
     let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = ModelConfig {
-        hidden_size: 64,
-        embedding_dim: 32,
-        attention_size: 32,
-        ..ModelConfig::tiny()
-    };
+    let cfg = tiny64();
     let (m, varmap) = model(&cfg, DType::F32);
     let x = inputs(DType::F32);
     let run = || {
@@ -78,12 +73,7 @@ fn bf16_products_track_f32_through_training_and_decoding() {
 #[test]
 fn bf16_decoding_does_not_depend_on_the_batch() {
     let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = ModelConfig {
-        hidden_size: 64,
-        embedding_dim: 32,
-        attention_size: 32,
-        ..ModelConfig::tiny()
-    };
+    let cfg = tiny64();
     let (m, _) = model(&cfg, DType::F32);
     set_matmul_precision(MatmulPrecision::Bf16);
     assert_decoding_ignores_batch_mates(&m);

@@ -42,6 +42,16 @@ pub fn tiny8() -> ModelConfig {
     }
 }
 
+/// The `tiny` preset's layout at 64 units (32-unit embeddings and attention).
+pub fn tiny64() -> ModelConfig {
+    ModelConfig {
+        hidden_size: 64,
+        embedding_dim: 32,
+        attention_size: 32,
+        ..ModelConfig::tiny()
+    }
+}
+
 pub fn model(cfg: &ModelConfig, dtype: DType) -> (Gnmt, candle_nn::VarMap) {
     init_model(cfg, 7, 0.3, dtype, &Device::Cpu).unwrap()
 }
