@@ -13,7 +13,7 @@
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{additive_row, additive_row_backward, Real};
+use crate::kernels::{additive_row, additive_row_backward, tensor_slice, Real};
 
 /// Fused `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -151,41 +151,39 @@ impl CustomOp3 for AdditiveScores {
         let s = k.dims()[1];
         let d = Dims { b, t, s, a };
         let device = q.device();
-        let flat = |x: &Tensor| {
-            x.to_device(&candle::Device::Cpu)?
-                .flatten_all()?
-                .contiguous()
-        };
-        let (qf, kf, vf, gf) = (flat(q)?, flat(k)?, flat(v)?, flat(grad)?);
+        let (q, k, v, g) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            grad.contiguous()?,
+        );
+        // Read in place: copying the inputs out was serial work on the calling thread.
+        let (qs, ks, vs, gs) = (
+            q.storage_and_layout(),
+            k.storage_and_layout(),
+            v.storage_and_layout(),
+            g.storage_and_layout(),
+        );
+        macro_rules! grads {
+            ($t:ty) => {{
+                let name = "additive scores";
+                let (dq, dk, dv) = backward::<$t>(
+                    tensor_slice(&qs.0, qs.1, name)?,
+                    tensor_slice(&ks.0, ks.1, name)?,
+                    tensor_slice(&vs.0, vs.1, name)?,
+                    tensor_slice(&gs.0, gs.1, name)?,
+                    &d,
+                );
+                (
+                    Tensor::from_vec(dq, (b, t, a), device)?,
+                    Tensor::from_vec(dk, (b, s, a), device)?,
+                    Tensor::from_vec(dv, a, device)?,
+                )
+            }};
+        }
         let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => {
-                let (dq, dk, dv) = backward(
-                    &qf.to_vec1::<f32>()?,
-                    &kf.to_vec1()?,
-                    &vf.to_vec1()?,
-                    &gf.to_vec1()?,
-                    &d,
-                );
-                (
-                    Tensor::from_vec(dq, (b, t, a), device)?,
-                    Tensor::from_vec(dk, (b, s, a), device)?,
-                    Tensor::from_vec(dv, a, device)?,
-                )
-            }
-            DType::F64 => {
-                let (dq, dk, dv) = backward(
-                    &qf.to_vec1::<f64>()?,
-                    &kf.to_vec1()?,
-                    &vf.to_vec1()?,
-                    &gf.to_vec1()?,
-                    &d,
-                );
-                (
-                    Tensor::from_vec(dq, (b, t, a), device)?,
-                    Tensor::from_vec(dk, (b, s, a), device)?,
-                    Tensor::from_vec(dv, a, device)?,
-                )
-            }
+            DType::F32 => grads!(f32),
+            DType::F64 => grads!(f64),
             other => candle::bail!("additive scores: no backward for {other:?}"),
         };
         Ok((Some(dq), Some(dk), Some(dv)))

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{
     column_sums, contiguous_slice, log_softmax_row, matmul, row_logsumexp, softmax_gradient_row,
-    Real,
+    tensor_slice, Real,
 };
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
@@ -218,10 +218,6 @@ impl TokenLosses {
     }
 }
 
-fn cpu_vec<T: candle::WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
-}
-
 impl CustomOp3 for TokenLosses {
     fn name(&self) -> &'static str {
         "token-losses"
@@ -270,12 +266,26 @@ impl CustomOp3 for TokenLosses {
         let Some(kept) = kept else {
             candle::bail!("token losses: backward ran twice or before forward")
         };
+        let (x, weight, grad) = (x.contiguous()?, weight.contiguous()?, grad.contiguous()?);
+        // Read in place: copying the inputs (the weight is megabytes) out was serial work on
+        // the calling thread.
+        let (xs, ws, gs) = (
+            x.storage_and_layout(),
+            weight.storage_and_layout(),
+            grad.storage_and_layout(),
+        );
         macro_rules! grads {
             ($t:ty, $z:expr, $lse:expr) => {{
                 let mut z = $z;
-                let (xs, ws) = (cpu_vec::<$t>(x)?, cpu_vec::<$t>(weight)?);
-                logit_gradients(&mut z, &$lse, &cpu_vec::<$t>(grad)?, self, v);
-                let (dx, dw, db) = backward(&z, &xs, &ws, d);
+                let name = "token losses";
+                let g = tensor_slice::<$t>(&gs.0, gs.1, name)?;
+                logit_gradients(&mut z, &$lse, g, self, v);
+                let (dx, dw, db) = backward(
+                    &z,
+                    tensor_slice::<$t>(&xs.0, xs.1, name)?,
+                    tensor_slice::<$t>(&ws.0, ws.1, name)?,
+                    d,
+                );
                 (
                     Tensor::from_vec(dx, (n, h), device)?,
                     Tensor::from_vec(dw, (v, h), device)?,

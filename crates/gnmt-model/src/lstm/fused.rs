@@ -8,7 +8,7 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{contiguous_slice, lstm_cell_row, Real};
+use crate::kernels::{contiguous_slice, lstm_cell_row, tensor_slice, Real};
 
 /// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
 pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -119,41 +119,35 @@ impl CustomOp2 for LstmCell {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, h) = c_prev.dims2()?;
         let device = gates.device();
-        let flat = |x: &Tensor| {
-            x.to_device(&candle::Device::Cpu)?
-                .flatten_all()?
-                .contiguous()
-        };
-        let (g, c, o, d) = (flat(gates)?, flat(c_prev)?, flat(out)?, flat(grad)?);
+        let (g, c) = (gates.contiguous()?, c_prev.contiguous()?);
+        let (o, d) = (out.contiguous()?, grad.contiguous()?);
+        // Read in place, as the other fused ops do.
+        let (gs, cs, os, ds) = (
+            g.storage_and_layout(),
+            c.storage_and_layout(),
+            o.storage_and_layout(),
+            d.storage_and_layout(),
+        );
+        macro_rules! grads {
+            ($t:ty) => {{
+                let name = "lstm cell";
+                let (dg, dc) = backward::<$t>(
+                    tensor_slice(&gs.0, gs.1, name)?,
+                    tensor_slice(&cs.0, cs.1, name)?,
+                    tensor_slice(&os.0, os.1, name)?,
+                    tensor_slice(&ds.0, ds.1, name)?,
+                    b,
+                    h,
+                );
+                (
+                    Tensor::from_vec(dg, (b, 4 * h), device)?,
+                    Tensor::from_vec(dc, (b, h), device)?,
+                )
+            }};
+        }
         let (dg, dc) = match gates.dtype() {
-            DType::F32 => {
-                let (dg, dc) = backward(
-                    &g.to_vec1::<f32>()?,
-                    &c.to_vec1()?,
-                    &o.to_vec1()?,
-                    &d.to_vec1()?,
-                    b,
-                    h,
-                );
-                (
-                    Tensor::from_vec(dg, (b, 4 * h), device)?,
-                    Tensor::from_vec(dc, (b, h), device)?,
-                )
-            }
-            DType::F64 => {
-                let (dg, dc) = backward(
-                    &g.to_vec1::<f64>()?,
-                    &c.to_vec1()?,
-                    &o.to_vec1()?,
-                    &d.to_vec1()?,
-                    b,
-                    h,
-                );
-                (
-                    Tensor::from_vec(dg, (b, 4 * h), device)?,
-                    Tensor::from_vec(dc, (b, h), device)?,
-                )
-            }
+            DType::F32 => grads!(f32),
+            DType::F64 => grads!(f64),
             other => candle::bail!("lstm cell: no backward for {other:?}"),
         };
         Ok((Some(dg), Some(dc)))
