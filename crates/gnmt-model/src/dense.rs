@@ -19,12 +19,13 @@ pub struct StepMatrix {
 impl StepMatrix {
     /// `w [in, out]` (a transposed view is fine: packing reads it in place).
     pub fn new(w: Tensor) -> Result<Self> {
-        if w.dtype() != DType::F32 {
+        let format = packed_format();
+        let Some(format) = format.filter(|_| w.dtype() == DType::F32) else {
             return Ok(Self {
                 w: w.contiguous()?,
                 packed: None,
             });
-        }
+        };
         let (k, n) = w.dims2()?;
         // `w` is usually the transpose of a stored `[out, in]` weight: read that storage.
         let (data, transposed) = if w.is_contiguous() {
@@ -32,7 +33,7 @@ impl StepMatrix {
         } else {
             (w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, true)
         };
-        let packed = PackedB::new(View::new(&data, k, n, transposed), packed_format());
+        let packed = PackedB::new(View::new(&data, k, n, transposed), format);
         Ok(Self {
             w,
             packed: Some(packed),

@@ -132,11 +132,14 @@ fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
-/// The packed format of f32 products under the current [`matmul_precision`].
-pub(crate) fn packed_format() -> Format {
+/// The packed format of f32 products under the current [`matmul_precision`]; `None` leaves
+/// f32 products to `gemm`, which happens only on a CPU with neither AVX-512F nor FMA, where
+/// our portable f32 kernel would compute its fused multiply-adds in software (results there
+/// may then depend on the batch; see `packed_gemm`).
+pub(crate) fn packed_format() -> Option<Format> {
     match matmul_precision() {
-        MatmulPrecision::F32 => Format::F32,
-        MatmulPrecision::Bf16 => Format::Bf16,
+        MatmulPrecision::F32 => crate::packed_gemm::f32_is_fast().then_some(Format::F32),
+        MatmulPrecision::Bf16 => Some(Format::Bf16),
     }
 }
 
@@ -152,7 +155,9 @@ impl<'a, T: 'static> Rhs<'a, T> {
     /// `b [k, n]` row-major, or with `transposed` read from its `[n, k]` row-major storage.
     pub(crate) fn new(data: &'a [T], (k, n): (usize, usize), transposed: bool) -> Self {
         let packed =
-            as_f32(data).map(|b| PackedB::new(View::new(b, k, n, transposed), packed_format()));
+            as_f32(data).and_then(|b| {
+                packed_format().map(|format| PackedB::new(View::new(b, k, n, transposed), format))
+            });
         Self {
             data,
             transposed,

@@ -58,6 +58,21 @@ pub fn accelerated_f32() -> bool {
     }
 }
 
+/// Whether the f32 kernel runs in hardware: AVX-512F, the portable kernel's AVX2+FMA
+/// version, or ARM64 (where FMA is baseline). Elsewhere `mul_add` is a software routine.
+pub fn f32_is_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        accelerated_f32()
+            || (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
+    }
+}
+
 /// Whether this CPU has the `vdpbf16ps` instruction. Without it [`gemm`] runs a portable
 /// version of the same arithmetic (exact bf16 products, f32 sums): same results up to the
 /// rounding of the sums, several times slower than f32.
