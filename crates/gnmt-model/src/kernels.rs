@@ -154,10 +154,9 @@ pub(crate) struct Rhs<'a, T> {
 impl<'a, T: 'static> Rhs<'a, T> {
     /// `b [k, n]` row-major, or with `transposed` read from its `[n, k]` row-major storage.
     pub(crate) fn new(data: &'a [T], (k, n): (usize, usize), transposed: bool) -> Self {
-        let packed =
-            as_f32(data).and_then(|b| {
-                packed_format().map(|format| PackedB::new(View::new(b, k, n, transposed), format))
-            });
+        let packed = as_f32(data).and_then(|b| {
+            packed_format().map(|format| PackedB::new(View::new(b, k, n, transposed), format))
+        });
         Self {
             data,
             transposed,
