@@ -10,7 +10,9 @@
 //! plain beam search on log-probabilities; with beam size 1 it is exactly greedy decoding.
 
 use candle::{DType, Device, Tensor};
-use gnmt_model::{DecodingWeights, Gnmt};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gnmt_model::{DecodingWeights, Gnmt, ModelConfig};
 use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
 use crate::greedy::source_batch;
@@ -91,6 +93,36 @@ fn gnmt_score(log_prob: f64, len: usize, coverage: &[f64], o: &BeamOptions) -> f
     log_prob / length_penalty(len, o.alpha) + cp
 }
 
+/// The work decoding did, counted as it runs (for `gnmt bench translate`'s FLOP rate): source
+/// positions encoded and decoder rows stepped, padding included, since it is computed.
+#[derive(Debug, Default)]
+pub struct Work {
+    source_positions: AtomicU64,
+    row_steps: AtomicU64,
+    /// Sum over row steps of the (padded) source length each row attends over.
+    attended_positions: AtomicU64,
+}
+
+impl Work {
+    /// Forward FLOPs of the counted work under `cfg`, the model's configuration.
+    pub fn flops(&self, cfg: &ModelConfig) -> f64 {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let steps = get(&self.row_steps);
+        let mean_src = get(&self.attended_positions) / steps.max(1.0);
+        cfg.encoder_flops_per_source_token() * get(&self.source_positions)
+            + cfg.decoder_flops_per_step(mean_src) * steps
+    }
+
+    /// Decoder rows stepped (hypothesis steps).
+    pub fn row_steps(&self) -> u64 {
+        self.row_steps.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// The `n_best` translations of each source (token ids without `</s>`), best first.
 pub fn beam_search(
     model: &Gnmt,
@@ -99,14 +131,17 @@ pub fn beam_search(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    beam_search_with(model, &model.decoding_weights()?, sources, o, dtype, device)
+    let weights = model.decoding_weights()?;
+    beam_search_with(model, &weights, &Work::default(), sources, o, dtype, device)
 }
 
 /// [`beam_search`] stepping with `weights` from [`Gnmt::decoding_weights`] of `model`, for a
-/// caller that decodes many batches with the same weights and lays them out once.
+/// caller that decodes many batches with the same weights and lays them out once; the work
+/// done is added to `work`.
 pub fn beam_search_with(
     model: &Gnmt,
     weights: &DecodingWeights,
+    work: &Work,
     sources: &[Vec<u32>],
     o: &BeamOptions,
     dtype: DType,
@@ -128,6 +163,8 @@ pub fn beam_search_with(
         )));
     }
     let (src, mask) = source_batch(sources, dtype, device)?;
+    let width = src.dims()[1];
+    Work::add(&work.source_positions, sources.len() * width);
     let mut state = model.start_state_with(&model.encode(&src, &mask)?, weights)?;
     let src_len: Vec<usize> = sources.iter().map(|s| s.len() + 1).collect();
     let max_len: Vec<usize> = src_len.iter().map(|&n| o.limit.for_source(n)).collect();
@@ -157,6 +194,8 @@ pub fn beam_search_with(
             &state,
             o.beam_size,
         )?;
+        Work::add(&work.row_steps, rows.len());
+        Work::add(&work.attended_positions, rows.len() * width);
         let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
 
         // Each row's coverage after this step, computed once: candidates are scored with it

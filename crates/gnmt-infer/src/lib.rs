@@ -9,7 +9,7 @@ mod greedy;
 mod translator;
 
 pub use beam::{
-    beam_search, beam_search_with, coverage_penalty, length_penalty, BeamOptions, Hypothesis,
+    beam_search, beam_search_with, coverage_penalty, length_penalty, BeamOptions, Hypothesis, Work,
 };
 pub use greedy::{greedy_decode, source_batch, LengthLimit};
 pub use translator::{LineResult, Translation, Translator};

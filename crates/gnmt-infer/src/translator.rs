@@ -10,7 +10,7 @@ use gnmt_model::{DecodingWeights, Gnmt};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
-use crate::{beam_search_with, BeamOptions, Error, Hypothesis, LengthLimit, Result};
+use crate::{beam_search_with, BeamOptions, Error, Hypothesis, LengthLimit, Result, Work};
 
 /// One translated hypothesis with its text.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Translator {
     /// The decoder's weights laid out for stepping once, under the matmul precision in force
     /// at load time, and shared by every batch.
     weights: DecodingWeights,
+    /// The decoding work done so far (for benchmarks).
+    work: Work,
     vocab: Vocab,
     generation: GenerationConfig,
     device: Device,
@@ -55,6 +57,7 @@ impl Translator {
         )?;
         Ok(Self {
             weights: model.decoding_weights()?,
+            work: Work::default(),
             model,
             vocab,
             generation: folder.generation,
@@ -80,6 +83,16 @@ impl Translator {
             },
             ..Default::default()
         }
+    }
+
+    /// The decoding work done so far by this translator.
+    pub fn work(&self) -> &Work {
+        &self.work
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &gnmt_model::ModelConfig {
+        self.model.config()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -128,6 +141,7 @@ impl Translator {
                 beam_search_with(
                     &self.model,
                     &self.weights,
+                    &self.work,
                     &batch,
                     options,
                     DType::F32,

@@ -134,6 +134,24 @@ impl ModelConfig {
     /// the decoder, forward only, with `src_per_tgt` source tokens per target token. Training
     /// (forward + backward) costs about three times this.
     pub fn forward_flops_per_target_token(&self, src_len: f64, src_per_tgt: f64) -> f64 {
+        self.encoder_flops_per_source_token() * src_per_tgt + self.decoder_flops_per_step(src_len)
+    }
+
+    /// Forward FLOPs of the encoder per source position (attention keys included).
+    pub fn encoder_flops_per_source_token(&self) -> f64 {
+        let (e, h, a) = (
+            self.embedding_dim as f64,
+            self.hidden_size as f64,
+            self.attention_size as f64,
+        );
+        let lstm = |input: f64| 2.0 * 4.0 * h * (input + h);
+        let mut enc = 2.0 * lstm(e) + lstm(2.0 * h);
+        enc += (self.encoder_layers as f64 - 2.0) * lstm(h);
+        enc + 2.0 * h * a // attention key projection, once per source token
+    }
+
+    /// Forward FLOPs of one decoder step of one row attending over `src_len` positions.
+    pub fn decoder_flops_per_step(&self, src_len: f64) -> f64 {
         let (e, h, a, v) = (
             self.embedding_dim as f64,
             self.hidden_size as f64,
@@ -141,9 +159,6 @@ impl ModelConfig {
             self.vocab_size as f64,
         );
         let lstm = |input: f64| 2.0 * 4.0 * h * (input + h);
-        let mut enc = 2.0 * lstm(e) + lstm(2.0 * h);
-        enc += (self.encoder_layers as f64 - 2.0) * lstm(h);
-        enc += 2.0 * h * a; // attention key projection, once per source token
         let bottom_in = match self.attention_query {
             AttentionQuery::Current => e,
             AttentionQuery::Previous => e + h,
@@ -151,8 +166,7 @@ impl ModelConfig {
         let mut dec = lstm(bottom_in) + (self.decoder_layers as f64 - 1.0) * lstm(2.0 * h);
         // query projection; per source position: add + tanh'd dot with v; context weighted sum
         dec += 2.0 * h * a + src_len * (3.0 * a + 2.0 * h);
-        dec += 2.0 * h * v; // output projection
-        enc * src_per_tgt + dec
+        dec + 2.0 * h * v // output projection
     }
 }
 

@@ -81,7 +81,7 @@ fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<
 }
 
 /// bf16 product rate at 2048^3 ([`gnmt_model::packed_gemm`]), in GFLOP/s.
-fn bf16_peak_gflops() -> anyhow::Result<f64> {
+pub(crate) fn bf16_peak_gflops() -> anyhow::Result<f64> {
     use gnmt_model::packed_gemm::{gemm, Format, PackedB, View};
     let n = PEAK_N;
     let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
@@ -95,7 +95,7 @@ fn bf16_peak_gflops() -> anyhow::Result<f64> {
 }
 
 /// f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
-fn peak_gflops() -> anyhow::Result<f64> {
+pub(crate) fn peak_gflops() -> anyhow::Result<f64> {
     let a = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
     let b = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
     best_of_three(|| {

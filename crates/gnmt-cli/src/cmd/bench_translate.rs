@@ -91,14 +91,31 @@ impl BenchTranslateArgs {
             .filter_map(|r| r.nbest.first())
             .map(|b| b.hypothesis.tokens.len())
             .sum();
+        // Peak memory first: the matmuls measuring the machine's peak allocate their own.
+        let memory = peak_memory().unwrap_or_else(|| "unknown".into());
+        // Forward FLOPs of the work actually done (padding included), against the peak
+        // measured by a matmul in this process after the timed run.
+        let gflops = t.work().flops(t.config()) / secs / 1e9;
+        let peak = super::bench_train::peak_gflops()?;
+        let mut rate = format!(
+            "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
+            100.0 * gflops / peak
+        );
+        if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
+            let bf16_peak = super::bench_train::bf16_peak_gflops()?;
+            rate += &format!(
+                " ({:.0}% of the bf16 product's {bf16_peak:.0})",
+                100.0 * gflops / bf16_peak
+            );
+        }
         println!(
-            "beam {beam}, threads {}, {} products: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s; model load {load_s:.2}s; peak memory {}",
+            "beam {beam}, threads {}, {} products: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
             rayon::current_num_threads(),
             gnmt_model::matmul_precision_name(),
             lines.len(),
             lines.len() as f64 / secs,
             tokens as f64 / secs,
-            peak_memory().unwrap_or_else(|| "unknown".into())
+            t.work().row_steps(),
         );
         Ok(())
     }
