@@ -132,12 +132,11 @@ fn attend_rows<T: Real + WithDType>(
             memory.values.shape()
         )
     }
-    let contiguous = |t: &Tensor| t.contiguous();
-    let (q, v) = (contiguous(q)?, contiguous(v)?);
+    let (q, v) = (q.contiguous()?, v.contiguous()?);
     let (keys, values, mask) = (
-        contiguous(&memory.keys)?,
-        contiguous(&memory.values)?,
-        contiguous(&memory.mask)?,
+        memory.keys.contiguous()?,
+        memory.values.contiguous()?,
+        memory.mask.contiguous()?,
     );
     let guards = [&q, &v, &keys, &values, &mask].map(|t| t.storage_and_layout());
     let [q, v, keys, values, mask] =

@@ -48,7 +48,6 @@ struct StepLayout {
     layers: Vec<StepWeights>,
     query_t: StepMatrix,
     output_t: StepMatrix,
-    output_bias: Tensor,
 }
 
 impl DecoderState {
@@ -132,13 +131,16 @@ impl Decoder {
                 .iter()
                 .map(Lstm::step_weights)
                 .collect::<Result<_>>()?,
-            query_t: StepMatrix::new(self.attention.query_weight_t()?)?,
-            output_t: StepMatrix::new(self.output.weight().t()?)?,
-            output_bias: self
-                .output
-                .bias()
-                .expect("the output layer has a bias")
-                .clone(),
+            query_t: StepMatrix::new(self.attention.query_weight_t()?, None)?,
+            output_t: StepMatrix::new(
+                self.output.weight().t()?,
+                Some(
+                    self.output
+                        .bias()
+                        .expect("the output layer has a bias")
+                        .clone(),
+                ),
+            )?,
         })))
     }
 
@@ -243,7 +245,7 @@ impl Decoder {
     ) -> Result<(Tensor, Tensor, DecoderState)> {
         let (top, weights, next) = self.step_top(tokens, state)?;
         let w = &state.weights.0;
-        Ok((w.output_t.apply_bias(&top, &w.output_bias)?, weights, next))
+        Ok((w.output_t.apply(&top)?, weights, next))
     }
 
     /// [`Decoder::step`] with the logits written into `logits` as a row-major `[B, V]` f32
@@ -257,7 +259,7 @@ impl Decoder {
     ) -> Result<(Tensor, DecoderState)> {
         let (top, weights, next) = self.step_top(tokens, state)?;
         let w = &state.weights.0;
-        w.output_t.apply_bias_into(&top, &w.output_bias, logits)?;
+        w.output_t.apply_into(&top, logits)?;
         Ok((weights, next))
     }
 

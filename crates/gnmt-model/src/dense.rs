@@ -7,91 +7,102 @@ use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use crate::kernels::{contiguous_slice, matmul, packed_format, tensor_slice, Real};
 use crate::packed_gemm::{self, PackedB, View};
 
-/// A weight laid out for the products of decoding, `x W` with `W [in, out]`: an f32 weight is
-/// packed once for [`crate::packed_gemm`] in the current precision's format, not at every
-/// step; other dtypes keep a contiguous copy for candle's matmul.
+/// A weight laid out for the products of decoding, `x W (+ bias)` with `W [in, out]`: an f32
+/// weight is packed once for [`crate::packed_gemm`] in the current precision's format, and
+/// its bias read out once, not at every step; other dtypes keep a contiguous copy for
+/// candle's matmul.
 #[derive(Debug)]
 pub struct StepMatrix {
     w: Tensor,
-    packed: Option<PackedB>,
+    bias: Option<Tensor>,
+    packed: Option<Packed>,
+}
+
+/// The packed weight with its bias as f32 (added as the product's tiles are written).
+#[derive(Debug)]
+struct Packed {
+    w: PackedB,
+    bias: Option<Vec<f32>>,
 }
 
 impl StepMatrix {
-    /// `w [in, out]` (a transposed view is fine: packing reads it in place).
-    pub fn new(w: Tensor) -> Result<Self> {
-        let format = packed_format();
-        let Some(format) = format.filter(|_| w.dtype() == DType::F32) else {
+    /// `w [in, out]` (a transposed view is fine: packing reads it in place), with an optional
+    /// `bias [out]`.
+    pub fn new(w: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (k, n) = w.dims2()?;
+        if let Some(b) = &bias {
+            if b.dims1()? != n {
+                candle::bail!("step matrix: bias of {} for {n} outputs", b.dims1()?)
+            }
+        }
+        let Some(format) = packed_format().filter(|_| w.dtype() == DType::F32) else {
             return Ok(Self {
                 w: w.contiguous()?,
+                bias,
                 packed: None,
             });
         };
-        let (k, n) = w.dims2()?;
         // `w` is usually the transpose of a stored `[out, in]` weight: read that storage.
         let (data, transposed) = if w.is_contiguous() {
             (w.flatten_all()?.to_vec1::<f32>()?, false)
         } else {
             (w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, true)
         };
-        let packed = PackedB::new(View::new(&data, k, n, transposed), format);
+        let packed = Packed {
+            w: PackedB::new(View::new(&data, k, n, transposed), format),
+            bias: match &bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            },
+        };
         Ok(Self {
             w,
+            bias,
             packed: Some(packed),
         })
     }
 
-    /// `x [B, in]` -> `x W [B, out]`.
+    /// `x [B, in]` -> `x W (+ bias) [B, out]`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match &self.packed {
-            None => x.matmul(&self.w),
-            Some(p) => self.packed_product(p, x, None),
+            None => self.candle_product(x),
+            Some(p) => {
+                let mut y = Vec::new();
+                p.rows_into(x, &mut y)?;
+                Tensor::from_vec(y, (x.dims2()?.0, p.w.n()), x.device())
+            }
         }
     }
 
-    /// `x [B, in]` -> `x W + bias [B, out]`.
-    pub fn apply_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        match &self.packed {
-            None => x.matmul(&self.w)?.broadcast_add(bias),
-            Some(p) => self.packed_product(p, x, Some(bias)),
-        }
-    }
-
-    /// [`StepMatrix::apply_bias`] into `out` as a row-major f32 vector (no tensor made). `out`
-    /// is a buffer reused across steps: only grown, never cleared, since every element is
-    /// written (for a decoder's output layer, zeroing it cost 7% of a beam step).
-    pub fn apply_bias_into(&self, x: &Tensor, bias: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+    /// [`StepMatrix::apply`] into `out` as a row-major f32 vector (no tensor made). `out` is a
+    /// buffer reused across steps: only grown, never cleared, since every element is written
+    /// (for a decoder's output layer, zeroing it cost 7% of a beam step).
+    pub fn apply_into(&self, x: &Tensor, out: &mut Vec<f32>) -> Result<()> {
         match &self.packed {
             None => {
                 *out = self
-                    .apply_bias(x, bias)?
+                    .candle_product(x)?
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1()?;
                 Ok(())
             }
-            Some(p) => self.packed_rows_into(p, x, Some(bias), out),
+            Some(p) => p.rows_into(x, out),
         }
     }
 
-    fn packed_product(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.packed_rows(p, x, bias)?;
-        Tensor::from_vec(y, (x.dims2()?.0, p.n()), x.device())
+    fn candle_product(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
+}
 
-    /// The packed product, with the bias added as the tiles are written.
-    fn packed_rows(&self, p: &PackedB, x: &Tensor, bias: Option<&Tensor>) -> Result<Vec<f32>> {
-        let mut y = Vec::new();
-        self.packed_rows_into(p, x, bias, &mut y)?;
-        Ok(y)
-    }
-
-    fn packed_rows_into(
-        &self,
-        p: &PackedB,
-        x: &Tensor,
-        bias: Option<&Tensor>,
-        y: &mut Vec<f32>,
-    ) -> Result<()> {
+impl Packed {
+    /// The packed product of `x`, read in place, into `y`.
+    fn rows_into(&self, x: &Tensor, y: &mut Vec<f32>) -> Result<()> {
         let (b, k) = x.dims2()?;
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
@@ -101,21 +112,15 @@ impl StepMatrix {
             k,
             false,
         );
-        let len = b * p.n();
+        let len = b * self.w.n();
         if y.len() < len {
             y.resize(len, 0.0);
         }
         y.truncate(len);
         let threads = rayon::current_num_threads();
-        match bias {
-            Some(bias) => {
-                let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                if bias.len() != p.n() {
-                    candle::bail!("step matrix: bias of {} for {} outputs", bias.len(), p.n())
-                }
-                packed_gemm::gemm_bias(y, a, p, &bias, threads)
-            }
-            None => packed_gemm::gemm(y, false, a, p, threads),
+        match &self.bias {
+            Some(bias) => packed_gemm::gemm_bias(y, a, &self.w, bias, threads),
+            None => packed_gemm::gemm(y, false, a, &self.w, threads),
         }
         Ok(())
     }

@@ -45,22 +45,19 @@ impl LstmState {
 }
 
 /// A layer's weights laid out for decoding one step at a time: `[W_ih | W_hh]^T` as one
-/// contiguous `[in + H, 4H]` matrix and the summed bias. A step is then one matmul over
+/// contiguous `[in + H, 4H]` matrix with the summed bias. A step is then one matmul over
 /// `[x | h]` that reads the weights as they lie, where `x W_ih^T` on the stored `[4H, in]`
 /// weight makes gemm repack it at every step. Made from the current weights by
 /// [`Lstm::step_weights`], so it never goes stale during training.
 #[derive(Debug)]
 pub struct StepWeights {
     w_t: StepMatrix,
-    bias: Tensor,
 }
 
 impl StepWeights {
     /// One step from an input `x [B, in]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let gates = self
-            .w_t
-            .apply_bias(&Tensor::cat(&[x, &state.h], 1)?, &self.bias)?;
+        let gates = self.w_t.apply(&Tensor::cat(&[x, &state.h], 1)?)?;
         let (h, c) = fused::lstm_cell(&gates, &state.c)?;
         Ok(LstmState { h, c })
     }
@@ -96,8 +93,7 @@ impl Lstm {
     pub fn step_weights(&self) -> Result<StepWeights> {
         let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?; // [4H, in + H]
         Ok(StepWeights {
-            w_t: StepMatrix::new(w.t()?)?,
-            bias: self.bias()?,
+            w_t: StepMatrix::new(w.t()?, Some(self.bias()?))?,
         })
     }
 
