@@ -170,7 +170,7 @@ impl Decoder {
         memory: &Memory,
         dropout: Option<&mut Dropout>,
     ) -> Result<(Tensor, Tensor)> {
-        let (top, weights) = self.forward_top(tgt_in, memory, dropout)?;
+        let (top, weights) = self.forward_top(tgt_in, memory, None, dropout)?;
         Ok((self.output.forward(&top)?, weights))
     }
 
@@ -181,18 +181,21 @@ impl Decoder {
     }
 
     /// [`Decoder::forward`] up to the top layer's output `[B, T, H]` (after dropout), before
-    /// the output projection; with the attention weights.
+    /// the output projection; with the attention weights. With `tgt_mask [B, T]` (1 real, 0
+    /// pad; padding after the real tokens) the LSTM layers skip the padded steps: the real
+    /// positions come out the same, for less work.
     pub fn forward_top(
         &self,
         tgt_in: &Tensor,
         memory: &Memory,
+        tgt_mask: Option<&Tensor>,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<(Tensor, Tensor)> {
         let emb = self.embedding.forward(tgt_in)?;
         let (bottom, context, weights) = match self.query {
             AttentionQuery::Current => {
                 let input = dropout::maybe(&mut dropout, &emb)?;
-                let bottom = self.layers[0].forward(&input, None, false)?;
+                let bottom = self.layers[0].forward(&input, tgt_mask, false)?;
                 let (context, weights) = self.attention.forward(&bottom, memory)?;
                 (bottom, context, weights)
             }
@@ -203,7 +206,7 @@ impl Decoder {
         let mut x = bottom;
         for (layer, &residual) in self.layers.iter().zip(&self.residual).skip(1) {
             let input = dropout::maybe(&mut dropout, &Tensor::cat(&[&x, &context], 2)?)?;
-            let out = layer.forward(&input, None, false)?;
+            let out = layer.forward(&input, tgt_mask, false)?;
             x = if residual { (out + &x)? } else { out };
         }
         Ok((dropout::maybe(&mut dropout, &x)?, weights))

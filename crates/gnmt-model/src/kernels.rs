@@ -288,6 +288,52 @@ pub(crate) fn contiguous_slice<'a, T>(
     }
 }
 
+/// Rows `rows` of a row-major `[_, width]` matrix, in that order, as a dense matrix: the
+/// real (unpadded) rows of a batch, so products skip the padding.
+pub(crate) fn gather_rows<T: Copy + Default + Send + Sync>(
+    data: &[T],
+    width: usize,
+    rows: &[usize],
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); rows.len() * width];
+    if width > 0 {
+        out.par_chunks_mut(width)
+            .zip(rows.par_iter())
+            .for_each(|(dst, &r)| dst.copy_from_slice(&data[r * width..][..width]));
+    }
+    out
+}
+
+/// The inverse of [`gather_rows`]: an `[n, width]` matrix holding row `i` of `compact` at row
+/// `rows[i]`, zeros elsewhere (`rows` strictly increasing).
+pub(crate) fn scatter_rows<T: Copy + Default + Send + Sync>(
+    compact: &[T],
+    width: usize,
+    rows: &[usize],
+    n: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
+    let mut out = vec![T::default(); n * width];
+    if width == 0 {
+        return out;
+    }
+    // Destination rows in parallel: map each back to its compact row, if any.
+    let mut source = vec![usize::MAX; n];
+    for (i, &r) in rows.iter().enumerate() {
+        source[r] = i;
+    }
+    out.par_chunks_mut(width)
+        .zip(source.par_iter())
+        .for_each(|(dst, &i)| {
+            if i != usize::MAX {
+                dst.copy_from_slice(&compact[i * width..][..width]);
+            }
+        });
+    out
+}
+
 /// Column sums of a row-major `[rows, cols]` matrix (a bias gradient). Blocks of columns run
 /// in parallel; each column is summed over the rows in order, whatever the thread count.
 pub(crate) fn column_sums<T: Real>(data: &[T], cols: usize) -> Vec<T> {

@@ -186,7 +186,9 @@ impl Gnmt {
             )
         }
         let encoded = self.encode_with(src, src_mask, dropout.as_deref_mut())?;
-        let (top, _) = self.decoder.forward_top(tgt_in, &encoded.memory, dropout)?;
+        let (top, _) =
+            self.decoder
+                .forward_top(tgt_in, &encoded.memory, Some(tgt_mask), dropout)?;
         let (b, t, h) = top.dims3()?;
         let (weight, bias) = self.decoder.output_layer();
         crate::softmax_loss::token_losses(

@@ -133,9 +133,25 @@ impl Lstm {
     /// freezes the state on padded steps. `reverse` reads time backwards; outputs `[B, T, H]`
     /// are returned in the original time order. The whole recurrence is one fused operation
     /// ([`sequence::lstm_sequence`]); [`Lstm::forward_stepwise`] is its reference.
+    ///
+    /// Padded steps cost nothing: the input projection multiplies out only the real
+    /// `(step, row)` pairs, and the recurrence only the rows still running at each step.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
-        let projected = self.input_projection(x)?;
-        sequence::lstm_sequence(&projected, &self.w_hh, &self.bias()?, mask, reverse)?
+        let (b, t, i) = x.dims3()?;
+        let keep = match mask {
+            None => None,
+            Some(m) => Some(sequence::time_major_keep(m, t, b)?),
+        };
+        let x_rows = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
+        let projected = match &keep {
+            None => crate::dense::matmul_t(&x_rows, &self.w_ih)?,
+            Some(k) => {
+                let real = (0..t * b).filter(|&r| k[r]).collect();
+                crate::dense::matmul_t_rows(&x_rows, &self.w_ih, real)?
+            }
+        }
+        .reshape((t, b, 4 * self.hidden))?;
+        sequence::lstm_sequence_kept(&projected, &self.w_hh, &self.bias()?, keep, reverse)?
             .transpose(0, 1)
     }
 

@@ -20,8 +20,8 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, contiguous_slice, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs,
-    tensor_slice, Real, Rhs,
+    column_sums, contiguous_slice, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul,
+    matmul_rhs, tensor_slice, Real, Rhs,
 };
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
@@ -38,22 +38,41 @@ pub fn lstm_sequence(
     let (t, b, _) = input_proj.dims3()?;
     let keep = match keep {
         None => None,
-        Some(m) => {
-            if m.dims() != [b, t] {
-                candle::bail!(
-                    "lstm: mask {:?} does not fit {t} steps of {b} rows",
-                    m.dims()
-                )
-            }
-            let rows = m.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            // Time-major, as the gates.
-            Some(
-                (0..t)
-                    .flat_map(|s| rows.iter().map(move |r| r[s] != 0.0))
-                    .collect(),
-            )
-        }
+        Some(m) => Some(time_major_keep(m, t, b)?),
     };
+    lstm_sequence_kept(input_proj, w_hh, bias, keep, reverse)
+}
+
+/// A `[B, T]` mask (1 real, 0 pad, any float dtype) as one flag per `(step, row)`, time-major
+/// like the gates: `keep[s * B + b]`.
+pub(crate) fn time_major_keep(mask: &Tensor, t: usize, b: usize) -> Result<Vec<bool>> {
+    if mask.dims() != [b, t] {
+        candle::bail!(
+            "lstm: mask {:?} does not fit {t} steps of {b} rows",
+            mask.dims()
+        )
+    }
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok((0..t)
+        .flat_map(|s| rows.iter().map(move |r| r[s] != 0.0))
+        .collect())
+}
+
+/// [`lstm_sequence`] with the mask already as [`time_major_keep`] flags.
+pub(crate) fn lstm_sequence_kept(
+    input_proj: &Tensor,
+    w_hh: &Tensor,
+    bias: &Tensor,
+    keep: Option<Vec<bool>>,
+    reverse: bool,
+) -> Result<Tensor> {
+    let (t, b, _) = input_proj.dims3()?;
+    if keep.as_ref().is_some_and(|k| k.len() != t * b) {
+        candle::bail!(
+            "lstm: {} mask flags for {t} steps of {b} rows",
+            keep.map_or(0, |k| k.len())
+        )
+    }
     let op = LstmSequence {
         reverse,
         keep,
@@ -127,28 +146,58 @@ fn forward_chunk<T: 'static + Real>(
     let mut h_prev = vec![zero; m * h];
     let mut c_prev = vec![zero; m * h];
     let mut gates = vec![zero; m * 4 * h];
+    let mut h_live = vec![zero; m * h];
     for k in 0..d.t {
         let s = d.time(k);
-        let x_rows = &x_gates[(s * d.b + rows.start) * 4 * h..][..m * 4 * h];
-        for (g, x) in gates.chunks_mut(4 * h).zip(x_rows.chunks(4 * h)) {
+        // The rows still running at this step: only they are multiplied out.
+        let live = live_rows(keep, s, d.b, &rows);
+        let n = live.len();
+        for (g, &r) in gates.chunks_mut(4 * h).zip(&live) {
+            let x = &x_gates[(s * d.b + rows.start + r) * 4 * h..][..4 * h];
             for ((g, &x), &b) in g.iter_mut().zip(x).zip(bias) {
                 *g = x + b;
             }
         }
-        matmul_rhs((m, 4 * h, h), &mut gates, true, (&h_prev, false), w_hh_t, 1);
-        for (r, row) in rows.clone().enumerate() {
-            let real = keep.is_none_or(|k| k[s * d.b + row]);
-            let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
-            if real {
-                let g = &gates[r * 4 * h..][..4 * h];
-                let a = &mut out.acts[(s * m + r) * 4 * h..][..4 * h];
-                lstm_cell_row(g, a, cp, hp);
+        let h_rows = if n == m {
+            &h_prev[..]
+        } else {
+            for (dst, &r) in h_live.chunks_mut(h).zip(&live) {
+                dst.copy_from_slice(&h_prev[r * h..][..h]);
             }
-            out.h[(s * m + r) * h..][..h].copy_from_slice(hp);
-            out.cells[(s * m + r) * h..][..h].copy_from_slice(cp);
+            &h_live[..n * h]
+        };
+        matmul_rhs(
+            (n, 4 * h, h),
+            &mut gates[..n * 4 * h],
+            true,
+            (h_rows, false),
+            w_hh_t,
+            1,
+        );
+        for (g, &r) in gates.chunks(4 * h).zip(&live) {
+            let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
+            let a = &mut out.acts[(s * m + r) * 4 * h..][..4 * h];
+            lstm_cell_row(g, a, cp, hp);
         }
+        // Padded rows keep their state, and output it again.
+        out.h[s * m * h..][..m * h].copy_from_slice(&h_prev);
+        out.cells[s * m * h..][..m * h].copy_from_slice(&c_prev);
     }
     out
+}
+
+/// The chunk-local indices of the rows of `rows` that are real at step `s`.
+fn live_rows(
+    keep: Option<&[bool]>,
+    s: usize,
+    b: usize,
+    rows: &std::ops::Range<usize>,
+) -> Vec<usize> {
+    rows.clone()
+        .enumerate()
+        .filter(|&(_, row)| keep.is_none_or(|k| k[s * b + row]))
+        .map(|(r, _)| r)
+        .collect()
 }
 
 /// Backpropagation through time for one chunk: the gradient of its input gates, `[T, rows, 4H]`.
@@ -168,6 +217,7 @@ fn backward_chunk<T: 'static + Real>(
     let mut dh_next = vec![zero; m * h]; // gradient reaching h from later steps
     let mut dc_next = vec![zero; m * h];
     let mut dh_from_gates = vec![zero; m * h];
+    let mut dg_live = vec![zero; m * 4 * h];
     let zeros = vec![zero; h]; // the cell state before the first step
                                // The saved activations are laid out [T, B, .] for the whole batch.
     let at = |s: usize, r: usize, width: usize| (s * d.b + rows.start + r) * width;
@@ -175,35 +225,42 @@ fn backward_chunk<T: 'static + Real>(
         let s = d.time(k);
         let prev = (k > 0).then(|| d.time(k - 1));
         let dg = &mut d_gates[s * m * 4 * h..][..m * 4 * h];
-        for (r, row) in rows.clone().enumerate() {
-            let real = keep.is_none_or(|kp| kp[s * d.b + row]);
-            let dh = &mut dh_next[r * h..][..h];
+        for (r, dh) in dh_next.chunks_mut(h).enumerate() {
             for (x, g) in dh.iter_mut().zip(&grad_h[at(s, r, h)..][..h]) {
                 *x += *g;
             }
-            if !real {
-                continue; // the state passed through unchanged: so do its gradients
-            }
+        }
+        // Padded rows passed their state through unchanged: so do its gradients.
+        let live = live_rows(keep, s, d.b, &rows);
+        let n = live.len();
+        for &r in &live {
             let a = &acts[at(s, r, 4 * h)..][..4 * h];
             let c = &cells[at(s, r, h)..][..h];
             let c_prev = prev.map_or(&zeros[..], |p| &cells[at(p, r, h)..][..h]);
+            let dh = &mut dh_next[r * h..][..h];
             let dc = &mut dc_next[r * h..][..h];
             let dgr = &mut dg[r * 4 * h..][..4 * h];
             lstm_cell_row_backward(a, c, c_prev, dh, dc, dgr);
         }
-        // dh_prev = dgates W_hh for real rows; padded rows pass dh through untouched.
+        // dh_prev = dgates W_hh for the real rows only.
+        let dg_rows = if n == m {
+            &dg[..]
+        } else {
+            for (dst, &r) in dg_live.chunks_mut(4 * h).zip(&live) {
+                dst.copy_from_slice(&dg[r * 4 * h..][..4 * h]);
+            }
+            &dg_live[..n * 4 * h]
+        };
         matmul_rhs(
-            (m, h, 4 * h),
-            &mut dh_from_gates,
+            (n, h, 4 * h),
+            &mut dh_from_gates[..n * h],
             false,
-            (dg, false),
+            (dg_rows, false),
             w_hh,
             1,
         );
-        for (r, row) in rows.clone().enumerate() {
-            if keep.is_none_or(|kp| kp[s * d.b + row]) {
-                dh_next[r * h..][..h].copy_from_slice(&dh_from_gates[r * h..][..h]);
-            }
+        for (src, &r) in dh_from_gates.chunks(h).zip(&live) {
+            dh_next[r * h..][..h].copy_from_slice(src);
         }
     }
     d_gates
@@ -291,18 +348,32 @@ fn backward<T: 'static + Real>(
         let (s, p) = (d.time(k), d.time(k - 1));
         h_prev[s * bh..][..bh].copy_from_slice(&h_out[p * bh..][..bh]);
     }
-    // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product.
+    // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product,
+    // over the real (step, row) pairs only (the gradient of a padded step's gates is 0).
     let mut d_w = vec![zero; 4 * d.h * d.h];
-    let tb = d.t * d.b;
+    let real: Vec<usize> = match keep {
+        None => (0..d.t * d.b).collect(),
+        Some(k) => (0..d.t * d.b).filter(|&i| k[i]).collect(),
+    };
+    let (dg_real, h_prev_real) = if real.len() == d.t * d.b {
+        (None, None)
+    } else {
+        (
+            Some(gather_rows(&d_gates, 4 * d.h, &real)),
+            Some(gather_rows(&h_prev, d.h, &real)),
+        )
+    };
+    let dg_real = dg_real.as_deref().unwrap_or(&d_gates);
+    let h_prev_real = h_prev_real.as_deref().unwrap_or(&h_prev);
     matmul(
-        (4 * d.h, d.h, tb),
+        (4 * d.h, d.h, real.len()),
         &mut d_w,
         false,
-        (&d_gates, true),
-        (&h_prev, false),
+        (dg_real, true),
+        (h_prev_real, false),
         rayon::current_num_threads(),
     );
-    let d_bias = column_sums(&d_gates, 4 * d.h);
+    let d_bias = column_sums(dg_real, 4 * d.h);
     (d_gates, d_w, d_bias)
 }
 
