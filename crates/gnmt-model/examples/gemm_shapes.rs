@@ -18,6 +18,18 @@ fn main() {
         .build_global()
         .expect("thread pool");
     // (what, m, n, k, A transposed, B transposed)
+    let small = std::env::var("SMALL").is_ok();
+    let small_shapes = [
+        ("input projection x W^T", 1536, 1024, 512, false, true),
+        ("its dX = dG W", 1536, 512, 1024, false, false),
+        ("its dW = dG^T X", 1024, 512, 1536, true, false),
+        ("recurrent step, 64 rows", 64, 1024, 256, false, false),
+        ("recurrent step, 32 rows", 32, 1024, 256, false, false),
+        ("its dh = dG W_hh, 32 rows", 32, 256, 1024, false, false),
+        ("logits x W^T", 1536, 8000, 256, false, true),
+        ("their dX = dZ W", 1536, 256, 8000, false, false),
+        ("their dW = dZ^T X", 8000, 256, 1536, true, false),
+    ];
     let shapes = [
         ("square 2048^3", 2048, 2048, 2048, false, false),
         ("input projection x W^T", 2048, 4096, 1024, false, true),
@@ -29,7 +41,7 @@ fn main() {
         ("their dX = dZ W", 2048, 1024, 32000, false, false),
         ("their dW = dZ^T X", 32000, 1024, 2048, true, false),
     ];
-    for (what, m, n, k, at, bt) in shapes {
+    for (what, m, n, k, at, bt) in if small { small_shapes } else { shapes } {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i % 97) as f32 - 48.0) / 64.0)
             .collect();

@@ -5,7 +5,7 @@
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::kernels::{
-    contiguous_slice, gather_rows, matmul, packed_format, scatter_rows, tensor_slice, Real,
+    contiguous_slice, gather_rows, matmul, packed_format, scatter_rows, tensor_slice, zeros, Real,
 };
 use crate::packed_gemm::{self, PackedB, View};
 
@@ -177,12 +177,12 @@ impl MatmulT {
     ) -> Vec<T> {
         let threads = rayon::current_num_threads();
         let Some(rows) = &self.rows else {
-            let mut y = vec![T::default(); n * o];
+            let mut y = zeros(n * o);
             matmul((n, o, i), &mut y, false, (x, false), (w, true), threads);
             return y;
         };
         let m = rows.len();
-        let mut y = vec![T::default(); m * o];
+        let mut y = zeros(m * o);
         matmul(
             (m, o, i),
             &mut y,
@@ -212,9 +212,9 @@ impl MatmulT {
                 (&x_rows[..], &g_rows[..], rows.len())
             }
         };
-        let mut dx = vec![T::default(); m * i];
+        let mut dx = zeros(m * i);
         matmul((m, i, o), &mut dx, false, (g, false), (w, false), threads);
-        let mut dw = vec![T::default(); o * i];
+        let mut dw = zeros(o * i);
         matmul((o, i, m), &mut dw, false, (g, true), (x, false), threads);
         let dx = match &self.rows {
             None => dx,

@@ -288,6 +288,23 @@ pub(crate) fn contiguous_slice<'a, T>(
     }
 }
 
+/// `n` zeros, written by all of rayon's threads when there are many. Freed memory is reused
+/// (see the CLI's `keep_freed_memory`), so `vec![0; n]` is a `memset` on the calling thread:
+/// for the gradient buffers of a training step, serial work that held back two threads.
+pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    if n < 1 << 15 || rayon::current_num_threads() == 1 {
+        return vec![T::default(); n];
+    }
+    let mut out = Vec::with_capacity(n);
+    (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|_| T::default())
+        .collect_into_vec(&mut out);
+    out
+}
+
 /// Rows `rows` of a row-major `[_, width]` matrix, in that order, as a dense matrix: the
 /// real (unpadded) rows of a batch, so products skip the padding.
 pub(crate) fn gather_rows<T: Copy + Default + Send + Sync>(
@@ -296,7 +313,7 @@ pub(crate) fn gather_rows<T: Copy + Default + Send + Sync>(
     rows: &[usize],
 ) -> Vec<T> {
     use rayon::prelude::*;
-    let mut out = vec![T::default(); rows.len() * width];
+    let mut out = zeros(rows.len() * width);
     if width > 0 {
         out.par_chunks_mut(width)
             .zip(rows.par_iter())
@@ -315,7 +332,7 @@ pub(crate) fn scatter_rows<T: Copy + Default + Send + Sync>(
 ) -> Vec<T> {
     use rayon::prelude::*;
     debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
-    let mut out = vec![T::default(); n * width];
+    let mut out = zeros(n * width);
     if width == 0 {
         return out;
     }

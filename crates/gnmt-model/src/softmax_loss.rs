@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{
     column_sums, contiguous_slice, gather_rows, log_softmax_row, matmul, row_logsumexp,
-    scatter_rows, softmax_gradient_row, tensor_slice, Real,
+    scatter_rows, softmax_gradient_row, tensor_slice, zeros, Real,
 };
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
@@ -119,7 +119,7 @@ struct Dims {
 
 /// `x W^T + bias`, `[N, V]`.
 fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
-    let mut z = vec![T::default(); d.n * d.v];
+    let mut z = zeros(d.n * d.v);
     z.par_chunks_mut(d.v)
         .for_each(|row| row.copy_from_slice(bias));
     matmul(
@@ -172,8 +172,7 @@ fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v
 /// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
 fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
     let threads = rayon::current_num_threads();
-    let zero = T::default();
-    let mut dx = vec![zero; d.n * d.h];
+    let mut dx = zeros(d.n * d.h);
     matmul(
         (d.n, d.h, d.v),
         &mut dx,
@@ -182,7 +181,7 @@ fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, 
         (w, false),
         threads,
     );
-    let mut dw = vec![zero; d.v * d.h];
+    let mut dw = zeros(d.v * d.h);
     matmul(
         (d.v, d.h, d.n),
         &mut dw,

@@ -221,8 +221,12 @@ impl BenchTrainArgs {
         let tgt_mask = mask_from_lengths(&tgt_len, t, DType::F32, &device)?;
 
         let mut dropout = gnmt_model::Dropout::new(0.2, 1);
+        // Seconds spent in the forward pass, the backward pass and the update (clipping
+        // included), over the timed steps.
+        let mut phases = [0f64; 3];
         // What one training update does (gnmt_train::trainer), minus data loading and logging.
-        let mut step = || -> anyhow::Result<usize> {
+        let mut step = |phases: &mut [f64; 3]| -> anyhow::Result<usize> {
+            let t0 = Instant::now();
             let loss = gnmt_train::batch_loss(
                 &model,
                 &src,
@@ -233,7 +237,9 @@ impl BenchTrainArgs {
                 0.1,
                 Some(&mut dropout),
             )?;
+            let t1 = Instant::now();
             let grads = loss.mean()?.backward()?;
+            let t2 = Instant::now();
             let stats = gnmt_train::grads::GradStats::measure(&grads, optimizer.vars())?;
             let scale = (optim.clip_norm / stats.total_norm).min(1.0);
             optimizer.step(
@@ -243,13 +249,17 @@ impl BenchTrainArgs {
                 scale,
                 &optim,
             )?;
+            let t3 = Instant::now();
+            for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
+                *p += (b - a).as_secs_f64();
+            }
             Ok(loss.tokens)
         };
-        step()?; // warm-up: allocator, thread pools
+        step(&mut [0.0; 3])?; // warm-up: allocator, thread pools
         let start = Instant::now();
         let mut tokens = 0;
         for _ in 0..self.steps {
-            tokens += step()?;
+            tokens += step(&mut phases)?;
         }
         let secs = start.elapsed().as_secs_f64();
         let rate = tokens as f64 / secs;
@@ -269,6 +279,13 @@ impl BenchTrainArgs {
             rate * flops / 1e9,
             100.0 * rate * flops / 1e9 / peak,
             peak
+        );
+        let ms = |s: f64| 1000.0 * s / self.steps as f64;
+        println!(
+            "  per step: forward {:.1} ms, backward {:.1} ms, clipping and update {:.1} ms",
+            ms(phases[0]),
+            ms(phases[1]),
+            ms(phases[2])
         );
         if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
             let bf16_peak = bf16_peak_gflops()?;

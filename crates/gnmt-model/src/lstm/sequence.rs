@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{
     column_sums, contiguous_slice, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul,
-    matmul_rhs, tensor_slice, Real, Rhs,
+    matmul_rhs, tensor_slice, zeros, Real, Rhs,
 };
 
 /// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
@@ -274,7 +274,7 @@ fn assemble<T: Copy + Default + Send + Sync>(
     b: usize,
     width: usize,
 ) -> Vec<T> {
-    let mut all = vec![T::default(); t * b * width];
+    let mut all = zeros(t * b * width);
     if b * width == 0 {
         return all;
     }
@@ -342,15 +342,15 @@ fn backward<T: 'static + Real>(
         .collect();
     let d_gates = assemble(&parts_ref, d.t, d.b, 4 * d.h);
     // h_prev of every step, in time order: the output of the previous processing step.
-    let (bh, zero) = (d.b * d.h, T::default());
-    let mut h_prev = vec![zero; d.t * bh];
+    let bh = d.b * d.h;
+    let mut h_prev = zeros(d.t * bh);
     for k in 1..d.t {
         let (s, p) = (d.time(k), d.time(k - 1));
         h_prev[s * bh..][..bh].copy_from_slice(&h_out[p * bh..][..bh]);
     }
     // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product,
     // over the real (step, row) pairs only (the gradient of a padded step's gates is 0).
-    let mut d_w = vec![zero; 4 * d.h * d.h];
+    let mut d_w = zeros(4 * d.h * d.h);
     let real: Vec<usize> = match keep {
         None => (0..d.t * d.b).collect(),
         Some(k) => (0..d.t * d.b).filter(|&i| k[i]).collect(),
