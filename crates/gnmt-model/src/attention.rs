@@ -102,7 +102,7 @@ impl Attention {
         let scores = crate::additive::additive_scores(q, &memory.keys, &v)?; // [B, T, S]
         let scores = scores.broadcast_add(&memory.score_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let context = weights.matmul(&memory.values)?;
+        let context = crate::dense::batched_matmul(&weights, &memory.values)?;
         Ok((context, weights))
     }
 

@@ -302,6 +302,118 @@ impl CustomOp2 for MatmulT {
     }
 }
 
+/// `a [B, M, K]` times `b [B, K, N]` -> `[B, M, N]`, one product per batch row, rows in
+/// parallel (the attention's context: attention weights times encoder outputs). Candle's
+/// batched matmul ran these small products one after another on the calling thread.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, BatchedMatmul)
+}
+
+struct BatchedMatmul;
+
+/// `dst[i] = lhs[i] * rhs[i]` for each of `batch` rows, each operand possibly read
+/// transposed; `(m, n, k)` are the sizes of one product.
+fn batched_products<T: 'static + Real>(
+    batch: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[T], bool),
+    rhs: (&[T], bool),
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = zeros(batch * m * n);
+    if m * n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
+        let a = &lhs.0[i * m * k..][..m * k];
+        let b = &rhs.0[i * k * n..][..k * n];
+        matmul((m, n, k), dst, false, (a, lhs.1), (b, rhs.1), 1);
+    });
+    out
+}
+
+impl CustomOp2 for BatchedMatmul {
+    fn name(&self) -> &'static str {
+        "batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, m, k) = l1.shape().dims3()?;
+        let (b2, k2, n) = l2.shape().dims3()?;
+        if b != b2 || k != k2 {
+            candle::bail!(
+                "batched matmul: {:?} and {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let name = "batched matmul";
+        let y = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(batched_products(
+                b,
+                (m, n, k),
+                (contiguous_slice(x, l1, name)?, false),
+                (contiguous_slice(w, l2, name)?, false),
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(batched_products(
+                b,
+                (m, n, k),
+                (contiguous_slice(x, l1, name)?, false),
+                (contiguous_slice(w, l2, name)?, false),
+            )),
+            _ => candle::bail!("batched matmul: f32 or f64 inputs of one dtype only"),
+        };
+        Ok((y, Shape::from((b, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (bs, m, k) = a.dims3()?;
+        let n = b.dims3()?.2;
+        let (ac, bc, gc) = (a.contiguous()?, b.contiguous()?, grad.contiguous()?);
+        let (a_s, b_s, g_s) = (
+            ac.storage_and_layout(),
+            bc.storage_and_layout(),
+            gc.storage_and_layout(),
+        );
+        let device = a.device();
+        let name = "batched matmul";
+        macro_rules! grads {
+            ($t:ty) => {{
+                let (av, bv, gv) = (
+                    tensor_slice::<$t>(&a_s.0, a_s.1, name)?,
+                    tensor_slice::<$t>(&b_s.0, b_s.1, name)?,
+                    tensor_slice::<$t>(&g_s.0, g_s.1, name)?,
+                );
+                // dA = G B^T [M, K]; dB = A^T G [K, N].
+                let da = batched_products(bs, (m, k, n), (gv, false), (bv, true));
+                let db = batched_products(bs, (k, n, m), (av, true), (gv, false));
+                (
+                    Tensor::from_vec(da, (bs, m, k), device)?,
+                    Tensor::from_vec(db, (bs, k, n), device)?,
+                )
+            }};
+        }
+        let (da, db) = match a.dtype() {
+            candle::DType::F32 => grads!(f32),
+            candle::DType::F64 => grads!(f64),
+            other => candle::bail!("batched matmul: no backward for {other:?}"),
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +472,42 @@ mod tests {
         }
         assert!(matmul_t_rows(&x_of(&dev)?, &x_of(&dev)?, vec![2, 1]).is_err());
         assert!(matmul_t_rows(&x_of(&dev)?, &x_of(&dev)?, vec![7]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn batched_products_and_gradients_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [candle::DType::F32, candle::DType::F64] {
+            let randn = |shape: (usize, usize, usize)| -> Result<Var> {
+                Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &dev)?.to_dtype(dtype)?)
+            };
+            let (a, b) = (randn((3, 4, 5))?, randn((3, 5, 6))?);
+            let probe = Tensor::randn(0f64, 1.0, (3, 4, 6), &dev)?.to_dtype(dtype)?;
+            let ours = batched_matmul(&a, &b)?;
+            let reference = a.matmul(&b)?;
+            let diff = |x: &Tensor, y: &Tensor| -> Result<f64> {
+                (x - y)?
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(candle::DType::F64)?
+                    .to_scalar::<f64>()
+            };
+            let tol = if dtype == candle::DType::F32 {
+                1e-5
+            } else {
+                1e-12
+            };
+            assert!(diff(&ours, &reference)? < tol);
+            let g1 = (ours * &probe)?.sum_all()?.backward()?;
+            let g2 = (reference * &probe)?.sum_all()?.backward()?;
+            for v in [&a, &b] {
+                let d = diff(g1.get(v).unwrap(), g2.get(v).unwrap())?;
+                assert!(d < tol, "{dtype:?}: {d}");
+            }
+        }
+        let x = x_of(&dev)?.unsqueeze(0)?;
+        assert!(batched_matmul(&x, &x).is_err());
         Ok(())
     }
 

@@ -298,9 +298,9 @@ fn forward<T: 'static + Real>(
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
-    // W_hh^T as a contiguous [H, 4H] copy: gemm then reads it without repacking every step.
-    let w_hh_t = transpose(w_hh, 4 * d.h, d.h);
-    let w_hh_t = Rhs::new(&w_hh_t, (d.h, 4 * d.h), false);
+    // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
+    // transposed copy first was serial work on the calling thread).
+    let w_hh_t = Rhs::new(w_hh, (d.h, 4 * d.h), true);
     let results: Vec<ChunkForward<T>> = chunks
         .par_iter()
         .map(|rows| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows.clone()))
@@ -375,16 +375,6 @@ fn backward<T: 'static + Real>(
     );
     let d_bias = column_sums(dg_real, 4 * d.h);
     (d_gates, d_w, d_bias)
-}
-
-fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = vec![T::default(); rows * cols];
-    for (r, row) in x.chunks(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
