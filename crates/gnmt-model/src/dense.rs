@@ -4,9 +4,7 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{
-    contiguous_slice, gather_rows, matmul, packed_format, scatter_rows, tensor_slice, zeros, Real,
-};
+use crate::kernels::{contiguous_slice, matmul, packed_format, tensor_slice, zeros, Real};
 use crate::packed_gemm::{self, PackedB, View};
 
 /// A weight laid out for the products of decoding, `x W (+ bias)` with `W [in, out]`: an f32
@@ -146,82 +144,31 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 /// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, MatmulT { rows: None })
+    x.contiguous()?.apply_op2(&w.contiguous()?, MatmulT)
 }
 
-/// [`matmul_t`] of the rows `rows` of `x` only (strictly increasing): the other rows of the
-/// result are 0, so no gradient flows through them. For the padded positions of a batch,
-/// whose products nobody reads: an LSTM ignores the gates of a padded step.
-pub fn matmul_t_rows(x: &Tensor, w: &Tensor, rows: Vec<usize>) -> Result<Tensor> {
-    let n = x.dims2()?.0;
-    if rows.windows(2).any(|p| p[0] >= p[1]) || rows.last().is_some_and(|&r| r >= n) {
-        candle::bail!("matmul-t: rows must increase strictly and lie below {n}")
-    }
-    let rows = (rows.len() < n).then_some(rows);
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, MatmulT { rows })
+struct MatmulT;
+
+fn product<T: 'static + Real>(x: &[T], w: &[T], (n, i, o): (usize, usize, usize)) -> Vec<T> {
+    let mut y = zeros(n * o);
+    let threads = rayon::current_num_threads();
+    matmul((n, o, i), &mut y, false, (x, false), (w, true), threads);
+    y
 }
 
-struct MatmulT {
-    /// The rows to multiply out; `None` for all.
-    rows: Option<Vec<usize>>,
-}
-
-impl MatmulT {
-    fn product<T: 'static + Real>(
-        &self,
-        x: &[T],
-        w: &[T],
-        (n, i, o): (usize, usize, usize),
-    ) -> Vec<T> {
-        let threads = rayon::current_num_threads();
-        let Some(rows) = &self.rows else {
-            let mut y = zeros(n * o);
-            matmul((n, o, i), &mut y, false, (x, false), (w, true), threads);
-            return y;
-        };
-        let m = rows.len();
-        let mut y = zeros(m * o);
-        matmul(
-            (m, o, i),
-            &mut y,
-            false,
-            (&gather_rows(x, i, rows), false),
-            (w, true),
-            threads,
-        );
-        scatter_rows(&y, o, rows, n)
-    }
-
-    /// Gradients of `x` (`g w`) and `w` (`g^T x`).
-    fn gradients<T: 'static + Real>(
-        &self,
-        x: &[T],
-        w: &[T],
-        g: &[T],
-        (n, i, o): (usize, usize, usize),
-    ) -> (Vec<T>, Vec<T>) {
-        let threads = rayon::current_num_threads();
-        let (x_rows, g_rows);
-        let (x, g, m) = match &self.rows {
-            None => (x, g, n),
-            Some(rows) => {
-                x_rows = gather_rows(x, i, rows);
-                g_rows = gather_rows(g, o, rows);
-                (&x_rows[..], &g_rows[..], rows.len())
-            }
-        };
-        let mut dx = zeros(m * i);
-        matmul((m, i, o), &mut dx, false, (g, false), (w, false), threads);
-        let mut dw = zeros(o * i);
-        matmul((o, i, m), &mut dw, false, (g, true), (x, false), threads);
-        let dx = match &self.rows {
-            None => dx,
-            Some(rows) => scatter_rows(&dx, i, rows, n),
-        };
-        (dx, dw)
-    }
+/// Gradients of `x` (`g w`) and `w` (`g^T x`).
+fn gradients<T: 'static + Real>(
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    (n, i, o): (usize, usize, usize),
+) -> (Vec<T>, Vec<T>) {
+    let threads = rayon::current_num_threads();
+    let mut dx = zeros(n * i);
+    matmul((n, i, o), &mut dx, false, (g, false), (w, false), threads);
+    let mut dw = zeros(o * i);
+    matmul((o, i, n), &mut dw, false, (g, true), (x, false), threads);
+    (dx, dw)
 }
 
 impl CustomOp2 for MatmulT {
@@ -247,12 +194,12 @@ impl CustomOp2 for MatmulT {
         }
         let d = (n, i, o);
         let y = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(self.product(
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(product(
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
             )),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(self.product(
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(product(
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
@@ -281,7 +228,7 @@ impl CustomOp2 for MatmulT {
         let device = x.device();
         macro_rules! grads {
             ($t:ty) => {{
-                let (dx, dw) = self.gradients::<$t>(
+                let (dx, dw) = gradients::<$t>(
                     tensor_slice(&xs.0, xs.1, "matmul-t")?,
                     tensor_slice(&ws.0, ws.1, "matmul-t")?,
                     tensor_slice(&gs.0, gs.1, "matmul-t")?,
@@ -438,40 +385,6 @@ mod tests {
                 .to_scalar::<f64>()?;
             assert!(d < 1e-12, "{d}");
         }
-        Ok(())
-    }
-
-    /// Multiplying out some rows only equals the full product with the other rows zeroed,
-    /// gradients included (none flows through the skipped rows).
-    #[test]
-    fn chosen_rows_equal_the_product_with_the_rest_zeroed() -> Result<()> {
-        let dev = Device::Cpu;
-        for dtype in [candle::DType::F32, candle::DType::F64] {
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (7, 5), &dev)?.to_dtype(dtype)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5), &dev)?.to_dtype(dtype)?)?;
-            let probe = Tensor::randn(0f64, 1.0, (7, 3), &dev)?.to_dtype(dtype)?;
-            let rows = vec![0, 2, 3, 6];
-            let keep: Vec<f64> = (0..7).map(|r| f64::from(rows.contains(&r) as u8)).collect();
-            let keep = Tensor::new(keep, &dev)?.to_dtype(dtype)?.unsqueeze(1)?;
-            let ours = matmul_t_rows(&x, &w, rows)?;
-            let reference = matmul_t(&x, &w)?.broadcast_mul(&keep)?;
-            let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
-                (a - b)?
-                    .abs()?
-                    .max_all()?
-                    .to_dtype(candle::DType::F64)?
-                    .to_scalar::<f64>()
-            };
-            assert_eq!(diff(&ours, &reference)?, 0.0);
-            let g1 = (ours * &probe)?.sum_all()?.backward()?;
-            let g2 = (reference * &probe)?.sum_all()?.backward()?;
-            for v in [&x, &w] {
-                let d = diff(g1.get(v).unwrap(), g2.get(v).unwrap())?;
-                assert!(d < 1e-5, "{dtype:?}: {d}");
-            }
-        }
-        assert!(matmul_t_rows(&x_of(&dev)?, &x_of(&dev)?, vec![2, 1]).is_err());
-        assert!(matmul_t_rows(&x_of(&dev)?, &x_of(&dev)?, vec![7]).is_err());
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! batch therefore starts every sentence from the zero state at its own last real token.
 
 pub mod fused;
+pub mod layer;
 pub mod reference;
 pub mod sequence;
 
@@ -132,27 +133,17 @@ impl Lstm {
     /// Runs the layer over `x [B, T, in]` from the zero state. `mask [B, T]` (1 real, 0 pad)
     /// freezes the state on padded steps. `reverse` reads time backwards; outputs `[B, T, H]`
     /// are returned in the original time order. The whole recurrence is one fused operation
-    /// ([`sequence::lstm_sequence`]); [`Lstm::forward_stepwise`] is its reference.
+    /// ([`layer::lstm_layer`]); [`Lstm::forward_stepwise`] is its reference.
     ///
     /// Padded steps cost nothing: the input projection multiplies out only the real
     /// `(step, row)` pairs, and the recurrence only the rows still running at each step.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
-        let (b, t, i) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
         let keep = match mask {
             None => None,
             Some(m) => Some(sequence::time_major_keep(m, t, b)?),
         };
-        let x_rows = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
-        let projected = match &keep {
-            None => crate::dense::matmul_t(&x_rows, &self.w_ih)?,
-            Some(k) => {
-                let real = (0..t * b).filter(|&r| k[r]).collect();
-                crate::dense::matmul_t_rows(&x_rows, &self.w_ih, real)?
-            }
-        }
-        .reshape((t, b, 4 * self.hidden))?;
-        sequence::lstm_sequence_kept(&projected, &self.w_hh, &self.bias()?, keep, reverse)?
-            .transpose(0, 1)
+        layer::lstm_layer(x, &self.w_ih, &self.w_hh, &self.bias()?, keep, reverse)
     }
 
     /// [`Lstm::forward`] as one autograd op per step, also returning the final state: the

@@ -1,9 +1,10 @@
-//! A whole LSTM layer over a sequence as one operation, forward and backward.
+//! The recurrence of an LSTM layer over a whole sequence, forward and backward, on plain
+//! time-major buffers ([`super::layer`] wraps it, with the input projection, as one autograd
+//! operation).
 //!
 //! Through autograd, a layer run step by step records a dozen ops per step; worse, the
 //! gradient of each step's slice of the precomputed input gates is a zero-padded tensor of the
-//! full sequence, so the backward pass costs O(T^2) memory traffic. Here the whole recurrence
-//! runs inside one `CustomOp3(x W_ih^T [T, B, 4H], W_hh [4H, H], bias [4H]) -> h [T, B, H]`:
+//! full sequence, so the backward pass costs O(T^2) memory traffic. Here:
 //!
 //! - forward: per step one `gemm` call (`h_prev W_hh^T` added onto that step's input gates) and
 //!   one fused pass for the bias, gate nonlinearities, cell and hidden update, and padding mask;
@@ -11,37 +12,16 @@
 //!   reaching `h_prev`; the gradients of `W_hh` and the bias are then one pass over all steps.
 //!
 //! Batch rows never interact in a recurrence, so rows are split into chunks that run their whole
-//! sequence on separate threads, with no synchronisation per step. The gate activations and
-//! cell states of the forward pass are kept for the backward pass.
+//! sequence on separate threads, with no synchronisation per step. Only the rows still running
+//! at a step are multiplied out.
 
-use std::sync::Mutex;
-
-use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, contiguous_slice, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul,
-    matmul_rhs, tensor_slice, zeros, Real, Rhs,
+    column_sums, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs, zeros,
+    Real, Rhs,
 };
-
-/// Runs one layer from the zero state. `input_proj [T, B, 4H]` is `x W_ih^T` for every step
-/// (time-major), `bias [4H]` the sum of both LSTM biases; `keep [B, T]` (1 real, 0 pad, any float dtype) freezes the state on
-/// padded steps; `reverse` processes time backwards. Returns the hidden state after each step,
-/// `[T, B, H]`, in the original time order.
-pub fn lstm_sequence(
-    input_proj: &Tensor,
-    w_hh: &Tensor,
-    bias: &Tensor,
-    keep: Option<&Tensor>,
-    reverse: bool,
-) -> Result<Tensor> {
-    let (t, b, _) = input_proj.dims3()?;
-    let keep = match keep {
-        None => None,
-        Some(m) => Some(time_major_keep(m, t, b)?),
-    };
-    lstm_sequence_kept(input_proj, w_hh, bias, keep, reverse)
-}
 
 /// A `[B, T]` mask (1 real, 0 pad, any float dtype) as one flag per `(step, row)`, time-major
 /// like the gates: `keep[s * B + b]`.
@@ -58,47 +38,13 @@ pub(crate) fn time_major_keep(mask: &Tensor, t: usize, b: usize) -> Result<Vec<b
         .collect())
 }
 
-/// [`lstm_sequence`] with the mask already as [`time_major_keep`] flags.
-pub(crate) fn lstm_sequence_kept(
-    input_proj: &Tensor,
-    w_hh: &Tensor,
-    bias: &Tensor,
-    keep: Option<Vec<bool>>,
-    reverse: bool,
-) -> Result<Tensor> {
-    let (t, b, _) = input_proj.dims3()?;
-    if keep.as_ref().is_some_and(|k| k.len() != t * b) {
-        candle::bail!(
-            "lstm: {} mask flags for {t} steps of {b} rows",
-            keep.map_or(0, |k| k.len())
-        )
-    }
-    let op = LstmSequence {
-        reverse,
-        keep,
-        saved: Mutex::new(None),
-    };
-    input_proj
-        .contiguous()?
-        .apply_op3(&w_hh.contiguous()?, &bias.contiguous()?, op)
-}
-
-struct LstmSequence {
-    reverse: bool,
-    /// `[T * B]`, time-major; `None` when every step is real.
-    keep: Option<Vec<bool>>,
-    /// What the backward pass needs from the forward pass: gate activations `[T, B, 4H]` and
-    /// cell states `[T, B, H]`, as f32 or f64 storage.
-    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
-}
-
 /// Sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
-    t: usize,
-    b: usize,
-    h: usize,
-    reverse: bool,
+pub(super) struct Dims {
+    pub t: usize,
+    pub b: usize,
+    pub h: usize,
+    pub reverse: bool,
 }
 
 impl Dims {
@@ -290,7 +236,9 @@ fn assemble<T: Copy + Default + Send + Sync>(
     all
 }
 
-fn forward<T: 'static + Real>(
+/// Runs the recurrence over `x_gates [T, B, 4H]` (the input projection of every step); returns
+/// the hidden states, gate activations and cell states, time-major.
+pub(super) fn forward<T: 'static + Real>(
     x_gates: &[T],
     w_hh: &[T],
     bias: &[T],
@@ -320,7 +268,7 @@ fn forward<T: 'static + Real>(
 }
 
 /// Returns the gradients of the input projection `[T, B, 4H]`, `W_hh` `[4H, H]` and the bias.
-fn backward<T: 'static + Real>(
+pub(super) fn backward<T: 'static + Real>(
     grad_h: &[T],
     h_out: &[T],
     acts: &[T],
@@ -375,109 +323,4 @@ fn backward<T: 'static + Real>(
     );
     let d_bias = column_sums(dg_real, 4 * d.h);
     (d_gates, d_w, d_bias)
-}
-
-fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    contiguous_slice(data, l, "lstm")
-}
-
-impl CustomOp3 for LstmSequence {
-    fn name(&self) -> &'static str {
-        "lstm-sequence"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (t, b, h4) = l1.shape().dims3()?;
-        let (h4w, h) = l2.shape().dims2()?;
-        if h4 != h4w || h4 != 4 * h || l3.shape().dims1()? != h4 {
-            candle::bail!(
-                "lstm: input projection {:?}, W_hh {:?} and bias {:?} do not fit",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )
-        }
-        let d = Dims {
-            t,
-            b,
-            h,
-            reverse: self.reverse,
-        };
-        let keep = self.keep.as_deref();
-        let (out, acts, cells) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) => {
-                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, slice(bias, l3)?, keep, d);
-                (CpuStorage::F32(o), CpuStorage::F32(a), CpuStorage::F32(c))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(bias)) => {
-                let (o, a, c) = forward(slice(x, l1)?, slice(w, l2)?, slice(bias, l3)?, keep, d);
-                (CpuStorage::F64(o), CpuStorage::F64(a), CpuStorage::F64(c))
-            }
-            _ => candle::bail!("lstm: f32 or f64 inputs of one dtype only"),
-        };
-        *self.saved.lock().expect("lstm: poisoned") = Some((acts, cells));
-        Ok((out, Shape::from((t, b, h))))
-    }
-
-    fn bwd(
-        &self,
-        input_proj: &Tensor,
-        w_hh: &Tensor,
-        _bias: &Tensor,
-        out: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (t, b, h) = out.dims3()?;
-        let d = Dims {
-            t,
-            b,
-            h,
-            reverse: self.reverse,
-        };
-        let keep = self.keep.as_deref();
-        let device = input_proj.device();
-        let (w, o, g) = (w_hh.contiguous()?, out.contiguous()?, grad.contiguous()?);
-        // Read in place: copying the inputs out was serial work on the calling thread.
-        let (ws, os, gs) = (
-            w.storage_and_layout(),
-            o.storage_and_layout(),
-            g.storage_and_layout(),
-        );
-        let saved = self.saved.lock().expect("lstm: poisoned");
-        let Some((acts, cells)) = saved.as_ref() else {
-            candle::bail!("lstm: backward before forward")
-        };
-        macro_rules! grads {
-            ($t:ty, $a:expr, $c:expr) => {{
-                let (dg, dw, db) = backward::<$t>(
-                    tensor_slice(&gs.0, gs.1, "lstm")?,
-                    tensor_slice(&os.0, os.1, "lstm")?,
-                    $a,
-                    $c,
-                    tensor_slice(&ws.0, ws.1, "lstm")?,
-                    keep,
-                    d,
-                );
-                (
-                    Tensor::from_vec(dg, (t, b, 4 * h), device)?,
-                    Tensor::from_vec(dw, (4 * h, h), device)?,
-                    Tensor::from_vec(db, 4 * h, device)?,
-                )
-            }};
-        }
-        let (dg, dw, db) = match (acts, cells, input_proj.dtype()) {
-            (CpuStorage::F32(a), CpuStorage::F32(c), DType::F32) => grads!(f32, a, c),
-            (CpuStorage::F64(a), CpuStorage::F64(c), DType::F64) => grads!(f64, a, c),
-            (_, _, other) => candle::bail!("lstm: no backward for {other:?}"),
-        };
-        Ok((Some(dg), Some(dw), Some(db)))
-    }
 }

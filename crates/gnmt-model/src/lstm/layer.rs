@@ -1,0 +1,296 @@
+//! A whole LSTM layer as one autograd operation: input projection, recurrence and their
+//! backward passes, `CustomOp3(x [B, T, in], W_ih [4H, in], [W_hh | bias] [4H, H + 1]) ->
+//! h [B, T, H]`.
+//!
+//! Composed from candle ops, a layer was a transposed copy of its input to time-major order, a
+//! projection, two reshapes, the recurrence ([`super::sequence`]) and a transposed view of its
+//! output that the next op copied; in the backward pass each of those nodes also started its
+//! input's gradient as a fresh zero tensor and added into it. All of that was serial work on
+//! the calling thread, a quarter of a two-thread `small` training step. Here the input is read
+//! batch-major and multiplied out in time-major order in one product over the real `(step,
+//! row)` pairs only (padding costs nothing), and the output is written batch-major.
+
+use std::sync::Mutex;
+
+use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::sequence::{self, Dims};
+use crate::kernels::{gather_rows, matmul, scatter_rows, tensor_slice, zeros, Real};
+
+/// Runs one layer from the zero state over `x [B, T, in]`: `w_ih [4H, in]`, `w_hh [4H, H]`,
+/// `bias [4H]` (the sum of both LSTM biases). `keep` holds one flag per `(step, row)`,
+/// time-major (`keep[s * B + b]`, see [`sequence::time_major_keep`]); a padded step leaves the
+/// state unchanged. `reverse` processes time backwards. Returns the hidden state after each
+/// step, `[B, T, H]`.
+pub fn lstm_layer(
+    x: &Tensor,
+    w_ih: &Tensor,
+    w_hh: &Tensor,
+    bias: &Tensor,
+    keep: Option<Vec<bool>>,
+    reverse: bool,
+) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let (h4, h) = w_hh.dims2()?;
+    if h4 != 4 * h || w_ih.dims() != [h4, i] || bias.dims() != [h4] {
+        candle::bail!(
+            "lstm: x {:?}, W_ih {:?}, W_hh {:?} and bias {:?} do not fit",
+            x.dims(),
+            w_ih.dims(),
+            w_hh.dims(),
+            bias.dims()
+        )
+    }
+    if keep.as_ref().is_some_and(|k| k.len() != t * b) {
+        candle::bail!(
+            "lstm: {} mask flags for {t} steps of {b} rows",
+            keep.map_or(0, |k| k.len())
+        )
+    }
+    // Three inputs is the most a custom op takes: the bias rides as W_hh's last column.
+    let w_hh_bias = Tensor::cat(&[w_hh, &bias.unsqueeze(1)?], 1)?;
+    let op = LstmLayer {
+        reverse,
+        keep,
+        saved: Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&w_ih.contiguous()?, &w_hh_bias, op)
+}
+
+struct LstmLayer {
+    reverse: bool,
+    /// `[T * B]`, time-major; `None` when every step is real.
+    keep: Option<Vec<bool>>,
+    /// What the backward pass needs from the forward pass: the hidden states, gate activations
+    /// and cell states, all time-major, as f32 or f64 storage.
+    saved: Mutex<Option<[CpuStorage; 3]>>,
+}
+
+/// The real `(step, row)` pairs in time-major order, as (row of the batch-major input
+/// `b * T + s`, row of the time-major gates `s * B + b`).
+fn real_rows(keep: Option<&[bool]>, t: usize, b: usize) -> (Vec<usize>, Vec<usize>) {
+    (0..t * b)
+        .filter(|&r| keep.is_none_or(|k| k[r]))
+        .map(|r| ((r % b) * t + r / b, r))
+        .unzip()
+}
+
+/// `w_hh_bias [4H, H + 1]` split into `W_hh [4H, H]` and the bias `[4H]`.
+fn split_w_hh_bias<T: Copy + Default + Send + Sync>(wb: &[T], h: usize) -> (Vec<T>, Vec<T>) {
+    let mut w_hh = zeros(4 * h * h);
+    w_hh.par_chunks_mut(h.max(1))
+        .zip(wb.par_chunks(h + 1))
+        .for_each(|(dst, src)| dst.copy_from_slice(&src[..h]));
+    let bias = wb.chunks(h + 1).map(|row| row[h]).collect();
+    (w_hh, bias)
+}
+
+/// Time-major `[T, B, width]` rows reordered to batch-major `[B, T, width]`, or back with
+/// `to_time_major`.
+fn reorder<T: Copy + Default + Send + Sync>(
+    data: &[T],
+    (t, b, width): (usize, usize, usize),
+    to_time_major: bool,
+) -> Vec<T> {
+    let rows: Vec<usize> = if to_time_major {
+        (0..t * b).map(|r| (r % b) * t + r / b).collect()
+    } else {
+        (0..t * b).map(|r| (r % t) * b + r / t).collect()
+    };
+    gather_rows(data, width, &rows)
+}
+
+fn forward<T: 'static + Real>(
+    x: &[T],
+    w_ih: &[T],
+    wb: &[T],
+    keep: Option<&[bool]>,
+    (d, i): (Dims, usize),
+) -> [Vec<T>; 4] {
+    let threads = rayon::current_num_threads();
+    let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
+    let mut projected = zeros(gate_rows.len() * 4 * d.h);
+    matmul(
+        (gate_rows.len(), 4 * d.h, i),
+        &mut projected,
+        false,
+        (&gather_rows(x, i, &input_rows), false),
+        (w_ih, true),
+        threads,
+    );
+    let x_gates = scatter_rows(&projected, 4 * d.h, &gate_rows, d.t * d.b);
+    let (w_hh, bias) = split_w_hh_bias(wb, d.h);
+    let (h, acts, cells) = sequence::forward(&x_gates, &w_hh, &bias, keep, d);
+    let out = reorder(&h, (d.t, d.b, d.h), false);
+    [out, h, acts, cells]
+}
+
+/// Returns the gradients of `x`, `W_ih` and `[W_hh | bias]`.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: 'static + Real>(
+    grad: &[T],
+    x: &[T],
+    w_ih: &[T],
+    wb: &[T],
+    [h, acts, cells]: [&[T]; 3],
+    keep: Option<&[bool]>,
+    (d, i): (Dims, usize),
+) -> [Vec<T>; 3] {
+    let threads = rayon::current_num_threads();
+    let grad_h = reorder(grad, (d.t, d.b, d.h), true);
+    let (w_hh, _) = split_w_hh_bias(wb, d.h);
+    let (d_gates, d_w_hh, d_bias) = sequence::backward(&grad_h, h, acts, cells, &w_hh, keep, d);
+    // The projection's backward, over the real (step, row) pairs only.
+    let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
+    let dg = gather_rows(&d_gates, 4 * d.h, &gate_rows);
+    let mut dx_real = zeros(gate_rows.len() * i);
+    matmul(
+        (gate_rows.len(), i, 4 * d.h),
+        &mut dx_real,
+        false,
+        (&dg, false),
+        (w_ih, false),
+        threads,
+    );
+    let dx = scatter_rows(&dx_real, i, &input_rows, d.b * d.t);
+    let mut d_w_ih = zeros(4 * d.h * i);
+    matmul(
+        (4 * d.h, i, gate_rows.len()),
+        &mut d_w_ih,
+        false,
+        (&dg, true),
+        (&gather_rows(x, i, &input_rows), false),
+        threads,
+    );
+    let mut d_wb: Vec<T> = zeros(4 * d.h * (d.h + 1));
+    d_wb.par_chunks_mut(d.h + 1)
+        .zip(d_w_hh.par_chunks(d.h.max(1)))
+        .zip(d_bias.par_iter())
+        .for_each(|((dst, w), &b)| {
+            dst[..d.h].copy_from_slice(w);
+            dst[d.h] = b;
+        });
+    [dx, d_w_ih, d_wb]
+}
+
+fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    crate::kernels::contiguous_slice(data, l, "lstm")
+}
+
+impl LstmLayer {
+    fn dims(&self, x: &Shape, w_ih: &Shape, wb: &Shape) -> Result<(Dims, usize)> {
+        let (b, t, i) = x.dims3()?;
+        let (h4, h1) = wb.dims2()?;
+        let h = h1.saturating_sub(1);
+        if h4 != 4 * h || w_ih.dims2()? != (h4, i) {
+            candle::bail!("lstm: x {x:?}, W_ih {w_ih:?} and [W_hh | bias] {wb:?} do not fit")
+        }
+        let d = Dims {
+            t,
+            b,
+            h,
+            reverse: self.reverse,
+        };
+        Ok((d, i))
+    }
+}
+
+impl CustomOp3 for LstmLayer {
+    fn name(&self) -> &'static str {
+        "lstm-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (d, i) = self.dims(l1.shape(), l2.shape(), l3.shape())?;
+        let keep = self.keep.as_deref();
+        let (out, saved) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(wb)) => {
+                let [o, h, a, c] =
+                    forward(slice(x, l1)?, slice(w, l2)?, slice(wb, l3)?, keep, (d, i));
+                (
+                    CpuStorage::F32(o),
+                    [CpuStorage::F32(h), CpuStorage::F32(a), CpuStorage::F32(c)],
+                )
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(wb)) => {
+                let [o, h, a, c] =
+                    forward(slice(x, l1)?, slice(w, l2)?, slice(wb, l3)?, keep, (d, i));
+                (
+                    CpuStorage::F64(o),
+                    [CpuStorage::F64(h), CpuStorage::F64(a), CpuStorage::F64(c)],
+                )
+            }
+            _ => candle::bail!("lstm: f32 or f64 inputs of one dtype only"),
+        };
+        *self.saved.lock().expect("lstm: poisoned") = Some(saved);
+        Ok((out, Shape::from((d.b, d.t, d.h))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh_bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d, i) = self.dims(x.shape(), w_ih.shape(), w_hh_bias.shape())?;
+        let keep = self.keep.as_deref();
+        let device = x.device();
+        let (x, w, wb, g) = (
+            x.contiguous()?,
+            w_ih.contiguous()?,
+            w_hh_bias.contiguous()?,
+            grad.contiguous()?,
+        );
+        // Read in place: copying the inputs out was serial work on the calling thread.
+        let (xs, ws, wbs, gs) = (
+            x.storage_and_layout(),
+            w.storage_and_layout(),
+            wb.storage_and_layout(),
+            g.storage_and_layout(),
+        );
+        let saved = self.saved.lock().expect("lstm: poisoned");
+        let Some([h, acts, cells]) = saved.as_ref() else {
+            candle::bail!("lstm: backward before forward")
+        };
+        macro_rules! grads {
+            ($t:ty, $h:expr, $a:expr, $c:expr) => {{
+                let [dx, dw, dwb] = backward::<$t>(
+                    tensor_slice(&gs.0, gs.1, "lstm")?,
+                    tensor_slice(&xs.0, xs.1, "lstm")?,
+                    tensor_slice(&ws.0, ws.1, "lstm")?,
+                    tensor_slice(&wbs.0, wbs.1, "lstm")?,
+                    [$h, $a, $c],
+                    keep,
+                    (d, i),
+                );
+                (
+                    Tensor::from_vec(dx, (d.b, d.t, i), device)?,
+                    Tensor::from_vec(dw, (4 * d.h, i), device)?,
+                    Tensor::from_vec(dwb, (4 * d.h, d.h + 1), device)?,
+                )
+            }};
+        }
+        let (dx, dw, dwb) = match (h, acts, cells, x.dtype()) {
+            (CpuStorage::F32(h), CpuStorage::F32(a), CpuStorage::F32(c), DType::F32) => {
+                grads!(f32, h, a, c)
+            }
+            (CpuStorage::F64(h), CpuStorage::F64(a), CpuStorage::F64(c), DType::F64) => {
+                grads!(f64, h, a, c)
+            }
+            (.., other) => candle::bail!("lstm: no backward for {other:?}"),
+        };
+        Ok((Some(dx), Some(dw), Some(dwb)))
+    }
+}
