@@ -108,13 +108,19 @@ impl Cli {
     }
 }
 
-/// Sizes rayon's global pool once, before any parallel work.
+/// Sizes rayon's global pool once, before any parallel work, and keeps candle's own
+/// element-wise pool empty.
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    // candle reads these when it first runs an op: its matmuls use RAYON_NUM_THREADS; its
+    // element-wise ops run on a pool of its own, CANDLE_NUM_THREADS - 1 threads besides the
+    // caller's (all cores by default). That pool stays empty unless the user asks otherwise:
+    // its threads spin between ops and took the cores from rayon's workers, which run our
+    // fused ops (two-thread training and decoding were no faster with it, often slower).
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
-        // candle sizes its own worker pool (matmuls, element-wise ops) from these variables
-        // when it first runs an op; CANDLE_NUM_THREADS takes precedence over RAYON_NUM_THREADS.
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

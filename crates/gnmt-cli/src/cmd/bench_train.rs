@@ -269,9 +269,8 @@ impl BenchTrainArgs {
         let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
         let peak = peak_gflops()?;
         println!(
-            "threads={} (candle {}, {} products): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
+            "threads={} ({} products): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
             rayon::current_num_threads(),
-            candle::utils::get_num_threads(),
             gnmt_model::matmul_precision_name(),
             rate,
             1000.0 * secs / self.steps as f64,
