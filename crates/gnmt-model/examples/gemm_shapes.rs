@@ -1,7 +1,8 @@
 //! GFLOP/s of the packed GEMM on the products a training step of `gnmt-v2-4x1024` makes
-//! (batch 64, 32 steps: 2048 rows), packing included, one process, best of five.
+//! (batch 64, 32 steps: 2048 rows), or with `SMALL` set in the environment those of `small`
+//! (1,536 real target tokens); packing included, best of five.
 //!
-//! `cargo run --release -p gnmt-model --example gemm_shapes [threads] [f32|bf16]`
+//! `[SMALL=1] cargo run --release -p gnmt-model --example gemm_shapes [threads] [f32|bf16]`
 use std::time::Instant;
 
 use gnmt_model::packed_gemm::{gemm, Format, PackedB, View};

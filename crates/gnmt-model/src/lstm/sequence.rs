@@ -267,7 +267,9 @@ pub(super) fn forward<T: 'static + Real>(
     )
 }
 
-/// Returns the gradients of the input projection `[T, B, 4H]`, `W_hh` `[4H, H]` and the bias.
+/// Returns the gradients of the input projection at the real `(step, row)` pairs, in
+/// time-major order (`[real pairs, 4H]`; a padded step's would be 0), of `W_hh` `[4H, H]` and of
+/// the bias.
 pub(super) fn backward<T: 'static + Real>(
     grad_h: &[T],
     h_out: &[T],
@@ -304,23 +306,21 @@ pub(super) fn backward<T: 'static + Real>(
         Some(k) => (0..d.t * d.b).filter(|&i| k[i]).collect(),
     };
     let (dg_real, h_prev_real) = if real.len() == d.t * d.b {
-        (None, None)
+        (d_gates, h_prev)
     } else {
         (
-            Some(gather_rows(&d_gates, 4 * d.h, &real)),
-            Some(gather_rows(&h_prev, d.h, &real)),
+            gather_rows(&d_gates, 4 * d.h, &real),
+            gather_rows(&h_prev, d.h, &real),
         )
     };
-    let dg_real = dg_real.as_deref().unwrap_or(&d_gates);
-    let h_prev_real = h_prev_real.as_deref().unwrap_or(&h_prev);
     matmul(
         (4 * d.h, d.h, real.len()),
         &mut d_w,
         false,
-        (dg_real, true),
-        (h_prev_real, false),
+        (&dg_real, true),
+        (&h_prev_real, false),
         rayon::current_num_threads(),
     );
-    let d_bias = column_sums(dg_real, 4 * d.h);
-    (d_gates, d_w, d_bias)
+    let d_bias = column_sums(&dg_real, 4 * d.h);
+    (dg_real, d_w, d_bias)
 }
