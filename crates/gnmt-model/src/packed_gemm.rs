@@ -706,6 +706,35 @@ mod tests {
         check_every_layout_and_edge(Format::Bf16, rounded_product, 1e-5, 1);
     }
 
+    /// A transposed f32 `A` read in place (rows not a multiple of 512, a partial last block)
+    /// gives the bits of the same matrix packed from a row-major copy.
+    #[test]
+    fn a_transposed_operand_read_in_place_gives_the_packed_bits() {
+        let (m, n, k) = (77, 40, 300);
+        let stored = random(k * m, 5); // A^T, [k, m]
+        let a_rows: Vec<f32> = (0..m * k).map(|i| stored[(i % k) * m + i / k]).collect();
+        let b_data = random(k * n, 6);
+        let packed = PackedB::new(View::new(&b_data, k, n, false), Format::F32);
+        let mut in_place = vec![0f32; m * n];
+        gemm(
+            &mut in_place,
+            false,
+            View::new(&stored, m, k, true),
+            &packed,
+            2,
+        );
+        let mut copied = vec![0f32; m * n];
+        gemm(
+            &mut copied,
+            false,
+            View::new(&a_rows, m, k, false),
+            &packed,
+            2,
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&in_place), bits(&copied));
+    }
+
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let (m, n, k) = (300, 700, 256);
