@@ -1,7 +1,9 @@
 //! Seeded dropout. candle's CPU random generator cannot be seeded, so masks come from a
 //! ChaCha stream of our own whose position can be saved and restored with the training state.
 
-use candle::{Result, Tensor};
+use std::sync::Arc;
+
+use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
@@ -53,7 +55,7 @@ impl Dropout {
         // the mask are drawn in parallel and the mask is the same whatever the thread count.
         let n = x.elem_count();
         let start = self.rng.get_word_pos();
-        let mut mask = vec![0f32; n];
+        let mut mask = crate::kernels::zeros(n);
         mask.par_chunks_mut(MASK_BLOCK)
             .enumerate()
             .for_each(|(block, out)| {
@@ -68,8 +70,47 @@ impl Dropout {
                 }
             });
         self.rng.set_word_pos(start + n as u128);
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        x.contiguous()?.apply_op1(Masked(Arc::new(mask)))
+    }
+}
+
+/// `x * mask` elementwise, in parallel, and the same product for the gradient (candle's `mul`
+/// ran on the calling thread alone, forward and backward).
+struct Masked(Arc<Vec<f32>>);
+
+impl Masked {
+    fn times<T: crate::kernels::Real>(&self, x: &[T]) -> Vec<T> {
+        let mut out = crate::kernels::zeros(x.len());
+        out.par_iter_mut()
+            .zip(x.par_iter().zip(self.0.par_iter()))
+            .for_each(|(o, (&x, &m))| *o = x * T::from_f64(m as f64));
+        out
+    }
+}
+
+impl CustomOp1 for Masked {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l.shape().elem_count() != self.0.len() {
+            candle::bail!("dropout: mask of {} for {:?}", self.0.len(), l.shape())
+        }
+        use crate::kernels::contiguous_slice;
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(self.times(contiguous_slice(x, l, "dropout")?)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.times(contiguous_slice(x, l, "dropout")?)),
+            _ => candle::bail!("dropout: f32 or f64 only"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&Masked(self.0.clone()))?,
+        ))
     }
 }
 
@@ -108,5 +149,29 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert_eq!(dropout.rng.next_u32(), sequential.next_u32());
+    }
+
+    /// The gradient flows through the kept elements, scaled as they were: `probe * mask`.
+    #[test]
+    fn the_gradient_is_masked_like_the_values() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = candle::Var::from_tensor(&Tensor::ones((3, 700), dtype, &Device::Cpu).unwrap())
+                .unwrap();
+            let mask = Dropout::new(0.4, 3).apply(&x).unwrap(); // x is 1: the output is the mask
+            let probe = Tensor::rand(0f32, 1.0, (3, 700), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let grads = (&mask * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let got = grads.get(&x).unwrap().to_dtype(DType::F64).unwrap();
+            let want = (mask * probe).unwrap().to_dtype(DType::F64).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0, "{dtype:?}");
+        }
     }
 }
