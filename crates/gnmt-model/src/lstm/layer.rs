@@ -140,9 +140,10 @@ fn backward<T: 'static + Real>(
     let threads = rayon::current_num_threads();
     let grad_h = reorder(grad, (d.t, d.b, d.h), true);
     let (w_hh, _) = split_w_hh_bias(wb, d.h);
-    let (dg, d_w_hh, d_bias) = sequence::backward(&grad_h, h, acts, cells, &w_hh, keep, d);
-    // The projection's backward, over the real (step, row) pairs only: the rows of `dg`.
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
+    let (dg, d_w_hh, d_bias) =
+        sequence::backward(&grad_h, h, acts, cells, &w_hh, keep, &gate_rows, d);
+    // The projection's backward, over the real (step, row) pairs only: the rows of `dg`.
     let mut dx_real = zeros(gate_rows.len() * i);
     matmul(
         (gate_rows.len(), i, 4 * d.h),

@@ -267,9 +267,10 @@ pub(super) fn forward<T: 'static + Real>(
     )
 }
 
-/// Returns the gradients of the input projection at the real `(step, row)` pairs, in
-/// time-major order (`[real pairs, 4H]`; a padded step's would be 0), of `W_hh` `[4H, H]` and of
+/// Returns the gradients of the input projection at the real `(step, row)` pairs `real` (the
+/// indices `s * B + b` where `keep` holds, increasing), in time-major order (`[real pairs, 4H]`; a padded step's would be 0), of `W_hh` `[4H, H]` and of
 /// the bias.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward<T: 'static + Real>(
     grad_h: &[T],
     h_out: &[T],
@@ -277,6 +278,7 @@ pub(super) fn backward<T: 'static + Real>(
     cells: &[T],
     w_hh: &[T],
     keep: Option<&[bool]>,
+    real: &[usize],
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
@@ -301,16 +303,12 @@ pub(super) fn backward<T: 'static + Real>(
     // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product,
     // over the real (step, row) pairs only (the gradient of a padded step's gates is 0).
     let mut d_w = zeros(4 * d.h * d.h);
-    let real: Vec<usize> = match keep {
-        None => (0..d.t * d.b).collect(),
-        Some(k) => (0..d.t * d.b).filter(|&i| k[i]).collect(),
-    };
     let (dg_real, h_prev_real) = if real.len() == d.t * d.b {
         (d_gates, h_prev)
     } else {
         (
-            gather_rows(&d_gates, 4 * d.h, &real),
-            gather_rows(&h_prev, d.h, &real),
+            gather_rows(&d_gates, 4 * d.h, real),
+            gather_rows(&h_prev, d.h, real),
         )
     };
     matmul(
