@@ -8,9 +8,11 @@
 //!
 //! Layout. `B [k, n]` is packed into panels of [`NR`] columns; within a panel, depth word `p`
 //! is `NR` 32-bit words, word `j` holding column `j`'s depth `p` (f32) or depths `2p, 2p+1`
-//! (a bf16 pair). `A` is packed the same way by blocks of [`MR`] rows. The micro-kernel
-//! broadcasts an `A` word and multiplies it with two `B` vectors: an `MR x NR` tile of `C`
-//! lives in 16 registers over the whole `k` loop.
+//! (a bf16 pair). `A` is packed the same way by blocks of [`MR`] rows, except that an f32 `A`
+//! whose storage already lets the kernel step through a block's rows depth by depth (row-major,
+//! or transposed) is read where it lies. The micro-kernel broadcasts an `A` word and multiplies
+//! it with two `B` vectors: an `MR x NR` tile of `C` lives in 16 registers over the whole `k`
+//! loop.
 //!
 //! Every element of the result is summed by one kernel call, over the depth in order: results
 //! depend on neither the number of threads nor the number of rows, so a sentence decodes to
@@ -136,6 +138,18 @@ impl<'a> View<'a> {
             row_stride,
             col_stride,
         }
+    }
+
+    /// Whether the f32 kernel can read this matrix's blocks of rows where they are, with no
+    /// packing: a row-major matrix (the kernel follows its MR rows along the depth), or a
+    /// transposed one (each depth's rows side by side) unless its row count is a multiple of
+    /// 512: depths a power-of-two number of kilobytes apart fall into the same cache sets (a
+    /// 4096-row transposed operand read in place ran 15% slower than packed). Row-major rows
+    /// 4 or 8 KiB apart were no slower in place than packed (`gemm_shapes`).
+    fn in_place_layout(&self) -> bool {
+        let transposed = self.row_stride == 1 && self.col_stride == self.rows;
+        let row_major = self.col_stride == 1 && self.row_stride >= self.cols;
+        (transposed && self.rows % 512 != 0) || row_major
     }
 
     #[cfg(test)]
@@ -281,23 +295,10 @@ impl PackedB {
         let (k, n) = (b.rows, b.cols);
         let pairs = k.div_ceil(format.depth_per_word());
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        if data.is_empty() {
-            return Self {
-                format,
-                k,
-                n,
-                pairs,
-                data,
-            };
-        }
         let lines = b.cols_as_lines();
-        let pack = |(panel, out): (usize, &mut [u32])| lines.pack(format, panel, 1, NR, out);
-        if panels > 4 {
-            data.par_chunks_mut(pairs * NR).enumerate().for_each(pack);
-        } else {
-            data.chunks_mut(pairs * NR).enumerate().for_each(pack);
-        }
+        let data = packed_words(panels * pairs * NR, pairs * NR, panels > 4, |panel, out| {
+            lines.pack(format, panel, 1, NR, out)
+        });
         Self {
             format,
             k,
@@ -333,25 +334,45 @@ impl std::fmt::Debug for PackedB {
 /// `A [m, k]` packed by blocks of [`MR`] rows.
 fn pack_a(a: View, pairs: usize, format: Format) -> Vec<u32> {
     let blocks = a.rows.div_ceil(MR);
-    let mut data = vec![0u32; blocks * pairs * MR];
     let lines = a.rows_as_lines();
-    if data.is_empty() {
-        return data;
-    }
     // Blocks are packed 16 at a time (128 rows), in parallel when there are several groups.
     const GROUP: usize = 16;
-    let pack_group = |(group, out): (usize, &mut [u32])| {
+    let len = blocks * pairs * MR;
+    packed_words(len, GROUP * pairs * MR, blocks > GROUP, |group, out| {
         lines.pack(format, group * GROUP, out.len() / (pairs * MR), MR, out)
-    };
-    if blocks > GROUP {
-        data.par_chunks_mut(GROUP * pairs * MR)
-            .enumerate()
-            .for_each(pack_group);
-    } else {
-        data.chunks_mut(GROUP * pairs * MR)
-            .enumerate()
-            .for_each(pack_group);
+    })
+}
+
+/// `len` words in chunks of `chunk` (the last one shorter), chunk `c` zeroed and then handed
+/// to `fill(c, words)`; in parallel when `parallel`. Each chunk is zeroed by the task that fills it: freed memory is reused,
+/// so `vec![0; n]` would be a `memset` of the whole operand on the calling thread first
+/// (serial work of a training step), and this way the words are in cache when packed.
+fn packed_words(
+    len: usize,
+    chunk: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [u32]) + Sync,
+) -> Vec<u32> {
+    use std::mem::MaybeUninit;
+    let mut data: Vec<u32> = Vec::with_capacity(len);
+    if len == 0 {
+        return data;
     }
+    let run = |(c, words): (usize, &mut [MaybeUninit<u32>])| {
+        words.fill(MaybeUninit::new(0));
+        // SAFETY: every word of the chunk was just written, and MaybeUninit<u32> has the
+        // layout of u32.
+        let words = unsafe { &mut *(words as *mut [MaybeUninit<u32>] as *mut [u32]) };
+        fill(c, words)
+    };
+    let spare = &mut data.spare_capacity_mut()[..len];
+    if parallel {
+        spare.par_chunks_mut(chunk).enumerate().for_each(run);
+    } else {
+        spare.chunks_mut(chunk).enumerate().for_each(run);
+    }
+    // SAFETY: the chunks cover all `len` words, each was written above.
+    unsafe { data.set_len(len) };
     data
 }
 
@@ -385,6 +406,18 @@ enum Write<'a> {
 }
 
 fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize) {
+    gemm_reading_a(dst, write, a, b, threads, true)
+}
+
+/// [`gemm_with`]; `in_place` false packs every block of `A` (the tests compare both ways).
+fn gemm_reading_a(
+    dst: &mut [f32],
+    write: Write,
+    a: View,
+    b: &PackedB,
+    threads: usize,
+    in_place: bool,
+) {
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
     assert!(dst.len() >= m * n, "destination too short");
@@ -406,22 +439,16 @@ fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize
         return;
     }
     let pairs = b.pairs;
-    // An f32 `A` read transposed from `[k, m]` storage already holds each block's MR rows of
-    // a depth side by side, `m` words from the next depth's: the kernel reads it in place (the
-    // weight gradients `dZ^T X`, whose `A` is the largest operand, spent a fifth of the product
-    // packing it). Only a last partial block is packed. Not when `m` is a multiple of 512:
-    // depths a power-of-two number of kilobytes apart fall into the same cache sets (a
-    // 4096-row `A` read in place ran 15% slower than packed).
-    let in_place = b.format == Format::F32
-        && a.row_stride == 1
-        && a.col_stride == m
-        && m >= MR
-        && m % 512 != 0;
-    let full_blocks = if in_place { m / MR } else { 0 };
-    let packed_a = if in_place {
+    // An f32 `A` needs no packing when its storage already lets the kernel find each
+    // block's rows at every depth: the kernel reads it in place (packing the largest
+    // operands, `dZ` of the output layer above all, cost a tenth of a training step), and
+    // only a last partial block is packed. bf16 is always packed (the words are pairs).
+    let read_in_place = in_place && b.format == Format::F32 && m >= MR && a.in_place_layout();
+    let full_blocks = if read_in_place { m / MR } else { 0 };
+    let packed_a = if read_in_place {
         let start = full_blocks * MR;
         let tail = View {
-            data: &a.data[start..],
+            data: &a.data[start * a.row_stride..],
             rows: m - start,
             ..a
         };
@@ -433,13 +460,21 @@ fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize
     // f32 again.
     let a_words =
         unsafe { std::slice::from_raw_parts(a.data.as_ptr() as *const u32, a.data.len()) };
-    // A block's words and the distance between its consecutive depths.
-    let a_block = |block: usize| -> (&[u32], usize) {
+    let a_block = |block: usize| -> ABlock {
         if block < full_blocks {
-            (&a_words[block * MR..][..(pairs - 1) * m + MR], m)
+            let span = (MR - 1) * a.row_stride + (pairs - 1) * a.col_stride + 1;
+            ABlock {
+                words: &a_words[block * MR * a.row_stride..][..span],
+                row_stride: a.row_stride,
+                depth_stride: a.col_stride,
+            }
         } else {
             let block = block - full_blocks;
-            (&packed_a[block * pairs * MR..][..pairs * MR], MR)
+            ABlock {
+                words: &packed_a[block * pairs * MR..][..pairs * MR],
+                row_stride: 1,
+                depth_stride: MR,
+            }
         }
     };
     let panels = n.div_ceil(NR);
@@ -463,15 +498,15 @@ fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize
         for panel in first_panel..(first_panel + panel_chunk).min(panels) {
             let cols = panel * NR..((panel + 1) * NR).min(n);
             for block in rows.start / MR..rows.end.div_ceil(MR) {
-                let ((a, stride), b) = (a_block(block), b.panel(panel));
+                let (a, b) = (a_block(block), b.panel(panel));
                 match (b_format, fast) {
                     // SAFETY: the CPU has the instructions (accelerated() or
-                    // accelerated_f32()); A holds `pairs` depth words of MR words `stride`
-                    // apart (bf16 is always packed: stride MR), B `pairs` of NR.
-                    (Format::Bf16, true) => unsafe { kernel(pairs, a, b, &mut tile) },
-                    (Format::Bf16, false) => portable_kernel(pairs, a, b, &mut tile),
-                    (Format::F32, true) => unsafe { kernel_f32(pairs, a, stride, b, &mut tile) },
-                    (Format::F32, false) => portable_kernel_f32(pairs, a, stride, b, &mut tile),
+                    // accelerated_f32()); A's block spans `pairs` depth words of its MR
+                    // rows (bf16 is always packed), B `pairs` of NR.
+                    (Format::Bf16, true) => unsafe { kernel(pairs, a.words, b, &mut tile) },
+                    (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
+                    (Format::F32, true) => unsafe { kernel_f32(pairs, a, b, &mut tile) },
+                    (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
                 }
                 for (i, row) in tile.iter().enumerate() {
                     let r = block * MR + i;
@@ -567,26 +602,61 @@ fn portable_kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR
     }
 }
 
+/// Where a block of `MR` rows of `A` lies: depth `p` of row `i` is word
+/// `p * depth_stride + i * row_stride` of `words` (packed: row stride 1, depth stride MR; read
+/// in place from a transposed matrix: 1 and `m`; from a row-major one: the row length and 1).
+#[derive(Clone, Copy)]
+struct ABlock<'a> {
+    words: &'a [u32],
+    row_stride: usize,
+    depth_stride: usize,
+}
+
+impl ABlock<'_> {
+    fn holds(&self, k: usize) -> bool {
+        k == 0 || self.words.len() > (k - 1) * self.depth_stride + (MR - 1) * self.row_stride
+    }
+}
+
 /// One `MR x NR` tile over all `k` depths in f32: `tile = A_block B_panel`, each element a
-/// chain of fused multiply-adds in depth order. Depth `p` of the block's rows is
-/// `a[p * a_stride..][..MR]` (`a_stride` is MR when packed).
+/// chain of fused multiply-adds in depth order, whatever the block's layout.
 ///
 /// # Safety
-/// The CPU must have AVX512F; `a` holds `(k - 1) * a_stride + MR` words, `b` `k * NR`.
+/// The CPU must have AVX512F; `b` holds `k * NR` words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_f32(k: usize, a: &[u32], a_stride: usize, b: &[u32], tile: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
-    assert!(k == 0 || (a.len() >= (k - 1) * a_stride + MR && b.len() >= k * NR));
-    let (a, b) = (a.as_ptr() as *const f32, b.as_ptr() as *const f32);
+    assert!(a.holds(k) && b.len() >= k * NR);
+    let b = b.as_ptr() as *const f32;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..k {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-        for (i, acc_row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(p * a_stride + i));
-            acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
-            acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+    let base = a.words.as_ptr() as *const f32;
+    if a.row_stride == 1 {
+        // A block's MR words of a depth side by side (packed, or a transposed matrix).
+        let stride = a.depth_stride;
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*base.add(p * stride + i));
+                acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
+                acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+            }
+        }
+    } else {
+        // Rows of a row-major matrix: MR streams, each read along its depth.
+        let (rows, stride) = (
+            std::array::from_fn::<_, MR, _>(|i| base.add(i * a.row_stride)),
+            a.depth_stride,
+        );
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            for (row, acc_row) in rows.iter().zip(acc.iter_mut()) {
+                let ai = _mm512_set1_ps(*row.add(p * stride));
+                acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
+                acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+            }
         }
     }
     for (row, acc_row) in tile.iter_mut().zip(&acc) {
@@ -596,27 +666,22 @@ unsafe fn kernel_f32(k: usize, a: &[u32], a_stride: usize, b: &[u32], tile: &mut
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_f32(_: usize, _: &[u32], _: usize, _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32(_: usize, _: ABlock, _: &[u32], _: &mut [[f32; NR]; MR]) {
     unreachable!("accelerated_f32() is false off x86_64")
 }
 
 /// [`kernel_f32`] in plain Rust: the same fused multiply-adds in the same order, so the same
 /// bits (`mul_add` is an FMA instruction where the CPU has one, exact software otherwise).
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn portable_kernel_f32(
-    k: usize,
-    a: &[u32],
-    a_stride: usize,
-    b: &[u32],
-    tile: &mut [[f32; NR]; MR],
-) {
+fn portable_kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR]) {
+    assert!(a.holds(k) && b.len() >= k * NR);
     for row in tile.iter_mut() {
         row.fill(0.0);
     }
     for p in 0..k {
         let b_words = &b[p * NR..][..NR];
         for (i, row) in tile.iter_mut().enumerate() {
-            let ai = f32::from_bits(a[p * a_stride + i]);
+            let ai = f32::from_bits(a.words[p * a.depth_stride + i * a.row_stride]);
             for (acc, &w) in row.iter_mut().zip(b_words) {
                 *acc = ai.mul_add(f32::from_bits(w), *acc);
             }
@@ -706,33 +771,43 @@ mod tests {
         check_every_layout_and_edge(Format::Bf16, rounded_product, 1e-5, 1);
     }
 
-    /// A transposed f32 `A` read in place (rows not a multiple of 512, a partial last block)
-    /// gives the bits of the same matrix packed from a row-major copy.
+    /// An f32 `A` read in place, transposed (rows not a multiple of 512) or row-major (also
+    /// with rows further apart than their length), a partial last block included, gives the
+    /// bits of the same matrix packed.
     #[test]
-    fn a_transposed_operand_read_in_place_gives_the_packed_bits() {
+    fn an_operand_read_in_place_gives_the_packed_bits() {
         let (m, n, k) = (77, 40, 300);
         let stored = random(k * m, 5); // A^T, [k, m]
-        let a_rows: Vec<f32> = (0..m * k).map(|i| stored[(i % k) * m + i / k]).collect();
         let b_data = random(k * n, 6);
         let packed = PackedB::new(View::new(&b_data, k, n, false), Format::F32);
-        let mut in_place = vec![0f32; m * n];
-        gemm(
-            &mut in_place,
-            false,
-            View::new(&stored, m, k, true),
-            &packed,
-            2,
-        );
-        let mut copied = vec![0f32; m * n];
-        gemm(
-            &mut copied,
-            false,
-            View::new(&a_rows, m, k, false),
-            &packed,
-            2,
-        );
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&in_place), bits(&copied));
+        let product = |a: View, in_place: bool| {
+            let mut out = vec![0f32; m * n];
+            gemm_reading_a(&mut out, Write::Store, a, &packed, 2, in_place);
+            out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        let transposed = View::new(&stored, m, k, true);
+        assert!(transposed.in_place_layout());
+        let want = product(transposed, false);
+        assert_eq!(product(transposed, true), want);
+        // The same matrix row-major, rows `k` and `k + 3` words apart.
+        for row_stride in [k, k + 3] {
+            let rows: Vec<f32> = (0..m * row_stride)
+                .map(|i| match (i / row_stride, i % row_stride) {
+                    (r, c) if c < k => stored[c * m + r],
+                    _ => f32::NAN, // never read
+                })
+                .collect();
+            let row_major = View {
+                data: &rows,
+                rows: m,
+                cols: k,
+                row_stride,
+                col_stride: 1,
+            };
+            assert!(row_major.in_place_layout());
+            assert_eq!(product(row_major, true), want);
+            assert_eq!(product(row_major, false), want);
+        }
     }
 
     #[test]
@@ -832,11 +907,25 @@ mod tests {
         let k = 37;
         let a: Vec<u32> = random(k * MR, 15).iter().map(|x| x.to_bits()).collect();
         let b: Vec<u32> = random(k * NR, 16).iter().map(|x| x.to_bits()).collect();
-        let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
-        // SAFETY: accelerated_f32() checked; a and b hold k depths of MR and NR words.
-        unsafe { kernel_f32(k, &a, MR, &b, &mut fast) };
-        portable_kernel_f32(k, &a, MR, &b, &mut portable);
-        assert_eq!(fast, portable);
+        // The same words as a packed block and as MR rows of k depths.
+        let packed = ABlock {
+            words: &a,
+            row_stride: 1,
+            depth_stride: MR,
+        };
+        let rows = ABlock {
+            words: &a,
+            row_stride: k,
+            depth_stride: 1,
+        };
+        for block in [packed, rows] {
+            let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
+            // SAFETY: accelerated_f32() checked; the block spans k depths of its MR rows, b
+            // holds k depths of NR words.
+            unsafe { kernel_f32(k, block, &b, &mut fast) };
+            portable_kernel_f32(k, block, &b, &mut portable);
+            assert_eq!(fast, portable);
+        }
     }
 
     #[test]
