@@ -150,10 +150,8 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 struct MatmulT;
 
 fn product<T: 'static + Real>(x: &[T], w: &[T], (n, i, o): (usize, usize, usize)) -> Vec<T> {
-    let mut y = zeros(n * o);
     let threads = rayon::current_num_threads();
-    matmul((n, o, i), &mut y, false, (x, false), (w, true), threads);
-    y
+    crate::kernels::product((n, o, i), (x, false), (w, true), None, threads)
 }
 
 /// Gradients of `x` (`g w`) and `w` (`g^T x`).
@@ -164,10 +162,8 @@ fn gradients<T: 'static + Real>(
     (n, i, o): (usize, usize, usize),
 ) -> (Vec<T>, Vec<T>) {
     let threads = rayon::current_num_threads();
-    let mut dx = zeros(n * i);
-    matmul((n, i, o), &mut dx, false, (g, false), (w, false), threads);
-    let mut dw = zeros(o * i);
-    matmul((o, i, n), &mut dw, false, (g, true), (x, false), threads);
+    let dx = crate::kernels::product((n, i, o), (g, false), (w, false), None, threads);
+    let dw = crate::kernels::product((o, i, n), (g, true), (x, false), None, threads);
     (dx, dw)
 }
 

@@ -149,7 +149,7 @@ impl<'a> View<'a> {
     fn in_place_layout(&self) -> bool {
         let transposed = self.row_stride == 1 && self.col_stride == self.rows;
         let row_major = self.col_stride == 1 && self.row_stride >= self.cols;
-        (transposed && self.rows % 512 != 0) || row_major
+        (transposed && !self.rows.is_multiple_of(512)) || row_major
     }
 
     #[cfg(test)]
@@ -385,7 +385,8 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
     } else {
         Write::Store
     };
-    gemm_with(dst, write, a, b, threads)
+    assert!(dst.len() >= a.rows * b.n, "destination too short");
+    gemm_reading_a(Dst(dst.as_mut_ptr()), write, a, b, threads, true)
 }
 
 /// `dst [m, n] = A B + bias` (`bias [n]` added to every row as the tiles are written: no
@@ -394,7 +395,45 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: &PackedB, threads: us
 /// Panics if the shapes disagree.
 pub fn gemm_bias(dst: &mut [f32], a: View, b: &PackedB, bias: &[f32], threads: usize) {
     assert_eq!(bias.len(), b.n, "bias length differs from the column count");
-    gemm_with(dst, Write::Bias(bias), a, b, threads)
+    assert!(dst.len() >= a.rows * b.n, "destination too short");
+    gemm_reading_a(
+        Dst(dst.as_mut_ptr()),
+        Write::Bias(bias),
+        a,
+        b,
+        threads,
+        true,
+    )
+}
+
+/// `dst [m, n] = A B (+ bias)` into memory not yet written: every element of `dst[..m * n]`
+/// is written, none read, so a fresh product needs no zeroing pass first (for the output
+/// layer's logits that pass wrote 50 MB a step).
+///
+/// Panics if the shapes disagree.
+pub fn gemm_uninit(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    a: View,
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    threads: usize,
+) {
+    assert!(dst.len() >= a.rows * b.n, "destination too short");
+    let write = match bias {
+        Some(bias) => {
+            assert_eq!(bias.len(), b.n, "bias length differs from the column count");
+            Write::Bias(bias)
+        }
+        None => Write::Store,
+    };
+    gemm_reading_a(
+        Dst(dst.as_mut_ptr() as *mut f32),
+        write,
+        a,
+        b,
+        threads,
+        true,
+    )
 }
 
 /// How a finished tile goes into the destination.
@@ -405,22 +444,12 @@ enum Write<'a> {
     Bias(&'a [f32]),
 }
 
-fn gemm_with(dst: &mut [f32], write: Write, a: View, b: &PackedB, threads: usize) {
-    gemm_reading_a(dst, write, a, b, threads, true)
-}
-
-/// [`gemm_with`]; `in_place` false packs every block of `A` (the tests compare both ways).
-fn gemm_reading_a(
-    dst: &mut [f32],
-    write: Write,
-    a: View,
-    b: &PackedB,
-    threads: usize,
-    in_place: bool,
-) {
+/// The product into `dst`, which holds at least `m * n` elements (initialised unless `write`
+/// is `Store` or `Bias`, which only write); `in_place` false packs every block of `A` (the
+/// tests compare both ways).
+fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, in_place: bool) {
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
-    assert!(dst.len() >= m * n, "destination too short");
     let fast = match b.format {
         Format::Bf16 => accelerated(),
         Format::F32 => accelerated_f32(),
@@ -429,12 +458,9 @@ fn gemm_reading_a(
         return;
     }
     if k == 0 {
-        match write {
-            Write::Store => dst[..m * n].fill(0.0),
-            Write::Accumulate => {}
-            Write::Bias(bias) => dst[..m * n]
-                .chunks_mut(n)
-                .for_each(|row| row.copy_from_slice(bias)),
+        for r in 0..m {
+            // SAFETY: row r < m of the destination, written by this thread alone.
+            unsafe { dst.write_row(r * n, write, &vec![0.0; n], 0) };
         }
         return;
     }
@@ -488,7 +514,6 @@ fn gemm_reading_a(
     let tiles: Vec<(usize, usize)> = (0..groups)
         .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
         .collect();
-    let out = SharedDst(dst.as_mut_ptr());
     let b_format = b.format;
     let run_tile = |&(group, first_panel): &(usize, usize)| {
         let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
@@ -514,21 +539,10 @@ fn gemm_reading_a(
                         break;
                     }
                     // SAFETY: tiles are disjoint in (row, column), so no two threads write
-                    // the same element; r < m and cols end <= n bound the slice in dst.
-                    let d = unsafe { out.row(r * n + cols.start, cols.len()) };
-                    match write {
-                        Write::Store => d.copy_from_slice(&row[..cols.len()]),
-                        Write::Accumulate => {
-                            for (x, y) in d.iter_mut().zip(row) {
-                                *x += y;
-                            }
-                        }
-                        Write::Bias(bias) => {
-                            for ((x, y), b) in d.iter_mut().zip(row).zip(&bias[cols.clone()]) {
-                                *x = y + b;
-                            }
-                        }
-                    }
+                    // the same element; r < m and cols end <= n bound the row in dst.
+                    unsafe {
+                        dst.write_row(r * n + cols.start, write, &row[..cols.len()], cols.start)
+                    };
                 }
             }
         }
@@ -540,15 +554,36 @@ fn gemm_reading_a(
     }
 }
 
-struct SharedDst(*mut f32);
-// SAFETY: used only to hand disjoint parts of one destination to the tiles of `gemm`.
-unsafe impl Sync for SharedDst {}
-impl SharedDst {
+/// The destination of a product, shared by the threads that write its disjoint tiles.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: used only to hand disjoint parts of one destination to the tiles of a product.
+unsafe impl Sync for Dst {}
+unsafe impl Send for Dst {}
+
+impl Dst {
+    /// Puts a finished row segment `part` at element `start`: stores it, adds it to what is
+    /// there (`Accumulate`, the only way that reads), or stores it plus `bias[column..]`.
+    ///
     /// # Safety
-    /// The range must be inside the destination and written by no one else meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, start: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    /// `start..start + part.len()` must be inside the destination, written by no one else
+    /// meanwhile, and already initialised for `Accumulate`.
+    unsafe fn write_row(self, start: usize, write: Write, part: &[f32], column: usize) {
+        let d = self.0.add(start);
+        match write {
+            Write::Store => std::ptr::copy_nonoverlapping(part.as_ptr(), d, part.len()),
+            Write::Accumulate => {
+                let d = std::slice::from_raw_parts_mut(d, part.len());
+                for (x, y) in d.iter_mut().zip(part) {
+                    *x += y;
+                }
+            }
+            Write::Bias(bias) => {
+                for (j, (y, b)) in part.iter().zip(&bias[column..]).enumerate() {
+                    d.add(j).write(y + b);
+                }
+            }
+        }
     }
 }
 
@@ -782,7 +817,7 @@ mod tests {
         let packed = PackedB::new(View::new(&b_data, k, n, false), Format::F32);
         let product = |a: View, in_place: bool| {
             let mut out = vec![0f32; m * n];
-            gemm_reading_a(&mut out, Write::Store, a, &packed, 2, in_place);
+            gemm_reading_a(Dst(out.as_mut_ptr()), Write::Store, a, &packed, 2, in_place);
             out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         };
         let transposed = View::new(&stored, m, k, true);

@@ -24,8 +24,8 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, contiguous_slice, gather_rows, log_softmax_row, matmul, row_logsumexp,
-    scatter_rows, softmax_gradient_row, tensor_slice, zeros, Real,
+    column_sums, contiguous_slice, gather_rows, log_softmax_row, product, row_logsumexp,
+    scatter_rows, softmax_gradient_row, tensor_slice, Real,
 };
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
@@ -119,18 +119,13 @@ struct Dims {
 
 /// `x W^T + bias`, `[N, V]`.
 fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
-    let mut z = zeros(d.n * d.v);
-    z.par_chunks_mut(d.v)
-        .for_each(|row| row.copy_from_slice(bias));
-    matmul(
+    product(
         (d.n, d.v, d.h),
-        &mut z,
-        true,
         (x, false),
         (w, true),
+        Some(bias),
         rayon::current_num_threads(),
-    );
-    z
+    )
 }
 
 /// Returns (the `[rows, 2]` losses of the real rows, log-sum-exp per row).
@@ -172,24 +167,8 @@ fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v
 /// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
 fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
     let threads = rayon::current_num_threads();
-    let mut dx = zeros(d.n * d.h);
-    matmul(
-        (d.n, d.h, d.v),
-        &mut dx,
-        false,
-        (dz, false),
-        (w, false),
-        threads,
-    );
-    let mut dw = zeros(d.v * d.h);
-    matmul(
-        (d.v, d.h, d.n),
-        &mut dw,
-        false,
-        (dz, true),
-        (x, false),
-        threads,
-    );
+    let dx = product((d.n, d.h, d.v), (dz, false), (w, false), None, threads);
+    let dw = product((d.v, d.h, d.n), (dz, true), (x, false), None, threads);
     let db = column_sums(dz, d.v);
     (dx, dw, db)
 }

@@ -16,7 +16,7 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::sequence::{self, Dims};
-use crate::kernels::{gather_rows, matmul, scatter_rows, tensor_slice, zeros, Real};
+use crate::kernels::{gather_rows, product, scatter_rows, tensor_slice, zeros, Real};
 
 /// Runs one layer from the zero state over `x [B, T, in]`: `w_ih [4H, in]`, `w_hh [4H, H]`,
 /// `bias [4H]` (the sum of both LSTM biases). `keep` holds one flag per `(step, row)`,
@@ -111,13 +111,11 @@ fn forward<T: 'static + Real>(
 ) -> [Vec<T>; 4] {
     let threads = rayon::current_num_threads();
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
-    let mut projected = zeros(gate_rows.len() * 4 * d.h);
-    matmul(
+    let projected = product(
         (gate_rows.len(), 4 * d.h, i),
-        &mut projected,
-        false,
         (&gather_rows(x, i, &input_rows), false),
         (w_ih, true),
+        None,
         threads,
     );
     let x_gates = scatter_rows(&projected, 4 * d.h, &gate_rows, d.t * d.b);
@@ -144,23 +142,19 @@ fn backward<T: 'static + Real>(
     let (dg, d_w_hh, d_bias) =
         sequence::backward(&grad_h, h, acts, cells, &w_hh, keep, &gate_rows, d);
     // The projection's backward, over the real (step, row) pairs only: the rows of `dg`.
-    let mut dx_real = zeros(gate_rows.len() * i);
-    matmul(
+    let dx_real = product(
         (gate_rows.len(), i, 4 * d.h),
-        &mut dx_real,
-        false,
         (&dg, false),
         (w_ih, false),
+        None,
         threads,
     );
     let dx = scatter_rows(&dx_real, i, &input_rows, d.b * d.t);
-    let mut d_w_ih = zeros(4 * d.h * i);
-    matmul(
+    let d_w_ih = product(
         (4 * d.h, i, gate_rows.len()),
-        &mut d_w_ih,
-        false,
         (&dg, true),
         (&gather_rows(x, i, &input_rows), false),
+        None,
         threads,
     );
     let mut d_wb: Vec<T> = zeros(4 * d.h * (d.h + 1));

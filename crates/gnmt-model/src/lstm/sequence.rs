@@ -19,7 +19,7 @@ use candle::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul, matmul_rhs, zeros,
+    column_sums, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul_rhs, product, zeros,
     Real, Rhs,
 };
 
@@ -302,7 +302,6 @@ pub(super) fn backward<T: 'static + Real>(
     }
     // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product,
     // over the real (step, row) pairs only (the gradient of a padded step's gates is 0).
-    let mut d_w = zeros(4 * d.h * d.h);
     let (dg_real, h_prev_real) = if real.len() == d.t * d.b {
         (d_gates, h_prev)
     } else {
@@ -311,12 +310,11 @@ pub(super) fn backward<T: 'static + Real>(
             gather_rows(&h_prev, d.h, real),
         )
     };
-    matmul(
+    let d_w = product(
         (4 * d.h, d.h, real.len()),
-        &mut d_w,
-        false,
         (&dg_real, true),
         (&h_prev_real, false),
+        None,
         rayon::current_num_threads(),
     );
     let d_bias = column_sums(&dg_real, 4 * d.h);
