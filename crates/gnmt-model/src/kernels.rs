@@ -787,8 +787,12 @@ mod tests {
     fn a_fresh_product_equals_the_product_accumulated_onto_its_bias() {
         fn check<T: 'static + Real + std::fmt::Debug>(of: fn(f64) -> T) {
             let (m, n, k) = (37, 45, 19);
-            let a: Vec<T> = (0..m * k).map(|i| of(((i * 7) % 13) as f64 - 6.0)).collect();
-            let b: Vec<T> = (0..k * n).map(|i| of(((i * 5) % 11) as f64 / 4.0)).collect();
+            let a: Vec<T> = (0..m * k)
+                .map(|i| of(((i * 7) % 13) as f64 - 6.0))
+                .collect();
+            let b: Vec<T> = (0..k * n)
+                .map(|i| of(((i * 5) % 11) as f64 / 4.0))
+                .collect();
             let bias: Vec<T> = (0..n).map(|j| of(j as f64 - 20.0)).collect();
             for (at, bt) in [(false, false), (true, true)] {
                 let mut want: Vec<T> = bias.iter().copied().cycle().take(m * n).collect();
