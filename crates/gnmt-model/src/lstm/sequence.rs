@@ -67,11 +67,12 @@ impl Dims {
     }
 }
 
-/// One chunk's forward results, in the chunk's own `[T, rows, .]` layout.
-struct ChunkForward<T> {
-    h: Vec<T>,
-    acts: Vec<T>,
-    cells: Vec<T>,
+/// One chunk's part of the forward results: per time step, its rows of the hidden states,
+/// gate activations and cell states (slices of the whole batch's time-major buffers).
+struct ChunkForward<'a, T> {
+    h: Vec<&'a mut [T]>,
+    acts: Vec<&'a mut [T]>,
+    cells: Vec<&'a mut [T]>,
 }
 
 fn forward_chunk<T: 'static + Real>(
@@ -81,14 +82,10 @@ fn forward_chunk<T: 'static + Real>(
     keep: Option<&[bool]>,
     d: Dims,
     rows: std::ops::Range<usize>,
-) -> ChunkForward<T> {
+    mut out: ChunkForward<T>,
+) {
     let (h, m) = (d.h, rows.len());
     let zero = T::default();
-    let mut out = ChunkForward {
-        h: vec![zero; d.t * m * h],
-        acts: vec![zero; d.t * m * 4 * h],
-        cells: vec![zero; d.t * m * h],
-    };
     let mut h_prev = vec![zero; m * h];
     let mut c_prev = vec![zero; m * h];
     let mut gates = vec![zero; m * 4 * h];
@@ -122,14 +119,13 @@ fn forward_chunk<T: 'static + Real>(
         );
         for (g, &r) in gates.chunks(4 * h).zip(&live) {
             let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
-            let a = &mut out.acts[(s * m + r) * 4 * h..][..4 * h];
+            let a = &mut out.acts[s][r * 4 * h..][..4 * h];
             lstm_cell_row(g, a, cp, hp);
         }
         // Padded rows keep their state, and output it again.
-        out.h[s * m * h..][..m * h].copy_from_slice(&h_prev);
-        out.cells[s * m * h..][..m * h].copy_from_slice(&c_prev);
+        out.h[s].copy_from_slice(&h_prev);
+        out.cells[s].copy_from_slice(&c_prev);
     }
-    out
 }
 
 /// The chunk-local indices of the rows of `rows` that are real at step `s`.
@@ -146,7 +142,8 @@ fn live_rows(
         .collect()
 }
 
-/// Backpropagation through time for one chunk: the gradient of its input gates, `[T, rows, 4H]`.
+/// Backpropagation through time for one chunk: the gradient of its real rows' input gates,
+/// into `d_gates` (per time step, the chunk's rows; padded rows are left as they are).
 #[allow(clippy::too_many_arguments)]
 fn backward_chunk<T: 'static + Real>(
     grad_h: &[T],
@@ -156,10 +153,10 @@ fn backward_chunk<T: 'static + Real>(
     keep: Option<&[bool]>,
     d: Dims,
     rows: std::ops::Range<usize>,
-) -> Vec<T> {
+    mut d_gates: Vec<&mut [T]>,
+) {
     let (h, m) = (d.h, rows.len());
     let zero = T::default();
-    let mut d_gates = vec![zero; d.t * m * 4 * h];
     let mut dh_next = vec![zero; m * h]; // gradient reaching h from later steps
     let mut dc_next = vec![zero; m * h];
     let mut dh_from_gates = vec![zero; m * h];
@@ -170,7 +167,7 @@ fn backward_chunk<T: 'static + Real>(
     for k in (0..d.t).rev() {
         let s = d.time(k);
         let prev = (k > 0).then(|| d.time(k - 1));
-        let dg = &mut d_gates[s * m * 4 * h..][..m * 4 * h];
+        let dg = &mut *d_gates[s];
         for (r, dh) in dh_next.chunks_mut(h).enumerate() {
             for (x, g) in dh.iter_mut().zip(&grad_h[at(s, r, h)..][..h]) {
                 *x += *g;
@@ -209,31 +206,31 @@ fn backward_chunk<T: 'static + Real>(
             dh_next[r * h..][..h].copy_from_slice(src);
         }
     }
-    d_gates
 }
 
-/// Copies chunk-local `[T, rows, width]` blocks into one `[T, B, width]` buffer, time steps
-/// in parallel (on the calling thread alone these copies held back two-thread training).
-fn assemble<T: Copy + Default + Send + Sync>(
-    parts: &[(std::ops::Range<usize>, &[T])],
-    t: usize,
+/// Splits a time-major `[T, B, width]` buffer into each chunk's rows of every step, so that
+/// the chunks write their results in place, in parallel (chunk-local buffers copied together
+/// afterwards cost a copy and a zeroing pass of every output).
+fn rows_of_chunks<'a, T>(
+    all: &'a mut [T],
+    chunks: &[std::ops::Range<usize>],
     b: usize,
     width: usize,
-) -> Vec<T> {
-    let mut all = zeros(t * b * width);
+) -> Vec<Vec<&'a mut [T]>> {
+    let mut parts: Vec<Vec<&mut [T]>> = chunks.iter().map(|_| Vec::new()).collect();
     if b * width == 0 {
-        return all;
+        return parts;
     }
-    all.par_chunks_mut(b * width)
-        .enumerate()
-        .for_each(|(s, step)| {
-            for (rows, part) in parts {
-                let m = rows.len();
-                step[rows.start * width..][..m * width]
-                    .copy_from_slice(&part[s * m * width..][..m * width]);
-            }
-        });
-    all
+    for step in all.chunks_mut(b * width) {
+        // The chunks are consecutive ranges covering 0..b, in order.
+        let mut rest = step;
+        for (part, rows) in parts.iter_mut().zip(chunks) {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
+            part.push(mine);
+            rest = tail;
+        }
+    }
+    parts
 }
 
 /// Runs the recurrence over `x_gates [T, B, 4H]` (the input projection of every step); returns
@@ -249,22 +246,22 @@ pub(super) fn forward<T: 'static + Real>(
     // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
     // transposed copy first was serial work on the calling thread).
     let w_hh_t = Rhs::new(w_hh, (d.h, 4 * d.h), true);
-    let results: Vec<ChunkForward<T>> = chunks
-        .par_iter()
-        .map(|rows| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows.clone()))
+    let (mut h, mut acts, mut cells) = (
+        zeros(d.t * d.b * d.h),
+        zeros(d.t * d.b * 4 * d.h),
+        zeros(d.t * d.b * d.h),
+    );
+    let parts: Vec<_> = rows_of_chunks(&mut h, &chunks, d.b, d.h)
+        .into_iter()
+        .zip(rows_of_chunks(&mut acts, &chunks, d.b, 4 * d.h))
+        .zip(rows_of_chunks(&mut cells, &chunks, d.b, d.h))
+        .zip(chunks.iter().cloned())
+        .map(|(((h, acts), cells), rows)| (rows, ChunkForward { h, acts, cells }))
         .collect();
-    let pick = |f: fn(&ChunkForward<T>) -> &[T]| -> Vec<(std::ops::Range<usize>, &[T])> {
-        chunks
-            .iter()
-            .cloned()
-            .zip(results.iter().map(f))
-            .collect::<Vec<_>>()
-    };
-    (
-        assemble(&pick(|c| &c.h), d.t, d.b, d.h),
-        assemble(&pick(|c| &c.acts), d.t, d.b, 4 * d.h),
-        assemble(&pick(|c| &c.cells), d.t, d.b, d.h),
-    )
+    parts
+        .into_par_iter()
+        .for_each(|(rows, out)| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows, out));
+    (h, acts, cells)
 }
 
 /// Returns the gradients of the input projection at the real `(step, row)` pairs `real` (the
@@ -283,16 +280,15 @@ pub(super) fn backward<T: 'static + Real>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
     let w_hh = Rhs::new(w_hh, (4 * d.h, d.h), false);
-    let parts: Vec<Vec<T>> = chunks
-        .par_iter()
-        .map(|rows| backward_chunk(grad_h, acts, cells, &w_hh, keep, d, rows.clone()))
-        .collect();
-    let parts_ref: Vec<_> = chunks
+    let mut d_gates = zeros(d.t * d.b * 4 * d.h);
+    let parts: Vec<_> = chunks
         .iter()
         .cloned()
-        .zip(parts.iter().map(|p| p.as_slice()))
+        .zip(rows_of_chunks(&mut d_gates, &chunks, d.b, 4 * d.h))
         .collect();
-    let d_gates = assemble(&parts_ref, d.t, d.b, 4 * d.h);
+    parts.into_par_iter().for_each(|(rows, d_gates)| {
+        backward_chunk(grad_h, acts, cells, &w_hh, keep, d, rows, d_gates)
+    });
     // h_prev of every step, in time order: the output of the previous processing step.
     let bh = d.b * d.h;
     let mut h_prev = zeros(d.t * bh);
