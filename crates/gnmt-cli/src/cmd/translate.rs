@@ -134,6 +134,10 @@ impl TranslateArgs {
     pub fn run(self) -> anyhow::Result<()> {
         crate::init_threads(self.threads)?;
         crate::init_matmul(self.matmul)?;
+        crate::on_pool(move || self.translate())
+    }
+
+    fn translate(self) -> anyhow::Result<()> {
         let model_dir = match &self.model {
             Some(m) => m.clone(),
             None => default_model()?,
