@@ -205,7 +205,7 @@ impl Decoder {
         };
         let mut x = bottom;
         for (layer, &residual) in self.layers.iter().zip(&self.residual).skip(1) {
-            let input = dropout::maybe(&mut dropout, &Tensor::cat(&[&x, &context], 2)?)?;
+            let input = dropout::maybe_cat(&mut dropout, &x, &context)?;
             let out = layer.forward(&input, tgt_mask, false)?;
             x = if residual { (out + &x)? } else { out };
         }

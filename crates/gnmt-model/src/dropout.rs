@@ -45,15 +45,32 @@ impl Dropout {
     }
 
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        match self.draw_mask(x.elem_count()) {
+            Some(mask) => x.contiguous()?.apply_op1(Masked(mask)),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// `apply(cat([a, b], last dimension))` as one operation ([`crate::concat`]): the same
+    /// values, gradients and generator stream.
+    pub fn apply_cat(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let n = a.elem_count() + b.elem_count();
+        match self.draw_mask(n) {
+            Some(mask) => crate::concat::cat_last_masked(a, b, mask),
+            None => crate::concat::cat_last(a, b),
+        }
+    }
+
+    /// The next `n` mask elements (`None` when nothing is dropped).
+    fn draw_mask(&mut self, n: usize) -> Option<Arc<Vec<f32>>> {
         if self.p == 0.0 {
-            return Ok(x.clone());
+            return None;
         }
         let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
         // Element i takes word `start + i` of the stream, as a sequential loop drawing one
         // f32 (one 32-bit word) per element would: ChaCha seeks to any word, so blocks of
         // the mask are drawn in parallel and the mask is the same whatever the thread count.
-        let n = x.elem_count();
         let start = self.rng.get_word_pos();
         let mut mask = crate::kernels::zeros(n);
         mask.par_chunks_mut(MASK_BLOCK)
@@ -70,7 +87,7 @@ impl Dropout {
                 }
             });
         self.rng.set_word_pos(start + n as u128);
-        x.contiguous()?.apply_op1(Masked(Arc::new(mask)))
+        Some(Arc::new(mask))
     }
 }
 
@@ -119,6 +136,18 @@ pub(crate) fn maybe(dropout: &mut Option<&mut Dropout>, x: &Tensor) -> Result<Te
     match dropout {
         Some(d) => d.apply(x),
         None => Ok(x.clone()),
+    }
+}
+
+/// [`maybe`] of `a` and `b` side by side (last dimension), in one operation.
+pub(crate) fn maybe_cat(
+    dropout: &mut Option<&mut Dropout>,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.apply_cat(a, b),
+        None => crate::concat::cat_last(a, b),
     }
 }
 

@@ -51,7 +51,7 @@ impl Encoder {
         let x = dropout::maybe(&mut dropout, &x)?;
         let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
         let bwd = self.backward_dir.forward(&x, Some(mask), true)?;
-        let mut x = Tensor::cat(&[fwd, bwd], 2)?;
+        let mut x = crate::concat::cat_last(&fwd, &bwd)?;
         for (layer, &residual) in self.layers.iter().zip(&self.residual) {
             let input = dropout::maybe(&mut dropout, &x)?;
             let out = layer.forward(&input, Some(mask), false)?;

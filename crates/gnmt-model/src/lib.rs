@@ -25,6 +25,7 @@
 pub mod additive;
 pub mod attention;
 pub mod checkpoint;
+pub mod concat;
 pub mod config;
 pub mod decoder;
 pub mod dense;
