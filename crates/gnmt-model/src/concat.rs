@@ -67,7 +67,7 @@ impl Concat {
     /// The gradient's left and right parts (masked when the output was).
     fn split<T: Real>(&self, g: &[T], (wa, wb): (usize, usize)) -> (Vec<T>, Vec<T>) {
         let w = wa + wb;
-        let rows = if w == 0 { 0 } else { g.len() / w };
+        let rows = g.len().checked_div(w).unwrap_or(0);
         let (mut da, mut db) = (zeros(rows * wa), zeros(rows * wb));
         let part = |dst: &mut [T], r: usize, offset: usize| {
             let g = &g[r * w + offset..][..dst.len()];
