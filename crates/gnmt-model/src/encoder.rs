@@ -51,8 +51,22 @@ impl Encoder {
         let x = dropout::maybe(&mut dropout, &x)?;
         let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
         let bwd = self.backward_dir.forward(&x, Some(mask), true)?;
-        let mut x = crate::concat::cat_last(&fwd, &bwd)?;
-        for (layer, &residual) in self.layers.iter().zip(&self.residual) {
+        let mut layers = self.layers.iter().zip(&self.residual);
+        // Both directions side by side feed layer 2: with no identity path around it, they
+        // are concatenated and dropped out in one operation.
+        let mut x = match layers.next() {
+            Some((layer, false)) => {
+                let input = dropout::maybe_cat(&mut dropout, &fwd, &bwd)?;
+                layer.forward(&input, Some(mask), false)?
+            }
+            Some((layer, true)) => {
+                let x = crate::concat::cat_last(&fwd, &bwd)?;
+                let input = dropout::maybe(&mut dropout, &x)?;
+                (layer.forward(&input, Some(mask), false)? + &x)?
+            }
+            None => crate::concat::cat_last(&fwd, &bwd)?,
+        };
+        for (layer, &residual) in layers {
             let input = dropout::maybe(&mut dropout, &x)?;
             let out = layer.forward(&input, Some(mask), false)?;
             // The identity path adds the layer's input as it was before dropout (tf/nmt's
