@@ -51,18 +51,13 @@ impl Encoder {
         let x = dropout::maybe(&mut dropout, &x)?;
         let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
         let bwd = self.backward_dir.forward(&x, Some(mask), true)?;
-        let mut layers = self.layers.iter().zip(&self.residual);
-        // Both directions side by side feed layer 2: with no identity path around it, they
-        // are concatenated and dropped out in one operation.
-        let mut x = match layers.next() {
-            Some((layer, false)) => {
+        let mut layers = self.layers.iter().zip(&self.residual).peekable();
+        // Both directions side by side feed layer 2: with no identity path around it (never,
+        // in GNMT's layout), they are concatenated and dropped out in one operation.
+        let mut x = match layers.next_if(|(_, &residual)| !residual) {
+            Some((layer, _)) => {
                 let input = dropout::maybe_cat(&mut dropout, &fwd, &bwd)?;
                 layer.forward(&input, Some(mask), false)?
-            }
-            Some((layer, true)) => {
-                let x = crate::concat::cat_last(&fwd, &bwd)?;
-                let input = dropout::maybe(&mut dropout, &x)?;
-                (layer.forward(&input, Some(mask), false)? + &x)?
             }
             None => crate::concat::cat_last(&fwd, &bwd)?,
         };
