@@ -524,13 +524,31 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
             let cols = panel * NR..((panel + 1) * NR).min(n);
             for block in rows.start / MR..rows.end.div_ceil(MR) {
                 let (a, b) = (a_block(block), b.panel(panel));
+                // Rows of this block that exist: the kernels for fewer than MR rows skip the
+                // rest (a recurrence's last steps, with few rows still running, were mostly
+                // padding rows multiplied out).
+                let live = (m - block * MR).min(MR);
+                macro_rules! rows {
+                    ($kernel:ident, $($arg:expr),*) => {
+                        match live {
+                            1 => $kernel::<1>($($arg),*),
+                            2 => $kernel::<2>($($arg),*),
+                            3 => $kernel::<3>($($arg),*),
+                            4 => $kernel::<4>($($arg),*),
+                            5 => $kernel::<5>($($arg),*),
+                            6 => $kernel::<6>($($arg),*),
+                            7 => $kernel::<7>($($arg),*),
+                            _ => $kernel::<MR>($($arg),*),
+                        }
+                    };
+                }
                 match (b_format, fast) {
                     // SAFETY: the CPU has the instructions (accelerated() or
                     // accelerated_f32()); A's block spans `pairs` depth words of its MR
                     // rows (bf16 is always packed), B `pairs` of NR.
-                    (Format::Bf16, true) => unsafe { kernel(pairs, a.words, b, &mut tile) },
+                    (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, &mut tile) },
                     (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
-                    (Format::F32, true) => unsafe { kernel_f32(pairs, a, b, &mut tile) },
+                    (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, &mut tile) },
                     (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
                 }
                 for (i, row) in tile.iter().enumerate() {
@@ -587,17 +605,18 @@ impl Dst {
     }
 }
 
-/// One `MR x NR` tile over all `pairs`: `tile = A_block B_panel`.
+/// The first `R` rows of one `MR x NR` tile over all `pairs`: `tile = A_block B_panel` (a last
+/// block with fewer than MR rows multiplies only those).
 ///
 /// # Safety
 /// The CPU must have AVX512F and AVX512-BF16; `a` holds `pairs * MR` words, `b` `pairs * NR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+unsafe fn kernel<const R: usize>(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+    assert!(R <= MR && a.len() >= pairs * MR && b.len() >= pairs * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..pairs {
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
@@ -614,7 +633,7 @@ unsafe fn kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR])
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel<const R: usize>(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
     unreachable!("accelerated() is false off x86_64")
 }
 
@@ -653,18 +672,19 @@ impl ABlock<'_> {
     }
 }
 
-/// One `MR x NR` tile over all `k` depths in f32: `tile = A_block B_panel`, each element a
-/// chain of fused multiply-adds in depth order, whatever the block's layout.
+/// The first `R` rows of one `MR x NR` tile over all `k` depths in f32: `tile = A_block
+/// B_panel`, each element a chain of fused multiply-adds in depth order, whatever the block's
+/// layout (a last block with fewer than MR rows multiplies only those).
 ///
 /// # Safety
 /// The CPU must have AVX512F; `b` holds `k * NR` words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32<const R: usize>(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
-    assert!(a.holds(k) && b.len() >= k * NR);
+    assert!(R <= MR && a.holds(k) && b.len() >= k * NR);
     let b = b.as_ptr() as *const f32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let base = a.words.as_ptr() as *const f32;
     if a.row_stride == 1 {
         // A block's MR words of a depth side by side (packed, or a transposed matrix).
@@ -681,7 +701,7 @@ unsafe fn kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR])
     } else {
         // Rows of a row-major matrix: MR streams, each read along its depth.
         let (rows, stride) = (
-            std::array::from_fn::<_, MR, _>(|i| base.add(i * a.row_stride)),
+            std::array::from_fn::<_, R, _>(|i| base.add(i * a.row_stride)),
             a.depth_stride,
         );
         for p in 0..k {
@@ -701,7 +721,7 @@ unsafe fn kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR])
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_f32(_: usize, _: ABlock, _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32<const R: usize>(_: usize, _: ABlock, _: &[u32], _: &mut [[f32; NR]; MR]) {
     unreachable!("accelerated_f32() is false off x86_64")
 }
 
@@ -885,11 +905,17 @@ mod tests {
             .collect();
         let (mut fast, mut portable) = ([[7f32; NR]; MR], [[7f32; NR]; MR]);
         // SAFETY: accelerated() checked; a and b hold `pairs` pairs of MR and NR words.
-        unsafe { kernel(pairs, &a, &b, &mut fast) };
+        unsafe { kernel::<MR>(pairs, &a, &b, &mut fast) };
         portable_kernel(pairs, &a, &b, &mut portable);
         for (f, p) in fast.iter().flatten().zip(portable.iter().flatten()) {
             assert!((f - p).abs() < 1e-4, "{f} vs {p}");
         }
+        // The kernel for the first 3 rows gives those rows' bits and leaves the rest.
+        let mut three = [[7f32; NR]; MR];
+        // SAFETY: as above.
+        unsafe { kernel::<3>(pairs, &a, &b, &mut three) };
+        assert_eq!(three[..3], fast[..3]);
+        assert!(three[3..].iter().flatten().all(|&x| x == 7.0));
     }
 
     /// The exact product in f64.
@@ -957,9 +983,15 @@ mod tests {
             let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
             // SAFETY: accelerated_f32() checked; the block spans k depths of its MR rows, b
             // holds k depths of NR words.
-            unsafe { kernel_f32(k, block, &b, &mut fast) };
+            unsafe { kernel_f32::<MR>(k, block, &b, &mut fast) };
             portable_kernel_f32(k, block, &b, &mut portable);
             assert_eq!(fast, portable);
+            // The kernel for the first 5 rows gives those rows' bits and leaves the rest.
+            let mut five = [[7f32; NR]; MR];
+            // SAFETY: as above.
+            unsafe { kernel_f32::<5>(k, block, &b, &mut five) };
+            assert_eq!(five[..5], fast[..5]);
+            assert!(five[5..].iter().flatten().all(|&x| x == 7.0));
         }
     }
 
