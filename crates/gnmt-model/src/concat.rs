@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, zeros, Real};
+use crate::kernels::{contiguous_slice, tensor_slice, zeros, Real};
 
 /// `[a | b]` along the last dimension; `a` and `b` agree on every other dimension.
 pub fn cat_last(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -119,7 +119,7 @@ impl CustomOp2 for Concat {
                 candle::bail!("concat: mask of {} for {shape:?}", m.len())
             }
         }
-        let rows = shape.elem_count() / (wa + wb).max(1);
+        let rows = shape.elem_count().checked_div(wa + wb).unwrap_or(0);
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(self.forward(
                 contiguous_slice(a, l1, "concat")?,
@@ -150,18 +150,19 @@ impl CustomOp2 for Concat {
         let (storage, layout) = grad.storage_and_layout();
         let device = grad.device();
         macro_rules! parts {
-            ($g:expr) => {{
-                let (da, db) = self.split(contiguous_slice($g, layout, "concat")?, (wa, wb));
+            ($t:ty) => {{
+                let g = tensor_slice::<$t>(&storage, layout, "concat")?;
+                let (da, db) = self.split(g, (wa, wb));
                 (
                     Tensor::from_vec(da, a.shape(), device)?,
                     Tensor::from_vec(db, b.shape(), device)?,
                 )
             }};
         }
-        let (da, db) = match &*storage {
-            candle::Storage::Cpu(CpuStorage::F32(g)) => parts!(g),
-            candle::Storage::Cpu(CpuStorage::F64(g)) => parts!(g),
-            _ => candle::bail!("concat: CPU f32 or f64 gradients only"),
+        let (da, db) = match grad.dtype() {
+            candle::DType::F32 => parts!(f32),
+            candle::DType::F64 => parts!(f64),
+            other => candle::bail!("concat: no backward for {other:?}"),
         };
         Ok((Some(da), Some(db)))
     }

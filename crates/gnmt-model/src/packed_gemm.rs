@@ -458,9 +458,10 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
         return;
     }
     if k == 0 {
+        let zeros = vec![0.0; n];
         for r in 0..m {
             // SAFETY: row r < m of the destination, written by this thread alone.
-            unsafe { dst.write_row(r * n, write, &vec![0.0; n], 0) };
+            unsafe { dst.write_row(r * n, write, &zeros, 0) };
         }
         return;
     }
