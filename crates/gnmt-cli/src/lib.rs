@@ -154,11 +154,22 @@ pub fn reset_sigpipe() {
 /// `mmap`, and the page faults of touching it cost a tenth of a training step. Trimming is off
 /// altogether (-1): a `gnmt-v2-4x1024` step frees more than a gigabyte at once, and with a
 /// 1 GB threshold glibc handed it back every step, only to fault it in again (a fifth of the
-/// step). Call at the start of main.
+/// step).
+///
+/// Both settings hold only for the main arena: glibc gives every other thread an arena of its
+/// own, made of 64 MB heaps that it unmaps as soon as one is empty (whatever the trim
+/// threshold) and that cannot hold a block bigger than 64 MB at all (served by `mmap`, freed by
+/// `munmap`). Commands run on a worker of the thread pool ([`on_pool`]), so without a single
+/// arena every large tensor came from such a heap: a `gnmt-v2-4x1024` step page-faulted in
+/// fresh memory and, on two threads, stopped both cores for the TLB shootdowns of each unmap
+/// (bf16, 2 threads: 340 -> 404 target tokens/s with one arena). Allocation here is a few
+/// large blocks per operation, so the one arena's lock is not contended. Call at the start of
+/// main.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes glibc's allocator; called before any other thread exists.
     unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
