@@ -296,7 +296,9 @@ fn pack_depth_runs_by_line(
 }
 
 /// Consecutive depths `run` of one line into words: one per depth in f32, one per pair in bf16
-/// (an odd last depth paired with zero).
+/// (an odd last depth paired with zero). [`pack_depth_runs_by_line`] writes the same words
+/// spread `width` apart; one function for both, taking a `put(p, word)` callback, cost 5% of
+/// the bf16 `2048 x 1024 x 32000` product here, since the contiguous loop no longer vectorised.
 #[inline(always)]
 fn convert(format: Format, run: &[f32], words: &mut [u32]) {
     match format {
@@ -461,9 +463,10 @@ fn pack_a(a: View, pairs: usize, format: Format) -> Vec<u32> {
 }
 
 /// `len` words in chunks of `chunk` (the last one shorter), chunk `c` zeroed and then handed
-/// to `fill(c, words)`; in parallel when `parallel`. Each chunk is zeroed by the task that fills it: freed memory is reused,
-/// so `vec![0; n]` would be a `memset` of the whole operand on the calling thread first
-/// (serial work of a training step), and this way the words are in cache when packed.
+/// to `fill(c, words)`; in parallel when `parallel`. Each chunk is zeroed by the task that
+/// fills it: freed memory is reused, so `vec![0; n]` would be a `memset` of the whole operand
+/// on the calling thread first (serial work of a training step), and this way the words are
+/// in cache when packed.
 fn packed_words(
     len: usize,
     chunk: usize,

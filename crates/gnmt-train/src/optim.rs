@@ -180,10 +180,10 @@ struct AdamStep {
 impl AdamStep {
     /// Updates `var`, `m` and `v` in place (each an f32 tensor of one shape): one parallel pass
     /// that reads the gradient once and each of the three once, no copies. The per-element
-    /// arithmetic is fixed ([`AdamStep::element`]), so results do not depend on the thread
-    /// count. (Copying the four tensors out and the parameter back in, on the calling thread,
-    /// took 5% of a two-thread training step; three passes, one per tensor, with the update's
-    /// division and square root left scalar, took 4-5% of a `gnmt-v2-4x1024` step.)
+    /// arithmetic is fixed ([`ElementConstants::element`]), so results do not depend on the
+    /// thread count. (Copying the four tensors out and the parameter back in, on the calling
+    /// thread, took 5% of a two-thread training step; three passes, one per tensor, with the
+    /// update's division and square root left scalar, took 4-5% of a `gnmt-v2-4x1024` step.)
     fn apply(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
         let g = g.contiguous()?;
         let (g_storage, g_layout) = g.storage_and_layout();
@@ -191,6 +191,7 @@ impl AdamStep {
             (Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => &d[a..b],
             _ => return Err(candle::Error::Msg("adam: f32 CPU gradients only".into()).into()),
         };
+        let k = self.constants();
         // candle lends a tensor's storage mutably only inside an in-place op, one tensor per
         // op: three nested ops hold the moments and the parameter at once.
         with_f32_mut(m, |m| {
@@ -203,28 +204,12 @@ impl AdamStep {
                         .zip(m.par_chunks_mut(CHUNK))
                         .zip(v.par_chunks_mut(CHUNK))
                         .zip(g.par_chunks(CHUNK))
-                        .for_each(|(((p, m), v), g)| self.chunk(p, m, v, g));
+                        .for_each(|(((p, m), v), g)| k.chunk(p, m, v, g));
                     Ok(())
                 })
             })
         })?;
         Ok(())
-    }
-
-    /// [`AdamStep::element`] over one chunk, compiled for AVX-512 and AVX2 as well (chosen at
-    /// run time): the division and square root vectorise. Rust never fuses a multiply and an
-    /// add on its own, so every version gives the same bits.
-    fn chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        #[multiversion::multiversion(targets(
-            "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-            "x86_64+avx2+fma"
-        ))]
-        fn run(k: &ElementConstants, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                k.element(p, m, v, g);
-            }
-        }
-        run(&self.constants(), p, m, v, g)
     }
 
     fn constants(&self) -> ElementConstants {
@@ -257,6 +242,22 @@ struct ElementConstants {
 }
 
 impl ElementConstants {
+    /// [`ElementConstants::element`] over one chunk, compiled for AVX-512 and AVX2 as well
+    /// (chosen at run time): the division and square root vectorise. Rust never fuses a
+    /// multiply and an add on its own, so every version gives the same bits.
+    fn chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
+            "x86_64+avx2+fma"
+        ))]
+        fn run(k: &ElementConstants, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                k.element(p, m, v, g);
+            }
+        }
+        run(self, p, m, v, g)
+    }
+
     /// One element's update: the composite path's arithmetic, in the same order.
     #[inline(always)]
     fn element(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
