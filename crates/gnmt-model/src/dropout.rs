@@ -11,6 +11,9 @@ use rayon::prelude::*;
 /// Mask elements drawn per parallel job (a multiple of ChaCha's 16-word block).
 const MASK_BLOCK: usize = 1 << 14;
 
+/// Stream words fetched at once while drawing a mask block (4 KiB, in L1).
+const WORDS_AT_ONCE: usize = 1024;
+
 /// Inverted dropout with probability `p`: kept values are scaled by `1 / (1 - p)`, so nothing
 /// changes at inference, where no `Dropout` is passed at all.
 #[derive(Debug, Clone)]
@@ -68,6 +71,11 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
+        // `rng.random::<f32>()` is `(word >> 8) as f32 * 2^-24`, every step exact, so
+        // `random < keep` is `(word >> 8) as f32 < keep * 2^24`: the same decision, made on
+        // a block of words at once, which vectorises (drawing and testing one f32 at a time
+        // cost 4% of a training step).
+        let threshold = keep * (1u32 << 24) as f32;
         // Element i takes word `start + i` of the stream, as a sequential loop drawing one
         // f32 (one 32-bit word) per element would: ChaCha seeks to any word, so blocks of
         // the mask are drawn in parallel and the mask is the same whatever the thread count.
@@ -78,16 +86,28 @@ impl Dropout {
             .for_each(|(block, out)| {
                 let mut rng = self.rng.clone();
                 rng.set_word_pos(start + (block * MASK_BLOCK) as u128);
-                for m in out {
-                    *m = if rng.random::<f32>() < keep {
-                        scale
-                    } else {
-                        0.0
-                    };
+                let mut words = [0u32; WORDS_AT_ONCE];
+                for part in out.chunks_mut(WORDS_AT_ONCE) {
+                    let words = &mut words[..part.len()];
+                    // Successive words of the stream, as successive `next_u32` calls give.
+                    rng.fill(words);
+                    keep_or_drop(words, threshold, scale, part);
                 }
             });
         self.rng.set_word_pos(start + n as u128);
         Some(Arc::new(mask))
+    }
+}
+
+/// `scale` where a word's top 24 bits are below `threshold`, else 0. The two numbers come by
+/// value: captured by reference, they were reloaded for every element and nothing vectorised.
+fn keep_or_drop(words: &[u32], threshold: f32, scale: f32, out: &mut [f32]) {
+    for (m, &word) in out.iter_mut().zip(words) {
+        *m = if ((word >> 8) as f32) < threshold {
+            scale
+        } else {
+            0.0
+        };
     }
 }
 
