@@ -307,19 +307,10 @@ pub fn beam_search_with(
             }
         }
         live = new_live;
-        // Rows keep their sentences while no sentence gains or loses a hypothesis: then the
-        // source memory (the same for all rows of a sentence) need not be copied.
-        let same_sentences = new_rows.len() == rows.len()
-            && new_rows.iter().zip(&rows).all(|(new, old)| new.0 == old.0);
         rows = new_rows;
         inputs = new_inputs;
         if !rows.is_empty() {
-            let parents = Tensor::new(parents.as_slice(), device)?;
-            state = if same_sentences {
-                next.reorder_within_sentences(&parents)?
-            } else {
-                next.reorder(&parents)?
-            };
+            state = next.reorder(&Tensor::new(parents.as_slice(), device)?)?;
         }
     }
 

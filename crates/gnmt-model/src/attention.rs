@@ -80,18 +80,20 @@ impl Attention {
     }
 
     /// [`Attention::step`] with the query projection's transposed weight given
-    /// ([`Attention::query_weight_t`]).
+    /// ([`Attention::query_weight_t`]); row `r` attends over memory row `memory_rows[r]`
+    /// (row `r` when `None`).
     pub fn step_projected(
         &self,
         query_weight_t: &StepMatrix,
         query: &Tensor,
         memory: &Memory,
+        memory_rows: Option<&[u32]>,
     ) -> Result<(Tensor, Tensor)> {
         let q = query_weight_t.apply(query)?;
         let v = self.score.weight().squeeze(0)?;
         match q.dtype() {
-            DType::F32 => attend_rows::<f32>(&q, &v, memory),
-            DType::F64 => attend_rows::<f64>(&q, &v, memory),
+            DType::F32 => attend_rows::<f32>(&q, &v, memory, memory_rows),
+            DType::F64 => attend_rows::<f64>(&q, &v, memory, memory_rows),
             other => candle::bail!("attention step: no kernel for {other:?}"),
         }
     }
@@ -114,7 +116,8 @@ impl Attention {
 }
 
 /// Decoding's attention for projected queries `q [B, A]` with `v [A]`: (context `[B, H]`,
-/// weights `[B, S]`), one fused pass per row reading the memory in place. Unlike candle's
+/// weights `[B, S]`), one fused pass per row reading the memory in place: row `r` attends
+/// over memory row `memory_rows[r]` (row `r` without a map). Unlike candle's
 /// softmax and batched matmul, whose sums are split into lanes by the padded source length,
 /// every sum here runs over the row's real positions in order, so a sentence translates to the
 /// same bits whatever batch it is in.
@@ -122,10 +125,15 @@ fn attend_rows<T: Real + WithDType>(
     q: &Tensor,
     v: &Tensor,
     memory: &Memory,
+    memory_rows: Option<&[u32]>,
 ) -> Result<(Tensor, Tensor)> {
     let (b, a) = q.dims2()?;
     let (bv, s, h) = memory.values.dims3()?;
-    if b != bv || memory.keys.dims3()? != (b, s, a) || memory.mask.dims2()? != (b, s) {
+    let rows_fit = match memory_rows {
+        Some(map) => map.len() == b && map.iter().all(|&m| (m as usize) < bv),
+        None => b == bv,
+    };
+    if !rows_fit || memory.keys.dims3()? != (bv, s, a) || memory.mask.dims2()? != (bv, s) {
         candle::bail!(
             "attention step: queries {:?} do not fit the memory {:?}",
             q.shape(),
@@ -149,12 +157,13 @@ fn attend_rows<T: Real + WithDType>(
         .zip(context.par_chunks_mut(h.max(1)))
         .enumerate()
         .for_each(|(r, (w, c))| {
+            let m = memory_rows.map_or(r, |map| map[r] as usize);
             attend_row(
                 &q[r * a..][..a],
-                &keys[r * s * a..][..s * a],
+                &keys[m * s * a..][..s * a],
                 v,
-                &mask[r * s..][..s],
-                &values[r * s * h..][..s * h],
+                &mask[m * s..][..s],
+                &values[m * s * h..][..s * h],
                 w,
                 c,
             )

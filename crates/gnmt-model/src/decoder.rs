@@ -29,7 +29,13 @@ pub struct Decoder {
 #[derive(Debug, Clone)]
 pub struct DecoderState {
     pub layers: Vec<LstmState>,
+    /// The source memory, one row per sentence as encoded.
     pub memory: Memory,
+    /// The memory row each decoder row attends over (`None`: row `r` over row `r`). Beam
+    /// search reorders rows every step; following them with a map instead of copying the
+    /// memory saves a copy of every hypothesis' source (megabytes a step), and the beams of a
+    /// sentence read one memory row, in cache.
+    memory_rows: Option<Arc<[u32]>>,
     /// The decoder's weights laid out for stepping.
     weights: DecodingWeights,
 }
@@ -51,37 +57,38 @@ struct StepLayout {
 }
 
 impl DecoderState {
-    /// Keeps batch rows `indices` (a `u32` tensor of row numbers), in that order; the source
-    /// memory follows its hypotheses.
+    /// Keeps batch rows `indices` (a `u32` tensor of row numbers), in that order; each keeps
+    /// attending over its sentence's source memory.
     pub fn reorder(&self, indices: &Tensor) -> Result<Self> {
-        self.with_rows(indices, self.memory.index_select(indices)?)
-    }
-
-    /// [`DecoderState::reorder`] for a caller that knows every new row `r` belongs to the same
-    /// sentence as old row `r` (a beam step where no sentence gained or lost rows): the
-    /// source memory is the same tensor row for row, so it is kept instead of copied.
-    pub fn reorder_within_sentences(&self, indices: &Tensor) -> Result<Self> {
-        if indices.dims1()? != self.batch_size() {
-            candle::bail!("reorder within sentences: the row count must not change")
+        let picked = indices.to_vec1::<u32>()?;
+        let rows = self.batch_size();
+        if let Some(&bad) = picked.iter().find(|&&i| i as usize >= rows) {
+            candle::bail!("reorder: row {bad} of a batch of {rows}")
         }
-        self.with_rows(indices, self.memory.clone())
-    }
-
-    /// The recurrent states of rows `indices`, with `memory` as the source memory.
-    fn with_rows(&self, indices: &Tensor, memory: Memory) -> Result<Self> {
+        let memory_rows = picked
+            .iter()
+            .map(|&i| match &self.memory_rows {
+                Some(map) => map[i as usize],
+                None => i,
+            })
+            .collect();
         Ok(Self {
             layers: self
                 .layers
                 .iter()
                 .map(|s| s.index_select(indices))
                 .collect::<Result<_>>()?,
-            memory,
+            memory: self.memory.clone(),
+            memory_rows: Some(memory_rows),
             weights: self.weights.clone(),
         })
     }
 
     pub fn batch_size(&self) -> usize {
-        self.memory.values.dims()[0]
+        match &self.memory_rows {
+            Some(map) => map.len(),
+            None => self.memory.values.dims()[0],
+        }
     }
 }
 
@@ -157,6 +164,7 @@ impl Decoder {
         Ok(DecoderState {
             layers,
             memory,
+            memory_rows: None,
             weights,
         })
     }
@@ -274,8 +282,12 @@ impl Decoder {
     ) -> Result<(Tensor, Tensor, DecoderState)> {
         let w = &state.weights.0;
         let attend = |query: &Tensor| {
-            self.attention
-                .step_projected(&w.query_t, query, &state.memory)
+            self.attention.step_projected(
+                &w.query_t,
+                query,
+                &state.memory,
+                state.memory_rows.as_deref(),
+            )
         };
         let emb = self.embedding.forward(tokens)?;
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -310,6 +322,7 @@ impl Decoder {
             DecoderState {
                 layers,
                 memory: state.memory.clone(),
+                memory_rows: state.memory_rows.clone(),
                 weights: state.weights.clone(),
             },
         ))

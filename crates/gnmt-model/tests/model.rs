@@ -138,6 +138,29 @@ fn reorder_moves_whole_hypotheses() {
             0.0
         );
     }
+    // Reordered again, rows keep their sources through both moves: new row 0 is old row 0
+    // (via the copy in row 2), new row 1 old row 2; the batch shrinks to two rows.
+    let twice = reordered
+        .reorder(&Tensor::new(&[2u32, 0], &Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(twice.batch_size(), 2);
+    let (lp2, attn2, _) = m
+        .step(&Tensor::new(&[6u32, 5], &Device::Cpu).unwrap(), &twice)
+        .unwrap();
+    for (row, old) in [(0, 0), (1, 2)] {
+        assert_eq!(
+            max_abs_diff(&lp2.i(row).unwrap(), &lp_ref.i(old).unwrap()),
+            0.0
+        );
+        assert_eq!(
+            max_abs_diff(&attn2.i(row).unwrap(), &attn_ref.i(old).unwrap()),
+            0.0
+        );
+    }
+    // A row that does not exist is refused.
+    assert!(twice
+        .reorder(&Tensor::new(&[2u32], &Device::Cpu).unwrap())
+        .is_err());
 }
 
 /// Zero weights make a layer output exactly 0 (all gates 0.5, g = 0, so c = h = 0). With the
