@@ -63,8 +63,9 @@ struct LstmLayer {
     reverse: bool,
     /// `[T * B]`, time-major; `None` when every step is real.
     keep: Option<Vec<bool>>,
-    /// What the backward pass needs from the forward pass: the hidden states, gate activations
-    /// and cell states, all time-major, as f32 or f64 storage.
+    /// What the backward pass needs from the forward pass: the hidden states and cell states,
+    /// time-major, and the real pairs' gate activations (compact, see `sequence`), as f32 or
+    /// f64 storage.
     saved: Mutex<Option<[CpuStorage; 3]>>,
 }
 
@@ -118,9 +119,10 @@ fn forward<T: 'static + Real>(
         None,
         threads,
     );
-    let x_gates = scatter_rows(&projected, 4 * d.h, &gate_rows, d.t * d.b);
+    // The projection's rows are the real pairs in time-major order: the compact layout the
+    // recurrence reads its input gates in.
     let (w_hh, bias) = split_w_hh_bias(wb, d.h);
-    let (h, acts, cells) = sequence::forward(&x_gates, &w_hh, &bias, keep, d);
+    let (h, acts, cells) = sequence::forward(&projected, &w_hh, &bias, keep, d);
     let out = reorder(&h, (d.t, d.b, d.h), false);
     [out, h, acts, cells]
 }

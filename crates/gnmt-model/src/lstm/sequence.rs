@@ -13,14 +13,14 @@
 //!
 //! Batch rows never interact in a recurrence, so rows are split into chunks that run their whole
 //! sequence on separate threads, with no synchronisation per step. Only the rows still running
-//! at a step are multiplied out.
+//! at a step are multiplied out. Values of the real `(step, row)` pairs only (input gates,
+//! gate activations, their gradients) are kept compact ([`Compact`]), never padded out.
 
 use candle::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::{
-    column_sums, gather_rows, lstm_cell_row, lstm_cell_row_backward, matmul_rhs, product, zeros,
-    Real, Rhs,
+    column_sums, lstm_cell_row, lstm_cell_row_backward, matmul_rhs, product, zeros, Real, Rhs,
 };
 
 /// A `[B, T]` mask (1 real, 0 pad, any float dtype) as one flag per `(step, row)`, time-major
@@ -67,8 +67,9 @@ impl Dims {
     }
 }
 
-/// One chunk's part of the forward results: per time step, its rows of the hidden states,
-/// gate activations and cell states (slices of the whole batch's time-major buffers).
+/// One chunk's part of the forward results: per time step, its rows of the hidden states and
+/// cell states (slices of the whole batch's time-major buffers) and its real rows' gate
+/// activations (slices of the compact buffer, see [`Compact`]).
 struct ChunkForward<'a, T> {
     h: Vec<&'a mut [T]>,
     acts: Vec<&'a mut [T]>,
@@ -81,7 +82,7 @@ fn forward_chunk<T: 'static + Real>(
     w_hh_t: &Rhs<T>,
     keep: Option<&[bool]>,
     d: Dims,
-    rows: std::ops::Range<usize>,
+    (rows, first_real): (std::ops::Range<usize>, &[usize]),
     mut out: ChunkForward<T>,
 ) {
     let (h, m) = (d.h, rows.len());
@@ -92,11 +93,12 @@ fn forward_chunk<T: 'static + Real>(
     let mut h_live = vec![zero; m * h];
     for k in 0..d.t {
         let s = d.time(k);
-        // The rows still running at this step: only they are multiplied out.
+        // The rows still running at this step: only they are multiplied out. Their input
+        // gates are consecutive rows of the compact projection.
         let live = live_rows(keep, s, d.b, &rows);
         let n = live.len();
-        for (g, &r) in gates.chunks_mut(4 * h).zip(&live) {
-            let x = &x_gates[(s * d.b + rows.start + r) * 4 * h..][..4 * h];
+        let x = &x_gates[first_real[s] * 4 * h..][..n * 4 * h];
+        for (g, x) in gates.chunks_mut(4 * h).zip(x.chunks(4 * h)) {
             for ((g, &x), &b) in g.iter_mut().zip(x).zip(bias) {
                 *g = x + b;
             }
@@ -117,9 +119,12 @@ fn forward_chunk<T: 'static + Real>(
             w_hh_t,
             1,
         );
-        for (g, &r) in gates.chunks(4 * h).zip(&live) {
+        for ((g, a), &r) in gates
+            .chunks(4 * h)
+            .zip(out.acts[s].chunks_mut(4 * h))
+            .zip(&live)
+        {
             let (hp, cp) = (&mut h_prev[r * h..][..h], &mut c_prev[r * h..][..h]);
-            let a = &mut out.acts[s][r * 4 * h..][..4 * h];
             lstm_cell_row(g, a, cp, hp);
         }
         // Padded rows keep their state, and output it again.
@@ -143,7 +148,7 @@ fn live_rows(
 }
 
 /// Backpropagation through time for one chunk: the gradient of its real rows' input gates,
-/// into `d_gates` (per time step, the chunk's rows; padded rows are left as they are).
+/// into `d_gates` (per time step, the chunk's real rows in the compact layout).
 #[allow(clippy::too_many_arguments)]
 fn backward_chunk<T: 'static + Real>(
     grad_h: &[T],
@@ -152,7 +157,7 @@ fn backward_chunk<T: 'static + Real>(
     w_hh: &Rhs<T>,
     keep: Option<&[bool]>,
     d: Dims,
-    rows: std::ops::Range<usize>,
+    (rows, first_real): (std::ops::Range<usize>, &[usize]),
     mut d_gates: Vec<&mut [T]>,
 ) {
     let (h, m) = (d.h, rows.len());
@@ -160,9 +165,8 @@ fn backward_chunk<T: 'static + Real>(
     let mut dh_next = vec![zero; m * h]; // gradient reaching h from later steps
     let mut dc_next = vec![zero; m * h];
     let mut dh_from_gates = vec![zero; m * h];
-    let mut dg_live = vec![zero; m * 4 * h];
     let zeros = vec![zero; h]; // the cell state before the first step
-                               // The saved activations are laid out [T, B, .] for the whole batch.
+                               // The hidden and cell states are laid out [T, B, .] for the whole batch.
     let at = |s: usize, r: usize, width: usize| (s * d.b + rows.start + r) * width;
     for k in (0..d.t).rev() {
         let s = d.time(k);
@@ -176,35 +180,82 @@ fn backward_chunk<T: 'static + Real>(
         // Padded rows passed their state through unchanged: so do its gradients.
         let live = live_rows(keep, s, d.b, &rows);
         let n = live.len();
-        for &r in &live {
-            let a = &acts[at(s, r, 4 * h)..][..4 * h];
+        let step_acts = &acts[first_real[s] * 4 * h..][..n * 4 * h];
+        for ((a, dgr), &r) in step_acts.chunks(4 * h).zip(dg.chunks_mut(4 * h)).zip(&live) {
             let c = &cells[at(s, r, h)..][..h];
             let c_prev = prev.map_or(&zeros[..], |p| &cells[at(p, r, h)..][..h]);
             let dh = &mut dh_next[r * h..][..h];
             let dc = &mut dc_next[r * h..][..h];
-            let dgr = &mut dg[r * 4 * h..][..4 * h];
             lstm_cell_row_backward(a, c, c_prev, dh, dc, dgr);
         }
-        // dh_prev = dgates W_hh for the real rows only.
-        let dg_rows = if n == m {
-            &dg[..]
-        } else {
-            for (dst, &r) in dg_live.chunks_mut(4 * h).zip(&live) {
-                dst.copy_from_slice(&dg[r * 4 * h..][..4 * h]);
-            }
-            &dg_live[..n * 4 * h]
-        };
+        // dh_prev = dgates W_hh for the real rows only (consecutive in `dg`).
         matmul_rhs(
             (n, h, 4 * h),
             &mut dh_from_gates[..n * h],
             false,
-            (dg_rows, false),
+            (&dg[..], false),
             w_hh,
             1,
         );
         for (src, &r) in dh_from_gates.chunks(h).zip(&live) {
             dh_next[r * h..][..h].copy_from_slice(src);
         }
+    }
+}
+
+/// The compact layout of the `(step, row)` pairs that are real: step by step in time order,
+/// each step's real rows in row order (the input projection is computed in this order, over
+/// the real pairs only). Per-step values that are `[T, B, width]` for the whole batch would
+/// hold padding that is zeroed, scattered into and gathered out of, and never used: the input
+/// gates, the gate activations and their gradients are kept compact instead.
+struct Compact {
+    /// Per chunk, per time step: the compact index of the chunk's first real row at that
+    /// step (its real rows there follow it).
+    first_real: Vec<Vec<usize>>,
+    /// Per chunk, per time step: how many of its rows are real.
+    real: Vec<Vec<usize>>,
+    /// All real pairs.
+    total: usize,
+}
+
+impl Compact {
+    fn new(keep: Option<&[bool]>, d: Dims, chunks: &[std::ops::Range<usize>]) -> Self {
+        let mut first_real = vec![vec![0; d.t]; chunks.len()];
+        let mut real = vec![vec![0; d.t]; chunks.len()];
+        let mut total = 0;
+        for s in 0..d.t {
+            for (c, rows) in chunks.iter().enumerate() {
+                let n = rows
+                    .clone()
+                    .filter(|&row| keep.is_none_or(|k| k[s * d.b + row]))
+                    .count();
+                first_real[c][s] = total;
+                real[c][s] = n;
+                total += n;
+            }
+        }
+        Self {
+            first_real,
+            real,
+            total,
+        }
+    }
+
+    /// Splits a compact buffer of `width` values per pair into each chunk's rows of every
+    /// step (indexed by time step), so that the chunks write in place, in parallel.
+    fn parts<'a, T>(&self, all: &'a mut [T], width: usize) -> Vec<Vec<&'a mut [T]>> {
+        let chunks = self.real.len();
+        let steps = self.real.first().map_or(0, Vec::len);
+        let mut parts: Vec<Vec<&mut [T]>> = (0..chunks).map(|_| Vec::new()).collect();
+        let mut rest = all;
+        for s in 0..steps {
+            for (part, real) in parts.iter_mut().zip(&self.real) {
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(real[s] * width);
+                part.push(mine);
+                rest = tail;
+            }
+        }
+        parts
     }
 }
 
@@ -233,8 +284,9 @@ fn rows_of_chunks<'a, T>(
     parts
 }
 
-/// Runs the recurrence over `x_gates [T, B, 4H]` (the input projection of every step); returns
-/// the hidden states, gate activations and cell states, time-major.
+/// Runs the recurrence over `x_gates`, the input projection of the real `(step, row)` pairs in
+/// the compact layout ([`Compact`]: `[real pairs, 4H]`); returns the hidden states and cell
+/// states, time-major `[T, B, H]`, and the real pairs' gate activations, compact.
 pub(super) fn forward<T: 'static + Real>(
     x_gates: &[T],
     w_hh: &[T],
@@ -243,30 +295,37 @@ pub(super) fn forward<T: 'static + Real>(
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
+    let compact = Compact::new(keep, d, &chunks);
+    assert_eq!(
+        x_gates.len(),
+        compact.total * 4 * d.h,
+        "lstm: input gates of other pairs"
+    );
     // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
     // transposed copy first was serial work on the calling thread).
     let w_hh_t = Rhs::new(w_hh, (d.h, 4 * d.h), true);
     let (mut h, mut acts, mut cells) = (
         zeros(d.t * d.b * d.h),
-        zeros(d.t * d.b * 4 * d.h),
+        zeros(compact.total * 4 * d.h),
         zeros(d.t * d.b * d.h),
     );
     let parts: Vec<_> = rows_of_chunks(&mut h, &chunks, d.b, d.h)
         .into_iter()
-        .zip(rows_of_chunks(&mut acts, &chunks, d.b, 4 * d.h))
+        .zip(compact.parts(&mut acts, 4 * d.h))
         .zip(rows_of_chunks(&mut cells, &chunks, d.b, d.h))
-        .zip(chunks.iter().cloned())
+        .zip(chunks.iter().cloned().zip(&compact.first_real))
         .map(|(((h, acts), cells), rows)| (rows, ChunkForward { h, acts, cells }))
         .collect();
-    parts
-        .into_par_iter()
-        .for_each(|(rows, out)| forward_chunk(x_gates, bias, &w_hh_t, keep, d, rows, out));
+    parts.into_par_iter().for_each(|((rows, first_real), out)| {
+        forward_chunk(x_gates, bias, &w_hh_t, keep, d, (rows, first_real), out)
+    });
     (h, acts, cells)
 }
 
 /// Returns the gradients of the input projection at the real `(step, row)` pairs `real` (the
-/// indices `s * B + b` where `keep` holds, increasing), in time-major order (`[real pairs, 4H]`; a padded step's would be 0), of `W_hh` `[4H, H]` and of
-/// the bias.
+/// indices `s * B + b` where `keep` holds, increasing: the compact layout), `[real pairs, 4H]`,
+/// of `W_hh` `[4H, H]` and of the bias. `acts` are the compact gate activations of
+/// [`forward`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward<T: 'static + Real>(
     grad_h: &[T],
@@ -279,33 +338,53 @@ pub(super) fn backward<T: 'static + Real>(
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let chunks = d.chunks();
+    let compact = Compact::new(keep, d, &chunks);
+    assert_eq!(
+        real.len(),
+        compact.total,
+        "lstm: real pairs differ from the mask"
+    );
     let w_hh = Rhs::new(w_hh, (4 * d.h, d.h), false);
-    let mut d_gates = zeros(d.t * d.b * 4 * d.h);
+    let mut dg_real = zeros(compact.total * 4 * d.h);
     let parts: Vec<_> = chunks
         .iter()
         .cloned()
-        .zip(rows_of_chunks(&mut d_gates, &chunks, d.b, 4 * d.h))
+        .zip(&compact.first_real)
+        .zip(compact.parts(&mut dg_real, 4 * d.h))
         .collect();
-    parts.into_par_iter().for_each(|(rows, d_gates)| {
-        backward_chunk(grad_h, acts, cells, &w_hh, keep, d, rows, d_gates)
-    });
-    // h_prev of every step, in time order: the output of the previous processing step.
-    let bh = d.b * d.h;
-    let mut h_prev = zeros(d.t * bh);
-    for k in 1..d.t {
-        let (s, p) = (d.time(k), d.time(k - 1));
-        h_prev[s * bh..][..bh].copy_from_slice(&h_out[p * bh..][..bh]);
+    parts
+        .into_par_iter()
+        .for_each(|((rows, first_real), d_gates)| {
+            backward_chunk(
+                grad_h,
+                acts,
+                cells,
+                &w_hh,
+                keep,
+                d,
+                (rows, first_real),
+                d_gates,
+            )
+        });
+    // h_prev of every real pair: the output of the previous processing step (zero before the
+    // first), gathered straight into the compact order.
+    let (t, bh) = (d.t, d.b * d.h);
+    let mut previous_step = vec![usize::MAX; t];
+    for k in 1..t {
+        previous_step[d.time(k)] = d.time(k - 1);
     }
-    // dW_hh = sum over steps and rows of dgates^T h_prev: one [4H, TB] x [TB, H] product,
-    // over the real (step, row) pairs only (the gradient of a padded step's gates is 0).
-    let (dg_real, h_prev_real) = if real.len() == d.t * d.b {
-        (d_gates, h_prev)
-    } else {
-        (
-            gather_rows(&d_gates, 4 * d.h, real),
-            gather_rows(&h_prev, d.h, real),
-        )
-    };
+    let mut h_prev_real = zeros(real.len() * d.h);
+    h_prev_real
+        .par_chunks_mut(d.h.max(1))
+        .zip(real.par_iter())
+        .for_each(|(dst, &pair)| {
+            let (s, row) = (pair / d.b, pair % d.b);
+            if let Some(p) = Some(previous_step[s]).filter(|&p| p != usize::MAX) {
+                dst.copy_from_slice(&h_out[p * bh + row * d.h..][..d.h]);
+            }
+        });
+    // dW_hh = sum over the real (step, row) pairs of dgates^T h_prev: one [4H, pairs] x
+    // [pairs, H] product (the gradient of a padded step's gates is 0).
     let d_w = product(
         (4 * d.h, d.h, real.len()),
         (&dg_real, true),
