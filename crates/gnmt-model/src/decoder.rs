@@ -299,7 +299,7 @@ impl Decoder {
             }
             AttentionQuery::Previous => {
                 let (context, weights) = attend(&state.layers[0].h)?;
-                let s = w.layers[0].step(&Tensor::cat(&[&emb, &context], 1)?, &state.layers[0])?;
+                let s = w.layers[0].step_parts(&[&emb, &context], &state.layers[0])?;
                 (s, context, weights)
             }
         };
@@ -312,7 +312,7 @@ impl Decoder {
             .zip(&state.layers)
             .skip(1)
         {
-            let s = layer.step(&Tensor::cat(&[&x, &context], 1)?, prev)?;
+            let s = layer.step_parts(&[&x, &context], prev)?;
             x = if residual { (&s.h + &x)? } else { s.h.clone() };
             layers.push(s);
         }

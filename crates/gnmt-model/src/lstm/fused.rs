@@ -22,6 +22,71 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
     ))
 }
 
+/// [`lstm_cell`] for decoding, where nothing needs a gradient: `h` and `c` written straight
+/// into their own tensors (no `[h | c]` to split and copy), rows in parallel when there are
+/// many (a beam step's cell ran on one thread while the other waited). The same bits as
+/// [`lstm_cell`]: each row is the same [`lstm_cell_row`] call.
+pub fn lstm_cell_step(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, h) = c_prev.dims2()?;
+    if gates.dims2()? != (b, 4 * h) {
+        candle::bail!(
+            "lstm cell: gates {:?} and cell {:?} do not fit",
+            gates.shape(),
+            c_prev.shape()
+        )
+    }
+    let (gates, c_prev) = (gates.contiguous()?, c_prev.contiguous()?);
+    let (gs, cs) = (gates.storage_and_layout(), c_prev.storage_and_layout());
+    macro_rules! step {
+        ($t:ty) => {{
+            let (hs, cs) = step_rows::<$t>(
+                tensor_slice(&gs.0, gs.1, "lstm cell")?,
+                tensor_slice(&cs.0, cs.1, "lstm cell")?,
+                h,
+            );
+            let device = c_prev.device();
+            Ok((
+                Tensor::from_vec(hs, (b, h), device)?,
+                Tensor::from_vec(cs, (b, h), device)?,
+            ))
+        }};
+    }
+    match c_prev.dtype() {
+        DType::F32 => step!(f32),
+        DType::F64 => step!(f64),
+        other => candle::bail!("lstm cell: no kernel for {other:?}"),
+    }
+}
+
+/// Rows below this many hidden units in all are stepped on the calling thread.
+const PARALLEL_MIN_UNITS: usize = 1 << 13;
+
+fn step_rows<T: Real>(gates: &[T], c_prev: &[T], h: usize) -> (Vec<T>, Vec<T>) {
+    use rayon::prelude::*;
+    let mut hs = vec![T::default(); c_prev.len()];
+    let mut cs = c_prev.to_vec();
+    // `acts` is scratch for the gate activations, which decoding does not keep.
+    let row =
+        |acts: &mut Vec<T>, ((g, c), h): ((&[T], &mut [T]), &mut [T])| lstm_cell_row(g, acts, c, h);
+    let h = h.max(1);
+    let scratch = || vec![T::default(); 4 * h];
+    if c_prev.len() >= PARALLEL_MIN_UNITS && rayon::current_num_threads() > 1 {
+        gates
+            .par_chunks(4 * h)
+            .zip(cs.par_chunks_mut(h))
+            .zip(hs.par_chunks_mut(h))
+            .for_each_init(scratch, row);
+    } else {
+        let mut acts = scratch();
+        gates
+            .chunks(4 * h)
+            .zip(cs.chunks_mut(h))
+            .zip(hs.chunks_mut(h))
+            .for_each(|item| row(&mut acts, item));
+    }
+    (hs, cs)
+}
+
 struct LstmCell;
 
 fn forward<T: Real>(gates: &[T], c_prev: &[T], b: usize, h: usize) -> Vec<T> {
@@ -210,5 +275,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The decoding step gives the bits of the autograd cell, on one thread's path (few rows)
+    /// and the parallel one (many).
+    #[test]
+    fn the_decoding_step_gives_the_bits_of_the_cell() {
+        for (rows, dtype) in [(3, DType::F32), (3, DType::F64), (400, DType::F32)] {
+            let h = 24;
+            let gates = rand(&[rows, 4 * h], 5, dtype);
+            let c_prev = rand(&[rows, h], 6, dtype);
+            let (h1, c1) = lstm_cell(&gates, &c_prev).unwrap();
+            let (h2, c2) = lstm_cell_step(&gates, &c_prev).unwrap();
+            let bits = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(bits(&h1), bits(&h2), "{rows} rows {dtype:?}: h");
+            assert_eq!(bits(&c1), bits(&c2), "{rows} rows {dtype:?}: c");
+        }
+        assert!(400 * 24 >= PARALLEL_MIN_UNITS);
     }
 }

@@ -58,8 +58,16 @@ pub struct StepWeights {
 impl StepWeights {
     /// One step from an input `x [B, in]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let gates = self.w_t.apply(&Tensor::cat(&[x, &state.h], 1)?)?;
-        let (h, c) = fused::lstm_cell(&gates, &state.c)?;
+        self.step_parts(&[x], state)
+    }
+
+    /// One step from an input given in parts side by side (`[x | context]`): concatenated
+    /// with the hidden state in one copy.
+    pub fn step_parts(&self, x: &[&Tensor], state: &LstmState) -> Result<LstmState> {
+        let mut parts = x.to_vec();
+        parts.push(&state.h);
+        let gates = self.w_t.apply(&Tensor::cat(&parts, 1)?)?;
+        let (h, c) = fused::lstm_cell_step(&gates, &state.c)?;
         Ok(LstmState { h, c })
     }
 }
