@@ -32,6 +32,12 @@ pub struct BenchTrainArgs {
     /// Thread counts to measure, each in its own process.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub threads_list: Vec<usize>,
+    /// Times to run the whole thread-count list, alternating. A shared machine's speed drifts
+    /// by 10-20% within minutes, so one ratio of two runs taken a minute apart can be off by
+    /// as much; with several rounds each ratio is of runs taken back to back, and the median
+    /// rates and ratios are reported.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Also run the PyTorch baseline (bench/torch_baseline.sh; installs PyTorch on first use).
     #[arg(long)]
     pub torch: bool,
@@ -49,6 +55,17 @@ fn lengths(args: &BenchTrainArgs) -> (Vec<usize>, Vec<usize>) {
             .collect()
     };
     (draw(args.batch), draw(args.batch))
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 fn join(xs: &[usize]) -> String {
@@ -123,49 +140,81 @@ impl BenchTrainArgs {
             self.max_len,
             self.steps
         );
+        anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
         let exe = std::env::current_exe()?;
-        let mut rates = Vec::new();
-        for &threads in &self.threads_list {
-            let out = std::process::Command::new(&exe)
-                .args([
-                    "--threads",
-                    &threads.to_string(),
-                    "--matmul",
-                    gnmt_model::matmul_precision_name(),
-                    "bench",
-                    "train",
-                    "--single",
-                ])
-                .args(["--preset", &self.preset, "--batch", &self.batch.to_string()])
-                .args([
-                    "--min-len",
-                    &self.min_len.to_string(),
-                    "--max-len",
-                    &self.max_len.to_string(),
-                ])
-                .args(["--steps", &self.steps.to_string()])
-                .output()
-                .context("running the measurement process")?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            anyhow::ensure!(
-                out.status.success(),
-                "measurement failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            print!("{text}");
-            if let Some(rate) = rate_of(&text) {
-                rates.push((threads, rate));
+        // rounds[r][i]: the rate of thread count i in round r.
+        let mut rounds: Vec<Vec<f64>> = Vec::new();
+        for round in 0..self.rounds {
+            if self.rounds > 1 {
+                println!("round {}:", round + 1);
+            }
+            let mut rates = Vec::new();
+            for &threads in &self.threads_list {
+                let text = self.measure_in_child(&exe, threads)?;
+                print!("{text}");
+                rates.push(rate_of(&text).context("the measurement printed no rate")?);
+            }
+            rounds.push(rates);
+        }
+        let rates: Vec<(usize, f64)> = self
+            .threads_list
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, median(rounds.iter().map(|r| r[i]).collect())))
+            .collect();
+        if self.rounds > 1 {
+            for &(t, rate) in &rates {
+                println!(
+                    "threads={t}: median of {} rounds {rate:.0} target tokens/s",
+                    self.rounds
+                );
             }
         }
-        if let (Some(&(t0, r0)), true) = (rates.first(), rates.len() > 1) {
-            for &(t, r) in &rates[1..] {
-                println!("{t} threads vs {t0}: {:.2}x", r / r0);
+        if let (Some(&t0), true) = (self.threads_list.first(), rates.len() > 1) {
+            for (i, &t) in self.threads_list.iter().enumerate().skip(1) {
+                let ratio = median(rounds.iter().map(|r| r[i] / r[0]).collect());
+                match self.rounds {
+                    1 => println!("{t} threads vs {t0}: {ratio:.2}x"),
+                    n => {
+                        println!("{t} threads vs {t0}: {ratio:.2}x (median of {n} rounds' ratios)")
+                    }
+                }
             }
         }
         if self.torch {
             self.torch_baseline(&cfg, &rates)?;
         }
         Ok(())
+    }
+
+    /// One `--single` measurement at `threads` threads in a child process; its output.
+    fn measure_in_child(&self, exe: &std::path::Path, threads: usize) -> anyhow::Result<String> {
+        let out = std::process::Command::new(exe)
+            .args([
+                "--threads",
+                &threads.to_string(),
+                "--matmul",
+                gnmt_model::matmul_precision_name(),
+                "bench",
+                "train",
+                "--single",
+            ])
+            .args(["--preset", &self.preset, "--batch", &self.batch.to_string()])
+            .args([
+                "--min-len",
+                &self.min_len.to_string(),
+                "--max-len",
+                &self.max_len.to_string(),
+            ])
+            .args(["--steps", &self.steps.to_string()])
+            .output()
+            .context("running the measurement process")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "measurement failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn torch_baseline(&self, cfg: &ModelConfig, ours: &[(usize, f64)]) -> anyhow::Result<()> {
@@ -296,5 +345,18 @@ impl BenchTrainArgs {
         }
         println!("tokens_per_s={rate}");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
     }
 }
