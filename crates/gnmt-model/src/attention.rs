@@ -22,18 +22,6 @@ pub struct Memory {
     pub mask: Tensor,
 }
 
-impl Memory {
-    /// Keeps batch rows `indices` (a `u32` tensor), in that order.
-    pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
-        Ok(Self {
-            values: self.values.index_select(indices, 0)?,
-            keys: self.keys.index_select(indices, 0)?,
-            score_bias: self.score_bias.index_select(indices, 0)?,
-            mask: self.mask.index_select(indices, 0)?,
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Attention {
     query: Linear, // H -> A, no bias

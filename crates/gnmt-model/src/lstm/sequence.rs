@@ -369,9 +369,9 @@ pub(super) fn backward<T: 'static + Real>(
     // h_prev of every real pair: the output of the previous processing step (zero before the
     // first), gathered straight into the compact order.
     let (t, bh) = (d.t, d.b * d.h);
-    let mut previous_step = vec![usize::MAX; t];
+    let mut previous_step = vec![None; t];
     for k in 1..t {
-        previous_step[d.time(k)] = d.time(k - 1);
+        previous_step[d.time(k)] = Some(d.time(k - 1));
     }
     let mut h_prev_real = zeros(real.len() * d.h);
     h_prev_real
@@ -379,7 +379,7 @@ pub(super) fn backward<T: 'static + Real>(
         .zip(real.par_iter())
         .for_each(|(dst, &pair)| {
             let (s, row) = (pair / d.b, pair % d.b);
-            if let Some(p) = Some(previous_step[s]).filter(|&p| p != usize::MAX) {
+            if let Some(p) = previous_step[s] {
                 dst.copy_from_slice(&h_out[p * bh + row * d.h..][..d.h]);
             }
         });
