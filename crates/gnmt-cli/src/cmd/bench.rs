@@ -106,3 +106,16 @@ impl BenchDataArgs {
         Ok(())
     }
 }
+
+/// Runs one measurement child process (this executable with `--single` arguments) and
+/// returns what it printed; a failure is an error carrying the child's stderr.
+pub(crate) fn measurement_output(cmd: &mut std::process::Command) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let out = cmd.output().context("running the measurement process")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "measurement failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

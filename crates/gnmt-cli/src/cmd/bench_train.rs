@@ -189,32 +189,26 @@ impl BenchTrainArgs {
 
     /// One `--single` measurement at `threads` threads in a child process; its output.
     fn measure_in_child(&self, exe: &std::path::Path, threads: usize) -> anyhow::Result<String> {
-        let out = std::process::Command::new(exe)
-            .args([
-                "--threads",
-                &threads.to_string(),
-                "--matmul",
-                gnmt_model::matmul_precision_name(),
-                "bench",
-                "train",
-                "--single",
-            ])
-            .args(["--preset", &self.preset, "--batch", &self.batch.to_string()])
-            .args([
-                "--min-len",
-                &self.min_len.to_string(),
-                "--max-len",
-                &self.max_len.to_string(),
-            ])
-            .args(["--steps", &self.steps.to_string()])
-            .output()
-            .context("running the measurement process")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "measurement failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        super::bench::measurement_output(
+            std::process::Command::new(exe)
+                .args([
+                    "--threads",
+                    &threads.to_string(),
+                    "--matmul",
+                    gnmt_model::matmul_precision_name(),
+                    "bench",
+                    "train",
+                    "--single",
+                ])
+                .args(["--preset", &self.preset, "--batch", &self.batch.to_string()])
+                .args([
+                    "--min-len",
+                    &self.min_len.to_string(),
+                    "--max-len",
+                    &self.max_len.to_string(),
+                ])
+                .args(["--steps", &self.steps.to_string()]),
+        )
     }
 
     fn torch_baseline(&self, cfg: &ModelConfig, ours: &[(usize, f64)]) -> anyhow::Result<()> {

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
@@ -48,28 +47,23 @@ impl BenchTranslateArgs {
         let exe = std::env::current_exe()?;
         for &beam in &self.beams {
             for &threads in &self.threads_list {
-                let out = std::process::Command::new(&exe)
-                    .args(["--threads", &threads.to_string()])
-                    .args(["--matmul", gnmt_model::matmul_precision_name()])
-                    .args(["bench", "translate"])
-                    .arg("-m")
-                    .arg(&self.model)
-                    .arg("--src")
-                    .arg(&src)
-                    .args([
-                        "--batch-size",
-                        &self.batch_size.to_string(),
-                        "--single",
-                        &beam.to_string(),
-                    ])
-                    .output()
-                    .context("running the measurement process")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "measurement failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                print!("{}", String::from_utf8_lossy(&out.stdout));
+                let text = super::bench::measurement_output(
+                    std::process::Command::new(&exe)
+                        .args(["--threads", &threads.to_string()])
+                        .args(["--matmul", gnmt_model::matmul_precision_name()])
+                        .args(["bench", "translate"])
+                        .arg("-m")
+                        .arg(&self.model)
+                        .arg("--src")
+                        .arg(&src)
+                        .args([
+                            "--batch-size",
+                            &self.batch_size.to_string(),
+                            "--single",
+                            &beam.to_string(),
+                        ]),
+                )?;
+                print!("{text}");
             }
         }
         Ok(())

@@ -224,6 +224,16 @@ mod tests {
     use super::*;
     use candle::{Device, Var};
 
+    /// A tensor's values as f64, flattened.
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    }
+
     fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n)
@@ -249,19 +259,11 @@ mod tests {
                     + (&c * &wc).unwrap().sum_all().unwrap())
                 .unwrap();
                 let grads = loss.backward().unwrap();
-                let v = |t: &Tensor| {
-                    t.to_dtype(DType::F64)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f64>()
-                        .unwrap()
-                };
                 [
-                    v(&h),
-                    v(&c),
-                    v(grads.get(&gates).unwrap()),
-                    v(grads.get(&c_prev).unwrap()),
+                    values(&h),
+                    values(&c),
+                    values(grads.get(&gates).unwrap()),
+                    values(grads.get(&c_prev).unwrap()),
                 ]
             };
             let (fused, reference) = (run(lstm_cell), run(super::super::reference::lstm_cell));
@@ -287,16 +289,8 @@ mod tests {
             let c_prev = rand(&[rows, h], 6, dtype);
             let (h1, c1) = lstm_cell(&gates, &c_prev).unwrap();
             let (h2, c2) = lstm_cell_step(&gates, &c_prev).unwrap();
-            let bits = |t: &Tensor| {
-                t.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
-            assert_eq!(bits(&h1), bits(&h2), "{rows} rows {dtype:?}: h");
-            assert_eq!(bits(&c1), bits(&c2), "{rows} rows {dtype:?}: c");
+            assert_eq!(values(&h1), values(&h2), "{rows} rows {dtype:?}: h");
+            assert_eq!(values(&c1), values(&c2), "{rows} rows {dtype:?}: c");
         }
         assert!(400 * 24 >= PARALLEL_MIN_UNITS);
     }
