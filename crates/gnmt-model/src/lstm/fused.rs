@@ -27,14 +27,7 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
 /// many (a beam step's cell ran on one thread while the other waited). The same bits as
 /// [`lstm_cell`]: each row is the same [`lstm_cell_row`] call.
 pub fn lstm_cell_step(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (b, h) = c_prev.dims2()?;
-    if gates.dims2()? != (b, 4 * h) {
-        candle::bail!(
-            "lstm cell: gates {:?} and cell {:?} do not fit",
-            gates.shape(),
-            c_prev.shape()
-        )
-    }
+    let (b, h) = rows_and_units(gates.shape(), c_prev.shape())?;
     let (gates, c_prev) = (gates.contiguous()?, c_prev.contiguous()?);
     let (gs, cs) = (gates.storage_and_layout(), c_prev.storage_and_layout());
     macro_rules! step {
@@ -56,6 +49,15 @@ pub fn lstm_cell_step(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor
         DType::F64 => step!(f64),
         other => candle::bail!("lstm cell: no kernel for {other:?}"),
     }
+}
+
+/// `(B, H)` of gates `[B, 4H]` and a cell state `[B, H]`, or an error if they do not fit.
+fn rows_and_units(gates: &Shape, c: &Shape) -> Result<(usize, usize)> {
+    let (b, h) = c.dims2()?;
+    if gates.dims2()? != (b, 4 * h) {
+        candle::bail!("lstm cell: gates {gates:?} and cell {c:?} do not fit")
+    }
+    Ok((b, h))
 }
 
 /// Rows below this many hidden units in all are stepped on the calling thread.
@@ -154,15 +156,7 @@ impl CustomOp2 for LstmCell {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, h4) = l1.shape().dims2()?;
-        let (bc, h) = l2.shape().dims2()?;
-        if b != bc || h4 != 4 * h {
-            candle::bail!(
-                "lstm cell: gates {:?} and cell {:?} do not fit",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (b, h) = rows_and_units(l1.shape(), l2.shape())?;
         let out = match (s1, s2) {
             (CpuStorage::F32(g), CpuStorage::F32(c)) => {
                 CpuStorage::F32(forward(contiguous(g, l1)?, contiguous(c, l2)?, b, h))
