@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use candle::{Result, Tensor};
-use candle_nn::{Embedding, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use crate::embedding::TokenEmbedding;
 
 use crate::attention::{Attention, Memory};
 use crate::config::{AttentionQuery, ModelConfig};
@@ -15,7 +17,7 @@ use crate::lstm::{Lstm, LstmState, StepWeights};
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    embedding: Embedding,
+    embedding: TokenEmbedding,
     /// `layers[0]` is the bottom layer (its output is the attention query).
     layers: Vec<Lstm>,
     residual: Vec<bool>,
@@ -95,7 +97,11 @@ impl DecoderState {
 impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
-        let embedding = candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?;
+        let embedding = crate::embedding::TokenEmbedding::new(
+            candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
+                .embeddings()
+                .clone(),
+        )?;
         let lstm = vb.pp("lstm");
         let bottom_in = match cfg.attention_query {
             AttentionQuery::Current => e,

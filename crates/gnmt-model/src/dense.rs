@@ -241,7 +241,7 @@ impl CustomOp2 for MatmulT {
             candle::DType::F64 => grads!(f64),
             other => candle::bail!("matmul-t: no backward for {other:?}"),
         };
-        Ok((Some(dx), Some(dw)))
+        Ok((Some(dx), crate::param_grads::deliver(w, dw)))
     }
 }
 

@@ -2,7 +2,9 @@
 //! residual connections from layer 3 up (Marian's "bi-unidirectional" layout).
 
 use candle::{Result, Tensor};
-use candle_nn::{Embedding, Module, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::embedding::TokenEmbedding;
 
 use crate::config::ModelConfig;
 use crate::dropout::{self, Dropout};
@@ -10,7 +12,7 @@ use crate::lstm::Lstm;
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    embedding: Embedding,
+    embedding: TokenEmbedding,
     forward_dir: Lstm,
     backward_dir: Lstm,
     /// Layers 2..=N; `layers[k]` is layer `k + 2`.
@@ -21,7 +23,11 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
-        let embedding = candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?;
+        let embedding = crate::embedding::TokenEmbedding::new(
+            candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
+                .embeddings()
+                .clone(),
+        )?;
         let lstm = vb.pp("lstm");
         let forward_dir = Lstm::new(e, h, "l0", &lstm)?;
         let backward_dir = Lstm::new(e, h, "l0_reverse", &lstm)?;

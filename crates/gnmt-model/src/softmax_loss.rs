@@ -294,7 +294,11 @@ impl CustomOp3 for TokenLosses {
             (CpuStorage::F64(z), CpuStorage::F64(lse)) => grads!(f64, z, lse),
             _ => candle::bail!("token losses: backward needs f32 or f64 tensors"),
         };
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((
+            Some(dx),
+            crate::param_grads::deliver(&weight, dw),
+            crate::param_grads::deliver(bias, db),
+        ))
     }
 }
 

@@ -214,7 +214,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         )?;
         let mean = loss.mean()?;
         let loss_value = mean.to_scalar::<f32>()? as f64;
-        let grads = mean.backward()?;
+        let grads = gnmt_model::param_grads::backward(&mean)?;
         let stats = GradStats::measure(&grads, optimizer.vars())?;
         state.cursor = batcher.cursor();
         if !loss_value.is_finite() || !stats.is_finite() {

@@ -281,7 +281,7 @@ impl BenchTrainArgs {
                 Some(&mut dropout),
             )?;
             let t1 = Instant::now();
-            let grads = loss.mean()?.backward()?;
+            let grads = gnmt_model::param_grads::backward(&loss.mean()?)?;
             let t2 = Instant::now();
             let stats = gnmt_train::grads::GradStats::measure(&grads, optimizer.vars())?;
             let scale = (optim.clip_norm / stats.total_norm).min(1.0);

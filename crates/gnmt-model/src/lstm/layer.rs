@@ -19,7 +19,7 @@ use super::sequence::{self, Dims};
 use crate::kernels::{gather_rows, product, scatter_rows, tensor_slice, zeros, Real};
 
 /// Runs one layer from the zero state over `x [B, T, in]`: `w_ih [4H, in]`, `w_hh [4H, H]`,
-/// `bias [4H]` (the sum of both LSTM biases). `keep` holds one flag per `(step, row)`,
+/// and both LSTM biases `[4H]` (the gates see their sum). `keep` holds one flag per `(step, row)`,
 /// time-major (`keep[s * B + b]`, see [`sequence::time_major_keep`]); a padded step leaves the
 /// state unchanged. `reverse` processes time backwards. Returns the hidden state after each
 /// step, `[B, T, H]`.
@@ -27,19 +27,20 @@ pub fn lstm_layer(
     x: &Tensor,
     w_ih: &Tensor,
     w_hh: &Tensor,
-    bias: &Tensor,
+    (b_ih, b_hh): (&Tensor, &Tensor),
     keep: Option<Vec<bool>>,
     reverse: bool,
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let (h4, h) = w_hh.dims2()?;
-    if h4 != 4 * h || w_ih.dims() != [h4, i] || bias.dims() != [h4] {
+    if h4 != 4 * h || w_ih.dims() != [h4, i] || b_ih.dims() != [h4] || b_hh.dims() != [h4] {
         candle::bail!(
-            "lstm: x {:?}, W_ih {:?}, W_hh {:?} and bias {:?} do not fit",
+            "lstm: x {:?}, W_ih {:?}, W_hh {:?} and biases {:?}, {:?} do not fit",
             x.dims(),
             w_ih.dims(),
             w_hh.dims(),
-            bias.dims()
+            b_ih.dims(),
+            b_hh.dims()
         )
     }
     if keep.as_ref().is_some_and(|k| k.len() != t * b) {
@@ -48,8 +49,12 @@ pub fn lstm_layer(
             keep.map_or(0, |k| k.len())
         )
     }
-    // Three inputs is the most a custom op takes: the bias rides as W_hh's last column.
-    let w_hh_bias = Tensor::cat(&[w_hh, &bias.unsqueeze(1)?], 1)?;
+    // Three inputs is the most a custom op takes: the summed bias rides as W_hh's last column,
+    // put there by an op of its own (a sum, an unsqueeze and a concatenation through candle
+    // were three more nodes whose backward started each input's gradient as a zero tensor).
+    let w_hh_bias =
+        w_hh.contiguous()?
+            .apply_op3(&b_ih.contiguous()?, &b_hh.contiguous()?, RecurrentParams)?;
     let op = LstmLayer {
         reverse,
         keep,
@@ -170,6 +175,93 @@ fn backward<T: 'static + Real>(
     [dx, d_w_ih, d_wb]
 }
 
+/// `(W_hh [4H, H], b_ih [4H], b_hh [4H]) -> [W_hh | b_ih + b_hh] [4H, H + 1]`, the layer op's
+/// third input. Its backward splits the gradient and hands the parts to
+/// [`crate::param_grads`] (both biases receive the bias column's gradient).
+struct RecurrentParams;
+
+fn pack_w_hh_bias<T: Real>(w_hh: &[T], b_ih: &[T], b_hh: &[T], h: usize) -> Vec<T> {
+    let mut wb = zeros(b_ih.len() * (h + 1));
+    wb.par_chunks_mut(h + 1)
+        .zip(w_hh.par_chunks(h.max(1)))
+        .zip(b_ih.par_iter().zip(b_hh.par_iter()))
+        .for_each(|((dst, w), (&bi, &bh))| {
+            dst[..h].copy_from_slice(&w[..h]);
+            dst[h] = bi + bh;
+        });
+    wb
+}
+
+impl CustomOp3 for RecurrentParams {
+    fn name(&self) -> &'static str {
+        "lstm-recurrent-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (h4, h) = l1.shape().dims2()?;
+        if l2.shape().dims() != [h4] || l3.shape().dims() != [h4] {
+            candle::bail!(
+                "lstm: W_hh {:?} and biases {:?}, {:?} do not fit",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let wb = match (s1, s2, s3) {
+            (CpuStorage::F32(w), CpuStorage::F32(bi), CpuStorage::F32(bh)) => CpuStorage::F32(
+                pack_w_hh_bias(slice(w, l1)?, slice(bi, l2)?, slice(bh, l3)?, h),
+            ),
+            (CpuStorage::F64(w), CpuStorage::F64(bi), CpuStorage::F64(bh)) => CpuStorage::F64(
+                pack_w_hh_bias(slice(w, l1)?, slice(bi, l2)?, slice(bh, l3)?, h),
+            ),
+            _ => candle::bail!("lstm: f32 or f64 weights of one dtype only"),
+        };
+        Ok((wb, Shape::from((h4, h + 1))))
+    }
+
+    fn bwd(
+        &self,
+        w_hh: &Tensor,
+        b_ih: &Tensor,
+        b_hh: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (h4, h) = w_hh.dims2()?;
+        let g = grad.contiguous()?;
+        let gs = g.storage_and_layout();
+        let device = w_hh.device();
+        macro_rules! split {
+            ($t:ty) => {{
+                let (w, b) = split_w_hh_bias(tensor_slice::<$t>(&gs.0, gs.1, "lstm")?, h);
+                (
+                    Tensor::from_vec(w, (h4, h), device)?,
+                    Tensor::from_vec(b, h4, device)?,
+                )
+            }};
+        }
+        let (d_w_hh, d_bias) = match grad.dtype() {
+            DType::F32 => split!(f32),
+            DType::F64 => split!(f64),
+            other => candle::bail!("lstm: no backward for {other:?}"),
+        };
+        use crate::param_grads::deliver;
+        Ok((
+            deliver(w_hh, d_w_hh),
+            deliver(b_ih, d_bias.clone()),
+            deliver(b_hh, d_bias),
+        ))
+    }
+}
+
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
     crate::kernels::contiguous_slice(data, l, "lstm")
 }
@@ -286,6 +378,6 @@ impl CustomOp3 for LstmLayer {
             }
             (.., other) => candle::bail!("lstm: no backward for {other:?}"),
         };
-        Ok((Some(dx), Some(dw), Some(dwb)))
+        Ok((Some(dx), crate::param_grads::deliver(w_ih, dw), Some(dwb)))
     }
 }

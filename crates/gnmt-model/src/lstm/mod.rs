@@ -151,7 +151,14 @@ impl Lstm {
             None => None,
             Some(m) => Some(sequence::time_major_keep(m, t, b)?),
         };
-        layer::lstm_layer(x, &self.w_ih, &self.w_hh, &self.bias()?, keep, reverse)
+        layer::lstm_layer(
+            x,
+            &self.w_ih,
+            &self.w_hh,
+            (&self.b_ih, &self.b_hh),
+            keep,
+            reverse,
+        )
     }
 
     /// [`Lstm::forward`] as one autograd op per step, also returning the final state: the
