@@ -407,7 +407,7 @@ mod tests {
         let t = write(
             dir.path(),
             "a.de",
-            &format!("ein hund\nleer\nblank\n \nkurz\na b c d e f g h i j k l\ndie katze\n"),
+            "ein hund\nleer\nblank\n \nkurz\na b c d e f g h i j k l\ndie katze\n",
         );
         let filter = FilterOptions {
             max_len: 60,

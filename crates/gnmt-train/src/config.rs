@@ -194,6 +194,9 @@ impl TrainConfig {
             ));
         }
         let o = &self.optim;
+        // Written as negated comparisons on purpose: NaN fails every comparison, so
+        // `!(x > 0.0)` refuses it where the "simplified" `x <= 0.0` would let it through.
+        #[allow(clippy::nonminimal_bool, clippy::neg_cmp_op_on_partial_ord)]
         if !(o.lr > 0.0 && o.lr.is_finite())
             || !(o.clip_norm > 0.0)
             || !(o.init_ok(self.init_scale))
