@@ -30,10 +30,6 @@ impl TokenEmbedding {
         Ok(Self { table })
     }
 
-    pub fn table(&self) -> &Tensor {
-        &self.table
-    }
-
     /// `ids [..]` (u32) -> `[.., dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
