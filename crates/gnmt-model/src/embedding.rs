@@ -13,7 +13,7 @@ use candle::backend::BackendStorage;
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, tensor_slice, zeros, Real};
+use crate::kernels::{contiguous_slice, gather_rows, tensor_slice, zeros, Real};
 
 /// Table rows one parallel task of the backward pass owns.
 const ROWS_PER_TASK: usize = 64;
@@ -60,11 +60,8 @@ fn checked_ids<'a>(s: &'a CpuStorage, l: &Layout, vocab: usize) -> Result<&'a [u
 }
 
 fn lookup<T: Copy + Default + Send + Sync>(table: &[T], ids: &[u32], dim: usize) -> Vec<T> {
-    let mut out = zeros(ids.len() * dim);
-    out.par_chunks_mut(dim.max(1))
-        .zip(ids.par_iter())
-        .for_each(|(dst, &id)| dst.copy_from_slice(&table[id as usize * dim..][..dim]));
-    out
+    let rows: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+    gather_rows(table, dim, &rows)
 }
 
 /// The table's gradient: row `v` is the sum, in position order, of the gradients of the

@@ -101,6 +101,20 @@ mod tests {
         }
     }
 
+    /// An op whose backward fails.
+    struct Broken;
+    impl CustomOp1 for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            Ok((s.clone(), l.shape().clone()))
+        }
+        fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+            candle::bail!("broken backward")
+        }
+    }
+
     #[test]
     fn collected_gradients_equal_candles_own() -> Result<()> {
         let dev = Device::Cpu;
@@ -141,6 +155,26 @@ mod tests {
         // Closed again: the op returns the gradient to candle.
         assert!(COLLECTOR.with(|c| c.borrow().is_none()));
         assert_eq!(loss.backward()?.get(&w).unwrap().to_vec1::<f32>()?, [3.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_backward_closes_the_collector_and_nesting_is_refused() -> Result<()> {
+        let w = Var::new(&[2.0f32], &Device::Cpu)?;
+        let loss = w
+            .as_tensor()
+            .apply_op1(Triple)?
+            .apply_op1(Broken)?
+            .sum_all()?;
+        let err = backward(&loss).unwrap_err().to_string();
+        assert!(err.contains("broken backward"), "{err}");
+        assert!(COLLECTOR.with(|c| c.borrow().is_none()));
+        // As if called from an op's backward while a collector is open.
+        COLLECTOR.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let loss = w.as_tensor().apply_op1(Triple)?.sum_all()?;
+        let nested = backward(&loss).map(|_| ()).unwrap_err().to_string();
+        COLLECTOR.with(|c| c.borrow_mut().take());
+        assert!(nested.contains("inside a backward pass"), "{nested}");
         Ok(())
     }
 }
