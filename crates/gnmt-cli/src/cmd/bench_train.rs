@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::Args;
+
+use super::bench::Rounds;
 use gnmt_model::{init_model, mask_from_lengths, parameter_count, ModelConfig};
 use rand::{Rng, SeedableRng};
 
@@ -55,17 +57,6 @@ fn lengths(args: &BenchTrainArgs) -> (Vec<usize>, Vec<usize>) {
             .collect()
     };
     (draw(args.batch), draw(args.batch))
-}
-
-/// The median of `xs` (the mean of the middle two for an even count).
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => xs[n / 2],
-        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 fn join(xs: &[usize]) -> String {
@@ -140,27 +131,20 @@ impl BenchTrainArgs {
             self.max_len,
             self.steps
         );
-        anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
         let exe = std::env::current_exe()?;
-        // rounds[r][i]: the rate of thread count i in round r.
-        let mut rounds: Vec<Vec<f64>> = Vec::new();
-        for round in 0..self.rounds {
-            if self.rounds > 1 {
+        let rounds = Rounds::run(self.rounds, self.threads_list.len(), |round, i| {
+            if self.rounds > 1 && i == 0 {
                 println!("round {}:", round + 1);
             }
-            let mut rates = Vec::new();
-            for &threads in &self.threads_list {
-                let text = self.measure_in_child(&exe, threads)?;
-                print!("{text}");
-                rates.push(rate_of(&text).context("the measurement printed no rate")?);
-            }
-            rounds.push(rates);
-        }
+            let text = self.measure_in_child(&exe, self.threads_list[i])?;
+            print!("{text}");
+            rate_of(&text).context("the measurement printed no rate")
+        })?;
         let rates: Vec<(usize, f64)> = self
             .threads_list
             .iter()
             .enumerate()
-            .map(|(i, &t)| (t, median(rounds.iter().map(|r| r[i]).collect())))
+            .map(|(i, &t)| (t, rounds.median_rate(i)))
             .collect();
         if self.rounds > 1 {
             for &(t, rate) in &rates {
@@ -170,16 +154,13 @@ impl BenchTrainArgs {
                 );
             }
         }
-        if let (Some(&t0), true) = (self.threads_list.first(), rates.len() > 1) {
-            for (i, &t) in self.threads_list.iter().enumerate().skip(1) {
-                let ratio = median(rounds.iter().map(|r| r[i] / r[0]).collect());
-                match self.rounds {
-                    1 => println!("{t} threads vs {t0}: {ratio:.2}x"),
-                    n => {
-                        println!("{t} threads vs {t0}: {ratio:.2}x (median of {n} rounds' ratios)")
-                    }
-                }
-            }
+        for (i, &t) in self.threads_list.iter().enumerate().skip(1) {
+            let t0 = self.threads_list[0];
+            println!(
+                "{t} threads vs {t0}: {:.2}x{}",
+                rounds.median_ratio(i, 0),
+                super::bench::rounds_note(&rounds)
+            );
         }
         if self.torch {
             self.torch_baseline(&cfg, &rates)?;
@@ -339,18 +320,5 @@ impl BenchTrainArgs {
         }
         println!("tokens_per_s={rate}");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(vec![7.0]), 7.0);
-        assert!(median(Vec::new()).is_nan());
     }
 }

@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
 use gnmt_tokenizer::{data::multi30k_dir, Lines};
+
+use super::bench::Rounds;
 
 #[derive(Debug, Args)]
 pub struct BenchTranslateArgs {
@@ -25,6 +28,11 @@ pub struct BenchTranslateArgs {
     pub threads_list: Vec<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Times to run every configuration, alternating; the median rates and the median of each
+    /// round's thread-count ratios are reported (a one-second greedy run's ratio moves by 0.2
+    /// from one run to the next on a shared machine).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Measure one configuration in this process (used by the parent run).
     #[arg(long, hide = true)]
     pub single: Option<usize>,
@@ -45,25 +53,56 @@ impl BenchTranslateArgs {
             src.display()
         );
         let exe = std::env::current_exe()?;
-        for &beam in &self.beams {
-            for &threads in &self.threads_list {
-                let text = super::bench::measurement_output(
-                    std::process::Command::new(&exe)
-                        .args(["--threads", &threads.to_string()])
-                        .args(["--matmul", gnmt_model::matmul_precision_name()])
-                        .args(["bench", "translate"])
-                        .arg("-m")
-                        .arg(&self.model)
-                        .arg("--src")
-                        .arg(&src)
-                        .args([
-                            "--batch-size",
-                            &self.batch_size.to_string(),
-                            "--single",
-                            &beam.to_string(),
-                        ]),
-                )?;
-                print!("{text}");
+        // Configuration i: beam `i / per_beam`, thread count `i % per_beam` of the lists.
+        let per_beam = self.threads_list.len();
+        let configs: Vec<(usize, usize)> = self
+            .beams
+            .iter()
+            .flat_map(|&b| self.threads_list.iter().map(move |&t| (b, t)))
+            .collect();
+        let rounds = Rounds::run(self.rounds, configs.len(), |round, i| {
+            if self.rounds > 1 && i == 0 {
+                println!("round {}:", round + 1);
+            }
+            let (beam, threads) = configs[i];
+            let text = super::bench::measurement_output(
+                std::process::Command::new(&exe)
+                    .args(["--threads", &threads.to_string()])
+                    .args(["--matmul", gnmt_model::matmul_precision_name()])
+                    .args(["bench", "translate"])
+                    .arg("-m")
+                    .arg(&self.model)
+                    .arg("--src")
+                    .arg(&src)
+                    .args([
+                        "--batch-size",
+                        &self.batch_size.to_string(),
+                        "--single",
+                        &beam.to_string(),
+                    ]),
+            )?;
+            print!("{text}");
+            text.lines()
+                .find_map(|l| l.strip_prefix("sentences_per_s="))
+                .and_then(|r| r.trim().parse().ok())
+                .context("the measurement printed no rate")
+        })?;
+        for (i, &(beam, t)) in configs.iter().enumerate() {
+            if self.rounds > 1 {
+                println!(
+                    "beam {beam}, threads {t}: median of {} rounds {:.1} sentences/s",
+                    self.rounds,
+                    rounds.median_rate(i)
+                );
+            }
+            let first = i - i % per_beam;
+            if i != first {
+                println!(
+                    "beam {beam}: {t} threads vs {}: {:.2}x{}",
+                    configs[first].1,
+                    rounds.median_ratio(i, first),
+                    super::bench::rounds_note(&rounds)
+                );
             }
         }
         Ok(())
@@ -111,6 +150,7 @@ impl BenchTranslateArgs {
             tokens as f64 / secs,
             t.work().row_steps(),
         );
+        println!("sentences_per_s={}", lines.len() as f64 / secs);
         Ok(())
     }
 }
