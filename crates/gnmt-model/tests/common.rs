@@ -42,6 +42,19 @@ pub fn tiny8() -> ModelConfig {
     }
 }
 
+/// [`tiny8`] with each attention query: the current bottom output (GNMT v2) and the paper's
+/// previous one.
+pub fn both_queries() -> [ModelConfig; 2] {
+    let tiny = tiny8();
+    [
+        tiny.clone(),
+        ModelConfig {
+            attention_query: gnmt_model::AttentionQuery::Previous,
+            ..tiny
+        },
+    ]
+}
+
 /// The `tiny` preset's layout at 64 units (32-unit embeddings and attention).
 pub fn tiny64() -> ModelConfig {
     ModelConfig {

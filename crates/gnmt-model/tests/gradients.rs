@@ -1,5 +1,4 @@
 use candle::{DType, Device, Tensor};
-use gnmt_model::{AttentionQuery, ModelConfig};
 
 use crate::common::{inputs, model, nll};
 
@@ -8,14 +7,7 @@ use crate::common::{inputs, model, nll};
 /// entry with the largest gradient and two others with non-negligible gradients.
 #[test]
 fn analytic_gradients_match_finite_differences() {
-    let tiny = crate::common::tiny8();
-    for cfg in [
-        tiny.clone(),
-        ModelConfig {
-            attention_query: AttentionQuery::Previous,
-            ..tiny
-        },
-    ] {
+    for cfg in crate::common::both_queries() {
         let (m, varmap) = model(&cfg, DType::F64);
         let x = inputs(DType::F64);
         let loss = || -> f64 {
@@ -86,14 +78,7 @@ fn analytic_gradients_match_finite_differences() {
 /// every parameter: both attention layouts, f32 and f64, with dropout and label smoothing.
 #[test]
 fn collected_parameter_gradients_are_candles_own() {
-    let tiny = crate::common::tiny8();
-    for cfg in [
-        tiny.clone(),
-        ModelConfig {
-            attention_query: AttentionQuery::Previous,
-            ..tiny
-        },
-    ] {
+    for cfg in crate::common::both_queries() {
         for dtype in [DType::F32, DType::F64] {
             let (m, varmap) = model(&cfg, dtype);
             let x = inputs(dtype);

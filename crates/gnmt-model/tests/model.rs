@@ -1,22 +1,10 @@
 use candle::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use gnmt_model::{
-    init_varmap, mask_from_lengths, parameter_count, parameter_specs, AttentionQuery, Dropout,
-    Gnmt, ModelConfig,
+    init_varmap, mask_from_lengths, parameter_count, parameter_specs, Dropout, Gnmt, ModelConfig,
 };
 
-use crate::common::{ids, inputs, max_abs_diff, model};
-
-fn both_queries() -> [ModelConfig; 2] {
-    let tiny = crate::common::tiny8();
-    [
-        tiny.clone(),
-        ModelConfig {
-            attention_query: AttentionQuery::Previous,
-            ..tiny
-        },
-    ]
-}
+use crate::common::{both_queries, ids, inputs, max_abs_diff, model};
 
 #[test]
 fn a_sentence_alone_and_in_a_padded_batch_agree() {
