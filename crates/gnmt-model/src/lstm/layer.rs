@@ -93,6 +93,20 @@ fn split_w_hh_bias<T: Copy + Default + Send + Sync>(wb: &[T], h: usize) -> (Vec<
     (w_hh, bias)
 }
 
+/// `W_hh [4H, H]` and a bias `[4H]` joined into `[W_hh | bias] [4H, H + 1]`: the inverse of
+/// [`split_w_hh_bias`].
+fn join_w_hh_bias<T: Copy + Default + Send + Sync>(w_hh: &[T], bias: &[T], h: usize) -> Vec<T> {
+    let mut wb = zeros(bias.len() * (h + 1));
+    wb.par_chunks_mut(h + 1)
+        .zip(w_hh.par_chunks(h.max(1)))
+        .zip(bias.par_iter())
+        .for_each(|((dst, w), &b)| {
+            dst[..h].copy_from_slice(&w[..h]);
+            dst[h] = b;
+        });
+    wb
+}
+
 /// Time-major `[T, B, width]` rows reordered to batch-major `[B, T, width]`, or back with
 /// `to_time_major`.
 fn reorder<T: Copy + Default + Send + Sync>(
@@ -164,15 +178,7 @@ fn backward<T: 'static + Real>(
         None,
         threads,
     );
-    let mut d_wb: Vec<T> = zeros(4 * d.h * (d.h + 1));
-    d_wb.par_chunks_mut(d.h + 1)
-        .zip(d_w_hh.par_chunks(d.h.max(1)))
-        .zip(d_bias.par_iter())
-        .for_each(|((dst, w), &b)| {
-            dst[..d.h].copy_from_slice(w);
-            dst[d.h] = b;
-        });
-    [dx, d_w_ih, d_wb]
+    [dx, d_w_ih, join_w_hh_bias(&d_w_hh, &d_bias, d.h)]
 }
 
 /// `(W_hh [4H, H], b_ih [4H], b_hh [4H]) -> [W_hh | b_ih + b_hh] [4H, H + 1]`, the layer op's
@@ -181,15 +187,8 @@ fn backward<T: 'static + Real>(
 struct RecurrentParams;
 
 fn pack_w_hh_bias<T: Real>(w_hh: &[T], b_ih: &[T], b_hh: &[T], h: usize) -> Vec<T> {
-    let mut wb = zeros(b_ih.len() * (h + 1));
-    wb.par_chunks_mut(h + 1)
-        .zip(w_hh.par_chunks(h.max(1)))
-        .zip(b_ih.par_iter().zip(b_hh.par_iter()))
-        .for_each(|((dst, w), (&bi, &bh))| {
-            dst[..h].copy_from_slice(&w[..h]);
-            dst[h] = bi + bh;
-        });
-    wb
+    let bias: Vec<T> = b_ih.iter().zip(b_hh).map(|(&bi, &bh)| bi + bh).collect();
+    join_w_hh_bias(w_hh, &bias, h)
 }
 
 impl CustomOp3 for RecurrentParams {
