@@ -663,14 +663,34 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
                         }
                     };
                 }
+                // A full panel goes from the registers straight into `dst`; a partial one
+                // (and the portable kernels' tiles) through `tile` and `write_row` (storing
+                // every tile through the buffer, a `memcpy` call per row, was 3% of a
+                // `gnmt-v2-4x1024` step).
+                let out = if cols.len() == NR {
+                    TileOut::Direct(DirectTile {
+                        // SAFETY: row block * MR < m, column cols.start < n: inside dst.
+                        first: unsafe { dst.0.add(block * MR * n + cols.start) },
+                        row_len: n,
+                        write,
+                        column: cols.start,
+                    })
+                } else {
+                    TileOut::Buffer(&mut tile)
+                };
+                let direct = matches!(out, TileOut::Direct(_));
                 match (b_format, fast) {
                     // SAFETY: the CPU has the instructions (accelerated() or
                     // accelerated_f32()); A's block spans `pairs` depth words of its MR
-                    // rows (bf16 is always packed), B `pairs` of NR.
-                    (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, &mut tile) },
+                    // rows (bf16 is always packed), B `pairs` of NR; a direct tile's `live`
+                    // rows of NR columns lie in dst, written by this tile alone.
+                    (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, out) },
+                    (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, out) },
                     (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
-                    (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, &mut tile) },
                     (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
+                }
+                if direct && fast {
+                    continue;
                 }
                 for (i, row) in tile.iter().enumerate() {
                     let r = block * MR + i;
@@ -726,14 +746,77 @@ impl Dst {
     }
 }
 
-/// The first `R` rows of one `MR x NR` tile over all `pairs`: `tile = A_block B_panel` (a last
-/// block with fewer than MR rows multiplies only those).
+/// Where a kernel puts its finished tile.
+enum TileOut<'a> {
+    /// Into a buffer, row `i` of the tile in row `i` (a panel narrower than [`NR`]).
+    Buffer(&'a mut [[f32; NR]; MR]),
+    /// Into the destination, written the way [`Dst::write_row`] writes.
+    Direct(DirectTile<'a>),
+}
+
+/// A full-width tile's place in the destination: its row `i` is the `NR` elements from
+/// `first + i * row_len`; the bias, if any, is read from `column` on.
+#[derive(Clone, Copy)]
+struct DirectTile<'a> {
+    first: *mut f32,
+    row_len: usize,
+    write: Write<'a>,
+    column: usize,
+}
+
+/// Puts the first `R` rows of a tile held in registers (`$acc[i]`: row `i`'s two halves) where
+/// `$out` (a [`TileOut`]) says, with the arithmetic of [`Dst::write_row`] (the same bits). A
+/// macro, expanded inside each kernel: as a function taking `&acc` (not inlined across the
+/// target-feature boundary) it kept the accumulators in memory and the kernel ran at half
+/// speed.
+///
+/// Safety (of the caller): the CPU must have AVX512F; a direct tile's `R` rows must lie in the
+/// destination, written by no one else meanwhile (and initialised for `Accumulate`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! put_tile {
+    ($acc:expr, $out:expr) => {{
+        use std::arch::x86_64::*;
+        match $out {
+            TileOut::Buffer(tile) => {
+                for (row, acc_row) in tile.iter_mut().zip(&$acc) {
+                    _mm512_storeu_ps(row.as_mut_ptr(), acc_row[0]);
+                    _mm512_storeu_ps(row.as_mut_ptr().add(16), acc_row[1]);
+                }
+            }
+            TileOut::Direct(d) => {
+                for (i, acc_row) in $acc.iter().enumerate() {
+                    let row = d.first.add(i * d.row_len);
+                    let (lo, hi) = match d.write {
+                        Write::Store => (acc_row[0], acc_row[1]),
+                        Write::Accumulate => (
+                            _mm512_add_ps(_mm512_loadu_ps(row), acc_row[0]),
+                            _mm512_add_ps(_mm512_loadu_ps(row.add(16)), acc_row[1]),
+                        ),
+                        Write::Bias(bias) => {
+                            let b = bias[d.column..d.column + NR].as_ptr();
+                            (
+                                _mm512_add_ps(acc_row[0], _mm512_loadu_ps(b)),
+                                _mm512_add_ps(acc_row[1], _mm512_loadu_ps(b.add(16))),
+                            )
+                        }
+                    };
+                    _mm512_storeu_ps(row, lo);
+                    _mm512_storeu_ps(row.add(16), hi);
+                }
+            }
+        }
+    }};
+}
+
+/// The first `R` rows of one `MR x NR` tile over all `pairs`: `A_block B_panel` into `out` (a
+/// last block with fewer than MR rows multiplies only those).
 ///
 /// # Safety
-/// The CPU must have AVX512F and AVX512-BF16; `a` holds `pairs * MR` words, `b` `pairs * NR`.
+/// The CPU must have AVX512F and AVX512-BF16; `a` holds `pairs * MR` words, `b` `pairs * NR`;
+/// `out` as for [`put_tile!`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel<const R: usize>(pairs: usize, a: &[u32], b: &[u32], tile: &mut [[f32; NR]; MR]) {
+unsafe fn kernel<const R: usize>(pairs: usize, a: &[u32], b: &[u32], out: TileOut) {
     use std::arch::x86_64::*;
     assert!(R <= MR && a.len() >= pairs * MR && b.len() >= pairs * NR);
     let (a, b) = (a.as_ptr(), b.as_ptr());
@@ -747,14 +830,11 @@ unsafe fn kernel<const R: usize>(pairs: usize, a: &[u32], b: &[u32], tile: &mut 
             acc_row[1] = _mm512_dpbf16_ps(acc_row[1], ai, b1);
         }
     }
-    for (row, acc_row) in tile.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(row.as_mut_ptr(), acc_row[0]);
-        _mm512_storeu_ps(row.as_mut_ptr().add(16), acc_row[1]);
-    }
+    put_tile!(acc, out)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: usize, _: &[u32], _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel<const R: usize>(_: usize, _: &[u32], _: &[u32], _: TileOut) {
     unreachable!("accelerated() is false off x86_64")
 }
 
@@ -798,10 +878,10 @@ impl ABlock<'_> {
 /// layout (a last block with fewer than MR rows multiplies only those).
 ///
 /// # Safety
-/// The CPU must have AVX512F; `b` holds `k * NR` words.
+/// The CPU must have AVX512F; `b` holds `k * NR` words; `out` as for [`put_tile!`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_f32<const R: usize>(k: usize, a: ABlock, b: &[u32], tile: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32<const R: usize>(k: usize, a: ABlock, b: &[u32], out: TileOut) {
     use std::arch::x86_64::*;
     assert!(R <= MR && a.holds(k) && b.len() >= k * NR);
     let b = b.as_ptr() as *const f32;
@@ -835,14 +915,11 @@ unsafe fn kernel_f32<const R: usize>(k: usize, a: ABlock, b: &[u32], tile: &mut 
             }
         }
     }
-    for (row, acc_row) in tile.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(row.as_mut_ptr(), acc_row[0]);
-        _mm512_storeu_ps(row.as_mut_ptr().add(16), acc_row[1]);
-    }
+    put_tile!(acc, out)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_f32<const R: usize>(_: usize, _: ABlock, _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel_f32<const R: usize>(_: usize, _: ABlock, _: &[u32], _: TileOut) {
     unreachable!("accelerated_f32() is false off x86_64")
 }
 
@@ -979,12 +1056,16 @@ mod tests {
                     gemm(&mut got, false, a, &packed, threads);
                     let mut acc = vec![0.5f32; m * n];
                     gemm(&mut acc, true, a, &packed, threads);
-                    for ((g, c), w) in got.iter().zip(&acc).zip(&want) {
+                    let bias = random(n, seed + 2);
+                    let mut biased = vec![0.5f32; m * n];
+                    gemm_bias(&mut biased, a, &packed, &bias, threads);
+                    for (i, ((g, c), w)) in got.iter().zip(&acc).zip(&want).enumerate() {
                         assert!(
                             (*g as f64 - w).abs() < tolerance * k as f64,
                             "{format:?} {m}x{n}x{k}: {g} vs {w}"
                         );
                         assert_eq!(*c, 0.5 + *g, "accumulating adds the same product");
+                        assert_eq!(biased[i], *g + bias[i % n], "the bias adds to the product");
                     }
                 }
             }
@@ -1075,7 +1156,7 @@ mod tests {
             .collect();
         let (mut fast, mut portable) = ([[7f32; NR]; MR], [[7f32; NR]; MR]);
         // SAFETY: accelerated() checked; a and b hold `pairs` pairs of MR and NR words.
-        unsafe { kernel::<MR>(pairs, &a, &b, &mut fast) };
+        unsafe { kernel::<MR>(pairs, &a, &b, TileOut::Buffer(&mut fast)) };
         portable_kernel(pairs, &a, &b, &mut portable);
         for (f, p) in fast.iter().flatten().zip(portable.iter().flatten()) {
             assert!((f - p).abs() < 1e-4, "{f} vs {p}");
@@ -1083,7 +1164,7 @@ mod tests {
         // The kernel for the first 3 rows gives those rows' bits and leaves the rest.
         let mut three = [[7f32; NR]; MR];
         // SAFETY: as above.
-        unsafe { kernel::<3>(pairs, &a, &b, &mut three) };
+        unsafe { kernel::<3>(pairs, &a, &b, TileOut::Buffer(&mut three)) };
         assert_eq!(three[..3], fast[..3]);
         assert!(three[3..].iter().flatten().all(|&x| x == 7.0));
     }
@@ -1153,13 +1234,13 @@ mod tests {
             let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
             // SAFETY: accelerated_f32() checked; the block spans k depths of its MR rows, b
             // holds k depths of NR words.
-            unsafe { kernel_f32::<MR>(k, block, &b, &mut fast) };
+            unsafe { kernel_f32::<MR>(k, block, &b, TileOut::Buffer(&mut fast)) };
             portable_kernel_f32(k, block, &b, &mut portable);
             assert_eq!(fast, portable);
             // The kernel for the first 5 rows gives those rows' bits and leaves the rest.
             let mut five = [[7f32; NR]; MR];
             // SAFETY: as above.
-            unsafe { kernel_f32::<5>(k, block, &b, &mut five) };
+            unsafe { kernel_f32::<5>(k, block, &b, TileOut::Buffer(&mut five)) };
             assert_eq!(five[..5], fast[..5]);
             assert!(five[5..].iter().flatten().all(|&x| x == 7.0));
         }
