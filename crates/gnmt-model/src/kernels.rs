@@ -147,19 +147,49 @@ pub(crate) fn packed_format() -> Option<Format> {
 /// f32 operands are packed once for [`crate::packed_gemm`] in the current precision's format.
 pub(crate) struct Rhs<'a, T> {
     data: &'a [T],
-    transposed: bool,
+    /// Element `(r, c)` of `b [k, n]` is `data[r * strides.0 + c * strides.1]`.
+    strides: (usize, usize),
     packed: Option<PackedB>,
 }
 
 impl<'a, T: 'static> Rhs<'a, T> {
     /// `b [k, n]` row-major, or with `transposed` read from its `[n, k]` row-major storage.
     pub(crate) fn new(data: &'a [T], (k, n): (usize, usize), transposed: bool) -> Self {
+        let strides = if transposed { (1, k) } else { (n, 1) };
+        Self::strided(data, (k, n), strides)
+    }
+
+    /// `b [k, n]` whose element `(r, c)` is `data[r * row_stride + c * col_stride]`, one of the
+    /// strides 1: a matrix inside a wider one (`W_hh` inside `[W_hh | bias]`), read where it
+    /// lies instead of copied out first.
+    ///
+    /// Panics if `data` is too short or neither stride is 1.
+    pub(crate) fn strided(
+        data: &'a [T],
+        (k, n): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        assert!(
+            row_stride == 1 || col_stride == 1,
+            "one of the strides must be 1"
+        );
+        assert!(
+            k == 0 || n == 0 || data.len() > (k - 1) * row_stride + (n - 1) * col_stride,
+            "matrix storage too short"
+        );
         let packed = as_f32(data).and_then(|b| {
-            packed_format().map(|format| PackedB::new(View::new(b, k, n, transposed), format))
+            let view = View {
+                data: b,
+                rows: k,
+                cols: n,
+                row_stride,
+                col_stride,
+            };
+            packed_format().map(|format| PackedB::new(view, format))
         });
         Self {
             data,
-            transposed,
+            strides: (row_stride, col_stride),
             packed,
         }
     }
@@ -269,8 +299,8 @@ pub(crate) fn matmul_rhs<T: 'static + Real>(
     if m == 0 || n == 0 {
         return;
     }
-    let (b, b_transposed) = (rhs.data, rhs.transposed);
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let b = rhs.data;
+    assert!(dst.len() >= m * n && a.len() >= m * k);
     if let Some(packed) = &rhs.packed {
         assert!(
             packed.k() == k && packed.n() == n,
@@ -296,18 +326,15 @@ pub(crate) fn matmul_rhs<T: 'static + Real>(
     } else {
         (1, k as isize)
     };
-    let (b_cs, b_rs) = if b_transposed {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
+    let (b_cs, b_rs) = (rhs.strides.1 as isize, rhs.strides.0 as isize);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above bound every index gemm touches: dst is m x n with row stride n,
-    // a and b are densely packed m x k and k x n matrices, read directly or transposed.
+    // SAFETY: the asserts above (and Rhs::strided's) bound every index gemm touches: dst is
+    // m x n with row stride n, a a densely packed m x k matrix, read directly or transposed,
+    // b a k x n matrix within its strides.
     unsafe {
         gemm::gemm(
             m,

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::sequence::{self, Dims};
+use super::sequence::{self, Dims, RecurrentWeight};
 use crate::kernels::{gather_rows, product, scatter_rows, tensor_slice, zeros, Real};
 
 /// Runs one layer from the zero state over `x [B, T, in]`: `w_ih [4H, in]`, `w_hh [4H, H]`,
@@ -93,6 +93,15 @@ fn split_w_hh_bias<T: Copy + Default + Send + Sync>(wb: &[T], h: usize) -> (Vec<
     (w_hh, bias)
 }
 
+/// `W_hh [4H, H]` where it lies inside `[W_hh | bias] [4H, H + 1]` (copying it out was a
+/// `memset` and a copy of `4H x H` per layer per pass).
+fn recurrent_weight<T>(wb: &[T], h: usize) -> RecurrentWeight<'_, T> {
+    RecurrentWeight {
+        data: wb,
+        row_stride: h + 1,
+    }
+}
+
 /// `W_hh [4H, H]` and a bias `[4H]` joined into `[W_hh | bias] [4H, H + 1]`: the inverse of
 /// [`split_w_hh_bias`].
 fn join_w_hh_bias<T: Copy + Default + Send + Sync>(w_hh: &[T], bias: &[T], h: usize) -> Vec<T> {
@@ -140,8 +149,8 @@ fn forward<T: 'static + Real>(
     );
     // The projection's rows are the real pairs in time-major order: the compact layout the
     // recurrence reads its input gates in.
-    let (w_hh, bias) = split_w_hh_bias(wb, d.h);
-    let (h, acts, cells) = sequence::forward(&projected, &w_hh, &bias, keep, d);
+    let bias: Vec<T> = wb.chunks(d.h + 1).map(|row| row[d.h]).collect();
+    let (h, acts, cells) = sequence::forward(&projected, recurrent_weight(wb, d.h), &bias, keep, d);
     let out = reorder(&h, (d.t, d.b, d.h), false);
     [out, h, acts, cells]
 }
@@ -158,10 +167,10 @@ fn backward<T: 'static + Real>(
 ) -> [Vec<T>; 3] {
     let threads = rayon::current_num_threads();
     let grad_h = reorder(grad, (d.t, d.b, d.h), true);
-    let (w_hh, _) = split_w_hh_bias(wb, d.h);
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
+    let w_hh = recurrent_weight(wb, d.h);
     let (dg, d_w_hh, d_bias) =
-        sequence::backward(&grad_h, h, acts, cells, &w_hh, keep, &gate_rows, d);
+        sequence::backward(&grad_h, h, acts, cells, w_hh, keep, &gate_rows, d);
     // The projection's backward, over the real (step, row) pairs only: the rows of `dg`.
     let dx_real = product(
         (gate_rows.len(), i, 4 * d.h),

@@ -284,12 +284,20 @@ fn rows_of_chunks<'a, T>(
     parts
 }
 
+/// `W_hh [4H, H]`, row `g` at `data[g * row_stride..][..H]` (`row_stride` H + 1 inside the
+/// layer's `[W_hh | bias]`).
+#[derive(Clone, Copy)]
+pub(super) struct RecurrentWeight<'a, T> {
+    pub data: &'a [T],
+    pub row_stride: usize,
+}
+
 /// Runs the recurrence over `x_gates`, the input projection of the real `(step, row)` pairs in
 /// the compact layout ([`Compact`]: `[real pairs, 4H]`); returns the hidden states and cell
 /// states, time-major `[T, B, H]`, and the real pairs' gate activations, compact.
 pub(super) fn forward<T: 'static + Real>(
     x_gates: &[T],
-    w_hh: &[T],
+    w_hh: RecurrentWeight<T>,
     bias: &[T],
     keep: Option<&[bool]>,
     d: Dims,
@@ -303,7 +311,7 @@ pub(super) fn forward<T: 'static + Real>(
     );
     // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
     // transposed copy first was serial work on the calling thread).
-    let w_hh_t = Rhs::new(w_hh, (d.h, 4 * d.h), true);
+    let w_hh_t = Rhs::strided(w_hh.data, (d.h, 4 * d.h), (1, w_hh.row_stride));
     let (mut h, mut acts, mut cells) = (
         zeros(d.t * d.b * d.h),
         zeros(compact.total * 4 * d.h),
@@ -332,7 +340,7 @@ pub(super) fn backward<T: 'static + Real>(
     h_out: &[T],
     acts: &[T],
     cells: &[T],
-    w_hh: &[T],
+    w_hh: RecurrentWeight<T>,
     keep: Option<&[bool]>,
     real: &[usize],
     d: Dims,
@@ -344,7 +352,7 @@ pub(super) fn backward<T: 'static + Real>(
         compact.total,
         "lstm: real pairs differ from the mask"
     );
-    let w_hh = Rhs::new(w_hh, (4 * d.h, d.h), false);
+    let w_hh = Rhs::strided(w_hh.data, (4 * d.h, d.h), (w_hh.row_stride, 1));
     let mut dg_real = zeros(compact.total * 4 * d.h);
     let parts: Vec<_> = chunks
         .iter()
