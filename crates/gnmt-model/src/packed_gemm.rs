@@ -675,9 +675,10 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
                 }
                 // A full panel goes from the registers straight into `dst`; a partial one
                 // (and the portable kernels' tiles) through `tile` and `write_row` (storing
-                // every tile through the buffer, a `memcpy` call per row, was 3% of a
-                // `gnmt-v2-4x1024` step).
-                let out = if cols.len() == NR {
+                // every tile through the buffer, a `memcpy` call per row, took about 2% of a
+                // `gnmt-v2-4x1024` step's perf samples).
+                let direct = fast && cols.len() == NR;
+                let out = if direct {
                     TileOut::Direct(DirectTile {
                         // SAFETY: row block * MR < m, column cols.start < n: inside dst.
                         first: unsafe { dst.0.add(block * MR * n + cols.start) },
@@ -688,7 +689,6 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
                 } else {
                     TileOut::Buffer(&mut tile)
                 };
-                let direct = matches!(out, TileOut::Direct(_));
                 match (b_format, fast) {
                     // SAFETY: the CPU has the instructions (accelerated() or
                     // accelerated_f32()); A's block spans `pairs` depth words of its MR
@@ -699,7 +699,7 @@ fn gemm_reading_a(dst: Dst, write: Write, a: View, b: &PackedB, threads: usize, 
                     (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
                     (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
                 }
-                if direct && fast {
+                if direct {
                     continue;
                 }
                 for (i, row) in tile.iter().enumerate() {
