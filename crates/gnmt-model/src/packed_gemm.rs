@@ -208,6 +208,49 @@ impl Lines<'_> {
         out[lines.div_ceil(width) * block_words..].fill(zero);
     }
 
+    /// Every line packed into blocks of `width` (the last block padded with zero lines), as
+    /// fresh words: `chunk_blocks` blocks per call of [`Lines::pack`], the calls in parallel
+    /// when `parallel`. Nothing is zeroed first, since `pack` writes every word (freed memory
+    /// is reused, so `vec![0; n]` was a `memset` of the whole operand on the calling thread).
+    fn pack_all(
+        &self,
+        format: Format,
+        width: usize,
+        chunk_blocks: usize,
+        parallel: bool,
+    ) -> Vec<u32> {
+        let block_words = self.words(format) * width;
+        let len = self.count.div_ceil(width) * block_words;
+        let mut data: Vec<u32> = Vec::with_capacity(len);
+        if len == 0 {
+            return data;
+        }
+        let fill = |(c, out): (usize, &mut [MaybeUninit<u32>])| {
+            self.pack(
+                format,
+                c * chunk_blocks,
+                out.len() / block_words,
+                width,
+                out,
+            )
+        };
+        let spare = &mut data.spare_capacity_mut()[..len];
+        if parallel {
+            spare
+                .par_chunks_mut(chunk_blocks * block_words)
+                .enumerate()
+                .for_each(fill);
+        } else {
+            spare
+                .chunks_mut(chunk_blocks * block_words)
+                .enumerate()
+                .for_each(fill);
+        }
+        // SAFETY: the chunks cover all `len` words, and `pack` writes every word of its output.
+        unsafe { data.set_len(len) };
+        data
+    }
+
     /// Depth words per line: `depth` in f32, `ceil(depth / 2)` in bf16.
     fn words(&self, format: Format) -> usize {
         self.depth.div_ceil(format.depth_per_word())
@@ -425,12 +468,7 @@ impl PackedB {
         } else {
             (panels / (4 * rayon::current_num_threads())).clamp(1, PANEL_GROUP)
         };
-        let data = packed_words(
-            panels * pairs * NR,
-            group * pairs * NR,
-            panels > 4,
-            |chunk, out| lines.pack(format, chunk * group, out.len() / (pairs * NR), NR, out),
-        );
+        let data = lines.pack_all(format, NR, group, panels > 4);
         Self {
             format,
             k,
@@ -467,43 +505,10 @@ impl std::fmt::Debug for PackedB {
 fn pack_a(a: View, pairs: usize, format: Format) -> Vec<u32> {
     let blocks = a.rows.div_ceil(MR);
     let lines = a.rows_as_lines();
+    debug_assert_eq!(lines.words(format), pairs);
     // Blocks are packed 16 at a time (128 rows), in parallel when there are several groups.
     const GROUP: usize = 16;
-    let len = blocks * pairs * MR;
-    packed_words(len, GROUP * pairs * MR, blocks > GROUP, |group, out| {
-        lines.pack(format, group * GROUP, out.len() / (pairs * MR), MR, out)
-    })
-}
-
-/// `len` words in chunks of `chunk` (the last one shorter), chunk `c` handed to
-/// `fill(c, words)`, which must write every word of it ([`Lines::pack`] does); in parallel
-/// when `parallel`. No zeroing first: freed memory is reused, so `vec![0; n]` was a `memset`
-/// of the whole operand on the calling thread (serial work of a training step).
-fn packed_words(
-    len: usize,
-    chunk: usize,
-    parallel: bool,
-    fill: impl Fn(usize, &mut [MaybeUninit<u32>]) + Sync,
-) -> Vec<u32> {
-    let mut data: Vec<u32> = Vec::with_capacity(len);
-    if len == 0 {
-        return data;
-    }
-    let spare = &mut data.spare_capacity_mut()[..len];
-    if parallel {
-        spare
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(c, w)| fill(c, w));
-    } else {
-        spare
-            .chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(c, w)| fill(c, w));
-    }
-    // SAFETY: the chunks cover all `len` words, and `fill` wrote every word of each.
-    unsafe { data.set_len(len) };
-    data
+    lines.pack_all(format, MR, GROUP, blocks > GROUP)
 }
 
 /// `dst [m, n]` (row-major, dense) `(+)= A B`. `threads` > 1 splits the tiles over rayon's pool.

@@ -89,8 +89,12 @@ fn split_w_hh_bias<T: Copy + Default + Send + Sync>(wb: &[T], h: usize) -> (Vec<
     w_hh.par_chunks_mut(h.max(1))
         .zip(wb.par_chunks(h + 1))
         .for_each(|(dst, src)| dst.copy_from_slice(&src[..h]));
-    let bias = wb.chunks(h + 1).map(|row| row[h]).collect();
-    (w_hh, bias)
+    (w_hh, bias_column(wb, h))
+}
+
+/// The bias column of `[W_hh | bias] [4H, H + 1]`.
+fn bias_column<T: Copy>(wb: &[T], h: usize) -> Vec<T> {
+    wb.chunks(h + 1).map(|row| row[h]).collect()
 }
 
 /// `W_hh [4H, H]` where it lies inside `[W_hh | bias] [4H, H + 1]` (copying it out was a
@@ -149,7 +153,7 @@ fn forward<T: 'static + Real>(
     );
     // The projection's rows are the real pairs in time-major order: the compact layout the
     // recurrence reads its input gates in.
-    let bias: Vec<T> = wb.chunks(d.h + 1).map(|row| row[d.h]).collect();
+    let bias = bias_column(wb, d.h);
     let (h, acts, cells) = sequence::forward(&projected, recurrent_weight(wb, d.h), &bias, keep, d);
     let out = reorder(&h, (d.t, d.b, d.h), false);
     [out, h, acts, cells]
