@@ -1,8 +1,10 @@
 //! The command-line front end: argument types and the `run` of each command. The binaries in
 //! `src/bin/` only parse and dispatch, so every command is also callable from tests.
 
+pub mod checked;
 pub mod cmd;
 pub mod plot;
+pub mod rate;
 pub mod run_log;
 
 use clap::{Parser, Subcommand};
@@ -12,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "gnmt", version, about, long_about = None)]
 pub struct Cli {
     /// Worker threads for parallel work (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = checked::threads())]
     pub threads: Option<usize>,
     /// Precision of the matrix products: f32, or bf16 operands with f32 sums (twice the
     /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere).
@@ -130,7 +132,7 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        anyhow::ensure!(n > 0, "--threads must be at least 1"); // also checked when parsed
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -60,7 +60,33 @@ fn broken_corpora_are_reported_with_file_and_line() {
         ],
         d,
     ));
-    assert!(e.contains("bad.de:2: invalid UTF-8"), "{e}");
+    assert!(
+        e.contains("bad.de:2: invalid UTF-8 at byte offset 7"),
+        "{e}"
+    );
+    // Vocabulary training reads the files itself and says the same, in `gnmt vocab` and in
+    // `gnmt train` without --tokenizer.
+    let e = err(gnmt(
+        &[
+            "vocab", "--train", "toy.src", "bad.de", "--size", "300", "-o", "v2",
+        ],
+        d,
+    ));
+    assert!(
+        e.contains("bad.de:2: invalid UTF-8 at byte offset 7 (byte sequence [c3] is not"),
+        "{e}"
+    );
+    assert!(!d.join("v2/tokenizer.json").exists());
+    let e = err(gnmt(
+        &[
+            "train", "--train", "bad.de", "bad.de", "--valid", "toy.src", "toy.tgt", "-o", "run2",
+        ],
+        d,
+    ));
+    assert!(
+        e.contains("bad.de:2: invalid UTF-8 at byte offset 7"),
+        "{e}"
+    );
     // Training refuses the same corpora before doing any work.
     let e = err(gnmt(
         &[
@@ -84,6 +110,71 @@ fn broken_corpora_are_reported_with_file_and_line() {
         .read_dir()
         .map(|mut r| r.next().is_some())
         .unwrap_or(false));
+}
+
+/// Nonsense is refused where it is parsed, naming the range; what is legal but costly runs
+/// with a warning.
+#[test]
+fn options_are_checked_when_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let e = err(gnmt(
+        &["synth", "--task", "copy", "--pairs", "0", "-o", "toy"],
+        d,
+    ));
+    assert!(
+        e.contains("invalid value '0' for --pairs: must be a whole number from 1 to"),
+        "{e}"
+    );
+    assert!(!d.join("toy.src").exists());
+    let e = err(gnmt(
+        &[
+            "train", "--train", "a", "b", "--valid", "c", "d", "-o", "r", "--lr", "nan",
+        ],
+        d,
+    ));
+    assert!(
+        e.contains("invalid value 'nan' for --lr: must be a finite number in (0, 10]"),
+        "{e}"
+    );
+    let out = gnmt(
+        &[
+            "--threads",
+            "1000",
+            "synth",
+            "--task",
+            "copy",
+            "--pairs",
+            "5",
+            "-o",
+            "toy",
+        ],
+        d,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --threads 1000: more threads than this machine has cores"),
+        "{stderr}"
+    );
+    for args in [
+        &["--beam-size", "0"][..],
+        &["--batch-size", "0"],
+        &["--max-input-len", "0"],
+        &["--alpha", "nan"],
+        &["--beam-size", "5000"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_translate"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let e = err(out);
+        assert!(
+            e.contains(&format!("invalid value '{}' for {}", args[1], args[0])),
+            "{e}"
+        );
+    }
 }
 
 #[test]

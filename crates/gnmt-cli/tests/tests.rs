@@ -1,6 +1,7 @@
 //! End-to-end tests of the `gnmt` and `translate` binaries.
 
 mod cli;
+mod options;
 mod readme;
 mod shipped;
 mod study;

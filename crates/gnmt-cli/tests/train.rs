@@ -274,6 +274,78 @@ fn killed_training_resumes_to_the_same_result() {
     assert!(a == b, "the resumed run ended with other parameters");
 }
 
+/// A second writer on a folder that a trainer holds is refused at once, naming the folder and
+/// the trainer's process; the lock dies with the process, so a SIGKILL leaves nothing that
+/// blocks the rerun.
+#[test]
+fn one_writer_per_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    ok(train_tiny(d, "other", "10"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
+        .args(TRAIN_TINY)
+        .args([
+            "-o",
+            "run",
+            "--max-steps",
+            "1000000",
+            "--save-every",
+            "1000000",
+        ])
+        .args(["--valid-every", "1000000", "--quiet"])
+        .current_dir(d)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(d.join("run/metrics.jsonl")).is_ok_and(|m| !m.is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let holder = format!("run: this run folder is in use by process {}", child.id());
+    let refused_at = Instant::now();
+    let e = err(train_tiny(d, "run", "20"));
+    assert!(e.contains(&holder) && e.contains("gnmt"), "{e}");
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(10),
+        "not refused at once"
+    );
+    let e = err(gnmt(&["export", "other", "-o", "run"], d));
+    assert!(
+        e.contains("run: this model folder is in use by process"),
+        "{e}"
+    );
+    let e = err(gnmt(
+        &[
+            "vocab",
+            "--train",
+            "train.src",
+            "train.tgt",
+            "--size",
+            "300",
+            "-o",
+            "run",
+        ],
+        d,
+    ));
+    assert!(
+        e.contains("run: this vocabulary folder is in use by process"),
+        "{e}"
+    );
+
+    child.kill().unwrap(); // SIGKILL: the lock file stays, the lock does not.
+    child.wait().unwrap();
+    assert!(d.join("run/.gnmt.lock").exists());
+    ok(train_tiny(d, "run", "10"));
+    assert!(
+        !d.join("run/.gnmt.lock").exists(),
+        "a finished run leaves its lock file"
+    );
+}
+
 #[test]
 fn resuming_with_another_architecture_is_refused() {
     let dir = tempfile::tempdir().unwrap();

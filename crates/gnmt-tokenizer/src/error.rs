@@ -8,10 +8,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}:{line}: invalid UTF-8 ({detail})", path.display())]
+    /// `offset` counts bytes from the start of the (decompressed) file.
+    #[error("{}:{line}: invalid UTF-8 at byte offset {offset} ({detail})", path.display())]
     InvalidUtf8 {
         path: PathBuf,
         line: usize,
+        offset: usize,
         detail: String,
     },
     #[error(

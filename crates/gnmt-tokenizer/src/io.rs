@@ -1,9 +1,11 @@
 //! File helpers shared by the pipeline: whole-file reads (plain or gzip), line splitting with
-//! UTF-8 checks that name the line, and atomic writes.
+//! UTF-8 checks that name the line and byte offset, streamed lines for the vocabulary trainer,
+//! and atomic writes.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::{Error, Result};
 
@@ -27,24 +29,140 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// Checks that `bytes` is UTF-8; the error names the 1-based line of the first bad byte.
+/// Checks that `bytes` is UTF-8; the error names the 1-based line and the byte offset of the
+/// first bad byte.
 pub fn into_utf8(path: &Path, bytes: Vec<u8>) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
-        let err = e.utf8_error();
-        let bytes = e.as_bytes();
-        let line = bytes[..err.valid_up_to()]
+        let bad_at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..bad_at]
             .iter()
             .filter(|&&b| b == b'\n')
             .count()
             + 1;
-        let bad = &bytes[err.valid_up_to()
-            ..(err.valid_up_to() + err.error_len().unwrap_or(1)).min(bytes.len())];
-        Error::InvalidUtf8 {
-            path: path.to_path_buf(),
-            line,
-            detail: format!("byte sequence {bad:02x?} is not valid UTF-8"),
-        }
+        utf8_error(path, line, 0, e.as_bytes(), e.utf8_error())
     })
+}
+
+/// The error for invalid UTF-8 in `bytes`, which start at byte `start` of the file, on line
+/// `line`.
+pub fn utf8_error(
+    path: &Path,
+    line: usize,
+    start: usize,
+    bytes: &[u8],
+    err: std::str::Utf8Error,
+) -> Error {
+    let at = err.valid_up_to();
+    let detail = match err.error_len() {
+        Some(n) => format!(
+            "byte sequence {:02x?} is not valid UTF-8",
+            &bytes[at..at + n]
+        ),
+        None => format!("the file ends inside a character: {:02x?}", &bytes[at..]),
+    };
+    Error::InvalidUtf8 {
+        path: path.to_path_buf(),
+        line,
+        offset: start + at,
+        detail,
+    }
+}
+
+/// Opens a text file for streaming, plain or gzip (recognised by its magic bytes).
+pub fn open_text(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+    let mut file = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    let gzip = file
+        .fill_buf()
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&GZIP_MAGIC);
+    Ok(if gzip {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(file)
+    })
+}
+
+/// The lines of text files, line endings kept, read as they are needed. The first read error
+/// or invalid UTF-8 ends all of them and is left in the `error` slot given to [`Self::new`],
+/// naming the file, the line and the byte offset: an iterator that a consumer such as
+/// `tokenizers`' trainer drains cannot return it.
+pub struct CheckedLines<'a> {
+    files: std::collections::VecDeque<PathBuf>,
+    current: Option<(PathBuf, Box<dyn BufRead + Send>)>,
+    line: usize,
+    offset: usize,
+    error: &'a Mutex<Option<Error>>,
+}
+
+impl<'a> CheckedLines<'a> {
+    /// Checks that every file opens before any is read.
+    pub fn new(files: &[PathBuf], error: &'a Mutex<Option<Error>>) -> Result<Self> {
+        for f in files {
+            File::open(f).map_err(|e| Error::io(f, e))?;
+        }
+        Ok(Self {
+            files: files.iter().cloned().collect(),
+            current: None,
+            line: 0,
+            offset: 0,
+            error,
+        })
+    }
+
+    fn fail(&mut self, e: Error) -> Option<String> {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.current = None;
+        self.files.clear();
+        None
+    }
+}
+
+impl Iterator for CheckedLines<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            let Some((path, reader)) = &mut self.current else {
+                let path = self.files.pop_front()?;
+                match open_text(&path) {
+                    Ok(reader) => self.current = Some((path, reader)),
+                    Err(e) => return self.fail(e),
+                }
+                (self.line, self.offset) = (0, 0);
+                continue;
+            };
+            let mut bytes = Vec::new();
+            match reader.read_until(b'\n', &mut bytes) {
+                Ok(0) => self.current = None,
+                Ok(n) => {
+                    self.line += 1;
+                    return match String::from_utf8(bytes) {
+                        Ok(text) => {
+                            self.offset += n;
+                            Some(text)
+                        }
+                        Err(e) => {
+                            let e = utf8_error(
+                                path,
+                                self.line,
+                                self.offset,
+                                e.as_bytes(),
+                                e.utf8_error(),
+                            );
+                            self.fail(e)
+                        }
+                    };
+                }
+                Err(e) => {
+                    let e = Error::Invalid {
+                        path: path.clone(),
+                        reason: format!("line {}: cannot read: {e}", self.line + 1),
+                    };
+                    return self.fail(e);
+                }
+            }
+        }
+    }
 }
 
 /// Byte ranges of the lines of `text`: split on `\n`, a trailing `\r` dropped, and no extra
@@ -133,7 +251,12 @@ mod tests {
         let err = into_utf8(Path::new("x.de"), b"ok\nok\nbad \xff here\n".to_vec()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "x.de:3: invalid UTF-8 (byte sequence [ff] is not valid UTF-8)"
+            "x.de:3: invalid UTF-8 at byte offset 10 (byte sequence [ff] is not valid UTF-8)"
+        );
+        let err = into_utf8(Path::new("y.en"), b"a\n\xc3".to_vec()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "y.en:2: invalid UTF-8 at byte offset 2 (the file ends inside a character: [c3])"
         );
     }
 
@@ -149,6 +272,39 @@ mod tests {
         assert_eq!(read_bytes(&p).unwrap(), b"plain");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary files left behind");
+    }
+
+    #[test]
+    fn streamed_lines_keep_endings_and_stop_at_the_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+        std::fs::write(&a, "one\r\ntwo").unwrap();
+        std::fs::write(&b, b"fine\nbad \xe2\x82 here\nnever read\n").unwrap();
+        let error = Mutex::new(None);
+        let lines: Vec<String> = CheckedLines::new(&[a.clone(), b.clone()], &error)
+            .unwrap()
+            .collect();
+        assert_eq!(lines, ["one\r\n", "two", "fine\n"]);
+        let e = error
+            .into_inner()
+            .unwrap()
+            .expect("the bad byte is reported")
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2: invalid UTF-8 at byte offset 9 (byte sequence [e2, 82] is not valid UTF-8)",
+                b.display()
+            )
+        );
+        let missing = dir.path().join("missing.txt");
+        let e = CheckedLines::new(&[a, missing.clone()], &Mutex::new(None))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().starts_with(&missing.display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod data;
 pub mod dataset;
 mod error;
 pub mod io;
+mod lock;
 pub mod synthetic;
 mod vocab;
 
@@ -34,6 +35,8 @@ pub use batch::{Batch, BatchOptions, Batcher, Cursor};
 pub use corpus::{read_parallel, Lines, ParallelCorpus};
 pub use dataset::{Dataset, FilterOptions, SkipSummary};
 pub use error::{Error, Result};
+pub use lock::{FolderLock, LOCK_FILE};
 pub use vocab::{
-    SubwordModel, Vocab, VocabOptions, BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID,
+    SubwordModel, Vocab, VocabOptions, BOS_ID, EOS_ID, MIN_VOCAB_SIZE, PAD_ID, SPECIAL_TOKENS,
+    UNK_ID,
 };

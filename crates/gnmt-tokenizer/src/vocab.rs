@@ -15,6 +15,7 @@
 //! pieces, so input text cannot end a sentence early or vanish on decoding.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,6 +29,7 @@ use tokenizers::normalizers::{Replace, Sequence as NormalizerSequence, Strip, NF
 use tokenizers::pre_tokenizers::metaspace::Metaspace;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::io::CheckedLines;
 use crate::{Error, Result};
 
 /// Id of the padding token.
@@ -42,6 +44,9 @@ pub const EOS_ID: u32 = 3;
 pub const SPECIAL_TOKENS: [&str; 4] = ["<pad>", "<unk>", "<s>", "</s>"];
 
 const BYTE_PIECES: usize = 256;
+/// The smallest vocabulary that leaves room for learned pieces besides the special tokens and
+/// the byte pieces.
+pub const MIN_VOCAB_SIZE: usize = SPECIAL_TOKENS.len() + BYTE_PIECES + 17;
 
 /// Which subword model to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,24 +110,20 @@ impl std::fmt::Debug for Vocab {
 }
 
 impl Vocab {
-    /// Trains a vocabulary on the given text files (source and target together, so the
-    /// vocabulary is shared).
+    /// Trains a vocabulary on the given text files, plain or gzip (source and target together,
+    /// so the vocabulary is shared). The files are read here, not by `tokenizers`, so that bad
+    /// input is reported with its file, line and byte offset; the trainer sees each line with
+    /// its ending, as `tokenizers`' own file reader gives it.
     pub fn train_from_files(files: &[PathBuf], options: &VocabOptions) -> Result<Self> {
-        for f in files {
-            if !f.is_file() {
-                return Err(Error::Io {
-                    path: f.clone(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                });
-            }
+        let error = Mutex::new(None);
+        let lines = CheckedLines::new(files, &error)?;
+        let trained = Self::train_with(options, |tk, trainer| tk.train(trainer, lines).map(|_| ()));
+        // A bad line ended the input early: whatever was trained on the part before it is
+        // not what was asked for.
+        match error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => trained,
         }
-        let files: Vec<String> = files
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        Self::train_with(options, |tk, trainer| {
-            tk.train_from_files(trainer, files).map(|_| ())
-        })
     }
 
     /// Trains a vocabulary on in-memory sentences (tests, synthetic tasks).
@@ -141,7 +142,7 @@ impl Vocab {
         F: FnOnce(&mut Tokenizer, &mut TrainerWrapper) -> tokenizers::Result<()>,
     {
         let reserved = SPECIAL_TOKENS.len() + BYTE_PIECES;
-        if options.size <= reserved + 16 {
+        if options.size < MIN_VOCAB_SIZE {
             return Err(Error::Config(format!(
                 "vocabulary size {} is too small: {} ids are reserved for special tokens and byte pieces",
                 options.size, reserved

@@ -8,6 +8,7 @@
 //! DIR/metrics.jsonl              one JSON object per log line and per validation
 //! DIR/valid/step-N.txt           validation translations
 //! DIR/cache/                     binarized datasets
+//! DIR/.gnmt.lock                 held while a trainer runs (one trainer per folder)
 //! ```
 //!
 //! A checkpoint is written into a temporary folder and renamed into place, so a process killed
@@ -27,7 +28,7 @@ use gnmt_infer::LengthLimit;
 use gnmt_model::checkpoint::{self, tensors_of};
 use gnmt_model::{init_model, Dropout, Gnmt};
 use gnmt_tokenizer::{
-    read_parallel, BatchOptions, Batcher, Dataset, FilterOptions, Vocab, VocabOptions,
+    read_parallel, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, Vocab, VocabOptions,
 };
 
 use crate::config::TrainConfig;
@@ -77,6 +78,9 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     args.config.validate()?;
     gnmt_model::set_matmul_precision(args.config.matmul);
     let out = &args.out_dir;
+    // Before anything is read or written: a second trainer on the same folder would
+    // interleave its checkpoints and metrics with ours.
+    let _lock = FolderLock::acquire(out, "run folder")?;
     std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::Io {
         path: out.clone(),
         source: e,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::checked::{self, whole};
 use clap::{Args, Subcommand};
 use gnmt_tokenizer::{data::multi30k_dir, Dataset, Vocab, VocabOptions};
 
@@ -35,10 +36,10 @@ pub struct BenchDataArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Vocabulary size to train for the run.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = checked::vocab_size())]
     pub vocab_size: usize,
     /// Timed repetitions of the text-to-batches step (the best and median are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = whole::<usize>(1, 1000))]
     pub repeat: usize,
     #[command(flatten)]
     pub data: DataArgs,

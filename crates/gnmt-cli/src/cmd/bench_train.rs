@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::checked::{self, whole};
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::Args;
@@ -21,24 +22,25 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Sentence pairs per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = checked::batch_size())]
     pub batch: usize,
     /// Sentence lengths are drawn uniformly from MIN..=MAX tokens (source and target).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, 1000))]
     pub min_len: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Longest sentence of the batch, in tokens (at least --min-len).
+    #[arg(long, default_value_t = 32, value_parser = whole::<usize>(1, 1000))]
     pub max_len: usize,
     /// Timed training steps per thread count (after one warm-up step).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = whole::<usize>(1, 100_000))]
     pub steps: usize,
     /// Thread counts to measure, each in its own process.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = checked::threads())]
     pub threads_list: Vec<usize>,
     /// Times to run the whole thread-count list, alternating. A shared machine's speed drifts
     /// by 10-20% within minutes, so one ratio of two runs taken a minute apart can be off by
     /// as much; with several rounds each ratio is of runs taken back to back, and the median
     /// rates and ratios are reported.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = checked::rounds())]
     pub rounds: usize,
     /// Also run the PyTorch baseline (bench/torch_baseline.sh; installs PyTorch on first use).
     #[arg(long)]

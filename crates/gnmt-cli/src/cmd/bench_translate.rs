@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::checked;
 use anyhow::Context;
 use candle::Device;
 use clap::Args;
@@ -22,19 +23,21 @@ pub struct BenchTranslateArgs {
     #[arg(long)]
     pub src: Option<PathBuf>,
     /// Beam sizes to measure (1 is greedy).
-    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    #[arg(long, value_delimiter = ',', default_value = "1,5", value_parser = checked::beam_size())]
     pub beams: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    /// Thread counts to measure, each in its own process.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = checked::threads())]
     pub threads_list: Vec<usize>,
-    #[arg(long, default_value_t = 32)]
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 32, value_parser = checked::batch_size())]
     pub batch_size: usize,
     /// Times to run every configuration, alternating; the median rates and the median of each
     /// round's thread-count ratios are reported (a one-second greedy run's ratio moves by 0.2
     /// from one run to the next on a shared machine).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = checked::rounds())]
     pub rounds: usize,
     /// Measure one configuration in this process (used by the parent run).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = checked::beam_size())]
     pub single: Option<usize>,
 }
 

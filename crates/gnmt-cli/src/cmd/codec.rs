@@ -1,5 +1,5 @@
 use std::io::{BufRead, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -62,17 +62,22 @@ impl DecodeArgs {
 }
 
 /// Runs `f(line_number, line, stdout)` over stdin, flushing after every line so the command
-/// works interactively and in pipes.
+/// works interactively and in pipes. Invalid UTF-8 stops it with the line and byte offset:
+/// ids of replacement characters would silently stand for text that was not there.
 fn for_each_line(
     mut f: impl FnMut(usize, &str, &mut dyn Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let stdin = std::io::stdin().lock();
     let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut offset = 0;
     for (i, line) in stdin.split(b'\n').enumerate() {
         let line = line.context("reading stdin")?;
-        let text = String::from_utf8_lossy(&line);
+        let text = std::str::from_utf8(&line).map_err(|e| {
+            gnmt_tokenizer::io::utf8_error(Path::new("stdin"), i + 1, offset, &line, e)
+        })?;
         f(i + 1, text.trim_end_matches('\r'), &mut out)?;
         out.flush()?;
+        offset += line.len() + 1;
     }
     Ok(())
 }

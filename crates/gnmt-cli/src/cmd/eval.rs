@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use crate::checked;
 use anyhow::Context;
 use candle::Device;
 use clap::Args;
@@ -20,14 +21,16 @@ pub struct EvalArgs {
     #[arg(long)]
     pub r#ref: PathBuf,
     /// Beam size (default: the model's generation.json); 1 is greedy.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::beam_size())]
     pub beam_size: Option<usize>,
-    #[arg(long)]
+    /// Length normalisation exponent alpha, 0 to 10 (default: the model's).
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub alpha: Option<f64>,
-    #[arg(long)]
+    /// Coverage penalty weight beta, 0 to 10 (default: the model's).
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub beta: Option<f64>,
     /// Sentences decoded together.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = checked::batch_size())]
     pub batch_size: usize,
     /// Also write the translations here.
     #[arg(short, long)]
@@ -61,20 +64,20 @@ impl EvalArgs {
             .map(|r| r.nbest.first().map_or(String::new(), |b| b.text.clone()))
             .collect();
         if let Some(p) = &self.output {
-            std::fs::write(p, hyps.iter().map(|h| format!("{h}\n")).collect::<String>())
-                .with_context(|| format!("writing {}", p.display()))?;
+            let text: String = hyps.iter().map(|h| format!("{h}\n")).collect();
+            gnmt_tokenizer::io::write_atomic(p, text.as_bytes())?;
         }
         let refs: Vec<String> = refs.iter().map(str::to_string).collect();
         let bleu = corpus_bleu(&hyps, &[&refs[..]], &BleuOptions::default())?;
         let chrf = corpus_chrf(&hyps, &[&refs[..]], &ChrfOptions::default())?;
         println!(
-            "{}: beam {} alpha {} beta {}; {} sentences in {secs:.1}s ({:.1}/s)",
+            "{}: beam {} alpha {} beta {}; {} sentences in {secs:.1}s ({})",
             self.model.display(),
             o.beam_size,
             o.alpha,
             o.beta,
             hyps.len(),
-            hyps.len() as f64 / secs
+            crate::rate::rate(hyps.len(), secs, "sentence")
         );
         println!(
             "BLEU|{} = {}",

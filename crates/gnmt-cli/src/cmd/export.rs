@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::checked;
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use gnmt_model::checkpoint;
+use gnmt_tokenizer::FolderLock;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -24,12 +26,14 @@ pub struct ExportArgs {
     /// Storage precision of the parameters.
     #[arg(long, value_enum, default_value_t = Storage::F32)]
     pub storage: Storage,
-    /// Decoding defaults written to generation.json (default: the first model's).
-    #[arg(long)]
+    /// Beam size written to generation.json (default: the first model's).
+    #[arg(long, value_parser = checked::beam_size())]
     pub beam_size: Option<usize>,
-    #[arg(long)]
+    /// Length normalisation exponent alpha written to generation.json, 0 to 10.
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub alpha: Option<f64>,
-    #[arg(long)]
+    /// Coverage penalty weight beta written to generation.json, 0 to 10.
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub beta: Option<f64>,
 }
 
@@ -42,6 +46,9 @@ pub enum Storage {
 
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<()> {
+        // Taken before reading: exporting into a run folder that a trainer is writing, or
+        // into a folder another export is writing, would mix two models' files.
+        let _lock = FolderLock::acquire(&self.output, "model folder")?;
         let device = Device::Cpu;
         let load = |p: &PathBuf| {
             checkpoint::load(p, DType::F64, &device)

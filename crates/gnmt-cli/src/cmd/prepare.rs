@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use crate::checked::{self, real, whole, Interval};
 use clap::Args;
 use gnmt_tokenizer::batch::plan_epoch;
 use gnmt_tokenizer::dataset::CacheStatus;
@@ -9,19 +10,19 @@ use gnmt_tokenizer::{Batch, BatchOptions, Dataset, FilterOptions, Vocab};
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Skip pairs with more pieces than this on either side.
-    #[arg(long, default_value_t = FilterOptions::default().max_len)]
+    #[arg(long, default_value_t = FilterOptions::default().max_len, value_parser = whole::<usize>(1, 100_000))]
     pub max_len: usize,
-    /// Skip pairs whose length ratio exceeds this.
-    #[arg(long, default_value_t = FilterOptions::default().max_ratio)]
+    /// Skip pairs whose length ratio (longer side over shorter) exceeds this, 1 to 1000.
+    #[arg(long, default_value_t = FilterOptions::default().max_ratio, value_parser = real::<f32>(Interval::closed(1.0, 1000.0)))]
     pub max_ratio: f32,
     /// Padded tokens per batch.
-    #[arg(long, default_value_t = BatchOptions::default().max_tokens)]
+    #[arg(long, default_value_t = BatchOptions::default().max_tokens, value_parser = checked::max_tokens())]
     pub max_tokens: usize,
     /// Sentence pairs per batch, at most.
-    #[arg(long, default_value_t = BatchOptions::default().max_sentences)]
+    #[arg(long, default_value_t = BatchOptions::default().max_sentences, value_parser = whole::<usize>(1, 1_000_000))]
     pub max_sentences: usize,
     /// Seed of the data order.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = checked::seed())]
     pub seed: u64,
 }
 

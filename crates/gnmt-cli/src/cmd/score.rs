@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use crate::checked::whole;
 use clap::Args;
 use gnmt_metrics::{corpus_bleu, corpus_chrf, BleuOptions, ChrfOptions};
 use gnmt_tokenizer::Lines;
@@ -13,8 +14,8 @@ pub struct ScoreArgs {
     /// Lowercase both sides first.
     #[arg(long)]
     pub lowercase: bool,
-    /// Word n-gram order for chrF (2 gives chrF++).
-    #[arg(long, default_value_t = 0)]
+    /// Word n-gram order for chrF (2 gives chrF++), 0 to 6.
+    #[arg(long, default_value_t = 0, value_parser = whole::<usize>(0, 6))]
     pub chrf_word_order: usize,
     /// Print one JSON object with full-precision scores.
     #[arg(long)]
@@ -71,8 +72,8 @@ pub struct MetricArgs {
     /// Lowercase both sides first.
     #[arg(long)]
     pub lowercase: bool,
-    /// chrF only: word n-gram order (2 gives chrF++).
-    #[arg(long, default_value_t = 0)]
+    /// chrF only: word n-gram order (2 gives chrF++), 0 to 6.
+    #[arg(long, default_value_t = 0, value_parser = whole::<usize>(0, 6))]
     pub word_order: usize,
 }
 

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::checked::{self, whole};
 use anyhow::Context;
 use candle::Device;
 use clap::{Args, Subcommand};
@@ -36,22 +37,23 @@ pub struct ResidualStudyArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// LSTM layers in the encoder and in the decoder.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = whole::<usize>(1, 64))]
     pub layers: usize,
     /// Hidden, embedding and attention size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = whole::<usize>(1, 16_384))]
     pub hidden: usize,
     /// Training updates per arm (with the defaults, two arms take about 20 minutes on 2 cores).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = whole::<u64>(1, 100_000_000))]
     pub steps: u64,
     /// The arms: `none` (no residual connections) or N (residual connections from layer N up),
     /// comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "none,3")]
     pub arms: Vec<String>,
     /// Validation sentences used (the first N lines of the validation files).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = whole::<usize>(1, 100_000_000))]
     pub valid_lines: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Seed of every arm's initialisation, dropout and data order.
+    #[arg(long, default_value_t = 1, value_parser = checked::seed())]
     pub seed: u64,
     /// A few-minute version for tests: 4 layers of 32 units, 1,000 training pairs, 30 updates.
     #[arg(long)]
@@ -173,7 +175,7 @@ impl ResidualStudyArgs {
             .map(|a| Arm::parse(a, plan.layers))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!arms.is_empty(), "no arms to train");
-        std::fs::create_dir_all(&self.output)?;
+        let _lock = gnmt_tokenizer::FolderLock::acquire(&self.output, "study folder")?;
         let data = self.output.join("data");
         let (train_src, train_tgt) = (
             head(

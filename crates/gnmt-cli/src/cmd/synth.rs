@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use crate::checked::{self, whole};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use gnmt_tokenizer::synthetic;
@@ -16,19 +17,23 @@ pub enum Task {
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
+    /// What the target is made of from the source.
     #[arg(long, value_enum)]
     pub task: Task,
     /// Number of sentence pairs.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = whole::<usize>(1, 1_000_000_000))]
     pub pairs: usize,
-    /// Distinct words (1..=32).
-    #[arg(long, default_value_t = 16)]
+    /// Distinct words (1 to 32).
+    #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, 32))]
     pub symbols: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Shortest sentence, in words.
+    #[arg(long, default_value_t = 1, value_parser = whole::<usize>(1, 1000))]
     pub min_len: usize,
-    #[arg(long, default_value_t = 20)]
+    /// Longest sentence, in words (at least --min-len).
+    #[arg(long, default_value_t = 20, value_parser = whole::<usize>(1, 1000))]
     pub max_len: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the generator: the same seed writes the same corpus.
+    #[arg(long, default_value_t = 1, value_parser = checked::seed())]
     pub seed: u64,
     /// Output prefix: writes PREFIX.src and PREFIX.tgt.
     #[arg(short, long)]

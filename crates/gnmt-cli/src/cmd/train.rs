@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use candle::Device;
 use clap::Args;
+
+use crate::checked::{self, real, whole, Interval};
 use gnmt_model::ModelConfig;
 use gnmt_train::{train, TrainArgs as LibArgs, TrainConfig};
 
@@ -34,35 +36,44 @@ pub struct TrainArgs {
     /// Use this vocabulary (tokenizer.json) instead of training one on the training files.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    #[arg(long)]
+    /// Stop after this many updates.
+    #[arg(long, value_parser = checked::updates())]
     pub max_steps: Option<u64>,
-    #[arg(long)]
+    /// Stop after this many passes over the training data.
+    #[arg(long, value_parser = whole::<u64>(1, 1_000_000))]
     pub max_epochs: Option<u64>,
     /// Wall-time limit over the whole run, e.g. 90m, 2h.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::duration)]
     pub max_time: Option<String>,
     /// Early stopping: stop after N validations without a BLEU improvement.
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u32>(1, 1_000_000))]
     pub patience: Option<u32>,
-    #[arg(long)]
+    /// Write a checkpoint every N updates (and at every stop).
+    #[arg(long, value_parser = checked::updates())]
     pub save_every: Option<u64>,
-    #[arg(long)]
+    /// Validate (loss and greedy BLEU on the validation files) every N updates.
+    #[arg(long, value_parser = checked::updates())]
     pub valid_every: Option<u64>,
-    #[arg(long)]
+    /// Log loss, learning rate, gradient norms and speed every N updates.
+    #[arg(long, value_parser = checked::updates())]
     pub log_every: Option<u64>,
     /// Step checkpoints to keep.
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<usize>(1, 1_000_000))]
     pub keep_last: Option<usize>,
-    #[arg(long)]
+    /// Seed of initialisation, dropout and data order: the same seed repeats the run exactly.
+    #[arg(long, value_parser = checked::seed())]
     pub seed: Option<u64>,
-    #[arg(long)]
+    /// Peak learning rate (after warm-up), in (0, 10].
+    #[arg(long, value_parser = real::<f64>(Interval::above(0.0, 10.0)))]
     pub lr: Option<f64>,
-    #[arg(long)]
+    /// Dropout on the input of every LSTM layer and before the output projection, in [0, 1).
+    #[arg(long, value_parser = real::<f32>(Interval::below(0.0, 1.0)))]
     pub dropout: Option<f32>,
-    #[arg(long)]
+    /// Label smoothing of the training loss, in [0, 1).
+    #[arg(long, value_parser = real::<f64>(Interval::below(0.0, 1.0)))]
     pub label_smoothing: Option<f64>,
     /// Padded tokens per batch.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::max_tokens())]
     pub max_tokens: Option<usize>,
     /// No progress lines on stderr.
     #[arg(short, long)]

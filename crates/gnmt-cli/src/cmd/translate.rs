@@ -6,7 +6,7 @@
 //! line as soon as it and every line before it are done, so the program works interactively,
 //! in pipes, and on files larger than memory. Several files (`translate a.txt b.txt --out-dir
 //! OUT`, or a directory) go through the same pipeline one after the other, each written to a
-//! temporary file renamed into place when complete.
+//! temporary file renamed into place when complete (as is a single `-o` file).
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,9 @@ use candle::Device;
 use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::checked::{self, real, whole, Interval};
+use crate::rate::rate;
 
 /// Translate text with a trained gnmt model: one output line per input line, in order.
 #[derive(Debug, Parser)]
@@ -44,19 +47,20 @@ pub struct TranslateArgs {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Beam size (default: the model's generation.json). 1 is greedy decoding.
-    #[arg(long)]
+    #[arg(long, value_parser = checked::beam_size())]
     pub beam_size: Option<usize>,
-    /// Length normalisation exponent alpha (default: the model's).
-    #[arg(long)]
+    /// Length normalisation exponent alpha, 0 to 10 (default: the model's).
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub alpha: Option<f64>,
-    /// Coverage penalty weight beta (default: the model's).
-    #[arg(long)]
+    /// Coverage penalty weight beta, 0 to 10 (default: the model's).
+    #[arg(long, value_parser = checked::decoding_weight())]
     pub beta: Option<f64>,
-    /// GNMT's pruning margin (off by default).
-    #[arg(long)]
+    /// GNMT's pruning margin: hypotheses scoring more than this below the best are dropped
+    /// (off by default).
+    #[arg(long, value_parser = real::<f64>(Interval::above(0.0, 1000.0)))]
     pub prune_margin: Option<f64>,
     /// Print the K best translations per line as `id ||| translation ||| score` (Marian).
-    #[arg(long)]
+    #[arg(long, value_parser = checked::beam_size())]
     pub n_best: Option<usize>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -65,16 +69,16 @@ pub struct TranslateArgs {
     #[arg(long)]
     pub attention: bool,
     /// Sentences decoded together.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = checked::batch_size())]
     pub batch_size: usize,
     /// Lines read ahead and sorted by length before batching.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = whole::<usize>(1, 10_000_000))]
     pub window: usize,
     /// Source pieces per line; longer lines are cropped, with a warning.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = whole::<usize>(1, 100_000))]
     pub max_input_len: usize,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = checked::threads())]
     pub threads: Option<usize>,
     /// Precision of the matrix products: f32, or bf16 operands with f32 sums (faster on CPUs
     /// with AVX512-BF16, slow elsewhere; translations may differ slightly from f32).
@@ -171,18 +175,23 @@ impl TranslateArgs {
                 .filter(|p| p.as_os_str() != "-")
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len());
-            let mut out: Box<dyn Write> = match &self.output {
-                Some(p) if p.as_os_str() != "-" => Box::new(BufWriter::new(
-                    std::fs::File::create(p)
-                        .with_context(|| format!("creating {}", p.display()))?,
-                )),
-                _ => Box::new(BufWriter::new(std::io::stdout())),
-            };
             let name = self
                 .input
                 .as_ref()
                 .map_or("stdin".to_string(), |p| p.display().to_string());
-            total = self.stream(input, &mut out, &name, size, &translator, &options)?;
+            match self.output.as_ref().filter(|p| p.as_os_str() != "-") {
+                Some(path) => {
+                    let file = AtomicFile::create(path)?;
+                    let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
+                    total = self.stream(input, &mut out, &name, size, &translator, &options)?;
+                    drop(out);
+                    file.commit()?;
+                }
+                None => {
+                    let mut out: Box<dyn Write> = Box::new(BufWriter::new(std::io::stdout()));
+                    total = self.stream(input, &mut out, &name, size, &translator, &options)?;
+                }
+            }
         } else {
             let out_dir = self
                 .out_dir
@@ -196,14 +205,12 @@ impl TranslateArgs {
                         .with_context(|| format!("opening {}", src.display()))?,
                 ));
                 let size = std::fs::metadata(&src).ok().map(|m| m.len());
-                let tmp = tempfile::NamedTempFile::new_in(&out_dir)?;
-                let mut out: Box<dyn Write> = Box::new(BufWriter::new(tmp.reopen()?));
+                let file = AtomicFile::create(&dst)?;
+                let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
                 let name = src.display().to_string();
                 let stats = self.stream(input, &mut out, &name, size, &translator, &options)?;
                 drop(out);
-                tmp.as_file().sync_all()?;
-                tmp.persist(&dst)
-                    .with_context(|| format!("writing {}", dst.display()))?;
+                file.commit()?;
                 if !self.quiet {
                     eprintln!(
                         "{} -> {}: {} lines",
@@ -224,11 +231,11 @@ impl TranslateArgs {
         if !self.quiet {
             let secs = start.elapsed().as_secs_f64();
             eprintln!(
-                "translated {} lines ({} non-empty) in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s",
+                "translated {} lines ({} non-empty) in {secs:.2}s: {}, {}",
                 total.lines,
                 total.sentences,
-                total.sentences as f64 / secs.max(1e-9),
-                total.tokens as f64 / secs.max(1e-9)
+                rate(total.sentences, secs, "sentence"),
+                rate(total.tokens, secs, "target token")
             );
         }
         Ok(())
@@ -395,6 +402,51 @@ impl TranslateArgs {
                 writeln!(out, "{v}")?;
             }
         }
+        Ok(())
+    }
+}
+
+/// An output file written in full or not at all: lines go to a temporary file beside it,
+/// renamed over it once complete, so a failed or interrupted run never leaves half a
+/// translation under the final name.
+struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        // A translation is an ordinary file: the user's umask decides, not the 0600 of
+        // temporary files.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(dir).with_context(|| {
+            format!(
+                "creating a file in {} for {}",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        Ok(Self {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn writer(&self) -> anyhow::Result<std::fs::File> {
+        Ok(self.tmp.reopen()?)
+    }
+
+    fn commit(self) -> anyhow::Result<()> {
+        self.tmp.as_file().sync_all()?;
+        self.tmp
+            .persist(&self.path)
+            .with_context(|| format!("writing {}", self.path.display()))?;
         Ok(())
     }
 }

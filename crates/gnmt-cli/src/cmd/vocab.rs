@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
+use crate::checked::{self, whole};
 use anyhow::Context;
 use clap::Args;
-use gnmt_tokenizer::{Lines, SubwordModel, Vocab, VocabOptions};
+use gnmt_tokenizer::{FolderLock, Lines, SubwordModel, Vocab, VocabOptions};
 
 #[derive(Debug, Args)]
 pub struct VocabArgs {
@@ -11,13 +12,13 @@ pub struct VocabArgs {
     pub train: Vec<PathBuf>,
     /// Vocabulary size, special tokens and the 256 byte pieces included
     /// (8000 suits Multi30k-sized data, 32000 WMT).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = checked::vocab_size())]
     pub size: usize,
     /// Subword model: bpe or unigram.
     #[arg(long, default_value = "bpe")]
     pub model: SubwordModel,
     /// Minimum pair frequency for a BPE merge.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = whole::<u64>(1, 1_000_000_000))]
     pub min_frequency: u64,
     /// Output directory; `tokenizer.json` is written there.
     #[arg(short, long)]
@@ -32,10 +33,9 @@ impl VocabArgs {
             model: self.model,
             min_frequency: self.min_frequency,
         };
+        let _lock = FolderLock::acquire(&self.output, "vocabulary folder")?;
         let vocab =
             Vocab::train_from_files(&self.train, &options).context("training the vocabulary")?;
-        std::fs::create_dir_all(&self.output)
-            .with_context(|| format!("creating {}", self.output.display()))?;
         let out = self.output.join("tokenizer.json");
         vocab.save(&out)?;
         println!(
