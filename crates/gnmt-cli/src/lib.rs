@@ -85,6 +85,10 @@ pub enum Command {
     /// Benchmarks (not tests): data pipeline, training step, translation.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Print a shell completion script for gnmt or translate.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write man pages for gnmt, each of its commands, and translate.
+    Man(cmd::docs::ManArgs),
 }
 
 impl Cli {
@@ -107,6 +111,8 @@ impl Cli {
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(),
+            Command::Completions(a) => a.run(),
+            Command::Man(a) => a.run(),
         })
     }
 }

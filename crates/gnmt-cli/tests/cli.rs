@@ -282,3 +282,32 @@ fn threads_flag_sizes_the_worker_pool() {
         );
     }
 }
+
+/// Completions and man pages come from the same definitions that parse the command lines.
+#[test]
+fn completions_and_man_pages_cover_both_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bash = ok(gnmt(&["completions", "bash"], d));
+    assert!(
+        bash.contains("_gnmt()") && bash.contains("--max-steps"),
+        "{bash}"
+    );
+    let zsh = ok(gnmt(&["completions", "zsh", "--program", "translate"], d));
+    assert!(
+        zsh.starts_with("#compdef translate") && zsh.contains("--beam-size"),
+        "{zsh}"
+    );
+    let e = err(gnmt(&["completions", "tcsh"], d));
+    assert!(e.contains("invalid value 'tcsh'"), "{e}");
+    let said = ok(gnmt(&["man", "-o", "man"], d));
+    assert!(said.contains(" man pages"), "{said}");
+    let train = std::fs::read_to_string(d.join("man/gnmt-train.1")).unwrap();
+    assert!(
+        train.contains(".TH gnmt-train 1") && train.contains("max\\-steps"),
+        "{train}"
+    );
+    let translate = std::fs::read_to_string(d.join("man/translate.1")).unwrap();
+    assert!(translate.contains("beam\\-size"), "{translate}");
+    assert!(d.join("man/gnmt-bench-translate.1").is_file());
+}

@@ -11,6 +11,11 @@ mod translate;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// What a data check says when Multi30k is missing. Such checks are `#[ignore]`d in the
+/// README's test command, which must pass on a bare clone, and run by `.ci/data-checks.sh`.
+pub const NEEDS_MULTI30K: &str =
+    "Multi30k is needed: set GNMT_DATA_DIR, or put it in ../shared/data/multi30k";
+
 pub fn gnmt(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gnmt"))
         .args(args)

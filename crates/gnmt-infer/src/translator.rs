@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
-use gnmt_model::checkpoint::{self, GenerationConfig};
+use gnmt_model::checkpoint::{self, GenerationConfig, InMemoryFolder, ModelFolder};
 use gnmt_model::{DecodingWeights, Gnmt};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
@@ -47,10 +47,23 @@ impl Translator {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let folder =
             checkpoint::load(dir, DType::F32, device).map_err(|e| Error::Input(e.to_string()))?;
+        Self::from_folder(folder, dir, device)
+    }
+
+    /// Loads and checks a model folder held in memory (a model built into the program).
+    pub fn load_in_memory(folder: &InMemoryFolder<'_>, device: &Device) -> Result<Self> {
+        let loaded = checkpoint::load_in_memory(folder, DType::F32, device)
+            .map_err(|e| Error::Input(e.to_string()))?;
+        Self::from_folder(loaded, Path::new(folder.label), device)
+    }
+
+    /// `label` names the folder in errors.
+    fn from_folder(folder: ModelFolder, label: &Path, device: &Device) -> Result<Self> {
+        let tokenizer = label.join(checkpoint::TOKENIZER_FILE);
         let json = std::str::from_utf8(&folder.tokenizer_json)
-            .map_err(|_| Error::Input(format!("{}: tokenizer.json is not UTF-8", dir.display())))?;
+            .map_err(|_| Error::Input(format!("{}: not UTF-8", tokenizer.display())))?;
         let vocab = Vocab::from_json(json)
-            .map_err(|e| Error::Input(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+            .map_err(|e| Error::Input(format!("{}: {e}", tokenizer.display())))?;
         let model = Gnmt::new(
             &folder.config,
             VarBuilder::from_tensors(folder.tensors, DType::F32, device),

@@ -154,8 +154,10 @@ fn matches_sacrebleu_on_pinned_cases() {
 /// test_2016_flickr.de against a damaged copy of itself (the word at position i mod len
 /// dropped from line i, every third line reversed), scored by sacreBLEU 2.6.0.
 #[test]
+#[ignore = "needs Multi30k (GNMT_DATA_DIR or ../shared/data/multi30k); .ci/data-checks.sh runs it"]
 fn matches_sacrebleu_on_a_multi30k_sized_corpus() {
-    let dir = gnmt_tokenizer::data::multi30k_dir().expect("Multi30k is needed for this test");
+    let dir = gnmt_tokenizer::data::multi30k_dir()
+        .expect("Multi30k is needed: set GNMT_DATA_DIR, or put it in ../shared/data/multi30k");
     let text = std::fs::read_to_string(dir.join("test_2016_flickr.de")).unwrap();
     let refs: Vec<&str> = text.lines().collect();
     let hyps: Vec<String> = refs

@@ -207,10 +207,103 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ModelFolder> {
     if !dir.is_dir() {
         return fail(dir, "not a model folder (no such directory)");
     }
-    let config = read_config(&dir.join(CONFIG_FILE))?;
-    let generation = read_generation(&dir.join(GENERATION_FILE))?;
-    let tokenizer_path = dir.join(TOKENIZER_FILE);
-    let tokenizer_json = read_capped(&tokenizer_path, MAX_TOKENIZER_BYTES)?;
+    load_from(&Files::Dir(dir), dtype, device)
+}
+
+/// A model folder's files held in memory, such as a model compiled into a program with
+/// `include_bytes!`. It is checked exactly as a folder on disk is; errors name
+/// `label/FILE`.
+#[derive(Debug, Clone, Copy)]
+pub struct InMemoryFolder<'a> {
+    pub label: &'a str,
+    pub config: &'a [u8],
+    /// `None` when the folder has no generation.json (the defaults apply).
+    pub generation: Option<&'a [u8]>,
+    pub tokenizer: &'a [u8],
+    pub model: &'a [u8],
+}
+
+/// Loads and checks a model folder held in memory (see [`InMemoryFolder`]).
+pub fn load_in_memory(
+    folder: &InMemoryFolder<'_>,
+    dtype: DType,
+    device: &Device,
+) -> Result<ModelFolder> {
+    load_from(&Files::Memory(folder), dtype, device)
+}
+
+/// Where a model folder's files are read from.
+enum Files<'a> {
+    Dir(&'a Path),
+    Memory(&'a InMemoryFolder<'a>),
+}
+
+impl Files<'_> {
+    /// The path errors name for file `name`.
+    fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Files::Dir(dir) => dir.join(name),
+            Files::Memory(m) => Path::new(m.label).join(name),
+        }
+    }
+
+    fn bytes<'b>(m: &'b InMemoryFolder<'b>, name: &str) -> Option<&'b [u8]> {
+        match name {
+            CONFIG_FILE => Some(m.config),
+            GENERATION_FILE => m.generation,
+            TOKENIZER_FILE => Some(m.tokenizer),
+            MODEL_FILE => Some(m.model),
+            _ => None,
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        match self {
+            Files::Dir(dir) => dir.join(name).exists(),
+            Files::Memory(m) => Self::bytes(m, name).is_some(),
+        }
+    }
+
+    /// A reader over file `name` and its length in bytes.
+    fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
+        let path = self.path(name);
+        match self {
+            Files::Dir(_) => {
+                let f = std::fs::File::open(&path)
+                    .or_else(|e| fail(&path, format!("cannot open: {e}")))?;
+                let len = f.metadata().or_else(|e| fail(&path, e.to_string()))?.len();
+                Ok((Box::new(f), len))
+            }
+            Files::Memory(m) => match Self::bytes(m, name) {
+                Some(b) => Ok((Box::new(b), b.len() as u64)),
+                None => fail(&path, "cannot open: not in the built-in model"),
+            },
+        }
+    }
+
+    /// File `name` whole, refused if it is larger than `cap` bytes.
+    fn read_capped(&self, name: &str, cap: u64) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let (f, len) = self.open(name)?;
+        if len > cap {
+            return fail(
+                &path,
+                format!("{len} bytes is more than the {cap}-byte limit for this file"),
+            );
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(cap + 1)
+            .read_to_end(&mut buf)
+            .or_else(|e| fail(&path, e.to_string()))?;
+        Ok(buf)
+    }
+}
+
+fn load_from(files: &Files<'_>, dtype: DType, device: &Device) -> Result<ModelFolder> {
+    let config = read_config(files)?;
+    let generation = read_generation(files)?;
+    let tokenizer_path = files.path(TOKENIZER_FILE);
+    let tokenizer_json = files.read_capped(TOKENIZER_FILE, MAX_TOKENIZER_BYTES)?;
     let vocab = tokenizer_vocab_size(&tokenizer_path, &tokenizer_json)?;
     if vocab != config.vocab_size {
         return fail(
@@ -221,10 +314,10 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ModelFolder> {
             ),
         );
     }
-    let model_path = dir.join(MODEL_FILE);
+    let model_path = files.path(MODEL_FILE);
     let specs =
-        parameter_specs(&config).or_else(|e| fail(&dir.join(CONFIG_FILE), e.to_string()))?;
-    let header = read_safetensors_header(&model_path, &specs)?;
+        parameter_specs(&config).or_else(|e| fail(&files.path(CONFIG_FILE), e.to_string()))?;
+    let header = read_safetensors_header(files, &specs)?;
     let meta = |key: &str| {
         header
             .metadata
@@ -257,7 +350,7 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ModelFolder> {
         .parse::<u64>()
         .or_else(|_| fail(&model_path, format!("bad step {:?}", meta("step"))))?;
 
-    let bytes = read_capped(&model_path, header.file_len)?;
+    let bytes = files.read_capped(MODEL_FILE, header.file_len)?;
     let loaded = candle::safetensors::load_buffer(&bytes, device)
         .or_else(|e| fail(&model_path, e.to_string()))?;
     let tensors = loaded
@@ -299,8 +392,9 @@ fn canonical_config(config: &ModelConfig) -> String {
     serde_json::to_string(config).expect("plain struct")
 }
 
-fn read_config(path: &Path) -> Result<ModelConfig> {
-    let bytes = read_capped(path, MAX_JSON_BYTES)?;
+fn read_config(files: &Files<'_>) -> Result<ModelConfig> {
+    let path = &files.path(CONFIG_FILE);
+    let bytes = files.read_capped(CONFIG_FILE, MAX_JSON_BYTES)?;
     let mut value: Value =
         serde_json::from_slice(&bytes).or_else(|e| fail(path, format!("not valid JSON: {e}")))?;
     let Value::Object(map) = &mut value else {
@@ -324,11 +418,12 @@ fn read_config(path: &Path) -> Result<ModelConfig> {
     Ok(config)
 }
 
-fn read_generation(path: &Path) -> Result<GenerationConfig> {
-    if !path.exists() {
+fn read_generation(files: &Files<'_>) -> Result<GenerationConfig> {
+    if !files.exists(GENERATION_FILE) {
         return Ok(GenerationConfig::default());
     }
-    let bytes = read_capped(path, MAX_JSON_BYTES)?;
+    let path = &files.path(GENERATION_FILE);
+    let bytes = files.read_capped(GENERATION_FILE, MAX_JSON_BYTES)?;
     let g: GenerationConfig =
         serde_json::from_slice(&bytes).or_else(|e| fail(path, e.to_string()))?;
     g.validate().or_else(|e| fail(path, e))?;
@@ -366,9 +461,9 @@ struct Header {
 }
 
 /// Reads and checks the safetensors header against `specs` without reading tensor data.
-fn read_safetensors_header(path: &Path, specs: &[ParamSpec]) -> Result<Header> {
-    let mut f = std::fs::File::open(path).or_else(|e| fail(path, format!("cannot open: {e}")))?;
-    let file_len = f.metadata().or_else(|e| fail(path, e.to_string()))?.len();
+fn read_safetensors_header(files: &Files<'_>, specs: &[ParamSpec]) -> Result<Header> {
+    let path = &files.path(MODEL_FILE);
+    let (mut f, file_len) = files.open(MODEL_FILE)?;
     let mut head = [0u8; 8];
     let n = read_up_to(&mut f, &mut head).or_else(|e| fail(path, e.to_string()))?;
     if head.starts_with(b"PK\x03\x04") {
@@ -524,23 +619,7 @@ fn check_tensor_set(
     Ok(())
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).or_else(|e| fail(path, format!("cannot open: {e}")))?;
-    let len = f.metadata().or_else(|e| fail(path, e.to_string()))?.len();
-    if len > cap {
-        return fail(
-            path,
-            format!("{len} bytes is more than the {cap}-byte limit for this file"),
-        );
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(cap + 1)
-        .read_to_end(&mut buf)
-        .or_else(|e| fail(path, e.to_string()))?;
-    Ok(buf)
-}
-
-fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {

@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::sync::OnceLock;
 
 use gnmt_tokenizer::{data::multi30k_dir, Lines, Vocab, VocabOptions, UNK_ID};
@@ -10,16 +11,32 @@ fn expected(x: &str) -> String {
     nfkc.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// One vocabulary trained on Multi30k train en+de (the default setup), shared by the tests.
+const NEEDS_MULTI30K: &str =
+    "Multi30k is needed: set GNMT_DATA_DIR, or put it in ../shared/data/multi30k";
+
+/// One vocabulary trained on Multi30k train en+de (the default setup), for the data check.
 fn multi30k_vocab() -> &'static Vocab {
     static VOCAB: OnceLock<Vocab> = OnceLock::new();
     VOCAB.get_or_init(|| {
-        let dir = multi30k_dir().expect("Multi30k is needed for these tests");
+        let dir = multi30k_dir().expect(NEEDS_MULTI30K);
         Vocab::train_from_files(
             &[dir.join("train.en"), dir.join("train.de")],
             &VocabOptions::default(),
         )
         .expect("train vocabulary")
+    })
+}
+
+/// The vocabulary of the shipped model, trained the same way: what the tests below need
+/// without any corpus at hand.
+fn shipped_vocab() -> &'static Vocab {
+    static VOCAB: OnceLock<Vocab> = OnceLock::new();
+    VOCAB.get_or_init(|| {
+        Vocab::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/multi30k-en-de/tokenizer.json"
+        )))
+        .expect("the shipped tokenizer.json")
     })
 }
 
@@ -38,6 +55,7 @@ fn check_round_trip(vocab: &Vocab, x: &str) {
 }
 
 #[test]
+#[ignore = "needs Multi30k (GNMT_DATA_DIR or ../shared/data/multi30k); .ci/data-checks.sh runs it"]
 fn every_multi30k_line_round_trips() {
     let vocab = multi30k_vocab();
     assert_eq!(vocab.size(), 8000);
@@ -57,7 +75,7 @@ fn every_multi30k_line_round_trips() {
 
 #[test]
 fn nasty_strings_round_trip() {
-    let vocab = multi30k_vocab();
+    let vocab = shipped_vocab();
     let long_word = "x".repeat(10_000);
     let long_text = "Ein Hund läuft über die Wiese. ".repeat(330);
     let long_cjk = "猫が走る。".repeat(2_000);
@@ -94,7 +112,7 @@ fn nasty_strings_round_trip() {
 
 #[test]
 fn unseen_text_costs_bytes_not_information() {
-    let vocab = multi30k_vocab();
+    let vocab = shipped_vocab();
     let ids = vocab.encode("ᚠᛇᚻ runes").unwrap();
     assert!(ids.iter().any(|&i| vocab.is_byte_piece(i)));
     assert_eq!(vocab.decode(&ids).unwrap(), "ᚠᛇᚻ runes");
@@ -104,14 +122,14 @@ fn unseen_text_costs_bytes_not_information() {
 /// space. Pinned so the limit stays documented and visible.
 #[test]
 fn the_boundary_marker_in_input_decodes_as_a_space() {
-    let vocab = multi30k_vocab();
+    let vocab = shipped_vocab();
     let ids = vocab.encode("a\u{2581}b").unwrap();
     assert_eq!(vocab.decode(&ids).unwrap(), "a b");
 }
 
 #[test]
 fn saved_file_reloads_identically() {
-    let vocab = multi30k_vocab();
+    let vocab = shipped_vocab();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tokenizer.json");
     vocab.save(&p).unwrap();

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_train;
 pub mod bench_translate;
 pub mod codec;
+pub mod docs;
 pub mod eval;
 pub mod export;
 pub mod plot;

@@ -17,6 +17,8 @@ use anyhow::Context;
 use candle::Device;
 use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
+#[cfg(feature = "embedded-model")]
+use gnmt_model::checkpoint;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
@@ -37,7 +39,7 @@ pub struct TranslateArgs {
     #[arg(long, value_name = "PNG")]
     pub attention_png: Option<PathBuf>,
     /// Model folder (config.json, model.safetensors, tokenizer.json, generation.json).
-    /// Default: the shipped default model under models/.
+    /// Default: the shipped English-German model built into this program.
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Input file, plain text (default: stdin; `-` also means stdin).
@@ -108,11 +110,43 @@ pub enum Format {
     Json,
 }
 
-/// Where `translate` looks for its default model, relative to the working directory and to
-/// the executable (a checkout's `target/release/` or an installed binary's prefix).
+/// Where the default model lies in a checkout (and in an installed prefix, without the
+/// built-in copy).
+#[cfg(not(feature = "embedded-model"))]
 const DEFAULT_MODEL: &str = "models/multi30k-en-de";
 
-fn default_model() -> anyhow::Result<PathBuf> {
+/// The default model's files, compiled into the program.
+#[cfg(feature = "embedded-model")]
+const BUILT_IN: checkpoint::InMemoryFolder<'static> = {
+    macro_rules! shipped {
+        ($file:literal) => {
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/multi30k-en-de/",
+                $file
+            ))
+        };
+    }
+    checkpoint::InMemoryFolder {
+        label: "<built-in models/multi30k-en-de>",
+        config: shipped!("config.json"),
+        generation: Some(shipped!("generation.json")),
+        tokenizer: shipped!("tokenizer.json"),
+        model: shipped!("model.safetensors"),
+    }
+};
+
+/// The model `translate` uses without `-m`: the built-in copy of the shipped model.
+#[cfg(feature = "embedded-model")]
+fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
+    Translator::load_in_memory(&BUILT_IN, device).context("loading the built-in model")
+}
+
+/// Built without the `embedded-model` feature: the shipped model folder, looked for under the
+/// working directory and its parents, then beside the executable and its parents (a
+/// checkout's `target/release/`, or an installed prefix holding `models/`).
+#[cfg(not(feature = "embedded-model"))]
+fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
@@ -120,17 +154,19 @@ fn default_model() -> anyhow::Result<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         starts.extend(exe.parent().map(Path::to_path_buf));
     }
-    starts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     for start in &starts {
         for dir in start.ancestors() {
             let candidate = dir.join(DEFAULT_MODEL);
             if candidate.join("config.json").is_file() {
-                return Ok(candidate);
+                return Translator::load(&candidate, device)
+                    .with_context(|| format!("loading {}", candidate.display()));
             }
         }
     }
     anyhow::bail!(
-        "no default model found ({DEFAULT_MODEL} is not shipped yet); pass -m DIR with a model folder written by `gnmt train`"
+        "no default model: this translate was built without the built-in model and found no \
+         {DEFAULT_MODEL} under the working directory or beside the program; pass -m DIR with \
+         a model folder written by `gnmt train` or `gnmt export`"
     )
 }
 
@@ -142,12 +178,11 @@ impl TranslateArgs {
     }
 
     fn translate(self) -> anyhow::Result<()> {
-        let model_dir = match &self.model {
-            Some(m) => m.clone(),
-            None => default_model()?,
+        let translator = match &self.model {
+            Some(dir) => Translator::load(dir, &Device::Cpu)
+                .with_context(|| format!("loading {}", dir.display()))?,
+            None => load_default_model(&Device::Cpu)?,
         };
-        let translator = Translator::load(&model_dir, &Device::Cpu)
-            .with_context(|| format!("loading {}", model_dir.display()))?;
         let mut options = translator.default_options();
         if let Some(k) = self.beam_size {
             options.beam_size = k;
