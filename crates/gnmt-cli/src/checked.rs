@@ -3,7 +3,7 @@
 //! `--alpha nan`) stops at the command line instead of running as something else. Values that
 //! are legal but costly are accepted with a warning saying why.
 //!
-//! ```ignore
+//! ```text
 //! #[arg(long, value_parser = whole::<usize>(1, 1024).costly_above(64, "..."))]
 //! pub beam_size: Option<usize>,
 //! ```
