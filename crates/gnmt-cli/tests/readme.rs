@@ -1,4 +1,4 @@
-//! Every `gnmt` and `translate` command in README.md's shell blocks is parsed by the real
+//! Every `gnmt` and `translate` command in the shell blocks of README.md and docs/*.md is parsed by the real
 //! argument parsers: a renamed flag or command fails this test instead of rotting the README.
 //! (The first README command runs in `shipped.rs`; the second is what CI runs.)
 
@@ -26,11 +26,37 @@ fn words(segment: &str) -> Vec<String> {
     out
 }
 
-/// The commands of the README's ```sh blocks, continuation lines joined, comments removed,
+/// README.md and every `docs/*.md`.
+fn documents() -> Vec<(std::path::PathBuf, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut paths = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    paths.extend(docs);
+    paths
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, text)
+        })
+        .collect()
+}
+
+/// The commands of the documents' ```sh blocks, continuation lines joined, comments removed,
 /// split at pipes and redirections.
 fn readme_commands() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
+    documents()
+        .iter()
+        .flat_map(|(_, text)| commands_in(text))
+        .collect()
+}
+
+fn commands_in(readme: &str) -> Vec<Vec<String>> {
     let mut commands = Vec::new();
     let mut in_block = false;
     let mut pending = String::new();
@@ -81,6 +107,17 @@ fn every_readme_command_parses() {
             panic!("README command {:?} does not parse:\n{e}", c.join(" "));
         }
     }
+}
+
+/// The README stays a front page; depth goes to docs/.
+#[test]
+fn the_readme_stays_short() {
+    let (_, readme) = &documents()[0];
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 150,
+        "README.md has {lines} lines; move depth to docs/"
+    );
 }
 
 #[test]

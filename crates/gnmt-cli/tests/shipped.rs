@@ -1,26 +1,11 @@
 //! The default model shipped in models/multi30k-en-de and built into `translate`: a copy of the
 //! program moved to another folder and run from a third translates English into German without
-//! `-m`; and (a data check, with Multi30k) it scores at least 33 BLEU on the first 300 lines
-//! of test_2016_flickr with its own generation.json, a guard against a broken checkpoint or
-//! decoder (the model card reports the full test sets).
+//! `-m`. Its BLEU on test_2016_flickr is a data check (`tests/data_checks.rs`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{gnmt, ok, NEEDS_MULTI30K};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn first_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().take(n).map(|l| format!("{l}\n")).collect()
-}
+use crate::{assert_german, repo_root, translate_lines};
 
 /// Image captions written for this test, in the style of the model's training data.
 const CAPTIONS: &str = "\
@@ -37,56 +22,6 @@ A woman is cooking in the kitchen.
 Two dogs are playing with a ball.
 A man in a blue shirt is climbing a rock.
 ";
-
-/// `translate` reading `input` from `cwd`, its stdout lines.
-fn translate_lines(program: &Path, cwd: &Path, input: &str) -> Vec<String> {
-    let mut child = Command::new(program)
-        .arg("-q")
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// German, not a copy of the input: most captions start with an article or a number.
-fn assert_german(input: &str, lines: &[String]) {
-    let n = input.lines().count();
-    assert_eq!(lines.len(), n, "{lines:?}");
-    assert!(lines.iter().all(|l| !l.trim().is_empty()), "{lines:?}");
-    let articles = lines
-        .iter()
-        .filter(|l| {
-            let first = l.split_whitespace().next().unwrap_or("");
-            [
-                "Ein", "Eine", "Der", "Die", "Das", "Zwei", "Drei", "Mehrere", "Viele", "Einige",
-            ]
-            .contains(&first)
-        })
-        .count();
-    assert!(articles * 10 >= n * 6, "{lines:?}");
-    for (src, hyp) in input.lines().zip(lines) {
-        assert_ne!(src, hyp);
-    }
-}
 
 #[test]
 fn the_built_in_model_translates_from_any_folder() {
@@ -124,51 +59,4 @@ fn the_built_in_model_translates_from_any_folder() {
         .map(str::to_string)
         .collect();
     assert_eq!(from_folder, lines);
-}
-
-#[test]
-#[ignore = "needs Multi30k (GNMT_DATA_DIR or ../shared/data/multi30k); .ci/data-checks.sh runs it"]
-fn the_shipped_model_scores_on_test_2016() {
-    let root = repo_root();
-    let model = root.join("models/multi30k-en-de");
-    let data = gnmt_tokenizer::data::multi30k_dir().expect(NEEDS_MULTI30K);
-    let input = first_lines(&data.join("val.en"), 20);
-    let lines = translate_lines(Path::new(env!("CARGO_BIN_EXE_translate")), &root, &input);
-    assert_german(&input, &lines);
-
-    // BLEU on the first 300 lines of test_2016_flickr with the shipped generation.json.
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(
-        d.join("src.en"),
-        first_lines(&data.join("test_2016_flickr.en"), 300),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("ref.de"),
-        first_lines(&data.join("test_2016_flickr.de"), 300),
-    )
-    .unwrap();
-    let report = ok(gnmt(
-        &[
-            "eval",
-            "-m",
-            model.to_str().unwrap(),
-            "--src",
-            "src.en",
-            "--ref",
-            "ref.de",
-        ],
-        d,
-    ));
-    let bleu: f64 = report
-        .split_whitespace()
-        .skip_while(|w| *w != "=")
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no BLEU in {report}"));
-    assert!(
-        bleu >= 33.0,
-        "BLEU {bleu} on the first 300 lines:\n{report}"
-    );
 }
