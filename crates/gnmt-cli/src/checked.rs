@@ -46,8 +46,8 @@ fn text<'a>(
 
 /// A warning for a legal value above the point where it mostly costs time or memory.
 #[derive(Debug, Clone, Copy)]
-struct Costly<V> {
-    above: V,
+struct Costly {
+    above: u64,
     why: &'static str,
 }
 
@@ -56,7 +56,7 @@ struct Costly<V> {
 pub struct Whole<T> {
     lo: u64,
     hi: u64,
-    costly: Option<Costly<u64>>,
+    costly: Option<Costly>,
     out: PhantomData<fn() -> T>,
 }
 
@@ -76,11 +76,6 @@ impl<T> Whole<T> {
     pub fn costly_above(mut self, above: u64, why: &'static str) -> Self {
         self.costly = Some(Costly { above, why });
         self
-    }
-
-    /// The accepted range, as the error message gives it.
-    pub fn range(&self) -> (u64, u64) {
-        (self.lo, self.hi)
     }
 
     fn must(&self) -> String {
@@ -218,12 +213,6 @@ pub fn real<T>(interval: Interval) -> RealIn<T> {
     RealIn {
         interval,
         out: PhantomData,
-    }
-}
-
-impl<T> RealIn<T> {
-    pub fn interval(&self) -> Interval {
-        self.interval
     }
 }
 
