@@ -25,32 +25,32 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// `--matmul`: see [`gnmt_model::MatmulPrecision`].
+/// `--matmul`: see [`gnmt_model::Precision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Matmul {
     F32,
     Bf16,
 }
 
-impl From<Matmul> for gnmt_model::MatmulPrecision {
+impl From<Matmul> for gnmt_model::Precision {
     fn from(m: Matmul) -> Self {
         match m {
-            Matmul::F32 => gnmt_model::MatmulPrecision::F32,
-            Matmul::Bf16 => gnmt_model::MatmulPrecision::Bf16,
+            Matmul::F32 => gnmt_model::Precision::F32,
+            Matmul::Bf16 => gnmt_model::Precision::Bf16,
         }
     }
 }
 
-/// Sets the process-wide precision of matrix products, before any model runs; warns when
-/// bf16 will be slow on this CPU.
-pub fn init_matmul(m: Matmul) -> anyhow::Result<()> {
-    if m == Matmul::Bf16 && !gnmt_model::packed_gemm::accelerated() {
+/// The precision a command's models run in, `--matmul` or else `default`; warns when bf16
+/// will be slow on this CPU.
+pub fn precision(matmul: Option<Matmul>, default: gnmt_model::Precision) -> gnmt_model::Precision {
+    let precision = matmul.map_or(default, Into::into);
+    if precision == gnmt_model::Precision::Bf16 && !gnmt_kernels::gemm::accelerated() {
         eprintln!(
             "warning: this CPU lacks AVX512-BF16: bf16 products run a portable version, slower than f32"
         );
     }
-    gnmt_model::set_matmul_precision(m.into());
-    Ok(())
+    precision
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +94,6 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         init_threads(self.threads)?;
-        init_matmul(self.matmul.unwrap_or(Matmul::F32))?;
         let matmul = self.matmul;
         on_pool(move || match self.command {
             Command::Vocab(a) => a.run(),
@@ -105,12 +104,12 @@ impl Cli {
             Command::Score(a) => a.run(),
             Command::Bleu(a) => a.run_bleu(),
             Command::Chrf(a) => a.run_chrf(),
-            Command::Eval(a) => a.run(),
+            Command::Eval(a) => a.run(matmul),
             Command::Train(a) => a.run(matmul),
             Command::Export(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
-            Command::Bench(a) => a.run(),
+            Command::Bench(a) => a.run(matmul),
             Command::Completions(a) => a.run(),
             Command::Man(a) => a.run(),
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
 use gnmt_model::checkpoint::{self, GenerationConfig, InMemoryFolder, ModelFolder};
-use gnmt_model::{DecodingWeights, Gnmt};
+use gnmt_model::{DecodingWeights, Gnmt, Precision};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
@@ -32,8 +32,8 @@ pub struct LineResult {
 
 pub struct Translator {
     model: Gnmt,
-    /// The decoder's weights laid out for stepping once, under the matmul precision in force
-    /// at load time, and shared by every batch.
+    /// The decoder's weights laid out for stepping once, in the model's precision, and shared
+    /// by every batch.
     weights: DecodingWeights,
     /// The decoding work done so far (for benchmarks).
     work: Work,
@@ -43,22 +43,31 @@ pub struct Translator {
 }
 
 impl Translator {
-    /// Loads and checks a model folder.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads and checks a model folder, to decode with matrix products in `precision`.
+    pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let folder =
             checkpoint::load(dir, DType::F32, device).map_err(|e| Error::Input(e.to_string()))?;
-        Self::from_folder(folder, dir, device)
+        Self::from_folder(folder, dir, device, precision)
     }
 
     /// Loads and checks a model folder held in memory (a model built into the program).
-    pub fn load_in_memory(folder: &InMemoryFolder<'_>, device: &Device) -> Result<Self> {
+    pub fn load_in_memory(
+        folder: &InMemoryFolder<'_>,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let loaded = checkpoint::load_in_memory(folder, DType::F32, device)
             .map_err(|e| Error::Input(e.to_string()))?;
-        Self::from_folder(loaded, Path::new(folder.label), device)
+        Self::from_folder(loaded, Path::new(folder.label), device, precision)
     }
 
     /// `label` names the folder in errors.
-    fn from_folder(folder: ModelFolder, label: &Path, device: &Device) -> Result<Self> {
+    fn from_folder(
+        folder: ModelFolder,
+        label: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let tokenizer = label.join(checkpoint::TOKENIZER_FILE);
         let json = std::str::from_utf8(&folder.tokenizer_json)
             .map_err(|_| Error::Input(format!("{}: not UTF-8", tokenizer.display())))?;
@@ -67,7 +76,8 @@ impl Translator {
         let model = Gnmt::new(
             &folder.config,
             VarBuilder::from_tensors(folder.tensors, DType::F32, device),
-        )?;
+        )?
+        .with_precision(precision);
         Ok(Self {
             weights: model.decoding_weights()?,
             work: Work::default(),

@@ -13,7 +13,10 @@
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{additive_row, additive_row_backward, tensor_slice, Real};
+use gnmt_kernels::attention::{additive_row, additive_row_backward};
+use gnmt_kernels::Real;
+
+use crate::storage::tensor_slice;
 
 /// Fused `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {

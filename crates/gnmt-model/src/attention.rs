@@ -6,8 +6,11 @@ use candle::{DType, Result, Tensor, WithDType, D};
 use candle_nn::{Linear, VarBuilder};
 use rayon::prelude::*;
 
+use gnmt_kernels::attention::attend_row;
+use gnmt_kernels::{Precision, Real};
+
 use crate::dense::StepMatrix;
-use crate::kernels::{attend_row, tensor_slice, Real};
+use crate::storage::tensor_slice;
 
 /// The encoder side of attention, computed once per sentence batch.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Attention {
     query: Linear, // H -> A, no bias
     key: Linear,   // H -> A, with the scorer's bias
     score: Linear, // A -> 1, no bias (the `v` vector)
+    /// Of the projections and the context product.
+    precision: Precision,
 }
 
 /// Added to the scores of padded positions. Large enough that exp() underflows to exactly 0.
@@ -38,14 +43,20 @@ impl Attention {
             query: candle_nn::linear_no_bias(hidden, attention, vb.pp("query"))?,
             key: candle_nn::linear(hidden, attention, vb.pp("key"))?,
             score: candle_nn::linear_no_bias(attention, 1, vb.pp("score"))?,
+            precision: Precision::F32,
         })
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Prepares the encoder outputs `[B, S, H]` with their mask `[B, S]` for attention.
     pub fn memory(&self, values: &Tensor, mask: &Tensor) -> Result<Memory> {
         // Beam search reorders the memory by rows, which needs contiguous tensors.
         let values = values.contiguous()?;
-        let keys = crate::dense::linear(&values, self.key.weight(), self.key.bias())?;
+        let keys =
+            crate::dense::linear(&values, self.key.weight(), self.key.bias(), self.precision)?;
         let score_bias = ((mask - 1.0)? * -MASKED_SCORE)?.unsqueeze(1)?;
         Ok(Memory {
             values,
@@ -57,7 +68,7 @@ impl Attention {
 
     /// Queries `[B, T, H]` -> (context `[B, T, H]`, weights `[B, T, S]`).
     pub fn forward(&self, queries: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
-        let q = crate::dense::linear(queries, self.query.weight(), None)?;
+        let q = crate::dense::linear(queries, self.query.weight(), None, self.precision)?;
         self.attend(&q, memory)
     }
 
@@ -92,7 +103,7 @@ impl Attention {
         let scores = crate::additive::additive_scores(q, &memory.keys, &v)?; // [B, T, S]
         let scores = scores.broadcast_add(&memory.score_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let context = crate::dense::batched_matmul(&weights, &memory.values)?;
+        let context = crate::dense::batched_matmul(&weights, &memory.values, self.precision)?;
         Ok((context, weights))
     }
 

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, tensor_slice, zeros, Real};
+use gnmt_kernels::buffers::zeros;
+use gnmt_kernels::Real;
+
+use crate::storage::{contiguous_slice, tensor_slice};
 
 /// `[a | b]` along the last dimension; `a` and `b` agree on every other dimension.
 pub fn cat_last(a: &Tensor, b: &Tensor) -> Result<Tensor> {

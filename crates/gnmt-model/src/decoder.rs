@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
+use gnmt_kernels::Precision;
 
 use crate::embedding::TokenEmbedding;
 
@@ -24,6 +25,8 @@ pub struct Decoder {
     attention: Attention,
     output: Linear,
     query: AttentionQuery,
+    /// Of the decoding weights.
+    precision: Precision,
 }
 
 /// Everything the decoder carries from one step to the next. A value: beam search reorders
@@ -129,14 +132,23 @@ impl Decoder {
             attention,
             output,
             query: cfg.attention_query,
+            precision: Precision::F32,
         })
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        for layer in &mut self.layers {
+            layer.set_precision(precision);
+        }
+        self.attention.set_precision(precision);
+        self.precision = precision;
     }
 
     pub fn memory(&self, encoder_outputs: &Tensor, mask: &Tensor) -> Result<Memory> {
         self.attention.memory(encoder_outputs, mask)
     }
 
-    /// The weights laid out for [`Decoder::step`], under the current matmul precision.
+    /// The weights laid out for [`Decoder::step`], in this decoder's precision.
     pub fn decoding_weights(&self) -> Result<DecodingWeights> {
         Ok(DecodingWeights(Arc::new(StepLayout {
             layers: self
@@ -144,7 +156,7 @@ impl Decoder {
                 .iter()
                 .map(Lstm::step_weights)
                 .collect::<Result<_>>()?,
-            query_t: StepMatrix::new(self.attention.query_weight_t()?, None)?,
+            query_t: StepMatrix::new(self.attention.query_weight_t()?, None, self.precision)?,
             output_t: StepMatrix::new(
                 self.output.weight().t()?,
                 Some(
@@ -153,6 +165,7 @@ impl Decoder {
                         .expect("the output layer has a bias")
                         .clone(),
                 ),
+                self.precision,
             )?,
         })))
     }

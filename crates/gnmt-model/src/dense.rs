@@ -1,14 +1,18 @@
 //! `x W^T` (a linear layer without bias) as one operation whose products, forward and
-//! backward, go through [`crate::kernels::matmul`]: f32, or bf16 when
-//! [`crate::set_matmul_precision`] asks for it. Candle's own matmul would stay f32.
+//! backward, go through [`gnmt_kernels::matmul`] in a chosen [`Precision`] (candle's own
+//! matmul would stay f32), and the weights of decoding packed once.
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{contiguous_slice, matmul, packed_format, tensor_slice, zeros, Real};
-use crate::packed_gemm::{self, PackedB, View};
+use gnmt_kernels::buffers::zeros;
+use gnmt_kernels::gemm::{self, PackedB, View};
+use gnmt_kernels::matmul::{matmul, packed_format};
+use gnmt_kernels::{Compute, Precision, Real};
+
+use crate::storage::{contiguous_slice, tensor_slice};
 
 /// A weight laid out for the products of decoding, `x W (+ bias)` with `W [in, out]`: an f32
-/// weight is packed once for [`crate::packed_gemm`] in the current precision's format, and
+/// weight is packed once for [`gnmt_kernels::gemm`] in the format of its precision, and
 /// its bias read out once, not at every step; other dtypes keep a contiguous copy for
 /// candle's matmul.
 #[derive(Debug)]
@@ -27,15 +31,15 @@ struct Packed {
 
 impl StepMatrix {
     /// `w [in, out]` (a transposed view is fine: packing reads it in place), with an optional
-    /// `bias [out]`.
-    pub fn new(w: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    /// `bias [out]`, multiplied in `precision`.
+    pub fn new(w: Tensor, bias: Option<Tensor>, precision: Precision) -> Result<Self> {
         let (k, n) = w.dims2()?;
         if let Some(b) = &bias {
             if b.dims1()? != n {
                 candle::bail!("step matrix: bias of {} for {n} outputs", b.dims1()?)
             }
         }
-        let Some(format) = packed_format().filter(|_| w.dtype() == DType::F32) else {
+        let Some(format) = packed_format(precision).filter(|_| w.dtype() == DType::F32) else {
             return Ok(Self {
                 w: w.contiguous()?,
                 bias,
@@ -119,8 +123,8 @@ impl Packed {
         y.truncate(len);
         let threads = rayon::current_num_threads();
         match &self.bias {
-            Some(bias) => packed_gemm::gemm_bias(y, a, &self.w, bias, threads),
-            None => packed_gemm::gemm(y, false, a, &self.w, threads),
+            Some(bias) => gemm::gemm_bias(y, a, &self.w, bias, threads),
+            None => gemm::gemm(y, false, a, &self.w, threads),
         }
         Ok(())
     }
@@ -128,11 +132,16 @@ impl Packed {
 
 /// A linear layer over the last dimension: `x [.., in]`, `w [out, in]`, `bias [out]` ->
 /// `x w^T + bias [.., out]`, through [`matmul_t`].
-pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    precision: Precision,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (inner, lead) = dims.split_last().expect("at least one dimension");
     let rows = lead.iter().product::<usize>();
-    let y = matmul_t(&x.reshape((rows, *inner))?, w)?;
+    let y = matmul_t(&x.reshape((rows, *inner))?, w, precision)?;
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -142,16 +151,28 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
-/// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, MatmulT)
+/// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`, forward and backward in `precision`.
+pub fn matmul_t(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, MatmulT { precision })
 }
 
-struct MatmulT;
+struct MatmulT {
+    precision: Precision,
+}
 
-fn product<T: 'static + Real>(x: &[T], w: &[T], (n, i, o): (usize, usize, usize)) -> Vec<T> {
-    let threads = rayon::current_num_threads();
-    crate::kernels::product((n, o, i), (x, false), (w, true), None, threads)
+/// The products of an operation, on all of rayon's threads.
+fn on_all_threads(precision: Precision) -> Compute {
+    Compute::new(precision, rayon::current_num_threads())
+}
+
+fn product<T: 'static + Real>(
+    x: &[T],
+    w: &[T],
+    (n, i, o): (usize, usize, usize),
+    compute: Compute,
+) -> Vec<T> {
+    gnmt_kernels::matmul::product((n, o, i), (x, false), (w, true), None, compute)
 }
 
 /// Gradients of `x` (`g w`) and `w` (`g^T x`).
@@ -160,10 +181,11 @@ fn gradients<T: 'static + Real>(
     w: &[T],
     g: &[T],
     (n, i, o): (usize, usize, usize),
+    compute: Compute,
 ) -> (Vec<T>, Vec<T>) {
-    let threads = rayon::current_num_threads();
-    let dx = crate::kernels::product((n, i, o), (g, false), (w, false), None, threads);
-    let dw = crate::kernels::product((o, i, n), (g, true), (x, false), None, threads);
+    use gnmt_kernels::matmul::product;
+    let dx = product((n, i, o), (g, false), (w, false), None, compute);
+    let dw = product((o, i, n), (g, true), (x, false), None, compute);
     (dx, dw)
 }
 
@@ -194,11 +216,13 @@ impl CustomOp2 for MatmulT {
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
+                on_all_threads(self.precision),
             )),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(product(
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
+                on_all_threads(self.precision),
             )),
             _ => candle::bail!("matmul-t: f32 or f64 inputs of one dtype only"),
         };
@@ -229,6 +253,7 @@ impl CustomOp2 for MatmulT {
                     tensor_slice(&ws.0, ws.1, "matmul-t")?,
                     tensor_slice(&gs.0, gs.1, "matmul-t")?,
                     (n, i, o),
+                    on_all_threads(self.precision),
                 );
                 (
                     Tensor::from_vec(dx, (n, i), device)?,
@@ -248,11 +273,15 @@ impl CustomOp2 for MatmulT {
 /// `a [B, M, K]` times `b [B, K, N]` -> `[B, M, N]`, one product per batch row, rows in
 /// parallel (the attention's context: attention weights times encoder outputs). Candle's
 /// batched matmul ran these small products one after another on the calling thread.
-pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.contiguous()?.apply_op2(&b.contiguous()?, BatchedMatmul)
+/// Products, forward and backward, are in `precision`.
+pub fn batched_matmul(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?, BatchedMatmul { precision })
 }
 
-struct BatchedMatmul;
+struct BatchedMatmul {
+    precision: Precision,
+}
 
 /// `dst[i] = lhs[i] * rhs[i]` for each of `batch` rows, each operand possibly read
 /// transposed; `(m, n, k)` are the sizes of one product.
@@ -261,6 +290,7 @@ fn batched_products<T: 'static + Real>(
     (m, n, k): (usize, usize, usize),
     lhs: (&[T], bool),
     rhs: (&[T], bool),
+    precision: Precision,
 ) -> Vec<T> {
     use rayon::prelude::*;
     let mut out = zeros(batch * m * n);
@@ -270,7 +300,9 @@ fn batched_products<T: 'static + Real>(
     out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
         let a = &lhs.0[i * m * k..][..m * k];
         let b = &rhs.0[i * k * n..][..k * n];
-        matmul((m, n, k), dst, false, (a, lhs.1), (b, rhs.1), 1);
+        // Each product on one thread: the batch rows are the parallel work.
+        let compute = Compute::new(precision, 1);
+        matmul((m, n, k), dst, false, (a, lhs.1), (b, rhs.1), compute);
     });
     out
 }
@@ -303,12 +335,14 @@ impl CustomOp2 for BatchedMatmul {
                 (m, n, k),
                 (contiguous_slice(x, l1, name)?, false),
                 (contiguous_slice(w, l2, name)?, false),
+                self.precision,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(batched_products(
                 b,
                 (m, n, k),
                 (contiguous_slice(x, l1, name)?, false),
                 (contiguous_slice(w, l2, name)?, false),
+                self.precision,
             )),
             _ => candle::bail!("batched matmul: f32 or f64 inputs of one dtype only"),
         };
@@ -340,8 +374,8 @@ impl CustomOp2 for BatchedMatmul {
                     tensor_slice::<$t>(&g_s.0, g_s.1, name)?,
                 );
                 // dA = G B^T [M, K]; dB = A^T G [K, N].
-                let da = batched_products(bs, (m, k, n), (gv, false), (bv, true));
-                let db = batched_products(bs, (k, n, m), (av, true), (gv, false));
+                let da = batched_products(bs, (m, k, n), (gv, false), (bv, true), self.precision);
+                let db = batched_products(bs, (k, n, m), (av, true), (gv, false), self.precision);
                 (
                     Tensor::from_vec(da, (bs, m, k), device)?,
                     Tensor::from_vec(db, (bs, k, n), device)?,
@@ -368,7 +402,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (7, 5), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5), &dev)?)?;
         let probe = Tensor::randn(0f64, 1.0, (7, 3), &dev)?;
-        let ours = matmul_t(&x, &w)?;
+        let ours = matmul_t(&x, &w, Precision::F32)?;
         let reference = x.matmul(&w.t()?)?;
         let diff = (&ours - &reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-12, "{diff}");
@@ -393,7 +427,7 @@ mod tests {
             };
             let (a, b) = (randn((3, 4, 5))?, randn((3, 5, 6))?);
             let probe = Tensor::randn(0f64, 1.0, (3, 4, 6), &dev)?.to_dtype(dtype)?;
-            let ours = batched_matmul(&a, &b)?;
+            let ours = batched_matmul(&a, &b, Precision::F32)?;
             let reference = a.matmul(&b)?;
             let diff = |x: &Tensor, y: &Tensor| -> Result<f64> {
                 (x - y)?
@@ -416,7 +450,7 @@ mod tests {
             }
         }
         let x = x_of(&dev)?.unsqueeze(0)?;
-        assert!(batched_matmul(&x, &x).is_err());
+        assert!(batched_matmul(&x, &x, Precision::F32).is_err());
         Ok(())
     }
 

@@ -13,7 +13,10 @@ use candle::backend::BackendStorage;
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_slice, gather_rows, tensor_slice, zeros, Real};
+use gnmt_kernels::buffers::{gather_rows, zeros};
+use gnmt_kernels::Real;
+
+use crate::storage::{contiguous_slice, tensor_slice};
 
 /// Table rows one parallel task of the backward pass owns.
 const ROWS_PER_TASK: usize = 64;

@@ -46,6 +46,15 @@ impl Encoder {
         })
     }
 
+    pub fn set_precision(&mut self, precision: gnmt_kernels::Precision) {
+        for layer in [&mut self.forward_dir, &mut self.backward_dir]
+            .into_iter()
+            .chain(&mut self.layers)
+        {
+            layer.set_precision(precision);
+        }
+    }
+
     /// `src [B, S]` (u32 ids), `mask [B, S]` (1 real, 0 pad, float) -> top outputs `[B, S, H]`.
     pub fn forward(
         &self,

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use candle::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use gnmt_kernels::Precision;
 
 use crate::attention::Memory;
 use crate::config::ModelConfig;
@@ -31,6 +32,8 @@ pub struct Gnmt {
     config: ModelConfig,
     encoder: Encoder,
     decoder: Decoder,
+    /// Of every matrix product, in training and in decoding.
+    precision: Precision,
 }
 
 impl Gnmt {
@@ -43,7 +46,21 @@ impl Gnmt {
             config: config.clone(),
             encoder: Encoder::new(config, vb.pp("encoder"))?,
             decoder: Decoder::new(config, vb.pp("decoder"))?,
+            precision: Precision::F32,
         })
+    }
+
+    /// This model with its matrix products in `precision` (f32 after [`Gnmt::new`]).
+    /// Decoding weights made before keep the precision they were made in.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.encoder.set_precision(precision);
+        self.decoder.set_precision(precision);
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -82,7 +99,7 @@ impl Gnmt {
         self.start_state_with(encoded, &self.decoding_weights()?)
     }
 
-    /// The decoder's weights laid out for [`Gnmt::step`] under the current matmul precision.
+    /// The decoder's weights laid out for [`Gnmt::step`] in this model's precision.
     /// Valid while this model's weights stay as they are (not across training updates).
     pub fn decoding_weights(&self) -> Result<DecodingWeights> {
         self.decoder.decoding_weights()
@@ -198,6 +215,7 @@ impl Gnmt {
             &tgt_out.flatten_all()?,
             &tgt_mask.flatten_all()?,
             eps,
+            self.precision,
         )
     }
 }

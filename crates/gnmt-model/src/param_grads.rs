@@ -90,7 +90,7 @@ mod tests {
             let CpuStorage::F32(d) = s else {
                 candle::bail!("f32 only")
             };
-            let d = crate::kernels::contiguous_slice(d, l, "triple")?;
+            let d = crate::storage::contiguous_slice(d, l, "triple")?;
             Ok((
                 CpuStorage::F32(d.iter().map(|x| 3.0 * x).collect()),
                 l.shape().clone(),

@@ -23,14 +23,16 @@ use std::sync::Mutex;
 use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::kernels::{
-    column_sums, contiguous_slice, gather_rows, log_softmax_row, product, row_logsumexp,
-    scatter_rows, softmax_gradient_row, tensor_slice, Real,
-};
+use gnmt_kernels::buffers::{column_sums, gather_rows, scatter_rows};
+use gnmt_kernels::matmul::product;
+use gnmt_kernels::softmax::{log_softmax_row, row_logsumexp, softmax_gradient_row};
+use gnmt_kernels::{Compute, Precision, Real};
+
+use crate::storage::{contiguous_slice, tensor_slice};
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
 /// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
-/// token.
+/// token. The products, forward and backward, are in `precision`.
 pub fn token_losses(
     x: &Tensor,
     weight: &Tensor,
@@ -38,6 +40,7 @@ pub fn token_losses(
     targets: &Tensor,
     keep: &Tensor,
     eps: f64,
+    precision: Precision,
 ) -> Result<Tensor> {
     let (n, h) = x.dims2()?;
     let v = bias.dims1()?;
@@ -62,6 +65,7 @@ pub fn token_losses(
         targets,
         rows,
         eps,
+        precision,
         logits: Mutex::new(None),
     };
     x.contiguous()?
@@ -104,17 +108,27 @@ struct TokenLosses {
     /// The real (unpadded) rows of `x`, in order.
     rows: Vec<usize>,
     eps: f64,
+    precision: Precision,
     /// The logits of the real rows `[rows, V]` (bias included) and their log-sum-exp per row,
     /// kept from the forward pass as f32 or f64 storage. The backward pass consumes them.
     logits: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
 
-/// Sizes of one product: `n` (real) tokens, `h` inputs, `v` vocabulary entries.
+/// Sizes of one product: `n` (real) tokens, `h` inputs, `v` vocabulary entries; and its
+/// precision.
 #[derive(Clone, Copy)]
 struct Dims {
     n: usize,
     h: usize,
     v: usize,
+    precision: Precision,
+}
+
+impl Dims {
+    /// The products, on all of rayon's threads.
+    fn compute(&self) -> Compute {
+        Compute::new(self.precision, rayon::current_num_threads())
+    }
 }
 
 /// `x W^T + bias`, `[N, V]`.
@@ -124,7 +138,7 @@ fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
         (x, false),
         (w, true),
         Some(bias),
-        rayon::current_num_threads(),
+        d.compute(),
     )
 }
 
@@ -166,9 +180,8 @@ fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v
 
 /// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
 fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let threads = rayon::current_num_threads();
-    let dx = product((d.n, d.h, d.v), (dz, false), (w, false), None, threads);
-    let dw = product((d.v, d.h, d.n), (dz, true), (x, false), None, threads);
+    let dx = product((d.n, d.h, d.v), (dz, false), (w, false), None, d.compute());
+    let dw = product((d.v, d.h, d.n), (dz, true), (x, false), None, d.compute());
     let db = column_sums(dz, d.v);
     (dx, dw, db)
 }
@@ -231,7 +244,12 @@ impl CustomOp3 for TokenLosses {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, h) = l1.shape().dims2()?;
         let v = l3.shape().dims1()?;
-        let d = Dims { n, h, v };
+        let d = Dims {
+            n,
+            h,
+            v,
+            precision: self.precision,
+        };
         let (out, kept) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
                 let (o, z, l) = self.forward(slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, d);
@@ -257,7 +275,12 @@ impl CustomOp3 for TokenLosses {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, h) = x.dims2()?;
         let v = bias.dims1()?;
-        let d = Dims { n, h, v };
+        let d = Dims {
+            n,
+            h,
+            v,
+            precision: self.precision,
+        };
         let device = x.device();
         let kept = self.logits.lock().expect("token losses: poisoned").take();
         let Some(kept) = kept else {
@@ -371,7 +394,11 @@ mod tests {
                         flat(grads.get(&b).unwrap()),
                     ]
                 };
-                let (fused, reference) = (run(token_losses), run(reference_token_losses));
+                let fused_f32 =
+                    |x: &Tensor, w: &Tensor, b: &Tensor, t: &Tensor, k: &Tensor, eps| {
+                        token_losses(x, w, b, t, k, eps, Precision::F32)
+                    };
+                let (fused, reference) = (run(fused_f32), run(reference_token_losses));
                 let tol = if dtype == DType::F32 { 2e-5 } else { 1e-12 };
                 for (k, (a, r)) in fused.iter().zip(&reference).enumerate() {
                     for (x, y) in a.iter().zip(r) {
@@ -416,9 +443,17 @@ mod tests {
         let w = Tensor::zeros((4, 3), DType::F32, &dev).unwrap();
         let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
         let keep = Tensor::ones(1, DType::F32, &dev).unwrap();
-        let err = token_losses(&x, &w, &b, &Tensor::new(&[4u32], &dev).unwrap(), &keep, 0.1)
-            .unwrap_err()
-            .to_string();
+        let err = token_losses(
+            &x,
+            &w,
+            &b,
+            &Tensor::new(&[4u32], &dev).unwrap(),
+            &keep,
+            0.1,
+            Precision::F32,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("outside the vocabulary"), "{err}");
     }
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::log_sum_exp_row;
+use gnmt_kernels::softmax::log_sum_exp_row;
 
 /// The `k` best tokens of each row with their log-probabilities, best first.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +125,7 @@ mod tests {
     /// among equals.
     fn reference(row: &[f32], k: usize) -> Vec<(u32, f32)> {
         let mut z = row.to_vec();
-        crate::kernels::log_softmax_row(&mut z);
+        gnmt_kernels::softmax::log_softmax_row(&mut z);
         let mut all: Vec<(u32, f32)> = z.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);

@@ -1,27 +1,22 @@
-//! bf16 matrix products through the whole model. A test binary of its own: the precision is
-//! process-wide, and the other model tests compare f32 results exactly.
-
-#[allow(dead_code)] // each test binary uses part of it
-mod common;
+//! bf16 matrix products through the whole model: a precision each model carries, so these run
+//! beside the f32 tests.
 
 use candle::{DType, Tensor};
-use gnmt_model::{set_matmul_precision, MatmulPrecision};
+use gnmt_model::{Gnmt, Precision};
 
-use common::{assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll, tiny64};
-
-/// The precision is process-wide: tests that set it take turns.
-static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use crate::common::{
+    assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll, tiny64,
+};
 
 /// Loss, gradients and decoding steps with bf16 products stay close to f32 (bf16 keeps 8 bits
 /// of mantissa, so about 1% relative), and are not equal to them (the products really ran in
 /// bf16).
 #[test]
 fn bf16_products_track_f32_through_training_and_decoding() {
-    let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = tiny64();
     let (m, varmap) = model(&cfg, DType::F32);
     let x = inputs(DType::F32);
-    let run = || {
+    let run = |m: &Gnmt| {
         let (logits, _) = m.forward(&x.src, &x.src_mask, &x.tgt_in, None).unwrap();
         let loss = nll(&logits, &x.tgt_out);
         let grads = loss.backward().unwrap();
@@ -33,11 +28,13 @@ fn bf16_products_track_f32_through_training_and_decoding() {
         let (log_probs, _, _) = m.step(&bos, &state).unwrap();
         (loss.to_scalar::<f32>().unwrap(), grads, log_probs)
     };
-    set_matmul_precision(MatmulPrecision::F32);
-    let (loss32, grads32, step32) = run();
-    set_matmul_precision(MatmulPrecision::Bf16);
-    let (loss16, grads16, step16) = run();
-    set_matmul_precision(MatmulPrecision::F32);
+    let (loss32, grads32, step32) = run(&m);
+    let (loss16, grads16, step16) = run(&m.clone().with_precision(Precision::Bf16));
+    assert_eq!(
+        m.precision(),
+        Precision::F32,
+        "the f32 model is left as it was"
+    );
 
     assert!(
         loss16 != loss32,
@@ -72,10 +69,7 @@ fn bf16_products_track_f32_through_training_and_decoding() {
 /// dot product in one fixed order, whatever the row count).
 #[test]
 fn bf16_decoding_does_not_depend_on_the_batch() {
-    let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = tiny64();
     let (m, _) = model(&cfg, DType::F32);
-    set_matmul_precision(MatmulPrecision::Bf16);
-    assert_decoding_ignores_batch_mates(&m);
-    set_matmul_precision(MatmulPrecision::F32);
+    assert_decoding_ignores_batch_mates(&m.with_precision(Precision::Bf16));
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the model and the checkpoint format.
 
+mod bf16;
 mod checkpoint;
 mod common;
 mod gradients;

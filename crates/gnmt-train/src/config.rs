@@ -28,7 +28,7 @@ pub struct TrainConfig {
     pub generation: GenerationConfig,
     /// Precision of the matrix products, `"f32"` or `"bf16"` (bf16 operands, f32 sums; fast on
     /// CPUs with AVX512-BF16). Weights, gradients and optimiser state stay f32 either way.
-    pub matmul: gnmt_model::MatmulPrecision,
+    pub matmul: gnmt_model::Precision,
 }
 
 impl Default for TrainConfig {
@@ -44,7 +44,7 @@ impl Default for TrainConfig {
             stop: StopConfig::default(),
             log: LogConfig::default(),
             generation: GenerationConfig::default(),
-            matmul: gnmt_model::MatmulPrecision::F32,
+            matmul: gnmt_model::Precision::F32,
         }
     }
 }
@@ -287,7 +287,7 @@ mod tests {
         let mut next = saved.clone();
         next.stop.max_steps = Some(10);
         next.log.valid_every = 7;
-        next.matmul = gnmt_model::MatmulPrecision::Bf16;
+        next.matmul = gnmt_model::Precision::Bf16;
         assert_eq!(next.resume_conflicts(&saved), Vec::<String>::new());
         next.optim.lr = 1.0;
         next.model.hidden_size = 12;

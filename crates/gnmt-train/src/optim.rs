@@ -8,7 +8,7 @@ use std::path::Path;
 use candle::backprop::GradStore;
 use candle::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
 use candle_nn::VarMap;
-use rayon::prelude::*;
+use gnmt_kernels::adam::AdamConstants;
 
 use crate::config::OptimConfig;
 use crate::schedule::Rule;
@@ -180,10 +180,8 @@ struct AdamStep {
 impl AdamStep {
     /// Updates `var`, `m` and `v` in place (each an f32 tensor of one shape): one parallel pass
     /// that reads the gradient once and each of the three once, no copies. The per-element
-    /// arithmetic is fixed ([`ElementConstants::element`]), so results do not depend on the
-    /// thread count. (Copying the four tensors out and the parameter back in, on the calling
-    /// thread, took 5% of a two-thread training step; three passes, one per tensor, with the
-    /// update's division and square root left scalar, took 4-5% of a `gnmt-v2-4x1024` step.)
+    /// arithmetic is fixed ([`AdamConstants::element`]), so results do not depend on the
+    /// thread count.
     fn apply(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
         let g = g.contiguous()?;
         let (g_storage, g_layout) = g.storage_and_layout();
@@ -200,11 +198,7 @@ impl AdamStep {
                     if [m.len(), v.len(), g.len()] != [p.len(); 3] {
                         candle::bail!("adam: parameter, gradient and moments differ in size")
                     }
-                    p.par_chunks_mut(CHUNK)
-                        .zip(m.par_chunks_mut(CHUNK))
-                        .zip(v.par_chunks_mut(CHUNK))
-                        .zip(g.par_chunks(CHUNK))
-                        .for_each(|(((p, m), v), g)| k.chunk(p, m, v, g));
+                    k.update(p, m, v, g);
                     Ok(())
                 })
             })
@@ -212,9 +206,9 @@ impl AdamStep {
         Ok(())
     }
 
-    fn constants(&self) -> ElementConstants {
+    fn constants(&self) -> AdamConstants {
         let f = |x: f64| x as f32;
-        ElementConstants {
+        AdamConstants {
             scale: f(self.grad_scale),
             beta1: f(self.beta1),
             beta2: f(self.beta2),
@@ -227,49 +221,6 @@ impl AdamStep {
         }
     }
 }
-
-/// [`AdamStep`]'s numbers in f32, as the per-element update uses them.
-struct ElementConstants {
-    scale: f32,
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-    c1: f32,
-    c2: f32,
-    eps: f32,
-    lr: f32,
-}
-
-impl ElementConstants {
-    /// [`ElementConstants::element`] over one chunk, compiled for AVX-512 and AVX2 as well
-    /// (chosen at run time): the division and square root vectorise. Rust never fuses a
-    /// multiply and an add on its own, so every version gives the same bits.
-    fn chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        #[multiversion::multiversion(targets(
-            "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
-            "x86_64+avx2+fma"
-        ))]
-        fn run(k: &ElementConstants, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                k.element(p, m, v, g);
-            }
-        }
-        run(self, p, m, v, g)
-    }
-
-    /// One element's update: the composite path's arithmetic, in the same order.
-    #[inline(always)]
-    fn element(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
-        let g = g * self.scale;
-        *m = *m * self.beta1 + g * self.one_minus_beta1;
-        *v = *v * self.beta2 + (g * g) * self.one_minus_beta2;
-        *p -= (*m / self.c1) / ((*v / self.c2).sqrt() + self.eps) * self.lr;
-    }
-}
-
-/// Elements per parallel job of the in-place update.
-const CHUNK: usize = 1 << 14;
 
 /// Runs `f` on the contiguous f32 data of `t`, lent mutably by an in-place op.
 fn with_f32_mut(
@@ -347,47 +298,5 @@ mod tests {
         assert!(fused
             .iter()
             .all(|&x| (x - 0.5).abs() > 0.02 && (x - 0.5).abs() < 0.031));
-    }
-
-    /// The one-pass update, over several parallel chunks and a ragged vector tail, gives
-    /// exactly the bits of the update written element by element, in every tensor it writes.
-    #[test]
-    fn one_pass_adam_gives_the_bits_of_the_scalar_update() {
-        let n = 2 * CHUNK + 37;
-        let wave = |k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
-        let (p0, g0, m0) = (wave(0.37), wave(1.13), wave(0.71));
-        let v0: Vec<f32> = wave(0.29).iter().map(|x| x * x).collect();
-        let step = AdamStep {
-            lr: 0.002,
-            grad_scale: 0.8,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            c1: 1.0 - 0.9f64.powi(3),
-            c2: 1.0 - 0.999f64.powi(3),
-        };
-        let dev = Device::Cpu;
-        let var = Var::from_slice(&p0, n, &dev).unwrap();
-        let (g, m, v) = (
-            Tensor::from_slice(&g0, n, &dev).unwrap(),
-            Tensor::from_slice(&m0, n, &dev).unwrap(),
-            Tensor::from_slice(&v0, n, &dev).unwrap(),
-        );
-        step.apply(&var, &g, &m, &v).unwrap();
-
-        let k = step.constants();
-        let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
-        for i in 0..n {
-            let gi = g0[i] * k.scale;
-            m1[i] = m1[i] * k.beta1 + gi * k.one_minus_beta1;
-            v1[i] = v1[i] * k.beta2 + (gi * gi) * k.one_minus_beta2;
-            p1[i] -= (m1[i] / k.c1) / ((v1[i] / k.c2).sqrt() + k.eps) * k.lr;
-        }
-        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        let got = |t: &Tensor| bits(&t.to_vec1::<f32>().unwrap());
-        assert_eq!(got(var.as_tensor()), bits(&p1));
-        assert_eq!(got(&m), bits(&m1));
-        assert_eq!(got(&v), bits(&v1));
-        assert_ne!(bits(&p1), bits(&p0), "the update moved the parameter");
     }
 }

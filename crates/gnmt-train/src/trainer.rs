@@ -76,7 +76,6 @@ pub struct Outcome {
 /// Runs (or resumes) training into `args.out_dir`.
 pub fn train(args: TrainArgs) -> Result<Outcome> {
     args.config.validate()?;
-    gnmt_model::set_matmul_precision(args.config.matmul);
     let out = &args.out_dir;
     // Before anything is read or written: a second trainer on the same folder would
     // interleave its checkpoints and metrics with ours.
@@ -171,6 +170,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             (model, varmap, optimizer, state, dropout)
         }
     };
+    let model = model.with_precision(args.config.matmul);
 
     let batch_options = BatchOptions {
         max_tokens: config.data.max_tokens,

@@ -21,11 +21,13 @@ pub enum BenchCommand {
 }
 
 impl BenchCommand {
-    pub fn run(self) -> anyhow::Result<()> {
+    /// `matmul`: the global `--matmul` flag, if given.
+    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
+        let precision = || crate::precision(matmul, gnmt_model::Precision::F32);
         match self {
             BenchCommand::Data(a) => a.run(),
-            BenchCommand::Train(a) => a.run(),
-            BenchCommand::Translate(a) => a.run(),
+            BenchCommand::Train(a) => a.run(precision()),
+            BenchCommand::Translate(a) => a.run(precision()),
         }
     }
 }

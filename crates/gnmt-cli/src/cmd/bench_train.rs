@@ -13,7 +13,7 @@ use candle::{DType, Device, Tensor};
 use clap::Args;
 
 use super::bench::Rounds;
-use gnmt_model::{init_model, mask_from_lengths, parameter_count, ModelConfig};
+use gnmt_model::{init_model, mask_from_lengths, parameter_count, ModelConfig, Precision};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Args)]
@@ -90,9 +90,9 @@ fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<
     Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
 }
 
-/// bf16 product rate at 2048^3 ([`gnmt_model::packed_gemm`]), in GFLOP/s.
+/// bf16 product rate at 2048^3 ([`gnmt_kernels::gemm`]), in GFLOP/s.
 pub(crate) fn bf16_peak_gflops() -> anyhow::Result<f64> {
-    use gnmt_model::packed_gemm::{gemm, Format, PackedB, View};
+    use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
     let n = PEAK_N;
     let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
     let mut c = vec![0f32; n * n];
@@ -115,14 +115,14 @@ pub(crate) fn peak_gflops() -> anyhow::Result<f64> {
 }
 
 impl BenchTrainArgs {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self, precision: Precision) -> anyhow::Result<()> {
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             1 <= self.min_len && self.min_len <= self.max_len,
             "need 1 <= --min-len <= --max-len"
         );
         if self.single {
-            return self.measure(&cfg);
+            return self.measure(&cfg, precision);
         }
         println!(
             "bench train: preset {} ({} parameters), batch {} pairs of {}-{} tokens, {} timed steps",
@@ -138,7 +138,7 @@ impl BenchTrainArgs {
             if self.rounds > 1 && i == 0 {
                 println!("round {}:", round + 1);
             }
-            let text = self.measure_in_child(&exe, self.threads_list[i])?;
+            let text = self.measure_in_child(&exe, self.threads_list[i], precision)?;
             print!("{text}");
             rate_of(&text).context("the measurement printed no rate")
         })?;
@@ -171,14 +171,19 @@ impl BenchTrainArgs {
     }
 
     /// One `--single` measurement at `threads` threads in a child process; its output.
-    fn measure_in_child(&self, exe: &std::path::Path, threads: usize) -> anyhow::Result<String> {
+    fn measure_in_child(
+        &self,
+        exe: &std::path::Path,
+        threads: usize,
+        precision: Precision,
+    ) -> anyhow::Result<String> {
         super::bench::measurement_output(
             std::process::Command::new(exe)
                 .args([
                     "--threads",
                     &threads.to_string(),
                     "--matmul",
-                    gnmt_model::matmul_precision_name(),
+                    precision.name(),
                     "bench",
                     "train",
                     "--single",
@@ -224,9 +229,10 @@ impl BenchTrainArgs {
         Ok(())
     }
 
-    fn measure(&self, cfg: &ModelConfig) -> anyhow::Result<()> {
+    fn measure(&self, cfg: &ModelConfig, precision: Precision) -> anyhow::Result<()> {
         let device = Device::Cpu;
         let (model, params) = init_model(cfg, 1, 0.04, DType::F32, &device)?;
+        let model = model.with_precision(precision);
         let mut optimizer = gnmt_train::optim::Optimizer::new(&params)?;
         let optim = gnmt_train::config::OptimConfig::default();
         let (src_len, tgt_len) = lengths(self);
@@ -297,7 +303,7 @@ impl BenchTrainArgs {
         println!(
             "threads={} ({} products): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
             rayon::current_num_threads(),
-            gnmt_model::matmul_precision_name(),
+            precision,
             rate,
             1000.0 * secs / self.steps as f64,
             flops / 1e6,
@@ -312,7 +318,7 @@ impl BenchTrainArgs {
             ms(phases[1]),
             ms(phases[2])
         );
-        if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
+        if precision == Precision::Bf16 {
             let bf16_peak = bf16_peak_gflops()?;
             println!(
                 "bf16 products: {:.0}% of the {:.0} GFLOP/s a 2048^3 bf16 product reaches",

@@ -10,6 +10,7 @@ use anyhow::Context;
 use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
+use gnmt_model::Precision;
 use gnmt_tokenizer::{data::multi30k_dir, Lines};
 
 use super::bench::Rounds;
@@ -42,13 +43,13 @@ pub struct BenchTranslateArgs {
 }
 
 impl BenchTranslateArgs {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self, precision: Precision) -> anyhow::Result<()> {
         let src = match &self.src {
             Some(p) => p.clone(),
             None => multi30k_dir()?.join("test_2016_flickr.en"),
         };
         if let Some(beam) = self.single {
-            return self.measure(&src, beam);
+            return self.measure(&src, beam, precision);
         }
         println!(
             "bench translate: {} on {}",
@@ -71,7 +72,7 @@ impl BenchTranslateArgs {
             let text = super::bench::measurement_output(
                 std::process::Command::new(&exe)
                     .args(["--threads", &threads.to_string()])
-                    .args(["--matmul", gnmt_model::matmul_precision_name()])
+                    .args(["--matmul", precision.name()])
                     .args(["bench", "translate"])
                     .arg("-m")
                     .arg(&self.model)
@@ -111,9 +112,14 @@ impl BenchTranslateArgs {
         Ok(())
     }
 
-    fn measure(&self, src: &std::path::Path, beam: usize) -> anyhow::Result<()> {
+    fn measure(
+        &self,
+        src: &std::path::Path,
+        beam: usize,
+        precision: Precision,
+    ) -> anyhow::Result<()> {
         let load = Instant::now();
-        let t = Translator::load(&self.model, &Device::Cpu)?;
+        let t = Translator::load(&self.model, &Device::Cpu, precision)?;
         let load_s = load.elapsed().as_secs_f64();
         let mut o = t.default_options();
         o.beam_size = beam;
@@ -137,7 +143,7 @@ impl BenchTranslateArgs {
             "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
             100.0 * gflops / peak
         );
-        if gnmt_model::matmul_precision() == gnmt_model::MatmulPrecision::Bf16 {
+        if precision == Precision::Bf16 {
             let bf16_peak = super::bench_train::bf16_peak_gflops()?;
             rate += &format!(
                 " ({:.0}% of the bf16 product's {bf16_peak:.0})",
@@ -147,7 +153,7 @@ impl BenchTranslateArgs {
         println!(
             "beam {beam}, threads {}, {} products: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
             rayon::current_num_threads(),
-            gnmt_model::matmul_precision_name(),
+            precision,
             lines.len(),
             lines.len() as f64 / secs,
             tokens as f64 / secs,

@@ -38,8 +38,9 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
-    pub fn run(self) -> anyhow::Result<()> {
-        let t = Translator::load(&self.model, &Device::Cpu)
+    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
+        let precision = crate::precision(matmul, gnmt_model::Precision::F32);
+        let t = Translator::load(&self.model, &Device::Cpu, precision)
             .with_context(|| format!("loading {}", self.model.display()))?;
         let mut o = t.default_options();
         o.beam_size = self.beam_size.unwrap_or(o.beam_size);

@@ -18,7 +18,7 @@ use candle::Device;
 use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
-use gnmt_model::checkpoint;
+use gnmt_model::{checkpoint, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
@@ -138,15 +138,15 @@ const BUILT_IN: checkpoint::InMemoryFolder<'static> = {
 
 /// The model `translate` uses without `-m`: the built-in copy of the shipped model.
 #[cfg(feature = "embedded-model")]
-fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
-    Translator::load_in_memory(&BUILT_IN, device).context("loading the built-in model")
+fn load_default_model(device: &Device, precision: Precision) -> anyhow::Result<Translator> {
+    Translator::load_in_memory(&BUILT_IN, device, precision).context("loading the built-in model")
 }
 
 /// Built without the `embedded-model` feature: the shipped model folder, looked for under the
 /// working directory and its parents, then beside the executable and its parents (a
 /// checkout's `target/release/`, or an installed prefix holding `models/`).
 #[cfg(not(feature = "embedded-model"))]
-fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
+fn load_default_model(device: &Device, precision: Precision) -> anyhow::Result<Translator> {
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
@@ -158,7 +158,7 @@ fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
         for dir in start.ancestors() {
             let candidate = dir.join(DEFAULT_MODEL);
             if candidate.join("config.json").is_file() {
-                return Translator::load(&candidate, device)
+                return Translator::load(&candidate, device, precision)
                     .with_context(|| format!("loading {}", candidate.display()));
             }
         }
@@ -173,15 +173,15 @@ fn load_default_model(device: &Device) -> anyhow::Result<Translator> {
 impl TranslateArgs {
     pub fn run(self) -> anyhow::Result<()> {
         crate::init_threads(self.threads)?;
-        crate::init_matmul(self.matmul)?;
         crate::on_pool(move || self.translate())
     }
 
     fn translate(self) -> anyhow::Result<()> {
+        let precision = crate::precision(Some(self.matmul), Precision::F32);
         let translator = match &self.model {
-            Some(dir) => Translator::load(dir, &Device::Cpu)
+            Some(dir) => Translator::load(dir, &Device::Cpu, precision)
                 .with_context(|| format!("loading {}", dir.display()))?,
-            None => load_default_model(&Device::Cpu)?,
+            None => load_default_model(&Device::Cpu, precision)?,
         };
         let mut options = translator.default_options();
         if let Some(k) = self.beam_size {

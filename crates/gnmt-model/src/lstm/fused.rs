@@ -8,7 +8,10 @@
 
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::kernels::{contiguous_slice, lstm_cell_row, tensor_slice, Real};
+use gnmt_kernels::lstm::lstm_cell_row;
+use gnmt_kernels::Real;
+
+use crate::storage::{contiguous_slice, tensor_slice};
 
 /// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
 pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {

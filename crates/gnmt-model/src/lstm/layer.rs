@@ -16,7 +16,11 @@ use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::sequence::{self, Dims, RecurrentWeight};
-use crate::kernels::{gather_rows, product, scatter_rows, tensor_slice, zeros, Real};
+use gnmt_kernels::buffers::{gather_rows, scatter_rows, zeros};
+use gnmt_kernels::matmul::product;
+use gnmt_kernels::{Compute, Precision, Real};
+
+use crate::storage::tensor_slice;
 
 /// Runs one layer from the zero state over `x [B, T, in]`: `w_ih [4H, in]`, `w_hh [4H, H]`,
 /// and both LSTM biases `[4H]` (the gates see their sum). `keep` holds one flag per `(step, row)`,
@@ -30,6 +34,7 @@ pub fn lstm_layer(
     (b_ih, b_hh): (&Tensor, &Tensor),
     keep: Option<Vec<bool>>,
     reverse: bool,
+    precision: Precision,
 ) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let (h4, h) = w_hh.dims2()?;
@@ -57,6 +62,7 @@ pub fn lstm_layer(
             .apply_op3(&b_ih.contiguous()?, &b_hh.contiguous()?, RecurrentParams)?;
     let op = LstmLayer {
         reverse,
+        precision,
         keep,
         saved: Mutex::new(None),
     };
@@ -66,6 +72,7 @@ pub fn lstm_layer(
 
 struct LstmLayer {
     reverse: bool,
+    precision: Precision,
     /// `[T * B]`, time-major; `None` when every step is real.
     keep: Option<Vec<bool>>,
     /// What the backward pass needs from the forward pass: the hidden states and cell states,
@@ -142,14 +149,14 @@ fn forward<T: 'static + Real>(
     keep: Option<&[bool]>,
     (d, i): (Dims, usize),
 ) -> [Vec<T>; 4] {
-    let threads = rayon::current_num_threads();
+    let compute = Compute::new(d.precision, rayon::current_num_threads());
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
     let projected = product(
         (gate_rows.len(), 4 * d.h, i),
         (&gather_rows(x, i, &input_rows), false),
         (w_ih, true),
         None,
-        threads,
+        compute,
     );
     // The projection's rows are the real pairs in time-major order: the compact layout the
     // recurrence reads its input gates in.
@@ -169,7 +176,7 @@ fn backward<T: 'static + Real>(
     keep: Option<&[bool]>,
     (d, i): (Dims, usize),
 ) -> [Vec<T>; 3] {
-    let threads = rayon::current_num_threads();
+    let compute = Compute::new(d.precision, rayon::current_num_threads());
     let grad_h = reorder(grad, (d.t, d.b, d.h), true);
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
     let w_hh = recurrent_weight(wb, d.h);
@@ -181,7 +188,7 @@ fn backward<T: 'static + Real>(
         (&dg, false),
         (w_ih, false),
         None,
-        threads,
+        compute,
     );
     let dx = scatter_rows(&dx_real, i, &input_rows, d.b * d.t);
     let d_w_ih = product(
@@ -189,7 +196,7 @@ fn backward<T: 'static + Real>(
         (&dg, true),
         (&gather_rows(x, i, &input_rows), false),
         None,
-        threads,
+        compute,
     );
     [dx, d_w_ih, join_w_hh_bias(&d_w_hh, &d_bias, d.h)]
 }
@@ -275,7 +282,7 @@ impl CustomOp3 for RecurrentParams {
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    crate::kernels::contiguous_slice(data, l, "lstm")
+    crate::storage::contiguous_slice(data, l, "lstm")
 }
 
 impl LstmLayer {
@@ -291,6 +298,7 @@ impl LstmLayer {
             b,
             h,
             reverse: self.reverse,
+            precision: self.precision,
         };
         Ok((d, i))
     }

@@ -16,6 +16,8 @@ pub mod sequence;
 use candle::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use gnmt_kernels::Precision;
+
 use crate::dense::StepMatrix;
 
 /// The recurrent state of one layer: hidden output `h` and cell `c`, both `[B, H]`.
@@ -80,6 +82,8 @@ pub struct Lstm {
     b_ih: Tensor, // [4H]
     b_hh: Tensor, // [4H]
     hidden: usize,
+    /// Of the fused sequence's products and the decoding weights.
+    precision: Precision,
 }
 
 impl Lstm {
@@ -91,7 +95,12 @@ impl Lstm {
             b_ih: vb.get(4 * hidden, &format!("bias_ih_{name}"))?,
             b_hh: vb.get(4 * hidden, &format!("bias_hh_{name}"))?,
             hidden,
+            precision: Precision::F32,
         })
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -102,7 +111,7 @@ impl Lstm {
     pub fn step_weights(&self) -> Result<StepWeights> {
         let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?; // [4H, in + H]
         Ok(StepWeights {
-            w_t: StepMatrix::new(w.t()?, Some(self.bias()?))?,
+            w_t: StepMatrix::new(w.t()?, Some(self.bias()?), self.precision)?,
         })
     }
 
@@ -116,7 +125,7 @@ impl Lstm {
     fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x = x.transpose(0, 1)?.contiguous()?.reshape((t * b, i))?;
-        crate::dense::matmul_t(&x, &self.w_ih)?.reshape((t, b, 4 * self.hidden))
+        crate::dense::matmul_t(&x, &self.w_ih, self.precision)?.reshape((t, b, 4 * self.hidden))
     }
 
     /// Input part of the gates for every step at once, biases included: `[T, B, 4H]`.
@@ -158,6 +167,7 @@ impl Lstm {
             (&self.b_ih, &self.b_hh),
             keep,
             reverse,
+            self.precision,
         )
     }
 

@@ -19,9 +19,10 @@
 use candle::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{
-    column_sums, lstm_cell_row, lstm_cell_row_backward, matmul_rhs, product, zeros, Real, Rhs,
-};
+use gnmt_kernels::buffers::{column_sums, zeros};
+use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
+use gnmt_kernels::matmul::{matmul_rhs, product, Rhs};
+use gnmt_kernels::{Compute, Precision, Real};
 
 /// A `[B, T]` mask (1 real, 0 pad, any float dtype) as one flag per `(step, row)`, time-major
 /// like the gates: `keep[s * B + b]`.
@@ -38,13 +39,14 @@ pub(crate) fn time_major_keep(mask: &Tensor, t: usize, b: usize) -> Result<Vec<b
         .collect())
 }
 
-/// Sizes of one call.
+/// Sizes, direction and precision of one call.
 #[derive(Clone, Copy)]
 pub(super) struct Dims {
     pub t: usize,
     pub b: usize,
     pub h: usize,
     pub reverse: bool,
+    pub precision: Precision,
 }
 
 impl Dims {
@@ -117,7 +119,7 @@ fn forward_chunk<T: 'static + Real>(
             true,
             (h_rows, false),
             w_hh_t,
-            1,
+            Compute::new(d.precision, 1),
         );
         for ((g, a), &r) in gates
             .chunks(4 * h)
@@ -195,7 +197,7 @@ fn backward_chunk<T: 'static + Real>(
             false,
             (&dg[..], false),
             w_hh,
-            1,
+            Compute::new(d.precision, 1),
         );
         for (src, &r) in dh_from_gates.chunks(h).zip(&live) {
             dh_next[r * h..][..h].copy_from_slice(src);
@@ -311,7 +313,7 @@ pub(super) fn forward<T: 'static + Real>(
     );
     // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
     // transposed copy first was serial work on the calling thread).
-    let w_hh_t = Rhs::strided(w_hh.data, (d.h, 4 * d.h), (1, w_hh.row_stride));
+    let w_hh_t = Rhs::strided(w_hh.data, (d.h, 4 * d.h), (1, w_hh.row_stride), d.precision);
     let (mut h, mut acts, mut cells) = (
         zeros(d.t * d.b * d.h),
         zeros(compact.total * 4 * d.h),
@@ -352,7 +354,7 @@ pub(super) fn backward<T: 'static + Real>(
         compact.total,
         "lstm: real pairs differ from the mask"
     );
-    let w_hh = Rhs::strided(w_hh.data, (4 * d.h, d.h), (w_hh.row_stride, 1));
+    let w_hh = Rhs::strided(w_hh.data, (4 * d.h, d.h), (w_hh.row_stride, 1), d.precision);
     let mut dg_real = zeros(compact.total * 4 * d.h);
     let parts: Vec<_> = chunks
         .iter()
@@ -398,7 +400,7 @@ pub(super) fn backward<T: 'static + Real>(
         (&dg_real, true),
         (&h_prev_real, false),
         None,
-        rayon::current_num_threads(),
+        Compute::new(d.precision, rayon::current_num_threads()),
     );
     let d_bias = column_sums(&dg_real, 4 * d.h);
     (dg_real, d_w, d_bias)

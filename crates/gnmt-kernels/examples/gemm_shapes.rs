@@ -2,10 +2,10 @@
 //! (batch 64, 32 steps: 2048 rows), or with `SMALL` set in the environment those of `small`
 //! (1,536 real target tokens); packing included, best of five; and the time packing `B` takes.
 //!
-//! `[SMALL=1] cargo run --release -p gnmt-model --example gemm_shapes [threads] [f32|bf16]`
+//! `[SMALL=1] cargo run --release -p gnmt-kernels --example gemm_shapes [threads] [f32|bf16]`
 use std::time::Instant;
 
-use gnmt_model::packed_gemm::{gemm, Format, PackedB, View};
+use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,0 +1,237 @@
+//! A product split into tiles: which kernel multiplies each `MR x NR` tile, over which rows
+//! of `A` (packed or read in place), and how a finished tile is written out.
+
+use rayon::prelude::*;
+
+use super::*;
+
+/// How a finished tile goes into the destination.
+#[derive(Clone, Copy)]
+pub(super) enum Write<'a> {
+    Store,
+    Accumulate,
+    Bias(&'a [f32]),
+}
+
+/// The product into `dst`, which holds at least `m * n` elements (initialised unless `write`
+/// is `Store` or `Bias`, which only write); `in_place` false packs every block of `A` (the
+/// tests compare both ways).
+pub(super) fn gemm_reading_a(
+    dst: Dst,
+    write: Write,
+    a: View,
+    b: &PackedB,
+    threads: usize,
+    in_place: bool,
+) {
+    let (m, n, k) = (a.rows, b.n, b.k);
+    assert_eq!(a.cols, k, "inner dimensions differ");
+    let fast = match b.format {
+        Format::Bf16 => accelerated(),
+        Format::F32 => accelerated_f32(),
+    };
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        let zeros = vec![0.0; n];
+        for r in 0..m {
+            // SAFETY: row r < m of the destination, written by this thread alone.
+            unsafe { dst.write_row(r * n, write, &zeros, 0) };
+        }
+        return;
+    }
+    let pairs = b.pairs;
+    // An f32 `A` needs no packing when its storage already lets the kernel find each
+    // block's rows at every depth: the kernel reads it in place (packing the largest
+    // operands, `dZ` of the output layer above all, cost a tenth of a training step), and
+    // only a last partial block is packed. bf16 is always packed (the words are pairs).
+    let read_in_place = in_place && b.format == Format::F32 && m >= MR && a.in_place_layout();
+    let full_blocks = if read_in_place { m / MR } else { 0 };
+    let packed_a = if read_in_place {
+        let start = full_blocks * MR;
+        let tail = View {
+            data: &a.data[start * a.row_stride..],
+            rows: m - start,
+            ..a
+        };
+        pack_a(tail, pairs, b.format)
+    } else {
+        pack_a(a, pairs, b.format)
+    };
+    // SAFETY: f32 and u32 have the same size and alignment; the kernels read these words as
+    // f32 again.
+    let a_words =
+        unsafe { std::slice::from_raw_parts(a.data.as_ptr() as *const u32, a.data.len()) };
+    let a_block = |block: usize| -> ABlock {
+        if block < full_blocks {
+            let span = (MR - 1) * a.row_stride + (pairs - 1) * a.col_stride + 1;
+            ABlock {
+                words: &a_words[block * MR * a.row_stride..][..span],
+                row_stride: a.row_stride,
+                depth_stride: a.col_stride,
+            }
+        } else {
+            let block = block - full_blocks;
+            ABlock {
+                words: &packed_a[block * pairs * MR..][..pairs * MR],
+                row_stride: 1,
+                depth_stride: MR,
+            }
+        }
+    };
+    let panels = n.div_ceil(NR);
+    let groups = m.div_ceil(ROW_GROUP);
+    // Tiles of (row group, panel range), each writing its own part of dst.
+    let panel_chunk = if threads > 1 {
+        panels.div_ceil((4 * threads).div_ceil(groups)).max(1)
+    } else {
+        panels
+    };
+    let tiles: Vec<(usize, usize)> = (0..groups)
+        .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
+        .collect();
+    let b_format = b.format;
+    let run_tile = |&(group, first_panel): &(usize, usize)| {
+        let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
+        // Every kernel overwrites the whole tile: zeroing it per call was a `memset` call per
+        // kernel call, 5% of a beam step.
+        let mut tile = [[0f32; NR]; MR];
+        for panel in first_panel..(first_panel + panel_chunk).min(panels) {
+            let cols = panel * NR..((panel + 1) * NR).min(n);
+            for block in rows.start / MR..rows.end.div_ceil(MR) {
+                let (a, b) = (a_block(block), b.panel(panel));
+                // Rows of this block that exist: the kernels for fewer than MR rows skip the
+                // rest (a recurrence's last steps, with few rows still running, were mostly
+                // padding rows multiplied out).
+                let live = (m - block * MR).min(MR);
+                macro_rules! rows {
+                    ($kernel:ident, $($arg:expr),*) => {
+                        match live {
+                            1 => $kernel::<1>($($arg),*),
+                            2 => $kernel::<2>($($arg),*),
+                            3 => $kernel::<3>($($arg),*),
+                            4 => $kernel::<4>($($arg),*),
+                            5 => $kernel::<5>($($arg),*),
+                            6 => $kernel::<6>($($arg),*),
+                            7 => $kernel::<7>($($arg),*),
+                            _ => $kernel::<MR>($($arg),*),
+                        }
+                    };
+                }
+                // A full panel goes from the registers straight into `dst`; a partial one
+                // (and the portable kernels' tiles) through `tile` and `write_row` (storing
+                // every tile through the buffer, a `memcpy` call per row, took about 2% of a
+                // `gnmt-v2-4x1024` step's perf samples).
+                let direct = fast && cols.len() == NR;
+                let out = if direct {
+                    TileOut::Direct(DirectTile {
+                        // SAFETY: row block * MR < m, column cols.start < n: inside dst.
+                        first: unsafe { dst.0.add(block * MR * n + cols.start) },
+                        row_len: n,
+                        write,
+                        column: cols.start,
+                    })
+                } else {
+                    TileOut::Buffer(&mut tile)
+                };
+                match (b_format, fast) {
+                    // SAFETY: the CPU has the instructions (accelerated() or
+                    // accelerated_f32()); A's block spans `pairs` depth words of its MR
+                    // rows (bf16 is always packed), B `pairs` of NR; a direct tile's `live`
+                    // rows of NR columns lie in dst, written by this tile alone.
+                    (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, out) },
+                    (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, out) },
+                    (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
+                    (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
+                }
+                if direct {
+                    continue;
+                }
+                for (i, row) in tile.iter().enumerate() {
+                    let r = block * MR + i;
+                    if r >= m {
+                        break;
+                    }
+                    // SAFETY: tiles are disjoint in (row, column), so no two threads write
+                    // the same element; r < m and cols end <= n bound the row in dst.
+                    unsafe {
+                        dst.write_row(r * n + cols.start, write, &row[..cols.len()], cols.start)
+                    };
+                }
+            }
+        }
+    };
+    if threads > 1 && tiles.len() > 1 {
+        tiles.par_iter().for_each(run_tile);
+    } else {
+        tiles.iter().for_each(run_tile);
+    }
+}
+
+/// The destination of a product, shared by the threads that write its disjoint tiles.
+#[derive(Clone, Copy)]
+pub(super) struct Dst(pub(super) *mut f32);
+// SAFETY: used only to hand disjoint parts of one destination to the tiles of a product.
+unsafe impl Sync for Dst {}
+unsafe impl Send for Dst {}
+
+impl Dst {
+    /// Puts a finished row segment `part` at element `start`: stores it, adds it to what is
+    /// there (`Accumulate`, the only way that reads), or stores it plus `bias[column..]`.
+    ///
+    /// # Safety
+    /// `start..start + part.len()` must be inside the destination, written by no one else
+    /// meanwhile, and already initialised for `Accumulate`.
+    pub(super) unsafe fn write_row(self, start: usize, write: Write, part: &[f32], column: usize) {
+        let d = self.0.add(start);
+        match write {
+            Write::Store => std::ptr::copy_nonoverlapping(part.as_ptr(), d, part.len()),
+            Write::Accumulate => {
+                let d = std::slice::from_raw_parts_mut(d, part.len());
+                for (x, y) in d.iter_mut().zip(part) {
+                    *x += y;
+                }
+            }
+            Write::Bias(bias) => {
+                for (j, (y, b)) in part.iter().zip(&bias[column..]).enumerate() {
+                    d.add(j).write(y + b);
+                }
+            }
+        }
+    }
+}
+
+/// Where a kernel puts its finished tile.
+pub(super) enum TileOut<'a> {
+    /// Into a buffer, row `i` of the tile in row `i` (a panel narrower than [`NR`]).
+    Buffer(&'a mut [[f32; NR]; MR]),
+    /// Into the destination, written the way [`Dst::write_row`] writes.
+    Direct(DirectTile<'a>),
+}
+
+/// A full-width tile's place in the destination: its row `i` is the `NR` elements from
+/// `first + i * row_len`; the bias, if any, is read from `column` on.
+#[derive(Clone, Copy)]
+pub(super) struct DirectTile<'a> {
+    pub(super) first: *mut f32,
+    pub(super) row_len: usize,
+    pub(super) write: Write<'a>,
+    pub(super) column: usize,
+}
+
+/// Where a block of `MR` rows of `A` lies: depth `p` of row `i` is word
+/// `p * depth_stride + i * row_stride` of `words` (packed: row stride 1, depth stride MR; read
+/// in place from a transposed matrix: 1 and `m`; from a row-major one: the row length and 1).
+#[derive(Clone, Copy)]
+pub(super) struct ABlock<'a> {
+    pub(super) words: &'a [u32],
+    pub(super) row_stride: usize,
+    pub(super) depth_stride: usize,
+}
+
+impl ABlock<'_> {
+    pub(super) fn holds(&self, k: usize) -> bool {
+        k == 0 || self.words.len() > (k - 1) * self.depth_stride + (MR - 1) * self.row_stride
+    }
+}
