@@ -16,7 +16,7 @@
 //! while mapped is undefined behaviour).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle::{DType, Device, Tensor};
@@ -630,23 +630,11 @@ fn read_up_to(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Temporary file in the same folder, fsync, rename, fsync the folder.
+/// The one atomic write of the project ([`gnmt_tokenizer::io::write_atomic`]: a temporary
+/// file in the same folder, fsync, rename, fsync the folder), with this module's error.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().or_else(|e| fail(path, format!("cannot write: {e}")))
+    gnmt_tokenizer::io::write_atomic(path, bytes)
+        .or_else(|e| fail(path, format!("cannot write: {e}")))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
