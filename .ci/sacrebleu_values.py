@@ -1,7 +1,7 @@
-"""Regenerates the sacreBLEU values pinned in tests/tests.rs.
+"""Regenerates the sacreBLEU values pinned in crates/gnmt-metrics/tests/tests.rs.
 
     python3 -m venv /tmp/sb && /tmp/sb/bin/pip install "sacrebleu>=2.4,<3"
-    /tmp/sb/bin/python crates/gnmt-metrics/tests/sacrebleu_values.py
+    /tmp/sb/bin/python .ci/sacrebleu_values.py
 
 Multi30k is read from $GNMT_DATA_DIR or ../shared/data/multi30k (run from the repo root).
 """
