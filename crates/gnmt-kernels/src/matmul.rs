@@ -20,6 +20,11 @@ impl Compute {
         Self { precision, threads }
     }
 
+    /// `precision` on all of rayon's threads.
+    pub fn all_threads(precision: Precision) -> Self {
+        Self::new(precision, rayon::current_num_threads())
+    }
+
     /// The same precision on one thread (products that run inside a parallel loop).
     pub fn single_threaded(self) -> Self {
         Self { threads: 1, ..self }

@@ -161,11 +161,6 @@ struct MatmulT {
     precision: Precision,
 }
 
-/// The products of an operation, on all of rayon's threads.
-fn on_all_threads(precision: Precision) -> Compute {
-    Compute::new(precision, rayon::current_num_threads())
-}
-
 fn product<T: 'static + Real>(
     x: &[T],
     w: &[T],
@@ -216,13 +211,13 @@ impl CustomOp2 for MatmulT {
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
-                on_all_threads(self.precision),
+                Compute::all_threads(self.precision),
             )),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(product(
                 contiguous_slice(x, l1, "matmul-t")?,
                 contiguous_slice(w, l2, "matmul-t")?,
                 d,
-                on_all_threads(self.precision),
+                Compute::all_threads(self.precision),
             )),
             _ => candle::bail!("matmul-t: f32 or f64 inputs of one dtype only"),
         };
@@ -253,7 +248,7 @@ impl CustomOp2 for MatmulT {
                     tensor_slice(&ws.0, ws.1, "matmul-t")?,
                     tensor_slice(&gs.0, gs.1, "matmul-t")?,
                     (n, i, o),
-                    on_all_threads(self.precision),
+                    Compute::all_threads(self.precision),
                 );
                 (
                     Tensor::from_vec(dx, (n, i), device)?,

@@ -124,13 +124,6 @@ struct Dims {
     precision: Precision,
 }
 
-impl Dims {
-    /// The products, on all of rayon's threads.
-    fn compute(&self) -> Compute {
-        Compute::new(self.precision, rayon::current_num_threads())
-    }
-}
-
 /// `x W^T + bias`, `[N, V]`.
 fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
     product(
@@ -138,7 +131,7 @@ fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
         (x, false),
         (w, true),
         Some(bias),
-        d.compute(),
+        Compute::all_threads(d.precision),
     )
 }
 
@@ -180,8 +173,20 @@ fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v
 
 /// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
 fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let dx = product((d.n, d.h, d.v), (dz, false), (w, false), None, d.compute());
-    let dw = product((d.v, d.h, d.n), (dz, true), (x, false), None, d.compute());
+    let dx = product(
+        (d.n, d.h, d.v),
+        (dz, false),
+        (w, false),
+        None,
+        Compute::all_threads(d.precision),
+    );
+    let dw = product(
+        (d.v, d.h, d.n),
+        (dz, true),
+        (x, false),
+        None,
+        Compute::all_threads(d.precision),
+    );
     let db = column_sums(dz, d.v);
     (dx, dw, db)
 }

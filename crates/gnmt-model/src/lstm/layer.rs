@@ -149,7 +149,7 @@ fn forward<T: 'static + Real>(
     keep: Option<&[bool]>,
     (d, i): (Dims, usize),
 ) -> [Vec<T>; 4] {
-    let compute = Compute::new(d.precision, rayon::current_num_threads());
+    let compute = Compute::all_threads(d.precision);
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
     let projected = product(
         (gate_rows.len(), 4 * d.h, i),
@@ -176,7 +176,7 @@ fn backward<T: 'static + Real>(
     keep: Option<&[bool]>,
     (d, i): (Dims, usize),
 ) -> [Vec<T>; 3] {
-    let compute = Compute::new(d.precision, rayon::current_num_threads());
+    let compute = Compute::all_threads(d.precision);
     let grad_h = reorder(grad, (d.t, d.b, d.h), true);
     let (input_rows, gate_rows) = real_rows(keep, d.t, d.b);
     let w_hh = recurrent_weight(wb, d.h);

@@ -400,7 +400,7 @@ pub(super) fn backward<T: 'static + Real>(
         (&dg_real, true),
         (&h_prev_real, false),
         None,
-        Compute::new(d.precision, rayon::current_num_threads()),
+        Compute::all_threads(d.precision),
     );
     let d_bias = column_sums(&dg_real, 4 * d.h);
     (dg_real, d_w, d_bias)
