@@ -3,6 +3,7 @@
 
 pub mod checked;
 pub mod cmd;
+pub mod decoding;
 pub mod plot;
 pub mod rate;
 pub mod run_log;
@@ -21,8 +22,48 @@ pub struct Cli {
     /// [default: f32, or the training config's `matmul`]
     #[arg(long, global = true, value_enum)]
     pub matmul: Option<Matmul>,
+    /// The operations models run on: fused (fast, CPU), or reference (their composite candle
+    /// references, f32 only: the correctness baseline, several times slower).
+    /// [default: fused, or the training config's `kernels`]
+    #[arg(long, global = true, value_enum)]
+    pub kernels: Option<KernelsArg>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The global flags that choose how models compute, as given (`None`: not given).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ComputeFlags {
+    pub matmul: Option<Matmul>,
+    pub kernels: Option<KernelsArg>,
+}
+
+impl ComputeFlags {
+    /// The kernels a command's models run on: `--kernels` (default fused) with products in
+    /// `--matmul` (default f32). Warns when bf16 will be slow on this CPU.
+    pub fn kernels(self) -> anyhow::Result<gnmt_model::Kernels> {
+        let choice: gnmt_model::KernelChoice =
+            self.kernels.map_or_else(Default::default, Into::into);
+        let precision = self.matmul.map_or(gnmt_model::Precision::F32, Into::into);
+        warn_if_slow(precision);
+        choice.with(precision).map_err(anyhow::Error::msg)
+    }
+}
+
+/// `--kernels`: see [`gnmt_model::Kernels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsArg {
+    Fused,
+    Reference,
+}
+
+impl From<KernelsArg> for gnmt_model::KernelChoice {
+    fn from(k: KernelsArg) -> Self {
+        match k {
+            KernelsArg::Fused => gnmt_model::KernelChoice::Fused,
+            KernelsArg::Reference => gnmt_model::KernelChoice::Reference,
+        }
+    }
 }
 
 /// `--matmul`: see [`gnmt_model::Precision`].
@@ -41,16 +82,13 @@ impl From<Matmul> for gnmt_model::Precision {
     }
 }
 
-/// The precision a command's models run in, `--matmul` or else `default`; warns when bf16
-/// will be slow on this CPU.
-pub fn precision(matmul: Option<Matmul>, default: gnmt_model::Precision) -> gnmt_model::Precision {
-    let precision = matmul.map_or(default, Into::into);
+/// Warns when products in `precision` will be slow on this CPU.
+pub fn warn_if_slow(precision: gnmt_model::Precision) {
     if precision == gnmt_model::Precision::Bf16 && !gnmt_kernels::gemm::accelerated() {
         eprintln!(
             "warning: this CPU lacks AVX512-BF16: bf16 products run a portable version, slower than f32"
         );
     }
-    precision
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +132,10 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         init_threads(self.threads)?;
-        let matmul = self.matmul;
+        let compute = ComputeFlags {
+            matmul: self.matmul,
+            kernels: self.kernels,
+        };
         on_pool(move || match self.command {
             Command::Vocab(a) => a.run(),
             Command::Encode(a) => a.run(),
@@ -104,12 +145,12 @@ impl Cli {
             Command::Score(a) => a.run(),
             Command::Bleu(a) => a.run_bleu(),
             Command::Chrf(a) => a.run_chrf(),
-            Command::Eval(a) => a.run(matmul),
-            Command::Train(a) => a.run(matmul),
+            Command::Eval(a) => a.run(compute),
+            Command::Train(a) => a.run(compute),
             Command::Export(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
-            Command::Bench(a) => a.run(matmul),
+            Command::Bench(a) => a.run(compute),
             Command::Completions(a) => a.run(),
             Command::Man(a) => a.run(),
         })
@@ -119,8 +160,8 @@ impl Cli {
 /// Runs `f` on one of the global pool's worker threads, so that the parallel work it starts is
 /// split where it runs. From a thread outside the pool, every parallel operation is handed to
 /// the pool while the caller sleeps until it ends: two context switches per operation, tens
-/// of thousands per training step (on one thread 2-3% of the step went to waking threads),
-/// and on two threads a third thread taking turns with the workers.
+/// of thousands per training step, and on two threads a third thread taking turns with the
+/// workers.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
@@ -131,8 +172,8 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
     // candle reads these when it first runs an op: its matmuls use RAYON_NUM_THREADS; its
     // element-wise ops run on a pool of its own, CANDLE_NUM_THREADS - 1 threads besides the
     // caller's (all cores by default). That pool stays empty unless the user asks otherwise:
-    // its threads spin between ops and took the cores from rayon's workers, which run our
-    // fused ops (two-thread training and decoding were no faster with it, often slower).
+    // its threads spin between ops and take the cores from rayon's workers, which run our
+    // fused ops.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }

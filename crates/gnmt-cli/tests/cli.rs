@@ -277,7 +277,7 @@ fn threads_flag_sizes_the_worker_pool() {
             dir.path(),
         ));
         assert!(
-            out.contains(&format!("threads={n} (f32 products)")),
+            out.contains(&format!("threads={n} (fused, f32 products)")),
             "{out}"
         );
     }

@@ -44,27 +44,39 @@ fn the_shipped_model_scores_on_test_2016() {
         first_lines(&data.join("test_2016_flickr.de"), 300),
     )
     .unwrap();
-    let report = ok(gnmt(
-        &[
-            "eval",
-            "-m",
-            model.to_str().unwrap(),
-            "--src",
-            "src.en",
-            "--ref",
-            "ref.de",
-        ],
-        d,
-    ));
-    let bleu: f64 = report
-        .split_whitespace()
-        .skip_while(|w| *w != "=")
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no BLEU in {report}"));
+    let eval = |kernels: &str| {
+        let report = ok(gnmt(
+            &[
+                "--kernels",
+                kernels,
+                "eval",
+                "-m",
+                model.to_str().unwrap(),
+                "--src",
+                "src.en",
+                "--ref",
+                "ref.de",
+            ],
+            d,
+        ));
+        let bleu: f64 = report
+            .split_whitespace()
+            .skip_while(|w| *w != "=")
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no BLEU in {report}"));
+        (bleu, report)
+    };
+    let (bleu, report) = eval("fused");
     assert!(
         bleu >= 33.0,
         "BLEU {bleu} on the first 300 lines:\n{report}"
+    );
+    // The composite references of the fused operations translate as well.
+    let (reference, report) = eval("reference");
+    assert!(
+        (reference - bleu).abs() <= 0.1,
+        "reference kernels: BLEU {reference} against {bleu} fused:\n{report}"
     );
 }
 

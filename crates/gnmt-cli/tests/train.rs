@@ -244,6 +244,32 @@ fn resumed_training_is_bit_identical() {
     assert_eq!(kept, ["step-30", "step-40"]);
 }
 
+/// `--kernels reference` trains on the composite references of the fused operations: over 20
+/// seeded updates its logged losses stay within 1e-4 of the fused run's.
+#[test]
+fn reference_kernels_train_like_the_fused_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    ok(train_tiny(d, "fused", "20"));
+    let mut args = vec!["--kernels", "reference"];
+    args.extend(TRAIN_TINY);
+    args.extend(["-o", "reference", "--max-steps", "20", "--quiet"]);
+    ok(gnmt(&args, d));
+    let (fused, reference) = (losses(&d.join("fused")), losses(&d.join("reference")));
+    assert_eq!(fused.len(), 4, "{fused:?}");
+    assert_eq!(fused.len(), reference.len());
+    for (f, r) in fused.iter().zip(&reference) {
+        assert!((f - r).abs() < 1e-4, "fused {fused:?} vs reference {reference:?}");
+    }
+    // Asking the reference for bf16 products is refused where the options are read.
+    let mut args = vec!["--kernels", "reference", "--matmul", "bf16"];
+    args.extend(TRAIN_TINY);
+    args.extend(["-o", "refused", "--max-steps", "20", "--quiet"]);
+    let e = err(gnmt(&args, d));
+    assert!(e.contains("f32 only"), "{e}");
+}
+
 /// SIGKILL at an arbitrary moment loses at most the updates since the last checkpoint: the
 /// rerun finishes with exactly the parameters of an uninterrupted run.
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
 use gnmt_model::checkpoint::{self, GenerationConfig, InMemoryFolder, ModelFolder};
-use gnmt_model::{DecodingWeights, Gnmt, Precision};
+use gnmt_model::{DecodingWeights, Gnmt, Kernels};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
@@ -32,7 +32,7 @@ pub struct LineResult {
 
 pub struct Translator {
     model: Gnmt,
-    /// The decoder's weights laid out for stepping once, in the model's precision, and shared
+    /// The decoder's weights laid out for stepping once, for the model's kernels, and shared
     /// by every batch.
     weights: DecodingWeights,
     /// The decoding work done so far (for benchmarks).
@@ -43,22 +43,22 @@ pub struct Translator {
 }
 
 impl Translator {
-    /// Loads and checks a model folder, to decode with matrix products in `precision`.
-    pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
+    /// Loads and checks a model folder, to decode on `kernels`.
+    pub fn load(dir: &Path, device: &Device, kernels: Kernels) -> Result<Self> {
         let folder =
             checkpoint::load(dir, DType::F32, device).map_err(|e| Error::Input(e.to_string()))?;
-        Self::from_folder(folder, dir, device, precision)
+        Self::from_folder(folder, dir, device, kernels)
     }
 
     /// Loads and checks a model folder held in memory (a model built into the program).
     pub fn load_in_memory(
         folder: &InMemoryFolder<'_>,
         device: &Device,
-        precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self> {
         let loaded = checkpoint::load_in_memory(folder, DType::F32, device)
             .map_err(|e| Error::Input(e.to_string()))?;
-        Self::from_folder(loaded, Path::new(folder.label), device, precision)
+        Self::from_folder(loaded, Path::new(folder.label), device, kernels)
     }
 
     /// `label` names the folder in errors.
@@ -66,7 +66,7 @@ impl Translator {
         folder: ModelFolder,
         label: &Path,
         device: &Device,
-        precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self> {
         let tokenizer = label.join(checkpoint::TOKENIZER_FILE);
         let json = std::str::from_utf8(&folder.tokenizer_json)
@@ -77,7 +77,7 @@ impl Translator {
             &folder.config,
             VarBuilder::from_tensors(folder.tensors, DType::F32, device),
         )?
-        .with_precision(precision);
+        .with_kernels(kernels);
         Ok(Self {
             weights: model.decoding_weights()?,
             work: Work::default(),

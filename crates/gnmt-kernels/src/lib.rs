@@ -1,6 +1,6 @@
 //! GNMT's compute on plain slices, with no tensor library: the packed matrix product (f32 and
-//! bf16), the row kernels of the LSTM cell, additive attention and the softmax, the Adam
-//! update and dropout masks. `gnmt-ops` wraps them as candle operations; a GPU kernels crate
+//! bf16), the LSTM cell rows and the recurrence of a layer, additive attention rows, the
+//! softmax and top-k of a row, the Adam update and dropout masks. `gnmt-ops` wraps them as candle operations; a GPU kernels crate
 //! mirrors this one file for file.
 //!
 //! Every kernel is deterministic: each output element is computed in a fixed order, whatever
@@ -28,6 +28,7 @@ pub mod precision;
 pub mod real;
 pub mod reduce;
 pub mod softmax;
+pub mod top_tokens;
 
 pub use matmul::Compute;
 pub use precision::Precision;

@@ -100,8 +100,7 @@ pub fn fast_exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // The bits of `shifted` are those of ROUND plus the integer n (|n| <= 127 keeps it in the
     // mantissa), so 2^n's exponent field comes from integer arithmetic on them. `n as i32`
-    // would be a saturating conversion, which LLVM turns into scalar code per lane (a third of
-    // a log-sum-exp's time).
+    // would be a saturating conversion, which LLVM turns into scalar code per lane.
     const ROUND_BITS: u32 = 0x4b40_0000; // ROUND.to_bits()
     p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_BITS).wrapping_add(127) << 23)
 }

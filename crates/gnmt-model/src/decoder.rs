@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use candle::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
-use gnmt_kernels::Precision;
 
-use crate::embedding::TokenEmbedding;
+use gnmt_ops::dropout::{self, Dropout};
+use gnmt_ops::embedding::TokenEmbedding;
+use gnmt_ops::step_matrix::StepMatrix;
+use gnmt_ops::Kernels;
 
 use crate::attention::{Attention, Memory};
 use crate::config::{AttentionQuery, ModelConfig};
-use crate::dense::StepMatrix;
-use crate::dropout::{self, Dropout};
 use crate::lstm::{Lstm, LstmState, StepWeights};
 
 #[derive(Debug, Clone)]
@@ -25,8 +25,9 @@ pub struct Decoder {
     attention: Attention,
     output: Linear,
     query: AttentionQuery,
-    /// Of the decoding weights.
-    precision: Precision,
+    /// Of the embedding, the dropout, the concatenations and the decoding weights (each
+    /// layer has its own).
+    kernels: Kernels,
 }
 
 /// Everything the decoder carries from one step to the next. A value: beam search reorders
@@ -48,8 +49,8 @@ pub struct DecoderState {
 /// The decoder's weights laid out for the small per-step products of decoding: transposed
 /// into contiguous copies (see [`StepWeights`]), and packed for the bf16 kernel when that
 /// precision is on. Made once per model by a translator ([`Decoder::decoding_weights`]) and
-/// shared by every batch; for an 8,000-word output layer, laying out per batch cost a few
-/// percent of beam search, and repacking per step once cost a third of decoding time.
+/// shared by every batch: laying an 8,000-word output layer out per batch, let alone per
+/// step, is a large share of decoding.
 /// A value tied to the weights it was made from: remake it after the weights change.
 #[derive(Debug, Clone)]
 pub struct DecodingWeights(Arc<StepLayout>);
@@ -100,7 +101,7 @@ impl DecoderState {
 impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
-        let embedding = crate::embedding::TokenEmbedding::new(
+        let embedding = TokenEmbedding::new(
             candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
                 .embeddings()
                 .clone(),
@@ -132,16 +133,16 @@ impl Decoder {
             attention,
             output,
             query: cfg.attention_query,
-            precision: Precision::F32,
+            kernels: Kernels::default(),
         })
     }
 
-    pub fn set_precision(&mut self, precision: Precision) {
+    pub fn set_kernels(&mut self, kernels: Kernels) {
         for layer in &mut self.layers {
-            layer.set_precision(precision);
+            layer.set_kernels(kernels);
         }
-        self.attention.set_precision(precision);
-        self.precision = precision;
+        self.attention.set_kernels(kernels);
+        self.kernels = kernels;
     }
 
     pub fn memory(&self, encoder_outputs: &Tensor, mask: &Tensor) -> Result<Memory> {
@@ -156,7 +157,7 @@ impl Decoder {
                 .iter()
                 .map(Lstm::step_weights)
                 .collect::<Result<_>>()?,
-            query_t: StepMatrix::new(self.attention.query_weight_t()?, None, self.precision)?,
+            query_t: StepMatrix::new(self.attention.query_weight_t()?, None, self.kernels)?,
             output_t: StepMatrix::new(
                 self.output.weight().t()?,
                 Some(
@@ -165,7 +166,7 @@ impl Decoder {
                         .expect("the output layer has a bias")
                         .clone(),
                 ),
-                self.precision,
+                self.kernels,
             )?,
         })))
     }
@@ -218,10 +219,11 @@ impl Decoder {
         tgt_mask: Option<&Tensor>,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<(Tensor, Tensor)> {
-        let emb = self.embedding.forward(tgt_in)?;
+        let k = self.kernels;
+        let emb = self.embedding.forward(tgt_in, k)?;
         let (bottom, context, weights) = match self.query {
             AttentionQuery::Current => {
-                let input = dropout::maybe(&mut dropout, &emb)?;
+                let input = dropout::maybe(&mut dropout, &emb, k)?;
                 let bottom = self.layers[0].forward(&input, tgt_mask, false)?;
                 let (context, weights) = self.attention.forward(&bottom, memory)?;
                 (bottom, context, weights)
@@ -232,11 +234,11 @@ impl Decoder {
         };
         let mut x = bottom;
         for (layer, &residual) in self.layers.iter().zip(&self.residual).skip(1) {
-            let input = dropout::maybe_cat(&mut dropout, &x, &context)?;
+            let input = dropout::maybe_cat(&mut dropout, &x, &context, k)?;
             let out = layer.forward(&input, tgt_mask, false)?;
             x = if residual { (out + &x)? } else { out };
         }
-        Ok((dropout::maybe(&mut dropout, &x)?, weights))
+        Ok((dropout::maybe(&mut dropout, &x, k)?, weights))
     }
 
     /// The paper's bottom layer: at step t the query is the bottom output of step t-1, and the
@@ -254,7 +256,7 @@ impl Decoder {
         for s in 0..t {
             let (context, w) = self.attention.step(&state.h, memory)?;
             let input = Tensor::cat(&[&emb.narrow(1, s, 1)?.squeeze(1)?, &context], 1)?;
-            let input = dropout::maybe(dropout, &input)?;
+            let input = dropout::maybe(dropout, &input, self.kernels)?;
             state = bottom.step(&input, &state)?;
             outs.push(state.h.clone());
             contexts.push(context);
@@ -308,7 +310,7 @@ impl Decoder {
                 state.memory_rows.as_deref(),
             )
         };
-        let emb = self.embedding.forward(tokens)?;
+        let emb = self.embedding.forward(tokens, self.kernels)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         let (bottom, context, weights) = match self.query {
             AttentionQuery::Current => {

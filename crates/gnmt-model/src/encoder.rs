@@ -4,10 +4,12 @@
 use candle::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::embedding::TokenEmbedding;
+use gnmt_ops::concat::cat_last;
+use gnmt_ops::dropout::{self, Dropout};
+use gnmt_ops::embedding::TokenEmbedding;
+use gnmt_ops::Kernels;
 
 use crate::config::ModelConfig;
-use crate::dropout::{self, Dropout};
 use crate::lstm::Lstm;
 
 #[derive(Debug, Clone)]
@@ -18,12 +20,14 @@ pub struct Encoder {
     /// Layers 2..=N; `layers[k]` is layer `k + 2`.
     layers: Vec<Lstm>,
     residual: Vec<bool>,
+    /// Of the embedding, the dropout and the concatenation (each layer has its own).
+    kernels: Kernels,
 }
 
 impl Encoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
-        let embedding = crate::embedding::TokenEmbedding::new(
+        let embedding = TokenEmbedding::new(
             candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
                 .embeddings()
                 .clone(),
@@ -43,16 +47,18 @@ impl Encoder {
             backward_dir,
             layers,
             residual,
+            kernels: Kernels::default(),
         })
     }
 
-    pub fn set_precision(&mut self, precision: gnmt_kernels::Precision) {
+    pub fn set_kernels(&mut self, kernels: Kernels) {
         for layer in [&mut self.forward_dir, &mut self.backward_dir]
             .into_iter()
             .chain(&mut self.layers)
         {
-            layer.set_precision(precision);
+            layer.set_kernels(kernels);
         }
+        self.kernels = kernels;
     }
 
     /// `src [B, S]` (u32 ids), `mask [B, S]` (1 real, 0 pad, float) -> top outputs `[B, S, H]`.
@@ -62,8 +68,9 @@ impl Encoder {
         mask: &Tensor,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let x = self.embedding.forward(src)?;
-        let x = dropout::maybe(&mut dropout, &x)?;
+        let k = self.kernels;
+        let x = self.embedding.forward(src, k)?;
+        let x = dropout::maybe(&mut dropout, &x, k)?;
         let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
         let bwd = self.backward_dir.forward(&x, Some(mask), true)?;
         let mut layers = self.layers.iter().zip(&self.residual).peekable();
@@ -71,13 +78,13 @@ impl Encoder {
         // in GNMT's layout), they are concatenated and dropped out in one operation.
         let mut x = match layers.next_if(|(_, &residual)| !residual) {
             Some((layer, _)) => {
-                let input = dropout::maybe_cat(&mut dropout, &fwd, &bwd)?;
+                let input = dropout::maybe_cat(&mut dropout, &fwd, &bwd, k)?;
                 layer.forward(&input, Some(mask), false)?
             }
-            None => crate::concat::cat_last(&fwd, &bwd)?,
+            None => cat_last(&fwd, &bwd, k)?,
         };
         for (layer, &residual) in layers {
-            let input = dropout::maybe(&mut dropout, &x)?;
+            let input = dropout::maybe(&mut dropout, &x, k)?;
             let out = layer.forward(&input, Some(mask), false)?;
             // The identity path adds the layer's input as it was before dropout (tf/nmt's
             // ResidualWrapper around a DropoutWrapper).

@@ -1,4 +1,5 @@
-//! The GNMT network on candle, and the model-folder checkpoint format every other crate
+//! The GNMT network on candle (embeddings, encoder, attention, decoder: [`Gnmt`]), built from
+//! the operations of [`gnmt_ops`], and the model-folder checkpoint format every other crate
 //! shares.
 //!
 //! This crate deals in token ids and tensors only: no text, no tokenizer. The inference API
@@ -22,28 +23,18 @@
 //! # Ok::<(), candle::Error>(())
 //! ```
 
-pub mod additive;
 pub mod attention;
 pub mod checkpoint;
-pub mod concat;
 pub mod config;
 pub mod decoder;
-pub mod dense;
-pub mod dropout;
-pub mod embedding;
 pub mod encoder;
 pub mod lstm;
 mod model;
-pub mod param_grads;
 pub mod params;
-pub mod softmax_loss;
-mod storage;
-pub mod top_tokens;
 
 pub use config::{AttentionQuery, ModelConfig};
 pub use decoder::{DecoderState, DecodingWeights};
-pub use dropout::Dropout;
-pub use gnmt_kernels::Precision;
+pub use gnmt_kernels::top_tokens::{top_tokens, TopTokens};
+pub use gnmt_ops::{param_grads, Dropout, KernelChoice, Kernels, Precision};
 pub use model::{mask_from_lengths, EncoderOutput, Gnmt};
 pub use params::{init_model, init_varmap, parameter_count, parameter_specs, ParamSpec};
-pub use top_tokens::{top_tokens, TopTokens};

@@ -5,14 +5,14 @@ use std::cell::RefCell;
 
 use candle::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use gnmt_kernels::Precision;
+use gnmt_kernels::top_tokens::{top_tokens, TopTokens};
+use gnmt_ops::softmax_loss::{log_softmax_rows, token_losses};
+use gnmt_ops::{Dropout, Kernels};
 
 use crate::attention::Memory;
 use crate::config::ModelConfig;
 use crate::decoder::{Decoder, DecoderState, DecodingWeights};
-use crate::dropout::Dropout;
 use crate::encoder::Encoder;
-use crate::top_tokens::{top_tokens, TopTokens};
 
 /// The encoded source batch, ready for attention.
 #[derive(Debug, Clone)]
@@ -32,8 +32,8 @@ pub struct Gnmt {
     config: ModelConfig,
     encoder: Encoder,
     decoder: Decoder,
-    /// Of every matrix product, in training and in decoding.
-    precision: Precision,
+    /// Of every operation, in training and in decoding.
+    kernels: Kernels,
 }
 
 impl Gnmt {
@@ -46,21 +46,21 @@ impl Gnmt {
             config: config.clone(),
             encoder: Encoder::new(config, vb.pp("encoder"))?,
             decoder: Decoder::new(config, vb.pp("decoder"))?,
-            precision: Precision::F32,
+            kernels: Kernels::default(),
         })
     }
 
-    /// This model with its matrix products in `precision` (f32 after [`Gnmt::new`]).
-    /// Decoding weights made before keep the precision they were made in.
-    pub fn with_precision(mut self, precision: Precision) -> Self {
-        self.encoder.set_precision(precision);
-        self.decoder.set_precision(precision);
-        self.precision = precision;
+    /// This model running on `kernels` (fused, f32 products after [`Gnmt::new`]). Decoding
+    /// weights made before keep the kernels they were made for.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.encoder.set_kernels(kernels);
+        self.decoder.set_kernels(kernels);
+        self.kernels = kernels;
         self
     }
 
-    pub fn precision(&self) -> Precision {
-        self.precision
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -99,7 +99,7 @@ impl Gnmt {
         self.start_state_with(encoded, &self.decoding_weights()?)
     }
 
-    /// The decoder's weights laid out for [`Gnmt::step`] in this model's precision.
+    /// The decoder's weights laid out for [`Gnmt::step`] for this model's kernels.
     /// Valid while this model's weights stay as they are (not across training updates).
     pub fn decoding_weights(&self) -> Result<DecodingWeights> {
         self.decoder.decoding_weights()
@@ -124,11 +124,7 @@ impl Gnmt {
     ) -> Result<(Tensor, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
         let (logits, attention, next) = self.decoder.step(tokens, state)?;
-        Ok((
-            crate::softmax_loss::log_softmax_rows(&logits)?,
-            attention,
-            next,
-        ))
+        Ok((log_softmax_rows(&logits, self.kernels)?, attention, next))
     }
 
     /// One decoding step that keeps only the `k` most probable next tokens of each row, with
@@ -180,7 +176,7 @@ impl Gnmt {
     /// The training loss per target token without materialising log-probabilities: `[B * T, 2]`
     /// holding the label-smoothed cross-entropy (smoothing `eps`) and the plain negative
     /// log-likelihood of `tgt_out [B, T]`, 0 where `tgt_mask [B, T]` is 0. The output
-    /// softmax and the loss are one fused operation ([`crate::softmax_loss`]).
+    /// softmax and the loss are one fused operation ([`gnmt_ops::softmax_loss`]).
     #[allow(clippy::too_many_arguments)]
     pub fn token_losses(
         &self,
@@ -208,14 +204,14 @@ impl Gnmt {
                 .forward_top(tgt_in, &encoded.memory, Some(tgt_mask), dropout)?;
         let (b, t, h) = top.dims3()?;
         let (weight, bias) = self.decoder.output_layer();
-        crate::softmax_loss::token_losses(
+        token_losses(
             &top.reshape((b * t, h))?,
             weight,
             bias,
             &tgt_out.flatten_all()?,
             &tgt_mask.flatten_all()?,
             eps,
-            self.precision,
+            self.kernels,
         )
     }
 }

@@ -2,7 +2,7 @@
 //! beside the f32 tests.
 
 use candle::{DType, Tensor};
-use gnmt_model::{Gnmt, Precision};
+use gnmt_model::{Gnmt, Kernels, Precision};
 
 use crate::common::{
     assert_decoding_ignores_batch_mates, inputs, max_abs_diff, model, nll, tiny64,
@@ -29,10 +29,10 @@ fn bf16_products_track_f32_through_training_and_decoding() {
         (loss.to_scalar::<f32>().unwrap(), grads, log_probs)
     };
     let (loss32, grads32, step32) = run(&m);
-    let (loss16, grads16, step16) = run(&m.clone().with_precision(Precision::Bf16));
+    let (loss16, grads16, step16) = run(&m.clone().with_kernels(Kernels::Fused(Precision::Bf16)));
     assert_eq!(
-        m.precision(),
-        Precision::F32,
+        m.kernels(),
+        Kernels::Fused(Precision::F32),
         "the f32 model is left as it was"
     );
 
@@ -71,5 +71,5 @@ fn bf16_products_track_f32_through_training_and_decoding() {
 fn bf16_decoding_does_not_depend_on_the_batch() {
     let cfg = tiny64();
     let (m, _) = model(&cfg, DType::F32);
-    assert_decoding_ignores_batch_mates(&m.with_precision(Precision::Bf16));
+    assert_decoding_ignores_batch_mates(&m.with_kernels(Kernels::Fused(Precision::Bf16)));
 }

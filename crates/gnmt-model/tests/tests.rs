@@ -6,3 +6,4 @@ mod common;
 mod gradients;
 mod lstm;
 mod model;
+mod reference;

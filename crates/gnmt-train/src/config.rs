@@ -29,6 +29,9 @@ pub struct TrainConfig {
     /// Precision of the matrix products, `"f32"` or `"bf16"` (bf16 operands, f32 sums; fast on
     /// CPUs with AVX512-BF16). Weights, gradients and optimiser state stay f32 either way.
     pub matmul: gnmt_model::Precision,
+    /// `"fused"` (the fast CPU operations) or `"reference"` (their composite candle
+    /// references, f32 only: the correctness baseline).
+    pub kernels: gnmt_model::KernelChoice,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +48,7 @@ impl Default for TrainConfig {
             log: LogConfig::default(),
             generation: GenerationConfig::default(),
             matmul: gnmt_model::Precision::F32,
+            kernels: gnmt_model::KernelChoice::Fused,
         }
     }
 }
@@ -223,11 +227,19 @@ impl TrainConfig {
             return bad("data.max_tokens, max_sentences and max_len must be at least 1".into());
         }
         self.stop.max_time_secs()?;
+        self.step_kernels()?;
         Ok(())
     }
 
+    /// The kernels the training step runs on: [`TrainConfig::kernels`] with products in
+    /// [`TrainConfig::matmul`].
+    pub fn step_kernels(&self) -> Result<gnmt_model::Kernels> {
+        self.kernels.with(self.matmul).map_err(Error::Config)
+    }
+
     /// Keys that may change when a run is resumed (limits, logging, decoding defaults, the
-    /// precision of matrix products); everything else must match the saved configuration.
+    /// kernels and the precision of their matrix products); everything else must match the
+    /// saved configuration.
     pub fn resume_conflicts(&self, saved: &TrainConfig) -> Vec<String> {
         let (a, b) = (
             serde_json::to_value(self).expect("plain"),
@@ -239,7 +251,8 @@ impl TrainConfig {
             !(k.starts_with("stop.")
                 || k.starts_with("log.")
                 || k.starts_with("generation.")
-                || k.starts_with("matmul "))
+                || k.starts_with("matmul ")
+                || k.starts_with("kernels "))
         });
         out
     }
@@ -282,12 +295,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resuming_may_change_limits_and_precision_but_not_the_setup() {
+    fn resuming_may_change_limits_and_kernels_but_not_the_setup() {
         let saved = TrainConfig::default();
         let mut next = saved.clone();
         next.stop.max_steps = Some(10);
         next.log.valid_every = 7;
         next.matmul = gnmt_model::Precision::Bf16;
+        next.kernels = gnmt_model::KernelChoice::Reference;
         assert_eq!(next.resume_conflicts(&saved), Vec::<String>::new());
         next.optim.lr = 1.0;
         next.model.hidden_size = 12;
@@ -298,5 +312,27 @@ mod tests {
             "{conflicts:?}"
         );
         assert!(conflicts[1].starts_with("optim.lr "), "{conflicts:?}");
+    }
+
+    /// The reference kernels compute in f32 only: asking for bf16 products on them is refused
+    /// when the configuration is checked, not at the first update. A configuration saved
+    /// before `kernels` existed reads as fused.
+    #[test]
+    fn kernels_are_checked_with_the_precision() {
+        let mut c = TrainConfig {
+            kernels: gnmt_model::KernelChoice::Reference,
+            ..TrainConfig::default()
+        };
+        assert_eq!(c.step_kernels().unwrap(), gnmt_model::Kernels::Reference);
+        c.matmul = gnmt_model::Precision::Bf16;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("f32 only"), "{err}");
+        let mut saved = serde_json::to_value(TrainConfig::default()).unwrap();
+        saved.as_object_mut().unwrap().remove("kernels");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!(
+            old.step_kernels().unwrap(),
+            gnmt_model::Kernels::Fused(gnmt_model::Precision::F32)
+        );
     }
 }

@@ -25,7 +25,7 @@ fn sum_of_squares(g: &Tensor) -> Result<f64> {
     fn chunked<T: Copy + Into<f64> + Sync>(data: &[T]) -> f64 {
         const CHUNK: usize = 1 << 14;
         // Eight independent lanes, combined in order: a single running f64 sum is a chain of
-        // dependent adds the compiler may not reorder (12 ms a step for `small` on one core).
+        // dependent adds the compiler may not reorder.
         const LANES: usize = 8;
         let chunk_sum = |c: &[T]| {
             let mut lanes = [0f64; LANES];

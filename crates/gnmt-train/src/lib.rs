@@ -5,6 +5,8 @@
 //! - [`schedule`]: the learning rate as a pure function of the update number.
 //! - [`optim`]: Adam/SGD with saveable moments. [`grads`]: global and per-layer norms.
 //! - [`loss`]: label-smoothed cross-entropy. [`state`]: what an exact resume needs.
+//! - [`step`]: one update (loss, gradients, clipping and the optimiser's step), shared with
+//!   the training benchmark.
 //! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
 pub mod config;
@@ -14,6 +16,7 @@ pub mod optim;
 pub mod progress;
 pub mod schedule;
 pub mod state;
+pub mod step;
 pub mod trainer;
 mod validate;
 

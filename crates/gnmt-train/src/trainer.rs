@@ -33,11 +33,11 @@ use gnmt_tokenizer::{
 
 use crate::config::TrainConfig;
 use crate::grads::GradStats;
-use crate::loss::batch_loss;
 use crate::optim::Optimizer;
 use crate::progress::Progress;
 use crate::schedule::lr_at;
 use crate::state::{RngState, TrainState};
+use crate::step;
 use crate::validate::{batch_tensors, Validator};
 use crate::{Error, Result};
 
@@ -170,7 +170,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             (model, varmap, optimizer, state, dropout)
         }
     };
-    let model = model.with_precision(args.config.matmul);
+    let model = model.with_kernels(args.config.step_kernels()?);
 
     let batch_options = BatchOptions {
         max_tokens: config.data.max_tokens,
@@ -205,23 +205,11 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             .next()
             .ok_or_else(|| Error::Config("the training set is empty".into()))?;
         state.batches += 1;
-        let [src, src_mask, tgt_in, tgt_out, tgt_mask] = batch_tensors(&batch, &args.device)?;
-        let loss = batch_loss(
-            &model,
-            &src,
-            &src_mask,
-            &tgt_in,
-            &tgt_out,
-            &tgt_mask,
-            config.label_smoothing,
-            Some(&mut dropout),
-        )?;
-        let mean = loss.mean()?;
-        let loss_value = mean.to_scalar::<f32>()? as f64;
-        let grads = gnmt_model::param_grads::backward(&mean)?;
-        let stats = GradStats::measure(&grads, optimizer.vars())?;
+        let tensors = batch_tensors(&batch, &args.device)?;
+        let loss = step::forward(&model, &tensors, config.label_smoothing, Some(&mut dropout))?;
+        let g = step::backward(loss, &optimizer)?;
         state.cursor = batcher.cursor();
-        if !loss_value.is_finite() || !stats.is_finite() {
+        if !g.is_finite() {
             state.nonfinite_skipped += 1;
             state.nonfinite_in_a_row += 1;
             say(&format!(
@@ -242,16 +230,11 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         }
         state.nonfinite_in_a_row = 0;
         let (lr, rule) = lr_at(state.step, &config.optim);
-        let scale = if stats.total_norm > config.optim.clip_norm {
-            config.optim.clip_norm / stats.total_norm
-        } else {
-            1.0
-        };
-        optimizer.step(&grads, lr, rule, scale, &config.optim)?;
+        step::update(&mut optimizer, &g, lr, rule, &config.optim)?;
         state.step += 1;
-        state.target_tokens += loss.tokens as u64;
-        window.add(&loss, loss_value, &stats);
-        progress.update(state.step, loss_value, loss.tokens, lr);
+        state.target_tokens += g.loss.tokens as u64;
+        window.add(&g.loss, g.mean_loss, &g.stats);
+        progress.update(state.step, g.mean_loss, g.loss.tokens, lr);
 
         if state.step % config.log.log_every == 0 {
             let epoch = state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;

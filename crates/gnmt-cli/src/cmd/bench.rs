@@ -22,12 +22,11 @@ pub enum BenchCommand {
 
 impl BenchCommand {
     /// `matmul`: the global `--matmul` flag, if given.
-    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
-        let precision = || crate::precision(matmul, gnmt_model::Precision::F32);
+    pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         match self {
             BenchCommand::Data(a) => a.run(),
-            BenchCommand::Train(a) => a.run(precision()),
-            BenchCommand::Translate(a) => a.run(precision()),
+            BenchCommand::Train(a) => a.run(compute.kernels()?),
+            BenchCommand::Translate(a) => a.run(compute.kernels()?),
         }
     }
 }

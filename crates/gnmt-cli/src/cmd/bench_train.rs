@@ -13,7 +13,9 @@ use candle::{DType, Device, Tensor};
 use clap::Args;
 
 use super::bench::Rounds;
-use gnmt_model::{init_model, mask_from_lengths, parameter_count, ModelConfig, Precision};
+use gnmt_model::{init_model, mask_from_lengths, parameter_count, Kernels, ModelConfig, Precision};
+use gnmt_train::schedule::Rule;
+use gnmt_train::step;
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Args)]
@@ -115,14 +117,14 @@ pub(crate) fn peak_gflops() -> anyhow::Result<f64> {
 }
 
 impl BenchTrainArgs {
-    pub fn run(self, precision: Precision) -> anyhow::Result<()> {
+    pub fn run(self, kernels: Kernels) -> anyhow::Result<()> {
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             1 <= self.min_len && self.min_len <= self.max_len,
             "need 1 <= --min-len <= --max-len"
         );
         if self.single {
-            return self.measure(&cfg, precision);
+            return self.measure(&cfg, kernels);
         }
         println!(
             "bench train: preset {} ({} parameters), batch {} pairs of {}-{} tokens, {} timed steps",
@@ -138,7 +140,7 @@ impl BenchTrainArgs {
             if self.rounds > 1 && i == 0 {
                 println!("round {}:", round + 1);
             }
-            let text = self.measure_in_child(&exe, self.threads_list[i], precision)?;
+            let text = self.measure_in_child(&exe, self.threads_list[i], kernels)?;
             print!("{text}");
             rate_of(&text).context("the measurement printed no rate")
         })?;
@@ -175,7 +177,7 @@ impl BenchTrainArgs {
         &self,
         exe: &std::path::Path,
         threads: usize,
-        precision: Precision,
+        kernels: Kernels,
     ) -> anyhow::Result<String> {
         super::bench::measurement_output(
             std::process::Command::new(exe)
@@ -183,7 +185,9 @@ impl BenchTrainArgs {
                     "--threads",
                     &threads.to_string(),
                     "--matmul",
-                    precision.name(),
+                    kernels.precision().name(),
+                    "--kernels",
+                    kernels.name(),
                     "bench",
                     "train",
                     "--single",
@@ -229,10 +233,10 @@ impl BenchTrainArgs {
         Ok(())
     }
 
-    fn measure(&self, cfg: &ModelConfig, precision: Precision) -> anyhow::Result<()> {
+    fn measure(&self, cfg: &ModelConfig, kernels: Kernels) -> anyhow::Result<()> {
         let device = Device::Cpu;
         let (model, params) = init_model(cfg, 1, 0.04, DType::F32, &device)?;
-        let model = model.with_precision(precision);
+        let model = model.with_kernels(kernels);
         let mut optimizer = gnmt_train::optim::Optimizer::new(&params)?;
         let optim = gnmt_train::config::OptimConfig::default();
         let (src_len, tgt_len) = lengths(self);
@@ -249,43 +253,31 @@ impl BenchTrainArgs {
         let src = Tensor::from_vec(ids(self.batch * s), (self.batch, s), &device)?;
         let tgt_in = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
         let tgt_out = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
-        let src_mask = mask_from_lengths(&src_len, s, DType::F32, &device)?;
-        let tgt_mask = mask_from_lengths(&tgt_len, t, DType::F32, &device)?;
+        let batch = [
+            src,
+            mask_from_lengths(&src_len, s, DType::F32, &device)?,
+            tgt_in,
+            tgt_out,
+            mask_from_lengths(&tgt_len, t, DType::F32, &device)?,
+        ];
 
         let mut dropout = gnmt_model::Dropout::new(0.2, 1);
         // Seconds spent in the forward pass, the backward pass and the update (clipping
         // included), over the timed steps.
         let mut phases = [0f64; 3];
-        // What one training update does (gnmt_train::trainer), minus data loading and logging.
+        // What one training update does (gnmt_train::step), minus data loading and logging.
         let mut step = |phases: &mut [f64; 3]| -> anyhow::Result<usize> {
             let t0 = Instant::now();
-            let loss = gnmt_train::batch_loss(
-                &model,
-                &src,
-                &src_mask,
-                &tgt_in,
-                &tgt_out,
-                &tgt_mask,
-                0.1,
-                Some(&mut dropout),
-            )?;
+            let loss = step::forward(&model, &batch, 0.1, Some(&mut dropout))?;
             let t1 = Instant::now();
-            let grads = gnmt_model::param_grads::backward(&loss.mean()?)?;
+            let g = step::backward(loss, &optimizer)?;
             let t2 = Instant::now();
-            let stats = gnmt_train::grads::GradStats::measure(&grads, optimizer.vars())?;
-            let scale = (optim.clip_norm / stats.total_norm).min(1.0);
-            optimizer.step(
-                &grads,
-                1e-4,
-                gnmt_train::schedule::Rule::Adam,
-                scale,
-                &optim,
-            )?;
+            step::update(&mut optimizer, &g, 1e-4, Rule::Adam, &optim)?;
             let t3 = Instant::now();
             for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
                 *p += (b - a).as_secs_f64();
             }
-            Ok(loss.tokens)
+            Ok(g.loss.tokens)
         };
         step(&mut [0.0; 3])?; // warm-up: allocator, thread pools
         let start = Instant::now();
@@ -301,9 +293,9 @@ impl BenchTrainArgs {
         let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
         let peak = peak_gflops()?;
         println!(
-            "threads={} ({} products): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
+            "threads={} ({}): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
             rayon::current_num_threads(),
-            precision,
+            kernels,
             rate,
             1000.0 * secs / self.steps as f64,
             flops / 1e6,
@@ -318,7 +310,7 @@ impl BenchTrainArgs {
             ms(phases[1]),
             ms(phases[2])
         );
-        if precision == Precision::Bf16 {
+        if kernels == Kernels::Fused(Precision::Bf16) {
             let bf16_peak = bf16_peak_gflops()?;
             println!(
                 "bf16 products: {:.0}% of the {:.0} GFLOP/s a 2048^3 bf16 product reaches",

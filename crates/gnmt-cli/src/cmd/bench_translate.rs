@@ -10,7 +10,7 @@ use anyhow::Context;
 use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
-use gnmt_model::Precision;
+use gnmt_model::{Kernels, Precision};
 use gnmt_tokenizer::{data::multi30k_dir, Lines};
 
 use super::bench::Rounds;
@@ -43,13 +43,13 @@ pub struct BenchTranslateArgs {
 }
 
 impl BenchTranslateArgs {
-    pub fn run(self, precision: Precision) -> anyhow::Result<()> {
+    pub fn run(self, kernels: Kernels) -> anyhow::Result<()> {
         let src = match &self.src {
             Some(p) => p.clone(),
             None => multi30k_dir()?.join("test_2016_flickr.en"),
         };
         if let Some(beam) = self.single {
-            return self.measure(&src, beam, precision);
+            return self.measure(&src, beam, kernels);
         }
         println!(
             "bench translate: {} on {}",
@@ -72,7 +72,8 @@ impl BenchTranslateArgs {
             let text = super::bench::measurement_output(
                 std::process::Command::new(&exe)
                     .args(["--threads", &threads.to_string()])
-                    .args(["--matmul", precision.name()])
+                    .args(["--matmul", kernels.precision().name()])
+                    .args(["--kernels", kernels.name()])
                     .args(["bench", "translate"])
                     .arg("-m")
                     .arg(&self.model)
@@ -112,14 +113,9 @@ impl BenchTranslateArgs {
         Ok(())
     }
 
-    fn measure(
-        &self,
-        src: &std::path::Path,
-        beam: usize,
-        precision: Precision,
-    ) -> anyhow::Result<()> {
+    fn measure(&self, src: &std::path::Path, beam: usize, kernels: Kernels) -> anyhow::Result<()> {
         let load = Instant::now();
-        let t = Translator::load(&self.model, &Device::Cpu, precision)?;
+        let t = Translator::load(&self.model, &Device::Cpu, kernels)?;
         let load_s = load.elapsed().as_secs_f64();
         let mut o = t.default_options();
         o.beam_size = beam;
@@ -143,7 +139,7 @@ impl BenchTranslateArgs {
             "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
             100.0 * gflops / peak
         );
-        if precision == Precision::Bf16 {
+        if kernels == Kernels::Fused(Precision::Bf16) {
             let bf16_peak = super::bench_train::bf16_peak_gflops()?;
             rate += &format!(
                 " ({:.0}% of the bf16 product's {bf16_peak:.0})",
@@ -151,9 +147,9 @@ impl BenchTranslateArgs {
             );
         }
         println!(
-            "beam {beam}, threads {}, {} products: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
+            "beam {beam}, threads {}, {}: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
             rayon::current_num_threads(),
-            precision,
+            kernels,
             lines.len(),
             lines.len() as f64 / secs,
             tokens as f64 / secs,

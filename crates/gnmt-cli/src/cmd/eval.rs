@@ -20,15 +20,8 @@ pub struct EvalArgs {
     /// Reference translations, aligned with the source.
     #[arg(long)]
     pub r#ref: PathBuf,
-    /// Beam size (default: the model's generation.json); 1 is greedy.
-    #[arg(long, value_parser = checked::beam_size())]
-    pub beam_size: Option<usize>,
-    /// Length normalisation exponent alpha, 0 to 10 (default: the model's).
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub alpha: Option<f64>,
-    /// Coverage penalty weight beta, 0 to 10 (default: the model's).
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub beta: Option<f64>,
+    #[command(flatten)]
+    pub decoding: crate::decoding::DecodingFlags,
     /// Sentences decoded together.
     #[arg(long, default_value_t = 32, value_parser = checked::batch_size())]
     pub batch_size: usize,
@@ -38,14 +31,12 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
-    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
-        let precision = crate::precision(matmul, gnmt_model::Precision::F32);
-        let t = Translator::load(&self.model, &Device::Cpu, precision)
+    pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
+        let t = Translator::load(&self.model, &Device::Cpu, compute.kernels()?)
             .with_context(|| format!("loading {}", self.model.display()))?;
         let mut o = t.default_options();
-        o.beam_size = self.beam_size.unwrap_or(o.beam_size);
-        o.alpha = self.alpha.unwrap_or(o.alpha);
-        o.beta = self.beta.unwrap_or(o.beta);
+        self.decoding
+            .apply(&mut o.beam_size, &mut o.alpha, &mut o.beta);
         let src = Lines::read(&self.src)?;
         let refs = Lines::read(&self.r#ref)?;
         anyhow::ensure!(

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::checked;
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
@@ -26,15 +25,9 @@ pub struct ExportArgs {
     /// Storage precision of the parameters.
     #[arg(long, value_enum, default_value_t = Storage::F32)]
     pub storage: Storage,
-    /// Beam size written to generation.json (default: the first model's).
-    #[arg(long, value_parser = checked::beam_size())]
-    pub beam_size: Option<usize>,
-    /// Length normalisation exponent alpha written to generation.json, 0 to 10.
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub alpha: Option<f64>,
-    /// Coverage penalty weight beta written to generation.json, 0 to 10.
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub beta: Option<f64>,
+    // The decoding settings written to generation.json (default: the first model's).
+    #[command(flatten)]
+    pub decoding: crate::decoding::DecodingFlags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,9 +77,11 @@ impl ExportArgs {
             .map(|(name, t)| Ok((name, (t / n)?.to_dtype(DType::F32)?)))
             .collect::<candle::Result<HashMap<_, _>>>()?;
         let mut generation = first.generation.clone();
-        generation.beam_size = self.beam_size.unwrap_or(generation.beam_size);
-        generation.alpha = self.alpha.unwrap_or(generation.alpha);
-        generation.beta = self.beta.unwrap_or(generation.beta);
+        self.decoding.apply(
+            &mut generation.beam_size,
+            &mut generation.alpha,
+            &mut generation.beta,
+        );
         generation
             .validate()
             .map_err(|e| anyhow::anyhow!("generation settings: {e}"))?;

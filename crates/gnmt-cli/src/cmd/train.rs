@@ -81,9 +81,9 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The effective configuration: file (or defaults), then preset, then flags.
-    /// The effective configuration; `matmul` is the global `--matmul` flag, if given.
-    pub fn resolve(&self, matmul: Option<crate::Matmul>) -> anyhow::Result<TrainConfig> {
+    /// The effective configuration: file (or defaults), then preset, then flags (`compute`:
+    /// the global `--matmul` and `--kernels`, where given).
+    pub fn resolve(&self, compute: crate::ComputeFlags) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => TrainConfig::from_file(p)?,
             None => TrainConfig::default(),
@@ -102,15 +102,19 @@ impl TrainArgs {
             log_every => log.log_every, keep_last => log.keep_last, seed => seed, lr => optim.lr,
             dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
         );
-        if let Some(m) = matmul {
+        if let Some(m) = compute.matmul {
             c.matmul = m.into();
         }
+        if let Some(k) = compute.kernels {
+            c.kernels = k.into();
+        }
+        crate::warn_if_slow(c.matmul);
         c.validate()?;
         Ok(c)
     }
 
-    pub fn run(self, matmul: Option<crate::Matmul>) -> anyhow::Result<()> {
-        let config = self.resolve(matmul)?;
+    pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
+        let config = self.resolve(compute)?;
         // First Ctrl-C: finish the update, validate, save, exit. Second: exit at once.
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();

@@ -18,7 +18,7 @@ use candle::Device;
 use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
-use gnmt_model::{checkpoint, Precision};
+use gnmt_model::{checkpoint, Kernels};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
@@ -48,15 +48,8 @@ pub struct TranslateArgs {
     /// Output file (default: stdout; `-` also means stdout).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Beam size (default: the model's generation.json). 1 is greedy decoding.
-    #[arg(long, value_parser = checked::beam_size())]
-    pub beam_size: Option<usize>,
-    /// Length normalisation exponent alpha, 0 to 10 (default: the model's).
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub alpha: Option<f64>,
-    /// Coverage penalty weight beta, 0 to 10 (default: the model's).
-    #[arg(long, value_parser = checked::decoding_weight())]
-    pub beta: Option<f64>,
+    #[command(flatten)]
+    pub decoding: crate::decoding::DecodingFlags,
     /// GNMT's pruning margin: hypotheses scoring more than this below the best are dropped
     /// (off by default).
     #[arg(long, value_parser = real::<f64>(Interval::above(0.0, 1000.0)))]
@@ -86,6 +79,10 @@ pub struct TranslateArgs {
     /// with AVX512-BF16, slow elsewhere; translations may differ slightly from f32).
     #[arg(long, value_enum, default_value_t = crate::Matmul::F32)]
     pub matmul: crate::Matmul,
+    /// The operations the model runs on: fused (fast), or reference (composite candle
+    /// operations, f32 only: the correctness baseline, several times slower).
+    #[arg(long, value_enum, default_value_t = crate::KernelsArg::Fused)]
+    pub kernels: crate::KernelsArg,
     /// No summary line and no progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -138,8 +135,8 @@ const BUILT_IN: checkpoint::InMemoryFolder<'static> = {
 
 /// The model `translate` uses without `-m`: the built-in copy of the shipped model.
 #[cfg(feature = "embedded-model")]
-fn load_default_model(device: &Device, precision: Precision) -> anyhow::Result<Translator> {
-    Translator::load_in_memory(&BUILT_IN, device, precision).context("loading the built-in model")
+fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
+    Translator::load_in_memory(&BUILT_IN, device, kernels).context("loading the built-in model")
 }
 
 /// Built without the `embedded-model` feature: the shipped model folder, looked for under the
@@ -177,18 +174,22 @@ impl TranslateArgs {
     }
 
     fn translate(self) -> anyhow::Result<()> {
-        let precision = crate::precision(Some(self.matmul), Precision::F32);
+        let compute = crate::ComputeFlags {
+            matmul: Some(self.matmul),
+            kernels: Some(self.kernels),
+        };
+        let kernels = compute.kernels()?;
         let translator = match &self.model {
-            Some(dir) => Translator::load(dir, &Device::Cpu, precision)
+            Some(dir) => Translator::load(dir, &Device::Cpu, kernels)
                 .with_context(|| format!("loading {}", dir.display()))?,
-            None => load_default_model(&Device::Cpu, precision)?,
+            None => load_default_model(&Device::Cpu, kernels)?,
         };
         let mut options = translator.default_options();
-        if let Some(k) = self.beam_size {
-            options.beam_size = k;
-        }
-        options.alpha = self.alpha.unwrap_or(options.alpha);
-        options.beta = self.beta.unwrap_or(options.beta);
+        self.decoding.apply(
+            &mut options.beam_size,
+            &mut options.alpha,
+            &mut options.beta,
+        );
         options.prune_margin = self.prune_margin;
         options.n_best = self.n_best.unwrap_or(1);
         options.beam_size = options.beam_size.max(options.n_best);

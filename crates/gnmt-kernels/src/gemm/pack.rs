@@ -32,9 +32,8 @@ impl<'a> View<'a> {
     /// Whether the f32 kernel can read this matrix's blocks of rows where they are, with no
     /// packing: a row-major matrix (the kernel follows its MR rows along the depth), or a
     /// transposed one (each depth's rows side by side) unless its row count is a multiple of
-    /// 512: depths a power-of-two number of kilobytes apart fall into the same cache sets (a
-    /// 4096-row transposed operand read in place ran 15% slower than packed). Row-major rows
-    /// 4 or 8 KiB apart were no slower in place than packed (`gemm_shapes`).
+    /// 512: depths a power-of-two number of kilobytes apart fall into the same cache sets.
+    /// Row-major rows a power-of-two number of kilobytes apart do not suffer from it.
     pub(super) fn in_place_layout(&self) -> bool {
         let transposed = self.row_stride == 1 && self.col_stride == self.rows;
         let row_major = self.col_stride == 1 && self.row_stride >= self.cols;
@@ -63,8 +62,8 @@ impl Lines<'_> {
     /// Packs `blocks` consecutive blocks of `width` lines, the first starting at line
     /// `first_block * width`, into `out` (one block after another), writing every word of
     /// `out`: the packing functions write the words of the lines that exist, and only the
-    /// words of missing lines are zeroed here (zeroing all of `out` first was a `memset` of
-    /// every packed operand, 1% of a `gnmt-v2-4x1024` step).
+    /// words of missing lines are zeroed here (zeroing all of `out` first would be a second
+    /// pass over every packed operand).
     pub(super) fn pack(
         &self,
         format: Format,
@@ -166,10 +165,8 @@ pub(super) const TILE: usize = 32;
 /// [`TILE`] words of every line of a block, each line's run converted in one vectorised pass
 /// and then spread over the block's rows of words, so a tile's writes stay in L1. For the
 /// narrow blocks of `A` this packs faster than line by line (whose words land 32 bytes apart,
-/// a line's run of a thousand words over a thousand cache lines, 8 times over): bf16
-/// `2048 x 1024 x 32000` with `B` packed before, 192-197 -> 201-208 GFLOP/s (`gemm_shapes`).
-/// For the 32-line panels of `B` it measured slower, in f32 markedly (the output layer's
-/// `W^T`: 32 -> 58 ms).
+/// a line's run of a thousand words over a thousand cache lines, 8 times over). The 32-line
+/// panels of `B` pack faster line by line (see docs/performance-log.md).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
@@ -238,8 +235,8 @@ pub(super) fn pack_depth_runs_by_line(
 
 /// Consecutive depths `run` of one line into words: one per depth in f32, one per pair in bf16
 /// (an odd last depth paired with zero). [`pack_depth_runs_by_line`] writes the same words
-/// spread `width` apart; one function for both, taking a `put(p, word)` callback, cost 5% of
-/// the bf16 `2048 x 1024 x 32000` product here, since the contiguous loop no longer vectorised.
+/// spread `width` apart; they are two functions because one taking a `put(p, word)` callback
+/// no longer vectorised the contiguous loop.
 #[inline(always)]
 pub(super) fn convert(format: Format, run: &[f32], words: &mut [u32]) {
     match format {

@@ -94,8 +94,7 @@ pub(super) fn gemm_reading_a(
     let b_format = b.format;
     let run_tile = |&(group, first_panel): &(usize, usize)| {
         let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
-        // Every kernel overwrites the whole tile: zeroing it per call was a `memset` call per
-        // kernel call, 5% of a beam step.
+        // Every kernel overwrites the whole tile, so it is not zeroed per call.
         let mut tile = [[0f32; NR]; MR];
         for panel in first_panel..(first_panel + panel_chunk).min(panels) {
             let cols = panel * NR..((panel + 1) * NR).min(n);
@@ -120,9 +119,8 @@ pub(super) fn gemm_reading_a(
                     };
                 }
                 // A full panel goes from the registers straight into `dst`; a partial one
-                // (and the portable kernels' tiles) through `tile` and `write_row` (storing
-                // every tile through the buffer, a `memcpy` call per row, took about 2% of a
-                // `gnmt-v2-4x1024` step's perf samples).
+                // (and the portable kernels' tiles) through `tile` and `write_row`, a copy
+                // per row that full panels skip.
                 let direct = fast && cols.len() == NR;
                 let out = if direct {
                     TileOut::Direct(DirectTile {

@@ -18,21 +18,26 @@
 //! of 16 to 32 tokens, a quarter of the rows are padding). Rows are independent, so the result
 //! does not depend on the number of threads.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use candle::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle::{CpuStorage, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use gnmt_kernels::buffers::{column_sums, gather_rows, scatter_rows};
+use gnmt_kernels::buffers::{gather_rows, scatter_rows};
 use gnmt_kernels::matmul::product;
 use gnmt_kernels::softmax::{log_softmax_row, row_logsumexp, softmax_gradient_row};
-use gnmt_kernels::{Compute, Precision, Real};
+use gnmt_kernels::{Compute, Precision};
 
-use crate::storage::{contiguous_slice, tensor_slice};
+use gnmt_kernels::Real;
+
+use crate::dispatch::{self, Float, Kernel, KernelInPlace};
+use crate::matmul::product_no_bwd;
+use crate::rows;
+use crate::Kernels;
 
 /// `x [N, H]` (decoder outputs), `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]`
 /// (1 real, 0 pad) -> `[N, 2]`: label-smoothed loss and plain negative log-likelihood per
-/// token. The products, forward and backward, are in `precision`.
+/// token.
 pub fn token_losses(
     x: &Tensor,
     weight: &Tensor,
@@ -40,7 +45,7 @@ pub fn token_losses(
     targets: &Tensor,
     keep: &Tensor,
     eps: f64,
-    precision: Precision,
+    kernels: Kernels,
 ) -> Result<Tensor> {
     let (n, h) = x.dims2()?;
     let v = bias.dims1()?;
@@ -54,16 +59,21 @@ pub fn token_losses(
             keep.dims()
         )
     }
-    let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let keep = keep.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let rows: Vec<usize> = (0..n).filter(|&i| keep[i] != 0.0).collect();
-    let targets: Vec<u32> = rows.iter().map(|&i| targets[i]).collect();
-    if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
+    let targets = targets.to_dtype(DType::U32)?;
+    let all_targets = targets.to_vec1::<u32>()?;
+    if let Some(bad) = all_targets.iter().find(|&&t| t as usize >= v) {
         candle::bail!("token losses: target id {bad} outside the vocabulary of {v}")
     }
+    let precision = match kernels {
+        Kernels::Reference => return reference_token_losses(x, weight, bias, &targets, keep, eps),
+        Kernels::Fused(precision) => precision,
+    };
+    let keep = keep.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let rows: Vec<usize> = (0..n).filter(|&i| keep[i] != 0.0).collect();
+    let targets: Vec<u32> = rows.iter().map(|&i| all_targets[i]).collect();
     let op = TokenLosses {
-        targets,
-        rows,
+        targets: Arc::new(targets),
+        rows: Arc::new(rows),
         eps,
         precision,
         logits: Mutex::new(None),
@@ -73,10 +83,11 @@ pub fn token_losses(
 }
 
 /// Log-softmax over the last dimension of `[N, V]` logits, for decoding: one pass per row
-/// with a vectorised exp (f32), rows in parallel. Other dtypes use candle's op.
-pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
+/// with a vectorised exp (f32), rows in parallel. Other dtypes and the reference use
+/// candle's op.
+pub fn log_softmax_rows(logits: &Tensor, kernels: Kernels) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    if logits.dtype() != DType::F32 {
+    if logits.dtype() != DType::F32 || kernels.is_reference() {
         return candle_nn::ops::log_softmax(logits, D::Minus1);
     }
     let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -85,7 +96,7 @@ pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
 }
 
 /// The same computation from candle ops (the reference).
-pub fn reference_token_losses(
+fn reference_token_losses(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -104,132 +115,64 @@ pub fn reference_token_losses(
 
 struct TokenLosses {
     /// The targets of the real rows.
-    targets: Vec<u32>,
+    targets: Arc<Vec<u32>>,
     /// The real (unpadded) rows of `x`, in order.
-    rows: Vec<usize>,
+    rows: Arc<Vec<usize>>,
     eps: f64,
     precision: Precision,
-    /// The logits of the real rows `[rows, V]` (bias included) and their log-sum-exp per row,
-    /// kept from the forward pass as f32 or f64 storage. The backward pass consumes them.
-    logits: Mutex<Option<(CpuStorage, CpuStorage)>>,
+    /// The logits of the real rows `[rows, V]` (bias included) and their log-sum-exp per row
+    /// `[rows]`, kept from the forward pass. The backward pass consumes them.
+    logits: Mutex<Option<(Tensor, Tensor)>>,
 }
 
-/// Sizes of one product: `n` (real) tokens, `h` inputs, `v` vocabulary entries; and its
-/// precision.
-#[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    h: usize,
-    v: usize,
-    precision: Precision,
-}
+impl Kernel<3> for TokenLosses {
+    const NAME: &'static str = "token losses";
 
-/// `x W^T + bias`, `[N, V]`.
-fn logits<T: 'static + Real>(x: &[T], w: &[T], bias: &[T], d: Dims) -> Vec<T> {
-    product(
-        (d.n, d.v, d.h),
-        (x, false),
-        (w, true),
-        Some(bias),
-        Compute::all_threads(d.precision),
-    )
-}
-
-/// Returns (the `[rows, 2]` losses of the real rows, log-sum-exp per row).
-fn losses<T: Real>(z: &[T], op: &TokenLosses, v: usize) -> (Vec<T>, Vec<T>) {
-    let eps = T::from_f64(op.eps);
-    let inv_v = T::from_f64(1.0 / v as f64);
-    let mut out = vec![T::default(); op.targets.len() * 2];
-    let mut lse = vec![T::default(); op.targets.len()];
-    out.par_chunks_mut(2)
-        .zip(lse.par_iter_mut())
-        .zip(z.par_chunks(v))
-        .enumerate()
-        .for_each(|(n, ((o, l), row))| {
-            let (lse, sum) = row_logsumexp(row);
-            let y = op.targets[n] as usize;
-            let nll = lse - row[y];
-            o[0] = (T::ONE - eps) * nll + eps * (lse - sum * inv_v);
-            o[1] = nll;
-            *l = lse;
-        });
-    (out, lse)
-}
-
-/// Turns the logits of the real rows into the gradient of `sum(g * out)` with respect to
-/// them, in place: per row `(g0 + g1) softmax(z) - g0 q - g1 onehot(y)`, with `q` the
-/// smoothed target. `g` is the output's gradient `[N, 2]`, padded rows included.
-fn logit_gradients<T: Real>(z: &mut [T], lse: &[T], g: &[T], op: &TokenLosses, v: usize) {
-    let eps = T::from_f64(op.eps);
-    let uniform = T::from_f64(op.eps / v as f64);
-    z.par_chunks_mut(v).enumerate().for_each(|(n, row)| {
-        let r = op.rows[n];
-        let (g0, g1) = (g[2 * r], g[2 * r + 1]);
-        softmax_gradient_row(row, lse[n], g0 + g1, g0 * uniform);
-        let y = op.targets[n] as usize;
-        row[y] = row[y] - g0 * (T::ONE - eps) - g1;
-    });
-}
-
-/// Gradients with respect to `x`, the weight and the bias, given the logits' gradient `dz`.
-fn backward<T: 'static + Real>(dz: &[T], x: &[T], w: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let dx = product(
-        (d.n, d.h, d.v),
-        (dz, false),
-        (w, false),
-        None,
-        Compute::all_threads(d.precision),
-    );
-    let dw = product(
-        (d.v, d.h, d.n),
-        (dz, true),
-        (x, false),
-        None,
-        Compute::all_threads(d.precision),
-    );
-    let db = column_sums(dz, d.v);
-    (dx, dw, db)
-}
-
-fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    contiguous_slice(data, l, "token losses")
+    fn run<T: Float>(
+        &self,
+        [(x, sx), (w, _), (bias, sb)]: [(&[T], &Shape); 3],
+    ) -> Result<(Vec<T>, Shape)> {
+        let (n, h) = sx.dims2()?;
+        let v = sb.dims1()?;
+        let real = self.rows.len();
+        let z = product(
+            (real, v, h),
+            (&gather_rows(x, h, &self.rows), false),
+            (w, true),
+            Some(bias),
+            Compute::all_threads(self.precision),
+        );
+        let (out, lse) = self.losses(&z, v);
+        let cpu = candle::Device::Cpu;
+        let kept = (
+            Tensor::from_vec(z, (real, v), &cpu)?,
+            Tensor::from_vec(lse, real, &cpu)?,
+        );
+        *self.logits.lock().expect("token losses: poisoned") = Some(kept);
+        Ok((scatter_rows(&out, 2, &self.rows, n), Shape::from((n, 2))))
+    }
 }
 
 impl TokenLosses {
-    /// Returns the `[N, 2]` losses, and the logits and log-sum-exps of the real rows.
-    fn forward<T: 'static + Real>(
-        &self,
-        x: &[T],
-        w: &[T],
-        b: &[T],
-        d: Dims,
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let real = Dims {
-            n: self.rows.len(),
-            ..d
-        };
-        let z = logits(&gather_rows(x, d.h, &self.rows), w, b, real);
-        let (out, lse) = losses(&z, self, d.v);
-        (scatter_rows(&out, 2, &self.rows, d.n), z, lse)
-    }
-
-    /// Gradients with respect to `x [N, H]`, the weight and the bias, from the kept logits.
-    fn gradients<T: 'static + Real>(
-        &self,
-        mut z: Vec<T>,
-        lse: &[T],
-        g: &[T],
-        x: &[T],
-        w: &[T],
-        d: Dims,
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        logit_gradients(&mut z, lse, g, self, d.v);
-        let real = Dims {
-            n: self.rows.len(),
-            ..d
-        };
-        let (dx, dw, db) = backward(&z, &gather_rows(x, d.h, &self.rows), w, real);
-        (scatter_rows(&dx, d.h, &self.rows, d.n), dw, db)
+    /// Returns (the `[rows, 2]` losses of the real rows, log-sum-exp per row).
+    fn losses<T: Float>(&self, z: &[T], v: usize) -> (Vec<T>, Vec<T>) {
+        let eps = <T as Real>::from_f64(self.eps);
+        let inv_v = <T as Real>::from_f64(1.0 / v as f64);
+        let mut out = vec![T::default(); self.targets.len() * 2];
+        let mut lse = vec![T::default(); self.targets.len()];
+        out.par_chunks_mut(2)
+            .zip(lse.par_iter_mut())
+            .zip(z.par_chunks(v))
+            .enumerate()
+            .for_each(|(n, ((o, l), row))| {
+                let (lse, sum) = row_logsumexp(row);
+                let y = self.targets[n] as usize;
+                let nll = lse - row[y];
+                o[0] = (<T as Real>::ONE - eps) * nll + eps * (lse - sum * inv_v);
+                o[1] = nll;
+                *l = lse;
+            });
+        (out, lse)
     }
 }
 
@@ -247,29 +190,11 @@ impl CustomOp3 for TokenLosses {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, h) = l1.shape().dims2()?;
-        let v = l3.shape().dims1()?;
-        let d = Dims {
-            n,
-            h,
-            v,
-            precision: self.precision,
-        };
-        let (out, kept) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let (o, z, l) = self.forward(slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, d);
-                (CpuStorage::F32(o), (CpuStorage::F32(z), CpuStorage::F32(l)))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let (o, z, l) = self.forward(slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, d);
-                (CpuStorage::F64(o), (CpuStorage::F64(z), CpuStorage::F64(l)))
-            }
-            _ => candle::bail!("token losses: f32 or f64 inputs of one dtype only"),
-        };
-        *self.logits.lock().expect("token losses: poisoned") = Some(kept);
-        Ok((out, Shape::from((n, 2))))
+        dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
+    /// The kept logits turn into their own gradient in place, which two products and a
+    /// column sum carry to `x`, the weight and the bias, over the real rows only.
     fn bwd(
         &self,
         x: &Tensor,
@@ -278,55 +203,73 @@ impl CustomOp3 for TokenLosses {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, h) = x.dims2()?;
-        let v = bias.dims1()?;
-        let d = Dims {
-            n,
-            h,
-            v,
-            precision: self.precision,
-        };
-        let device = x.device();
         let kept = self.logits.lock().expect("token losses: poisoned").take();
-        let Some(kept) = kept else {
+        let Some((dz, lse)) = kept else {
             candle::bail!("token losses: backward ran twice or before forward")
         };
-        let (x, weight, grad) = (x.contiguous()?, weight.contiguous()?, grad.contiguous()?);
-        // Read in place: copying the inputs (the weight is megabytes) out was serial work on
-        // the calling thread.
-        let (xs, ws, gs) = (
-            x.storage_and_layout(),
-            weight.storage_and_layout(),
-            grad.storage_and_layout(),
-        );
-        macro_rules! grads {
-            ($t:ty, $z:expr, $lse:expr) => {{
-                let name = "token losses";
-                let (dx, dw, db) = self.gradients(
-                    $z,
-                    &$lse,
-                    tensor_slice::<$t>(&gs.0, gs.1, name)?,
-                    tensor_slice::<$t>(&xs.0, xs.1, name)?,
-                    tensor_slice::<$t>(&ws.0, ws.1, name)?,
-                    d,
-                );
-                (
-                    Tensor::from_vec(dx, (n, h), device)?,
-                    Tensor::from_vec(dw, (v, h), device)?,
-                    Tensor::from_vec(db, v, device)?,
-                )
-            }};
-        }
-        let (dx, dw, db) = match kept {
-            (CpuStorage::F32(z), CpuStorage::F32(lse)) => grads!(f32, z, lse),
-            (CpuStorage::F64(z), CpuStorage::F64(lse)) => grads!(f64, z, lse),
-            _ => candle::bail!("token losses: backward needs f32 or f64 tensors"),
+        let logit_gradients = LogitGradients {
+            targets: self.targets.clone(),
+            rows: self.rows.clone(),
+            eps: self.eps,
         };
-        Ok((
-            Some(dx),
-            crate::param_grads::deliver(&weight, dw),
-            crate::param_grads::deliver(bias, db),
-        ))
+        dz.inplace_op3(&lse, &grad.contiguous()?, &logit_gradients)?;
+        let p = self.precision;
+        let dx_real = product_no_bwd(&dz, weight, (false, false), p)?;
+        let dx = rows::scatter(&dx_real, &self.rows, x.dims2()?.0)?;
+        let dw = product_no_bwd(&dz, &rows::gather(x, &self.rows)?, (true, false), p)?;
+        let db = rows::column_sum(&dz)?;
+        use crate::param_grads::deliver;
+        Ok((Some(dx), deliver(weight, dw), deliver(bias, db)))
+    }
+}
+
+/// Turns the logits of the real rows into the gradient of `sum(g * out)` with respect to
+/// them, in place: per row `(g0 + g1) softmax(z) - g0 q - g1 onehot(y)`, with `q` the
+/// smoothed target. Reads the rows' log-sum-exps and the output's gradient `g [N, 2]`
+/// (padded rows included).
+struct LogitGradients {
+    targets: Arc<Vec<u32>>,
+    rows: Arc<Vec<usize>>,
+    eps: f64,
+}
+
+impl KernelInPlace<2> for LogitGradients {
+    const NAME: &'static str = "token losses";
+
+    fn run<T: Float>(
+        &self,
+        (z, sz): (&mut [T], &Shape),
+        [(lse, _), (g, _)]: [(&[T], &Shape); 2],
+    ) -> Result<()> {
+        let v = sz.dims2()?.1;
+        let eps = <T as Real>::from_f64(self.eps);
+        let uniform = <T as Real>::from_f64(self.eps / v as f64);
+        z.par_chunks_mut(v).enumerate().for_each(|(n, row)| {
+            let r = self.rows[n];
+            let (g0, g1) = (g[2 * r], g[2 * r + 1]);
+            softmax_gradient_row(row, lse[n], g0 + g1, g0 * uniform);
+            let y = self.targets[n] as usize;
+            row[y] = row[y] - g0 * (<T as Real>::ONE - eps) - g1;
+        });
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for LogitGradients {
+    fn name(&self) -> &'static str {
+        "token-losses-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        dispatch::run_in_place(self, (s1, l1), [(s2, l2), (s3, l3)])
     }
 }
 
@@ -371,16 +314,15 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
-                type Losses =
-                    fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>;
-                let run = |f: Losses| {
-                    let out = f(
+                let run = |kernels: Kernels| {
+                    let out = token_losses(
                         x.as_tensor(),
                         wt.as_tensor(),
                         b.as_tensor(),
                         &targets,
                         &keep,
                         eps,
+                        kernels,
                     )
                     .unwrap();
                     let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -399,11 +341,7 @@ mod tests {
                         flat(grads.get(&b).unwrap()),
                     ]
                 };
-                let fused_f32 =
-                    |x: &Tensor, w: &Tensor, b: &Tensor, t: &Tensor, k: &Tensor, eps| {
-                        token_losses(x, w, b, t, k, eps, Precision::F32)
-                    };
-                let (fused, reference) = (run(fused_f32), run(reference_token_losses));
+                let (fused, reference) = (run(Kernels::default()), run(Kernels::Reference));
                 let tol = if dtype == DType::F32 { 2e-5 } else { 1e-12 };
                 for (k, (a, r)) in fused.iter().zip(&reference).enumerate() {
                     for (x, y) in a.iter().zip(r) {
@@ -424,13 +362,13 @@ mod tests {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        let ours = log_softmax_rows(&z)
+        let ours = log_softmax_rows(&z, Kernels::default())
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let theirs = candle_nn::ops::log_softmax(&z, D::Minus1)
+        let theirs = log_softmax_rows(&z, Kernels::Reference)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -455,7 +393,7 @@ mod tests {
             &Tensor::new(&[4u32], &dev).unwrap(),
             &keep,
             0.1,
-            Precision::F32,
+            Kernels::default(),
         )
         .unwrap_err()
         .to_string();

@@ -9,17 +9,25 @@
 
 use std::sync::Arc;
 
-use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use gnmt_kernels::buffers::zeros;
+
 use gnmt_kernels::Real;
 
-use crate::storage::{contiguous_slice, tensor_slice};
+use crate::dispatch::{self, Float, Kernel};
+use crate::Kernels;
 
 /// `[a | b]` along the last dimension; `a` and `b` agree on every other dimension.
-pub fn cat_last(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    apply(a, b, None)
+pub fn cat_last(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused(_) => apply(a, b, None),
+        Kernels::Reference => {
+            dims(a.shape(), b.shape())?;
+            Tensor::cat(&[a, b], D::Minus1)
+        }
+    }
 }
 
 /// `[a | b] * mask` (`mask` over the concatenation, row-major), the gradient masked alike.
@@ -47,60 +55,31 @@ fn dims(a: &Shape, b: &Shape) -> Result<(usize, usize, Shape)> {
     Ok((wa, wb, Shape::from(out)))
 }
 
-impl Concat {
-    fn forward<T: Real>(&self, a: &[T], b: &[T], (wa, wb): (usize, usize), rows: usize) -> Vec<T> {
-        let w = wa + wb;
-        let mut out = zeros(rows * w);
-        if w == 0 {
-            return out;
-        }
-        out.par_chunks_mut(w).enumerate().for_each(|(r, row)| {
-            let (left, right) = row.split_at_mut(wa);
-            left.copy_from_slice(&a[r * wa..][..wa]);
-            right.copy_from_slice(&b[r * wb..][..wb]);
-            if let Some(m) = &self.mask {
-                for (x, &m) in row.iter_mut().zip(&m[r * w..][..w]) {
-                    *x = *x * T::from_f64(m as f64);
-                }
-            }
-        });
-        out
-    }
+impl Kernel<2> for Concat {
+    const NAME: &'static str = "concat";
 
-    /// The gradient's left and right parts (masked when the output was).
-    fn split<T: Real>(&self, g: &[T], (wa, wb): (usize, usize)) -> (Vec<T>, Vec<T>) {
+    fn run<T: Float>(&self, [(a, sa), (b, sb)]: [(&[T], &Shape); 2]) -> Result<(Vec<T>, Shape)> {
+        let (wa, wb, shape) = dims(sa, sb)?;
+        if let Some(m) = &self.mask {
+            if m.len() != shape.elem_count() {
+                candle::bail!("concat: mask of {} for {shape:?}", m.len())
+            }
+        }
         let w = wa + wb;
-        let rows = g.len().checked_div(w).unwrap_or(0);
-        let (mut da, mut db) = (zeros(rows * wa), zeros(rows * wb));
-        let part = |dst: &mut [T], r: usize, offset: usize| {
-            let g = &g[r * w + offset..][..dst.len()];
-            match &self.mask {
-                Some(m) => {
-                    let m = &m[r * w + offset..][..dst.len()];
-                    for ((x, &g), &m) in dst.iter_mut().zip(g).zip(m) {
-                        *x = g * T::from_f64(m as f64);
+        let mut out = zeros(shape.elem_count());
+        if w > 0 {
+            out.par_chunks_mut(w).enumerate().for_each(|(r, row)| {
+                let (left, right) = row.split_at_mut(wa);
+                left.copy_from_slice(&a[r * wa..][..wa]);
+                right.copy_from_slice(&b[r * wb..][..wb]);
+                if let Some(m) = &self.mask {
+                    for (x, &m) in row.iter_mut().zip(&m[r * w..][..w]) {
+                        *x *= <T as Real>::from_f64(m as f64);
                     }
                 }
-                None => dst.copy_from_slice(g),
-            }
-        };
-        rayon::join(
-            || {
-                if wa > 0 {
-                    da.par_chunks_mut(wa)
-                        .enumerate()
-                        .for_each(|(r, dst)| part(dst, r, 0));
-                }
-            },
-            || {
-                if wb > 0 {
-                    db.par_chunks_mut(wb)
-                        .enumerate()
-                        .for_each(|(r, dst)| part(dst, r, wa));
-                }
-            },
-        );
-        (da, db)
+            });
+        }
+        Ok((out, shape))
     }
 }
 
@@ -116,31 +95,10 @@ impl CustomOp2 for Concat {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (wa, wb, shape) = dims(l1.shape(), l2.shape())?;
-        if let Some(m) = &self.mask {
-            if m.len() != shape.elem_count() {
-                candle::bail!("concat: mask of {} for {shape:?}", m.len())
-            }
-        }
-        let rows = shape.elem_count().checked_div(wa + wb).unwrap_or(0);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(self.forward(
-                contiguous_slice(a, l1, "concat")?,
-                contiguous_slice(b, l2, "concat")?,
-                (wa, wb),
-                rows,
-            )),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(self.forward(
-                contiguous_slice(a, l1, "concat")?,
-                contiguous_slice(b, l2, "concat")?,
-                (wa, wb),
-                rows,
-            )),
-            _ => candle::bail!("concat: two f32 or two f64 inputs"),
-        };
-        Ok((out, shape))
+        dispatch::run(self, [(s1, l1), (s2, l2)])
     }
 
+    /// Each input receives its columns of the gradient, masked when the output was.
     fn bwd(
         &self,
         a: &Tensor,
@@ -150,31 +108,81 @@ impl CustomOp2 for Concat {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (wa, wb, _) = dims(a.shape(), b.shape())?;
         let grad = grad.contiguous()?;
-        let (storage, layout) = grad.storage_and_layout();
-        let device = grad.device();
-        macro_rules! parts {
-            ($t:ty) => {{
-                let g = tensor_slice::<$t>(&storage, layout, "concat")?;
-                let (da, db) = self.split(g, (wa, wb));
-                (
-                    Tensor::from_vec(da, a.shape(), device)?,
-                    Tensor::from_vec(db, b.shape(), device)?,
-                )
-            }};
-        }
-        let (da, db) = match grad.dtype() {
-            candle::DType::F32 => parts!(f32),
-            candle::DType::F64 => parts!(f64),
-            other => candle::bail!("concat: no backward for {other:?}"),
+        let columns = |from, width| Columns {
+            from,
+            width,
+            mask: self.mask.clone(),
         };
+        let da = grad.apply_op1_no_bwd(&columns(0, wa))?;
+        let db = grad.apply_op1_no_bwd(&columns(wa, wb))?;
         Ok((Some(da), Some(db)))
+    }
+}
+
+/// Columns `from..from + width` of the last dimension of `t`, with no backward pass.
+pub(crate) fn columns(t: &Tensor, from: usize, width: usize) -> Result<Tensor> {
+    t.contiguous()?.apply_op1_no_bwd(&Columns {
+        from,
+        width,
+        mask: None,
+    })
+}
+
+/// Columns `from..from + width` of the last dimension, times the same columns of a mask over
+/// the whole input: the backward pass of [`Concat`], one input's part.
+struct Columns {
+    from: usize,
+    width: usize,
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+impl Kernel<1> for Columns {
+    const NAME: &'static str = "concat";
+
+    fn run<T: Float>(&self, [(g, shape)]: [(&[T], &Shape); 1]) -> Result<(Vec<T>, Shape)> {
+        let mut dims = shape.dims().to_vec();
+        let w = dims.last().copied().unwrap_or(0);
+        if self.from + self.width > w || self.mask.as_ref().is_some_and(|m| m.len() != g.len()) {
+            candle::bail!("concat: columns {}+{} of {shape:?}", self.from, self.width)
+        }
+        *dims.last_mut().expect("width checked") = self.width;
+        let rows = g.len().checked_div(w).unwrap_or(0);
+        let mut out = zeros(rows * self.width);
+        if self.width > 0 {
+            out.par_chunks_mut(self.width)
+                .enumerate()
+                .for_each(|(r, dst)| {
+                    let at = r * w + self.from;
+                    let g = &g[at..][..self.width];
+                    match &self.mask {
+                        Some(m) => {
+                            let m = &m[at..][..self.width];
+                            for ((x, &g), &m) in dst.iter_mut().zip(g).zip(m) {
+                                *x = g * <T as Real>::from_f64(m as f64);
+                            }
+                        }
+                        None => dst.copy_from_slice(g),
+                    }
+                });
+        }
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+impl CustomOp1 for Columns {
+    fn name(&self) -> &'static str {
+        "concat-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s, l)])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle::{DType, Device, Var, D};
+    use candle::{DType, Device, Var};
 
     /// Values and gradients against candle's `cat` (and `cat` then the same mask), f32 and f64,
     /// with a leading batch dimension and rows of different widths.
@@ -211,9 +219,9 @@ mod tests {
                 let ours = if masked {
                     cat_last_masked(&a, &b, Arc::new(mask.clone())).unwrap()
                 } else {
-                    cat_last(&a, &b).unwrap()
+                    cat_last(&a, &b, Kernels::default()).unwrap()
                 };
-                let mut theirs = Tensor::cat(&[a.as_tensor(), b.as_tensor()], D::Minus1).unwrap();
+                let mut theirs = cat_last(&a, &b, Kernels::Reference).unwrap();
                 if masked {
                     theirs = (theirs * &mask_t).unwrap();
                 }
@@ -243,7 +251,9 @@ mod tests {
                     );
                 }
             }
-            assert!(cat_last(&a, &Tensor::zeros((3, 4, 7), dtype, &dev).unwrap()).is_err());
+            let misfit = Tensor::zeros((3, 4, 7), dtype, &dev).unwrap();
+            assert!(cat_last(&a, &misfit, Kernels::default()).is_err());
+            assert!(cat_last(&a, &misfit, Kernels::Reference).is_err());
         }
     }
 }

@@ -7,6 +7,9 @@ use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+use crate::dispatch::{self, Float, Kernel};
+use crate::Kernels;
+
 /// Inverted dropout with probability `p`: kept values are scaled by `1 / (1 - p)`, so nothing
 /// changes at inference, where no `Dropout` is passed at all.
 #[derive(Debug, Clone)]
@@ -40,20 +43,31 @@ impl Dropout {
         self.p
     }
 
-    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        match self.draw_mask(x.elem_count()) {
-            Some(mask) => x.contiguous()?.apply_op1(Masked(mask)),
-            None => Ok(x.clone()),
+    pub fn apply(&mut self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let Some(mask) = self.draw_mask(x.elem_count()) else {
+            return Ok(x.clone());
+        };
+        match kernels {
+            Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(mask)),
+            Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
         }
     }
 
-    /// `apply(cat([a, b], last dimension))` as one operation ([`crate::concat`]): the same
-    /// values, gradients and generator stream.
-    pub fn apply_cat(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    /// `apply(cat([a, b], last dimension))`, as one operation when fused
+    /// ([`crate::concat`]): the same values, gradients and generator stream.
+    pub fn apply_cat(&mut self, a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let n = a.elem_count() + b.elem_count();
-        match self.draw_mask(n) {
-            Some(mask) => crate::concat::cat_last_masked(a, b, mask),
-            None => crate::concat::cat_last(a, b),
+        let mask = self.draw_mask(n);
+        match (kernels, mask) {
+            (Kernels::Fused(_), Some(mask)) => crate::concat::cat_last_masked(a, b, mask),
+            (Kernels::Fused(_), None) => crate::concat::cat_last(a, b, kernels),
+            (Kernels::Reference, mask) => {
+                let ab = crate::concat::cat_last(a, b, kernels)?;
+                match mask {
+                    Some(mask) => ab.mul(&mask_tensor(&mask, &ab)?),
+                    None => Ok(ab),
+                }
+            }
         }
     }
 
@@ -64,13 +78,23 @@ impl Dropout {
     }
 }
 
+/// A mask as a tensor shaped, typed and placed like `x`: the reference's multiplier.
+fn mask_tensor(mask: &[f32], x: &Tensor) -> Result<Tensor> {
+    Tensor::from_slice(mask, x.shape(), x.device())?.to_dtype(x.dtype())
+}
+
 /// `x * mask` elementwise, in parallel, and the same product for the gradient (candle's `mul`
 /// ran on the calling thread alone, forward and backward).
 struct Masked(Arc<Vec<f32>>);
 
-impl Masked {
-    fn times<T: gnmt_kernels::Real>(&self, x: &[T]) -> Vec<T> {
-        gnmt_kernels::dropout::times_mask(x, &self.0)
+impl Kernel<1> for Masked {
+    const NAME: &'static str = "dropout";
+
+    fn run<T: Float>(&self, [(x, shape)]: [(&[T], &Shape); 1]) -> Result<(Vec<T>, Shape)> {
+        if x.len() != self.0.len() {
+            candle::bail!("dropout: mask of {} for {shape:?}", self.0.len())
+        }
+        Ok((gnmt_kernels::dropout::times_mask(x, &self.0), shape.clone()))
     }
 }
 
@@ -80,16 +104,7 @@ impl CustomOp1 for Masked {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l.shape().elem_count() != self.0.len() {
-            candle::bail!("dropout: mask of {} for {:?}", self.0.len(), l.shape())
-        }
-        use crate::storage::contiguous_slice;
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.times(contiguous_slice(x, l, "dropout")?)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.times(contiguous_slice(x, l, "dropout")?)),
-            _ => candle::bail!("dropout: f32 or f64 only"),
-        };
-        Ok((out, l.shape().clone()))
+        dispatch::run(self, [(s, l)])
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -101,22 +116,23 @@ impl CustomOp1 for Masked {
 }
 
 /// Applies dropout when training (`Some`), passes through otherwise.
-pub(crate) fn maybe(dropout: &mut Option<&mut Dropout>, x: &Tensor) -> Result<Tensor> {
+pub fn maybe(dropout: &mut Option<&mut Dropout>, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match dropout {
-        Some(d) => d.apply(x),
+        Some(d) => d.apply(x, kernels),
         None => Ok(x.clone()),
     }
 }
 
-/// [`maybe`] of `a` and `b` side by side (last dimension), in one operation.
-pub(crate) fn maybe_cat(
+/// [`maybe`] of `a` and `b` side by side (last dimension), in one operation when fused.
+pub fn maybe_cat(
     dropout: &mut Option<&mut Dropout>,
     a: &Tensor,
     b: &Tensor,
+    kernels: Kernels,
 ) -> Result<Tensor> {
     match dropout {
-        Some(d) => d.apply_cat(a, b),
-        None => crate::concat::cat_last(a, b),
+        Some(d) => d.apply_cat(a, b, kernels),
+        None => crate::concat::cat_last(a, b, kernels),
     }
 }
 
@@ -131,7 +147,7 @@ mod tests {
         for dtype in [DType::F32, DType::F64] {
             let x = candle::Var::from_tensor(&Tensor::ones((3, 700), dtype, &Device::Cpu).unwrap())
                 .unwrap();
-            let mask = Dropout::new(0.4, 3).apply(&x).unwrap(); // x is 1: the output is the mask
+            let mask = Dropout::new(0.4, 3).apply(&x, Kernels::default()).unwrap(); // x is 1: the output is the mask
             let probe = Tensor::rand(0f32, 1.0, (3, 700), &Device::Cpu)
                 .unwrap()
                 .to_dtype(dtype)

@@ -1,5 +1,5 @@
 //! The recurrence of an LSTM layer over a whole sequence, forward and backward, on plain
-//! time-major buffers ([`super::layer`] wraps it, with the input projection, as one autograd
+//! time-major buffers (`gnmt-ops`' LSTM layer wraps it, with the input projection, as one autograd
 //! operation).
 //!
 //! Through autograd, a layer run step by step records a dozen ops per step; worse, the
@@ -16,32 +16,16 @@
 //! at a step are multiplied out. Values of the real `(step, row)` pairs only (input gates,
 //! gate activations, their gradients) are kept compact ([`Compact`]), never padded out.
 
-use candle::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use gnmt_kernels::buffers::{column_sums, zeros};
-use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
-use gnmt_kernels::matmul::{matmul_rhs, product, Rhs};
-use gnmt_kernels::{Compute, Precision, Real};
-
-/// A `[B, T]` mask (1 real, 0 pad, any float dtype) as one flag per `(step, row)`, time-major
-/// like the gates: `keep[s * B + b]`.
-pub(crate) fn time_major_keep(mask: &Tensor, t: usize, b: usize) -> Result<Vec<bool>> {
-    if mask.dims() != [b, t] {
-        candle::bail!(
-            "lstm: mask {:?} does not fit {t} steps of {b} rows",
-            mask.dims()
-        )
-    }
-    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok((0..t)
-        .flat_map(|s| rows.iter().map(move |r| r[s] != 0.0))
-        .collect())
-}
+use super::{lstm_cell_row, lstm_cell_row_backward};
+use crate::buffers::{column_sums, zeros};
+use crate::matmul::{matmul_rhs, product, Rhs};
+use crate::{Compute, Precision, Real};
 
 /// Sizes, direction and precision of one call.
 #[derive(Clone, Copy)]
-pub(super) struct Dims {
+pub struct Dims {
     pub t: usize,
     pub b: usize,
     pub h: usize,
@@ -289,7 +273,7 @@ fn rows_of_chunks<'a, T>(
 /// `W_hh [4H, H]`, row `g` at `data[g * row_stride..][..H]` (`row_stride` H + 1 inside the
 /// layer's `[W_hh | bias]`).
 #[derive(Clone, Copy)]
-pub(super) struct RecurrentWeight<'a, T> {
+pub struct RecurrentWeight<'a, T> {
     pub data: &'a [T],
     pub row_stride: usize,
 }
@@ -297,7 +281,7 @@ pub(super) struct RecurrentWeight<'a, T> {
 /// Runs the recurrence over `x_gates`, the input projection of the real `(step, row)` pairs in
 /// the compact layout ([`Compact`]: `[real pairs, 4H]`); returns the hidden states and cell
 /// states, time-major `[T, B, H]`, and the real pairs' gate activations, compact.
-pub(super) fn forward<T: 'static + Real>(
+pub fn forward<T: 'static + Real>(
     x_gates: &[T],
     w_hh: RecurrentWeight<T>,
     bias: &[T],
@@ -337,7 +321,7 @@ pub(super) fn forward<T: 'static + Real>(
 /// of `W_hh` `[4H, H]` and of the bias. `acts` are the compact gate activations of
 /// [`forward`].
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward<T: 'static + Real>(
+pub fn backward<T: 'static + Real>(
     grad_h: &[T],
     h_out: &[T],
     acts: &[T],

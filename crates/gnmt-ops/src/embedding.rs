@@ -14,9 +14,10 @@ use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use gnmt_kernels::buffers::{gather_rows, zeros};
-use gnmt_kernels::Real;
 
-use crate::storage::{contiguous_slice, tensor_slice};
+use crate::dispatch::{self, Float, Kernel};
+use crate::storage::contiguous_slice;
+use crate::Kernels;
 
 /// Table rows one parallel task of the backward pass owns.
 const ROWS_PER_TASK: usize = 64;
@@ -34,14 +35,17 @@ impl TokenEmbedding {
     }
 
     /// `ids [..]` (u32) -> `[.., dim]`.
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.table.dim(1)?);
         let ids = ids.flatten_all()?;
-        let rows = match self.table.dtype() {
-            DType::F32 | DType::F64 => self.table.contiguous()?.apply_op2(&ids, Lookup)?,
-            // Half-precision tables (inference only) keep candle's lookup.
-            _ => self.table.index_select(&ids, 0)?,
+        let fused =
+            !kernels.is_reference() && matches!(self.table.dtype(), DType::F32 | DType::F64);
+        let rows = if fused {
+            self.table.contiguous()?.apply_op2(&ids, Lookup)?
+        } else {
+            // The reference, and half-precision tables (inference only): candle's lookup.
+            self.table.index_select(&ids, 0)?
         };
         rows.reshape(dims)
     }
@@ -62,35 +66,22 @@ fn checked_ids<'a>(s: &'a CpuStorage, l: &Layout, vocab: usize) -> Result<&'a [u
     Ok(ids)
 }
 
-fn lookup<T: Copy + Default + Send + Sync>(table: &[T], ids: &[u32], dim: usize) -> Vec<T> {
-    let rows: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
-    gather_rows(table, dim, &rows)
+/// The rows of the table the ids name.
+struct Rows<'a> {
+    ids: &'a [u32],
 }
 
-/// The table's gradient: row `v` is the sum, in position order, of the gradients of the
-/// positions that looked up `v`.
-fn table_gradient<T: Real>(grad: &[T], ids: &[u32], (vocab, dim): (usize, usize)) -> Vec<T> {
-    let mut d_table = zeros(vocab * dim);
-    if dim == 0 {
-        return d_table;
+impl Kernel<1> for Rows<'_> {
+    const NAME: &'static str = "embedding";
+
+    fn run<T: Float>(&self, [(table, shape)]: [(&[T], &Shape); 1]) -> Result<(Vec<T>, Shape)> {
+        let dim = shape.dims2()?.1;
+        let rows: Vec<usize> = self.ids.iter().map(|&id| id as usize).collect();
+        Ok((
+            gather_rows(table, dim, &rows),
+            Shape::from((rows.len(), dim)),
+        ))
     }
-    d_table
-        .par_chunks_mut(ROWS_PER_TASK * dim)
-        .enumerate()
-        .for_each(|(task, block)| {
-            let first = task * ROWS_PER_TASK;
-            let rows = first..first + block.len() / dim;
-            for (position, &id) in ids.iter().enumerate() {
-                let id = id as usize;
-                if rows.contains(&id) {
-                    let dst = &mut block[(id - first) * dim..][..dim];
-                    for (d, &g) in dst.iter_mut().zip(&grad[position * dim..][..dim]) {
-                        *d += g;
-                    }
-                }
-            }
-        });
-    d_table
 }
 
 impl CustomOp2 for Lookup {
@@ -105,18 +96,8 @@ impl CustomOp2 for Lookup {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (vocab, dim) = l1.shape().dims2()?;
-        let ids = checked_ids(s2, l2, vocab)?;
-        let rows = match s1 {
-            CpuStorage::F32(t) => {
-                CpuStorage::F32(lookup(contiguous_slice(t, l1, "embedding")?, ids, dim))
-            }
-            CpuStorage::F64(t) => {
-                CpuStorage::F64(lookup(contiguous_slice(t, l1, "embedding")?, ids, dim))
-            }
-            other => candle::bail!("embedding: f32 or f64 tables only, got {:?}", other.dtype()),
-        };
-        Ok((rows, Shape::from((ids.len(), dim))))
+        let ids = checked_ids(s2, l2, l1.shape().dims2()?.0)?;
+        dispatch::run(&Rows { ids }, [(s1, l1)])
     }
 
     fn bwd(
@@ -126,27 +107,75 @@ impl CustomOp2 for Lookup {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (vocab, dim) = table.dims2()?;
-        let (ids_c, grad_c) = (ids.contiguous()?, grad.contiguous()?);
-        let (is, gs) = (ids_c.storage_and_layout(), grad_c.storage_and_layout());
-        let ids = match &*is.0 {
-            candle::Storage::Cpu(s) => checked_ids(s, is.1, vocab)?,
-            _ => candle::bail!("embedding: CPU tensors only"),
-        };
-        let d_table = match grad.dtype() {
-            DType::F32 => Tensor::from_vec(
-                table_gradient::<f32>(tensor_slice(&gs.0, gs.1, "embedding")?, ids, (vocab, dim)),
-                (vocab, dim),
-                table.device(),
-            )?,
-            DType::F64 => Tensor::from_vec(
-                table_gradient::<f64>(tensor_slice(&gs.0, gs.1, "embedding")?, ids, (vocab, dim)),
-                (vocab, dim),
-                table.device(),
-            )?,
-            other => candle::bail!("embedding: no backward for {other:?}"),
-        };
+        let vocab = table.dims2()?.0;
+        let d_table = grad
+            .contiguous()?
+            .apply_op2_no_bwd(ids, &TableGradient { vocab })?;
         Ok((crate::param_grads::deliver(table, d_table), None))
+    }
+}
+
+/// `(grad [N, E], ids [N]) -> d_table [vocab, E]`: row `v` is the sum, in position order, of
+/// the gradients of the positions that looked up `v`.
+struct TableGradient {
+    vocab: usize,
+}
+
+/// [`TableGradient`] with its ids read.
+struct TableRows<'a> {
+    ids: &'a [u32],
+    vocab: usize,
+}
+
+impl Kernel<1> for TableRows<'_> {
+    const NAME: &'static str = "embedding";
+
+    fn run<T: Float>(&self, [(grad, shape)]: [(&[T], &Shape); 1]) -> Result<(Vec<T>, Shape)> {
+        let dim = shape.dims2()?.1;
+        let mut d_table = zeros(self.vocab * dim);
+        if dim > 0 {
+            d_table
+                .par_chunks_mut(ROWS_PER_TASK * dim)
+                .enumerate()
+                .for_each(|(task, block)| {
+                    let first = task * ROWS_PER_TASK;
+                    let rows = first..first + block.len() / dim;
+                    for (position, &id) in self.ids.iter().enumerate() {
+                        let id = id as usize;
+                        if rows.contains(&id) {
+                            let dst = &mut block[(id - first) * dim..][..dim];
+                            for (d, &g) in dst.iter_mut().zip(&grad[position * dim..][..dim]) {
+                                *d += g;
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((d_table, Shape::from((self.vocab, dim))))
+    }
+}
+
+impl CustomOp2 for TableGradient {
+    fn name(&self) -> &'static str {
+        "embedding-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ids = checked_ids(s2, l2, self.vocab)?;
+        if l1.shape().dims2()?.0 != ids.len() {
+            candle::bail!("embedding: gradient {:?} for {} ids", l1.shape(), ids.len())
+        }
+        let kernel = TableRows {
+            ids,
+            vocab: self.vocab,
+        };
+        dispatch::run(&kernel, [(s1, l1)])
     }
 }
 
@@ -165,12 +194,10 @@ mod tests {
             Var::from_tensor(&Tensor::randn(0f32, 1.0, (vocab, dim), &dev)?.to_dtype(dtype)?)?;
         let ids = Tensor::new(&[[3u32, 149, 3, 64], [0, 3, 70, 64]], &dev)?;
         let probe = Tensor::randn(0f32, 1.0, (2, 4, dim), &dev)?.to_dtype(dtype)?;
-        let ours = TokenEmbedding::new(table.as_tensor().clone())?.forward(&ids)?;
+        let embedding = TokenEmbedding::new(table.as_tensor().clone())?;
+        let ours = embedding.forward(&ids, Kernels::default())?;
         let dims = [2, 4, dim];
-        let reference = table
-            .as_tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape(&dims[..])?;
+        let reference = embedding.forward(&ids, Kernels::Reference)?;
         assert_eq!(ours.dims(), &dims);
         let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>();
         assert_eq!(flat(&ours)?, flat(&reference)?);
@@ -198,7 +225,7 @@ mod tests {
     fn an_id_outside_the_vocabulary_is_refused() -> Result<()> {
         let table = Tensor::zeros((10, 3), DType::F32, &Device::Cpu)?;
         let err = TokenEmbedding::new(table)?
-            .forward(&Tensor::new(&[1u32, 10], &Device::Cpu)?)
+            .forward(&Tensor::new(&[1u32, 10], &Device::Cpu)?, Kernels::default())
             .unwrap_err()
             .to_string();
         assert!(

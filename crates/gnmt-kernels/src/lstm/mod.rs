@@ -1,4 +1,7 @@
-//! The LSTM cell of one row, forward and backward.
+//! The LSTM cell of one row, forward and backward, and ([`sequence`]) the recurrence of a
+//! whole layer over time-major buffers.
+
+pub mod sequence;
 
 use crate::real::Real;
 

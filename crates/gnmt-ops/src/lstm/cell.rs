@@ -6,15 +6,22 @@
 //! backward pass recomputes the gate activations from the saved pre-activations. The composite
 //! cell in [`super::reference`] stays the reference the tests compare against.
 
-use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use gnmt_kernels::lstm::lstm_cell_row;
+
 use gnmt_kernels::Real;
 
-use crate::storage::{contiguous_slice, tensor_slice};
+use crate::dispatch::{self, Float, Kernel};
+use crate::storage::{joined, read, split, tensor_slice};
+use crate::Kernels;
 
 /// `(h, c)` from pre-activation gates `[B, 4H]` and the previous cell state `[B, H]`.
-pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor, kernels: Kernels) -> Result<(Tensor, Tensor)> {
+    if kernels.is_reference() {
+        rows_and_units(gates.shape(), c_prev.shape())?;
+        return super::reference::lstm_cell(gates, c_prev);
+    }
     let hidden = c_prev.dims2()?.1;
     let out = gates
         .contiguous()?
@@ -29,7 +36,14 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
 /// into their own tensors (no `[h | c]` to split and copy), rows in parallel when there are
 /// many (a beam step's cell ran on one thread while the other waited). The same bits as
 /// [`lstm_cell`]: each row is the same [`lstm_cell_row`] call.
-pub fn lstm_cell_step(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn lstm_cell_step(
+    gates: &Tensor,
+    c_prev: &Tensor,
+    kernels: Kernels,
+) -> Result<(Tensor, Tensor)> {
+    if kernels.is_reference() {
+        return super::reference::lstm_cell(gates, c_prev);
+    }
     let (b, h) = rows_and_units(gates.shape(), c_prev.shape())?;
     let (gates, c_prev) = (gates.contiguous()?, c_prev.contiguous()?);
     let (gs, cs) = (gates.storage_and_layout(), c_prev.storage_and_layout());
@@ -66,7 +80,7 @@ fn rows_and_units(gates: &Shape, c: &Shape) -> Result<(usize, usize)> {
 /// Rows below this many hidden units in all are stepped on the calling thread.
 const PARALLEL_MIN_UNITS: usize = 1 << 13;
 
-fn step_rows<T: Real>(gates: &[T], c_prev: &[T], h: usize) -> (Vec<T>, Vec<T>) {
+fn step_rows<T: Float>(gates: &[T], c_prev: &[T], h: usize) -> (Vec<T>, Vec<T>) {
     use rayon::prelude::*;
     let mut hs = vec![T::default(); c_prev.len()];
     let mut cs = c_prev.to_vec();
@@ -92,22 +106,101 @@ fn step_rows<T: Real>(gates: &[T], c_prev: &[T], h: usize) -> (Vec<T>, Vec<T>) {
     (hs, cs)
 }
 
+/// `(gates [B, 4H], c_prev [B, H]) -> [h | c] [B, 2H]`.
 struct LstmCell;
 
-fn forward<T: Real>(gates: &[T], c_prev: &[T], b: usize, h: usize) -> Vec<T> {
-    let mut out = vec![T::default(); b * 2 * h];
-    let mut acts = vec![T::default(); 4 * h];
-    for r in 0..b {
-        let (oh, oc) = out[r * 2 * h..][..2 * h].split_at_mut(h);
-        oc.copy_from_slice(&c_prev[r * h..][..h]);
-        lstm_cell_row(&gates[r * 4 * h..][..4 * h], &mut acts, oc, oh);
+impl Kernel<2> for LstmCell {
+    const NAME: &'static str = "lstm cell";
+
+    fn run<T: Float>(
+        &self,
+        [(gates, sg), (c_prev, sc)]: [(&[T], &Shape); 2],
+    ) -> Result<(Vec<T>, Shape)> {
+        let (b, h) = rows_and_units(sg, sc)?;
+        let mut out = vec![T::default(); b * 2 * h];
+        let mut acts = vec![T::default(); 4 * h];
+        for r in 0..b {
+            let (oh, oc) = out[r * 2 * h..][..2 * h].split_at_mut(h);
+            oc.copy_from_slice(&c_prev[r * h..][..h]);
+            lstm_cell_row(&gates[r * 4 * h..][..4 * h], &mut acts, oc, oh);
+        }
+        Ok((out, Shape::from((b, 2 * h))))
     }
-    out
+}
+
+impl CustomOp2 for LstmCell {
+    fn name(&self) -> &'static str {
+        "lstm-cell"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s1, l1), (s2, l2)])
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        c_prev: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = CellGradients {
+            out: out.contiguous()?,
+        };
+        let flat = grad.contiguous()?.apply_op3_no_bwd(gates, c_prev, &op)?;
+        let [dg, dc] = split(&flat, [gates.shape().clone(), c_prev.shape().clone()])?;
+        Ok((Some(dg), Some(dc)))
+    }
+}
+
+/// `(grad [B, 2H], gates, c_prev)` with the cell's output `[h | c]` -> `[dgates | dc_prev]`
+/// joined (see [`split`]); the gate activations are recomputed from the gates.
+struct CellGradients {
+    out: Tensor,
+}
+
+impl Kernel<3> for CellGradients {
+    const NAME: &'static str = "lstm cell";
+
+    fn run<T: Float>(
+        &self,
+        [(grad, _), (gates, sg), (c_prev, sc)]: [(&[T], &Shape); 3],
+    ) -> Result<(Vec<T>, Shape)> {
+        let (b, h) = rows_and_units(sg, sc)?;
+        read(&self.out, Self::NAME, |out: &[T]| {
+            let (dg, dc) = backward(gates, c_prev, out, grad, b, h);
+            Ok(joined(vec![dg, dc]))
+        })
+    }
+}
+
+impl CustomOp3 for CellGradients {
+    fn name(&self) -> &'static str {
+        "lstm-cell-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
 }
 
 /// Gradients with respect to the gates and the previous cell state, from the gradient of
 /// `[h | c]`.
-fn backward<T: Real>(
+fn backward<T: Float>(
     gates: &[T],
     c_prev: &[T],
     out: &[T],
@@ -131,89 +224,16 @@ fn backward<T: Real>(
                 g[3 * h + j].sigmoid(),
             );
             let tc = c[j].tanh_();
-            let dc = dc_in[j] + dh[j] * o * (T::ONE - tc * tc);
+            let dc = dc_in[j] + dh[j] * o * (<T as Real>::ONE - tc * tc);
             let do_ = dh[j] * tc;
-            dg[j] = dc * gg * i * (T::ONE - i);
-            dg[h + j] = dc * cp[j] * f * (T::ONE - f);
-            dg[2 * h + j] = dc * i * (T::ONE - gg * gg);
-            dg[3 * h + j] = do_ * o * (T::ONE - o);
+            dg[j] = dc * gg * i * (<T as Real>::ONE - i);
+            dg[h + j] = dc * cp[j] * f * (<T as Real>::ONE - f);
+            dg[2 * h + j] = dc * i * (<T as Real>::ONE - gg * gg);
+            dg[3 * h + j] = do_ * o * (<T as Real>::ONE - o);
             dc_prev[r * h + j] = dc * f;
         }
     }
     (dgates, dc_prev)
-}
-
-fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    contiguous_slice(data, l, "lstm cell")
-}
-
-impl CustomOp2 for LstmCell {
-    fn name(&self) -> &'static str {
-        "lstm-cell"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, h) = rows_and_units(l1.shape(), l2.shape())?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(c)) => {
-                CpuStorage::F32(forward(contiguous(g, l1)?, contiguous(c, l2)?, b, h))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(c)) => {
-                CpuStorage::F64(forward(contiguous(g, l1)?, contiguous(c, l2)?, b, h))
-            }
-            _ => candle::bail!("lstm cell: f32 or f64 inputs of one dtype only"),
-        };
-        Ok((out, Shape::from((b, 2 * h))))
-    }
-
-    fn bwd(
-        &self,
-        gates: &Tensor,
-        c_prev: &Tensor,
-        out: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, h) = c_prev.dims2()?;
-        let device = gates.device();
-        let (g, c) = (gates.contiguous()?, c_prev.contiguous()?);
-        let (o, d) = (out.contiguous()?, grad.contiguous()?);
-        // Read in place, as the other fused ops do.
-        let (gs, cs, os, ds) = (
-            g.storage_and_layout(),
-            c.storage_and_layout(),
-            o.storage_and_layout(),
-            d.storage_and_layout(),
-        );
-        macro_rules! grads {
-            ($t:ty) => {{
-                let name = "lstm cell";
-                let (dg, dc) = backward::<$t>(
-                    tensor_slice(&gs.0, gs.1, name)?,
-                    tensor_slice(&cs.0, cs.1, name)?,
-                    tensor_slice(&os.0, os.1, name)?,
-                    tensor_slice(&ds.0, ds.1, name)?,
-                    b,
-                    h,
-                );
-                (
-                    Tensor::from_vec(dg, (b, 4 * h), device)?,
-                    Tensor::from_vec(dc, (b, h), device)?,
-                )
-            }};
-        }
-        let (dg, dc) = match gates.dtype() {
-            DType::F32 => grads!(f32),
-            DType::F64 => grads!(f64),
-            other => candle::bail!("lstm cell: no backward for {other:?}"),
-        };
-        Ok((Some(dg), Some(dc)))
-    }
 }
 
 #[cfg(test)]
@@ -250,8 +270,8 @@ mod tests {
             let gates = Var::from_tensor(&rand(&[3, 20], 1, dtype)).unwrap();
             let c_prev = Var::from_tensor(&rand(&[3, 5], 2, dtype)).unwrap();
             let (wh, wc) = (rand(&[3, 5], 3, dtype), rand(&[3, 5], 4, dtype));
-            let run = |f: fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>| {
-                let (h, c) = f(gates.as_tensor(), c_prev.as_tensor()).unwrap();
+            let run = |kernels: Kernels| {
+                let (h, c) = lstm_cell(gates.as_tensor(), c_prev.as_tensor(), kernels).unwrap();
                 let loss = ((&h * &wh).unwrap().sum_all().unwrap()
                     + (&c * &wc).unwrap().sum_all().unwrap())
                 .unwrap();
@@ -263,7 +283,7 @@ mod tests {
                     values(grads.get(&c_prev).unwrap()),
                 ]
             };
-            let (fused, reference) = (run(lstm_cell), run(super::super::reference::lstm_cell));
+            let (fused, reference) = (run(Kernels::default()), run(Kernels::Reference));
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
             for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
                 assert!(
@@ -284,8 +304,8 @@ mod tests {
             let h = 24;
             let gates = rand(&[rows, 4 * h], 5, dtype);
             let c_prev = rand(&[rows, h], 6, dtype);
-            let (h1, c1) = lstm_cell(&gates, &c_prev).unwrap();
-            let (h2, c2) = lstm_cell_step(&gates, &c_prev).unwrap();
+            let (h1, c1) = lstm_cell(&gates, &c_prev, Kernels::default()).unwrap();
+            let (h2, c2) = lstm_cell_step(&gates, &c_prev, Kernels::default()).unwrap();
             assert_eq!(values(&h1), values(&h2), "{rows} rows {dtype:?}: h");
             assert_eq!(values(&c1), values(&c2), "{rows} rows {dtype:?}: c");
         }

@@ -4,12 +4,12 @@
 //! Here each row is read three times in cache (its maximum, its log-sum-exp, a top-k scan)
 //! and nothing of vocabulary size is written.
 //!
-//! The log-probabilities are bit for bit those of [`crate::Gnmt::step`] (`logit - logsumexp`
+//! The log-probabilities are bit for bit those of `gnmt_model::Gnmt::step` (`logit - logsumexp`
 //! with the same log-sum-exp), and ties rank the lower token id first.
 
 use rayon::prelude::*;
 
-use gnmt_kernels::softmax::log_sum_exp_row;
+use crate::softmax::log_sum_exp_row;
 
 /// The `k` best tokens of each row with their log-probabilities, best first.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +125,7 @@ mod tests {
     /// among equals.
     fn reference(row: &[f32], k: usize) -> Vec<(u32, f32)> {
         let mut z = row.to_vec();
-        gnmt_kernels::softmax::log_softmax_row(&mut z);
+        crate::softmax::log_softmax_row(&mut z);
         let mut all: Vec<(u32, f32)> = z.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);

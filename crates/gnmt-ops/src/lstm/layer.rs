@@ -1,0 +1,352 @@
+//! A whole LSTM layer as one autograd operation: input projection, recurrence and their
+//! backward passes, `CustomOp3(x [B, T, in], W_ih [4H, in], [W_hh | bias] [4H, H + 1]) ->
+//! h [B, T, H]`.
+//!
+//! Composed from candle ops, a layer would be a transposed copy of its input to time-major
+//! order, a projection, reshapes, the recurrence and a transposed copy of its output, and in
+//! the backward pass each of those nodes would start its input's gradient as a zero tensor on
+//! the calling thread. Here the input is read batch-major and multiplied out in time-major
+//! order in one product over the real `(step, row)` pairs only (padding costs nothing), and
+//! the output is written batch-major.
+
+use std::sync::{Arc, Mutex};
+
+use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use gnmt_kernels::buffers::{gather_rows, zeros};
+use gnmt_kernels::lstm::sequence::{self, Dims, RecurrentWeight};
+use gnmt_kernels::matmul::product;
+use gnmt_kernels::{Compute, Precision};
+
+use super::LstmWeights;
+use crate::dispatch::{self, Float, Kernel};
+use crate::matmul::product_no_bwd;
+use crate::storage::{joined, read, split};
+use crate::{concat, rows};
+
+/// Runs one layer from the zero state over `x [B, T, in]` with `weights`. `keep` holds one
+/// flag per `(step, row)`, time-major (`keep[s * B + b]`, see [`super::time_major_keep`]); a
+/// padded step leaves the state unchanged. `reverse` processes time backwards. Returns the
+/// hidden state after each step, `[B, T, H]`.
+pub fn lstm_layer(
+    x: &Tensor,
+    weights: &LstmWeights,
+    keep: Option<Vec<bool>>,
+    reverse: bool,
+    precision: Precision,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    weights.check(x)?;
+    if keep.as_ref().is_some_and(|k| k.len() != t * b) {
+        candle::bail!(
+            "lstm: {} mask flags for {t} steps of {b} rows",
+            keep.map_or(0, |k| k.len())
+        )
+    }
+    // Three inputs is the most a custom op takes: the summed bias rides as W_hh's last column,
+    // put there by an op of its own (a sum, an unsqueeze and a concatenation through candle
+    // were three more nodes whose backward started each input's gradient as a zero tensor).
+    let w_hh_bias = weights.w_hh.contiguous()?.apply_op3(
+        &weights.b_ih.contiguous()?,
+        &weights.b_hh.contiguous()?,
+        RecurrentParams,
+    )?;
+    let (input_rows, gate_rows) = real_rows(keep.as_deref(), t, b);
+    let op = LstmLayer {
+        reverse,
+        precision,
+        keep: keep.map(Arc::new),
+        input_rows: Arc::new(input_rows),
+        gate_rows: Arc::new(gate_rows),
+        saved: Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&weights.w_ih.contiguous()?, &w_hh_bias, op)
+}
+
+struct LstmLayer {
+    reverse: bool,
+    precision: Precision,
+    /// `[T * B]`, time-major; `None` when every step is real.
+    keep: Option<Arc<Vec<bool>>>,
+    /// The real `(step, row)` pairs, see [`real_rows`].
+    input_rows: Arc<Vec<usize>>,
+    gate_rows: Arc<Vec<usize>>,
+    /// What the backward pass needs from the forward pass: the hidden states and cell states,
+    /// time-major, and the real pairs' gate activations (compact, see `sequence`).
+    saved: Mutex<Option<Saved>>,
+}
+
+/// The forward pass's activations, kept for the backward pass.
+struct Saved {
+    h: Tensor,
+    acts: Tensor,
+    cells: Tensor,
+}
+
+/// The real `(step, row)` pairs in time-major order, as (row of the batch-major input
+/// `b * T + s`, row of the time-major gates `s * B + b`).
+fn real_rows(keep: Option<&[bool]>, t: usize, b: usize) -> (Vec<usize>, Vec<usize>) {
+    (0..t * b)
+        .filter(|&r| keep.is_none_or(|k| k[r]))
+        .map(|r| ((r % b) * t + r / b, r))
+        .unzip()
+}
+
+/// The bias column of `[W_hh | bias] [4H, H + 1]`.
+fn bias_column<T: Copy>(wb: &[T], h: usize) -> Vec<T> {
+    wb.chunks(h + 1).map(|row| row[h]).collect()
+}
+
+/// `W_hh [4H, H]` where it lies inside `[W_hh | bias] [4H, H + 1]` (copying it out was a
+/// `memset` and a copy of `4H x H` per layer per pass).
+fn recurrent_weight<T>(wb: &[T], h: usize) -> RecurrentWeight<'_, T> {
+    RecurrentWeight {
+        data: wb,
+        row_stride: h + 1,
+    }
+}
+
+/// `W_hh [4H, H]` and a bias `[4H]` joined into `[W_hh | bias] [4H, H + 1]`: the inverse of
+/// the split in [`RecurrentParams`]' backward pass.
+fn join_w_hh_bias<T: Copy + Default + Send + Sync>(w_hh: &[T], bias: &[T], h: usize) -> Vec<T> {
+    let mut wb = zeros(bias.len() * (h + 1));
+    wb.par_chunks_mut(h + 1)
+        .zip(w_hh.par_chunks(h.max(1)))
+        .zip(bias.par_iter())
+        .for_each(|((dst, w), &b)| {
+            dst[..h].copy_from_slice(&w[..h]);
+            dst[h] = b;
+        });
+    wb
+}
+
+/// Time-major `[T, B, width]` rows reordered to batch-major `[B, T, width]`, or back with
+/// `to_time_major`.
+fn reorder<T: Copy + Default + Send + Sync>(
+    data: &[T],
+    (t, b, width): (usize, usize, usize),
+    to_time_major: bool,
+) -> Vec<T> {
+    let rows: Vec<usize> = if to_time_major {
+        (0..t * b).map(|r| (r % b) * t + r / b).collect()
+    } else {
+        (0..t * b).map(|r| (r % t) * b + r / t).collect()
+    };
+    gather_rows(data, width, &rows)
+}
+
+impl LstmLayer {
+    fn dims(&self, x: &Shape, w_ih: &Shape, wb: &Shape) -> Result<(Dims, usize)> {
+        let (b, t, i) = x.dims3()?;
+        let (h4, h1) = wb.dims2()?;
+        let h = h1.saturating_sub(1);
+        if h4 != 4 * h || w_ih.dims2()? != (h4, i) {
+            candle::bail!("lstm: x {x:?}, W_ih {w_ih:?} and [W_hh | bias] {wb:?} do not fit")
+        }
+        let d = Dims {
+            t,
+            b,
+            h,
+            reverse: self.reverse,
+            precision: self.precision,
+        };
+        Ok((d, i))
+    }
+}
+
+impl Kernel<3> for LstmLayer {
+    const NAME: &'static str = "lstm";
+
+    /// The input projection over the real pairs in one product, then the recurrence.
+    fn run<T: Float>(
+        &self,
+        [(x, sx), (w_ih, sw), (wb, swb)]: [(&[T], &Shape); 3],
+    ) -> Result<(Vec<T>, Shape)> {
+        let (d, i) = self.dims(sx, sw, swb)?;
+        let compute = Compute::all_threads(d.precision);
+        let projected = product(
+            (self.gate_rows.len(), 4 * d.h, i),
+            (&gather_rows(x, i, &self.input_rows), false),
+            (w_ih, true),
+            None,
+            compute,
+        );
+        // The projection's rows are the real pairs in time-major order: the compact layout
+        // the recurrence reads its input gates in.
+        let bias = bias_column(wb, d.h);
+        let keep = self.keep.as_deref().map(Vec::as_slice);
+        let (h, acts, cells) =
+            sequence::forward(&projected, recurrent_weight(wb, d.h), &bias, keep, d);
+        let out = reorder(&h, (d.t, d.b, d.h), false);
+        let (cpu, n_acts) = (Device::Cpu, acts.len());
+        let saved = Saved {
+            h: Tensor::from_vec(h, (d.t, d.b, d.h), &cpu)?,
+            acts: Tensor::from_vec(acts, n_acts, &cpu)?,
+            cells: Tensor::from_vec(cells, (d.t, d.b, d.h), &cpu)?,
+        };
+        *self.saved.lock().expect("lstm: poisoned") = Some(saved);
+        Ok((out, Shape::from((d.b, d.t, d.h))))
+    }
+}
+
+impl CustomOp3 for LstmLayer {
+    fn name(&self) -> &'static str {
+        "lstm-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    /// Backpropagation through time gives the gates' gradients (compact, real pairs only)
+    /// and `[W_hh | bias]`'s; two products over the real pairs give those of `x` and `W_ih`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh_bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d, i) = self.dims(x.shape(), w_ih.shape(), w_hh_bias.shape())?;
+        let Some(saved) = self.saved.lock().expect("lstm: poisoned").take() else {
+            candle::bail!("lstm: backward ran twice or before forward")
+        };
+        let through_time = ThroughTime {
+            d,
+            keep: self.keep.clone(),
+            gate_rows: self.gate_rows.clone(),
+            saved,
+        };
+        let flat = grad
+            .contiguous()?
+            .apply_op2_no_bwd(w_hh_bias, &through_time)?;
+        let real = self.gate_rows.len();
+        let [dg, dwb] = split(&flat, [(real, 4 * d.h).into(), (4 * d.h, d.h + 1).into()])?;
+        let p = self.precision;
+        let dx_real = product_no_bwd(&dg, w_ih, (false, false), p)?;
+        let dx = rows::scatter(&dx_real, &self.input_rows, d.b * d.t)?.reshape((d.b, d.t, i))?;
+        let x_real = rows::gather(&x.reshape((d.b * d.t, i))?, &self.input_rows)?;
+        let d_w_ih = product_no_bwd(&dg, &x_real, (true, false), p)?;
+        Ok((
+            Some(dx),
+            crate::param_grads::deliver(w_ih, d_w_ih),
+            Some(dwb),
+        ))
+    }
+}
+
+/// `(grad [B, T, H], [W_hh | bias])` with the forward pass's activations -> the gates'
+/// gradients `[real pairs, 4H]` and `[W_hh | bias]`'s, joined (see [`split`]).
+struct ThroughTime {
+    d: Dims,
+    keep: Option<Arc<Vec<bool>>>,
+    gate_rows: Arc<Vec<usize>>,
+    saved: Saved,
+}
+
+impl Kernel<2> for ThroughTime {
+    const NAME: &'static str = "lstm";
+
+    fn run<T: Float>(&self, [(grad, _), (wb, _)]: [(&[T], &Shape); 2]) -> Result<(Vec<T>, Shape)> {
+        let d = self.d;
+        let grad_h = reorder(grad, (d.t, d.b, d.h), true);
+        let keep = self.keep.as_deref().map(Vec::as_slice);
+        let Saved { h, acts, cells } = &self.saved;
+        read(h, Self::NAME, |h: &[T]| {
+            read(acts, Self::NAME, |acts: &[T]| {
+                read(cells, Self::NAME, |cells: &[T]| {
+                    let w_hh = recurrent_weight(wb, d.h);
+                    let (dg, d_w_hh, d_bias) =
+                        sequence::backward(&grad_h, h, acts, cells, w_hh, keep, &self.gate_rows, d);
+                    Ok(joined(vec![dg, join_w_hh_bias(&d_w_hh, &d_bias, d.h)]))
+                })
+            })
+        })
+    }
+}
+
+impl CustomOp2 for ThroughTime {
+    fn name(&self) -> &'static str {
+        "lstm-layer-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s1, l1), (s2, l2)])
+    }
+}
+
+/// `(W_hh [4H, H], b_ih [4H], b_hh [4H]) -> [W_hh | b_ih + b_hh] [4H, H + 1]`, the layer op's
+/// third input. Its backward pass splits the gradient and hands the parts to
+/// [`crate::param_grads`] (both biases receive the bias column's gradient).
+struct RecurrentParams;
+
+impl Kernel<3> for RecurrentParams {
+    const NAME: &'static str = "lstm";
+
+    fn run<T: Float>(
+        &self,
+        [(w_hh, sw), (b_ih, sbi), (b_hh, sbh)]: [(&[T], &Shape); 3],
+    ) -> Result<(Vec<T>, Shape)> {
+        let (h4, h) = sw.dims2()?;
+        if sbi.dims() != [h4] || sbh.dims() != [h4] {
+            candle::bail!("lstm: W_hh {sw:?} and biases {sbi:?}, {sbh:?} do not fit")
+        }
+        let bias: Vec<T> = b_ih.iter().zip(b_hh).map(|(&bi, &bh)| bi + bh).collect();
+        Ok((join_w_hh_bias(w_hh, &bias, h), Shape::from((h4, h + 1))))
+    }
+}
+
+impl CustomOp3 for RecurrentParams {
+    fn name(&self) -> &'static str {
+        "lstm-recurrent-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    fn bwd(
+        &self,
+        w_hh: &Tensor,
+        b_ih: &Tensor,
+        b_hh: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (h4, h) = w_hh.dims2()?;
+        let grad = grad.contiguous()?;
+        let d_w_hh = concat::columns(&grad, 0, h)?;
+        let d_bias = concat::columns(&grad, h, 1)?.reshape(h4)?;
+        use crate::param_grads::deliver;
+        Ok((
+            deliver(w_hh, d_w_hh),
+            deliver(b_ih, d_bias.clone()),
+            deliver(b_hh, d_bias),
+        ))
+    }
+}
