@@ -1,12 +1,14 @@
 //! The command-line front end: argument types and the `run` of each command. The binaries in
 //! `src/bin/` only parse and dispatch, so every command is also callable from tests.
 
+pub mod bench;
 pub mod checked;
 pub mod cmd;
 pub mod decoding;
 pub mod plot;
 pub mod rate;
 pub mod run_log;
+pub mod study;
 
 use clap::{Parser, Subcommand};
 
@@ -119,10 +121,10 @@ pub enum Command {
     Plot(cmd::plot::PlotArgs),
     /// Experiments on the architecture, with a written report.
     #[command(subcommand)]
-    Study(cmd::study::StudyCommand),
+    Study(study::StudyCommand),
     /// Benchmarks (not tests): data pipeline, training step, translation.
     #[command(subcommand)]
-    Bench(cmd::bench::BenchCommand),
+    Bench(bench::BenchCommand),
     /// Print a shell completion script for gnmt or translate.
     Completions(cmd::docs::CompletionsArgs),
     /// Write man pages for gnmt, each of its commands, and translate.

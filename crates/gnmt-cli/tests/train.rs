@@ -260,7 +260,10 @@ fn reference_kernels_train_like_the_fused_ones() {
     assert_eq!(fused.len(), 4, "{fused:?}");
     assert_eq!(fused.len(), reference.len());
     for (f, r) in fused.iter().zip(&reference) {
-        assert!((f - r).abs() < 1e-4, "fused {fused:?} vs reference {reference:?}");
+        assert!(
+            (f - r).abs() < 1e-4,
+            "fused {fused:?} vs reference {reference:?}"
+        );
     }
     // Asking the reference for bf16 products is refused where the options are read.
     let mut args = vec!["--kernels", "reference", "--matmul", "bf16"];

@@ -12,7 +12,7 @@
 use candle::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gnmt_model::{DecodingWeights, Gnmt, ModelConfig};
+use gnmt_model::{DecodingWeights, Gnmt, ModelConfig, TopTokens};
 use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
 use crate::greedy::source_batch;
@@ -147,158 +147,114 @@ pub fn beam_search_with(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    check_inputs(sources, o, model.config().vocab_size)?;
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (src, mask) = source_batch(sources, dtype, device)?;
+    let width = src.dims()[1];
+    Work::add(&work.source_positions, sources.len() * width);
+    let mut state = model.start_state_with(&model.encode(&src, &mask)?, weights)?;
+    let mut search = Search::start(sources, o);
+    while !search.rows.is_empty() {
+        // A row never needs more than `beam_size` candidates: its sentence keeps at most
+        // that many hypotheses.
+        let (top, attention, next) = model.step_top_tokens(
+            &Tensor::new(search.inputs.as_slice(), device)?,
+            &state,
+            o.beam_size,
+        )?;
+        Work::add(&work.row_steps, search.rows.len());
+        Work::add(&work.attended_positions, search.rows.len() * width);
+        let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
+        let parents = search.advance(&top, &attention);
+        if !search.rows.is_empty() {
+            state = next.reorder(&Tensor::new(parents.as_slice(), device)?)?;
+        }
+    }
+    Ok(search.into_results())
+}
+
+fn check_inputs(sources: &[Vec<u32>], o: &BeamOptions, vocab: usize) -> Result<()> {
     if o.beam_size == 0 || o.n_best == 0 || o.n_best > o.beam_size {
         return Err(Error::Input(format!(
             "need 1 <= n_best ({}) <= beam_size ({})",
             o.n_best, o.beam_size
         )));
     }
-    if sources.is_empty() {
-        return Ok(Vec::new());
-    }
-    let vocab = model.config().vocab_size;
     if let Some(bad) = sources.iter().flatten().find(|&&id| id as usize >= vocab) {
         return Err(Error::Input(format!(
             "token id {bad} is outside the vocabulary of {vocab}"
         )));
     }
-    let (src, mask) = source_batch(sources, dtype, device)?;
-    let width = src.dims()[1];
-    Work::add(&work.source_positions, sources.len() * width);
-    let mut state = model.start_state_with(&model.encode(&src, &mask)?, weights)?;
-    let src_len: Vec<usize> = sources.iter().map(|s| s.len() + 1).collect();
-    let max_len: Vec<usize> = src_len.iter().map(|&n| o.limit.for_source(n)).collect();
+    Ok(())
+}
 
-    let n = sources.len();
-    let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); n];
-    // Live hypotheses per sentence, and for every decoder row: (sentence, index in live).
-    let mut live: Vec<Vec<Live>> = src_len
-        .iter()
-        .map(|&s| {
-            vec![Live {
-                tokens: Vec::new(),
-                log_prob: 0.0,
-                coverage: vec![0.0; s],
-                attention: Vec::new(),
-            }]
-        })
-        .collect();
-    let mut rows: Vec<(usize, usize)> = (0..n).map(|i| (i, 0)).collect();
-    let mut inputs: Vec<u32> = vec![BOS_ID; n];
+/// One way a decoder row's hypothesis could continue.
+#[derive(Clone, Copy)]
+struct Candidate {
+    score: f64,
+    row: usize,
+    token: u32,
+    log_prob: f64,
+}
 
-    while !rows.is_empty() {
-        // A row never needs more than `beam_size` candidates: its sentence keeps at most
-        // that many hypotheses.
-        let (top, attention, next) = model.step_top_tokens(
-            &Tensor::new(inputs.as_slice(), device)?,
-            &state,
-            o.beam_size,
-        )?;
-        Work::add(&work.row_steps, rows.len());
-        Work::add(&work.attended_positions, rows.len() * width);
-        let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
+/// The search over a batch of sentences between two decoder steps.
+struct Search<'o> {
+    o: &'o BeamOptions,
+    /// Source length with `</s>`, and the output length limit, per sentence.
+    src_len: Vec<usize>,
+    max_len: Vec<usize>,
+    finished: Vec<Vec<Hypothesis>>,
+    /// Live hypotheses per sentence.
+    live: Vec<Vec<Live>>,
+    /// For every decoder row: (sentence, index in `live`).
+    rows: Vec<(usize, usize)>,
+    /// The token each decoder row reads next.
+    inputs: Vec<u32>,
+}
 
-        // Each row's coverage after this step, computed once: candidates are scored with it
-        // and kept hypotheses inherit it.
-        let coverage: Vec<Vec<f64>> = rows
+impl<'o> Search<'o> {
+    /// Each sentence with one empty hypothesis, reading `<s>`.
+    fn start(sources: &[Vec<u32>], o: &'o BeamOptions) -> Self {
+        let n = sources.len();
+        let src_len: Vec<usize> = sources.iter().map(|s| s.len() + 1).collect();
+        let live = src_len
             .iter()
-            .enumerate()
-            .map(|(r, &(sent, h))| {
-                let prev = &live[sent][h].coverage;
-                prev.iter()
-                    .zip(&attention[r][..src_len[sent]])
-                    .map(|(c, &a)| c + a as f64)
-                    .collect()
+            .map(|&s| {
+                vec![Live {
+                    tokens: Vec::new(),
+                    log_prob: 0.0,
+                    coverage: vec![0.0; s],
+                    attention: Vec::new(),
+                }]
             })
             .collect();
-        // Candidates per sentence: (score, row, token, log_prob).
-        let mut candidates: Vec<Vec<(f64, usize, u32, f64)>> = vec![Vec::new(); n];
-        for (r, &(sent, h)) in rows.iter().enumerate() {
-            let hyp = &live[sent][h];
-            let width = o.beam_size - finished[sent].len();
-            for (token, lp) in top.row(r).take(width) {
-                let log_prob = hyp.log_prob + lp as f64;
-                let len = hyp.tokens.len() + 1;
-                candidates[sent].push((
-                    gnmt_score(log_prob, len, &coverage[r], o),
-                    r,
-                    token,
-                    log_prob,
-                ));
-            }
+        Self {
+            o,
+            max_len: src_len.iter().map(|&n| o.limit.for_source(n)).collect(),
+            src_len,
+            finished: vec![Vec::new(); n],
+            live,
+            rows: (0..n).map(|i| (i, 0)).collect(),
+            inputs: vec![BOS_ID; n],
         }
+    }
 
+    /// Takes one decoder step's best tokens and attention: keeps each sentence's best
+    /// continuations, finishes those that ended, and returns the decoder row each new row
+    /// continues (for [`gnmt_model::DecoderState::reorder`]).
+    fn advance(&mut self, top: &TopTokens, attention: &[Vec<f32>]) -> Vec<u32> {
+        let coverage = self.coverage_after(attention);
+        let mut candidates = self.candidates(top, &coverage);
+        let n = self.live.len();
         let mut new_live: Vec<Vec<Live>> = vec![Vec::new(); n];
-        let mut new_rows = Vec::new();
-        let mut parents: Vec<u32> = Vec::new();
-        let mut new_inputs = Vec::new();
-        for sent in 0..n {
-            let cands = &mut candidates[sent];
+        let (mut new_rows, mut parents, mut new_inputs) = (Vec::new(), Vec::new(), Vec::new());
+        for (sent, cands) in candidates.iter_mut().enumerate() {
             if cands.is_empty() {
                 continue;
             }
-            // Best first; ties broken by row then token so the order never depends on sorting.
-            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            let width = o.beam_size - finished[sent].len();
-            let best = cands[0].0;
-            // Surviving hypotheses with the decoder row they extend.
-            let mut kept: Vec<(Live, usize)> = Vec::new();
-            for &(score, r, token, log_prob) in cands.iter().take(width) {
-                if o.prune_margin.is_some_and(|m| score < best - m) {
-                    continue;
-                }
-                let parent = &live[sent][rows[r].1];
-                let mut att = Vec::new();
-                if o.keep_attention {
-                    att = parent.attention.clone();
-                    att.push(attention[r][..src_len[sent]].to_vec());
-                }
-                if token == EOS_ID {
-                    finished[sent].push(Hypothesis {
-                        tokens: parent.tokens.clone(),
-                        score,
-                        log_prob,
-                        attention: att,
-                    });
-                    continue;
-                }
-                let mut tokens = parent.tokens.clone();
-                tokens.push(token);
-                if tokens.len() >= max_len[sent] {
-                    // Length limit: finish without `</s>`.
-                    finished[sent].push(Hypothesis {
-                        tokens,
-                        score,
-                        log_prob,
-                        attention: att,
-                    });
-                    continue;
-                }
-                kept.push((
-                    Live {
-                        tokens,
-                        log_prob,
-                        coverage: coverage[r].clone(),
-                        attention: att,
-                    },
-                    r,
-                ));
-            }
-            // Prune live hypotheses far below the best finished one.
-            if let (Some(m), Some(best_done)) = (
-                o.prune_margin,
-                finished[sent]
-                    .iter()
-                    .map(|h| h.score)
-                    .max_by(f64::total_cmp),
-            ) {
-                kept.retain(|(h, _)| {
-                    gnmt_score(h.log_prob, h.tokens.len(), &h.coverage, o) >= best_done - m
-                });
-            }
-            if finished[sent].len() >= o.beam_size {
-                kept.clear();
-            }
+            let kept = self.select(sent, cands, &coverage, attention);
             for (h, (hyp, r)) in kept.into_iter().enumerate() {
                 parents.push(r as u32);
                 new_rows.push((sent, h));
@@ -306,22 +262,134 @@ pub fn beam_search_with(
                 new_live[sent].push(hyp);
             }
         }
-        live = new_live;
-        rows = new_rows;
-        inputs = new_inputs;
-        if !rows.is_empty() {
-            state = next.reorder(&Tensor::new(parents.as_slice(), device)?)?;
+        self.live = new_live;
+        self.rows = new_rows;
+        self.inputs = new_inputs;
+        parents
+    }
+
+    /// Each row's coverage after this step, computed once: candidates are scored with it and
+    /// kept hypotheses inherit it.
+    fn coverage_after(&self, attention: &[Vec<f32>]) -> Vec<Vec<f64>> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(r, &(sent, h))| {
+                let prev = &self.live[sent][h].coverage;
+                prev.iter()
+                    .zip(&attention[r][..self.src_len[sent]])
+                    .map(|(c, &a)| c + a as f64)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The continuations of every row, grouped by sentence: as many per row as its sentence
+    /// still has room for.
+    fn candidates(&self, top: &TopTokens, coverage: &[Vec<f64>]) -> Vec<Vec<Candidate>> {
+        let mut candidates = vec![Vec::new(); self.live.len()];
+        for (r, &(sent, h)) in self.rows.iter().enumerate() {
+            let hyp = &self.live[sent][h];
+            let width = self.o.beam_size - self.finished[sent].len();
+            for (token, lp) in top.row(r).take(width) {
+                let log_prob = hyp.log_prob + lp as f64;
+                let len = hyp.tokens.len() + 1;
+                candidates[sent].push(Candidate {
+                    score: gnmt_score(log_prob, len, &coverage[r], self.o),
+                    row: r,
+                    token,
+                    log_prob,
+                });
+            }
+        }
+        candidates
+    }
+
+    /// Sentence `sent`'s best candidates: those that end (`</s>` or the length limit) are
+    /// finished, the rest come back as live hypotheses with the decoder row they extend.
+    fn select(
+        &mut self,
+        sent: usize,
+        cands: &mut [Candidate],
+        coverage: &[Vec<f64>],
+        attention: &[Vec<f32>],
+    ) -> Vec<(Live, usize)> {
+        let o = self.o;
+        // Best first; ties broken by row then token so the order never depends on sorting.
+        cands.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.row.cmp(&b.row))
+                .then(a.token.cmp(&b.token))
+        });
+        let width = o.beam_size - self.finished[sent].len();
+        let best = cands[0].score;
+        let mut kept: Vec<(Live, usize)> = Vec::new();
+        for c in cands.iter().take(width) {
+            if o.prune_margin.is_some_and(|m| c.score < best - m) {
+                continue;
+            }
+            let parent = &self.live[sent][self.rows[c.row].1];
+            let mut att = Vec::new();
+            if o.keep_attention {
+                att = parent.attention.clone();
+                att.push(attention[c.row][..self.src_len[sent]].to_vec());
+            }
+            let mut tokens = parent.tokens.clone();
+            let ends = c.token == EOS_ID;
+            if !ends {
+                tokens.push(c.token);
+            }
+            // At the length limit a hypothesis finishes without `</s>`.
+            if ends || tokens.len() >= self.max_len[sent] {
+                self.finished[sent].push(Hypothesis {
+                    tokens,
+                    score: c.score,
+                    log_prob: c.log_prob,
+                    attention: att,
+                });
+                continue;
+            }
+            let hyp = Live {
+                tokens,
+                log_prob: c.log_prob,
+                coverage: coverage[c.row].clone(),
+                attention: att,
+            };
+            kept.push((hyp, c.row));
+        }
+        self.prune_below_finished(sent, &mut kept);
+        if self.finished[sent].len() >= o.beam_size {
+            kept.clear();
+        }
+        kept
+    }
+
+    /// GNMT's pruning of live hypotheses more than the margin below the best finished one.
+    fn prune_below_finished(&self, sent: usize, kept: &mut Vec<(Live, usize)>) {
+        let o = self.o;
+        let best_done = self.finished[sent]
+            .iter()
+            .map(|h| h.score)
+            .max_by(f64::total_cmp);
+        if let (Some(m), Some(best_done)) = (o.prune_margin, best_done) {
+            kept.retain(|(h, _)| {
+                gnmt_score(h.log_prob, h.tokens.len(), &h.coverage, o) >= best_done - m
+            });
         }
     }
 
-    Ok(finished
-        .into_iter()
-        .map(|mut f| {
-            f.sort_by(|a, b| b.score.total_cmp(&a.score));
-            f.truncate(o.n_best);
-            f
-        })
-        .collect())
+    /// Each sentence's `n_best` finished hypotheses, best first.
+    fn into_results(self) -> Vec<Vec<Hypothesis>> {
+        self.finished
+            .into_iter()
+            .map(|mut f| {
+                f.sort_by(|a, b| b.score.total_cmp(&a.score));
+                f.truncate(self.o.n_best);
+                f
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

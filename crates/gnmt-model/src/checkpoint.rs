@@ -464,8 +464,57 @@ struct Header {
 fn read_safetensors_header(files: &Files<'_>, specs: &[ParamSpec]) -> Result<Header> {
     let path = &files.path(MODEL_FILE);
     let (mut f, file_len) = files.open(MODEL_FILE)?;
+    let header = read_header_json(&mut f, file_len, path)?;
+    let header_len = header.len() as u64;
+    let value: Value = serde_json::from_slice(&header)
+        .or_else(|e| fail(path, format!("header is not valid JSON: {e}")))?;
+    let Value::Object(mut entries) = value else {
+        return fail(path, "header is not a JSON object");
+    };
+    let metadata: BTreeMap<String, String> = match entries.remove("__metadata__") {
+        Some(m) => {
+            serde_json::from_value(m).or_else(|e| fail(path, format!("bad __metadata__: {e}")))?
+        }
+        None => return fail(path, "has no __metadata__: not written by gnmt"),
+    };
+    let expected: HashMap<&str, &ParamSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut data_end = 0u64;
+    for (name, entry) in &entries {
+        let Some(spec) = expected.get(name.as_str()) else {
+            return fail(
+                path,
+                format!("unexpected tensor {name}: config.json implies no such parameter"),
+            );
+        };
+        data_end = data_end.max(check_entry(name, entry, spec, path)?);
+    }
+    if let Some(missing) = specs.iter().find(|s| !entries.contains_key(&s.name)) {
+        return fail(
+            path,
+            format!("missing tensor {} {:?}", missing.name, missing.shape),
+        );
+    }
+    let want = 8 + header_len + data_end;
+    if file_len != want {
+        let what = if file_len < want {
+            "truncated"
+        } else {
+            "has trailing bytes"
+        };
+        return fail(
+            path,
+            format!("{what}: {file_len} bytes, the header implies {want}"),
+        );
+    }
+    Ok(Header { metadata, file_len })
+}
+
+/// The JSON header of a safetensors file of `file_len` bytes, after its 8-byte length. Refuses,
+/// before reading any of it, what is not safetensors (a zip archive, a Python pickle), a
+/// header over [`MAX_HEADER_BYTES`] and a header longer than the file.
+fn read_header_json(f: &mut impl Read, file_len: u64, path: &Path) -> Result<Vec<u8>> {
     let mut head = [0u8; 8];
-    let n = read_up_to(&mut f, &mut head).or_else(|e| fail(path, e.to_string()))?;
+    let n = read_up_to(f, &mut head).or_else(|e| fail(path, e.to_string()))?;
     if head.starts_with(b"PK\x03\x04") {
         return fail(
             path,
@@ -500,89 +549,54 @@ fn read_safetensors_header(files: &Files<'_>, specs: &[ParamSpec]) -> Result<Hea
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header)
         .or_else(|e| fail(path, e.to_string()))?;
-    let value: Value = serde_json::from_slice(&header)
-        .or_else(|e| fail(path, format!("header is not valid JSON: {e}")))?;
-    let Value::Object(mut entries) = value else {
-        return fail(path, "header is not a JSON object");
-    };
+    Ok(header)
+}
 
-    let metadata: BTreeMap<String, String> = match entries.remove("__metadata__") {
-        Some(m) => {
-            serde_json::from_value(m).or_else(|e| fail(path, format!("bad __metadata__: {e}")))?
+/// Checks one tensor's header entry against the parameter `spec`: a dtype gnmt stores, the
+/// shape, and data offsets that span exactly its bytes. Returns where its data ends.
+fn check_entry(name: &str, entry: &Value, spec: &ParamSpec, path: &Path) -> Result<u64> {
+    let dtype = entry.get("dtype").and_then(Value::as_str).unwrap_or("?");
+    let width = match dtype {
+        "F32" => 4,
+        "F16" | "BF16" => 2,
+        other => {
+            return fail(
+                path,
+                format!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
+            )
         }
-        None => return fail(path, "has no __metadata__: not written by gnmt"),
     };
-    let expected: HashMap<&str, &ParamSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
-    let mut data_end = 0u64;
-    for (name, entry) in &entries {
-        let Some(spec) = expected.get(name.as_str()) else {
-            return fail(
-                path,
-                format!("unexpected tensor {name}: config.json implies no such parameter"),
-            );
-        };
-        let dtype = entry.get("dtype").and_then(Value::as_str).unwrap_or("?");
-        let width = match dtype {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            other => {
-                return fail(
-                    path,
-                    format!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
-                )
-            }
-        };
-        let shape: Vec<usize> = entry
-            .get("shape")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .ok_or_else(|| CheckpointError {
-                path: path.to_path_buf(),
-                problem: format!("tensor {name} has no valid shape"),
-            })?;
-        if shape != spec.shape {
-            return fail(
-                path,
-                format!(
-                    "tensor {name} has shape {shape:?} but config.json implies {:?}",
-                    spec.shape
-                ),
-            );
-        }
-        let offsets: Vec<u64> = entry
-            .get("data_offsets")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
-            .ok_or_else(|| CheckpointError {
-                path: path.to_path_buf(),
-                problem: format!("tensor {name} has bad data_offsets"),
-            })?;
-        if offsets[1] - offsets[0] != (spec.elem_count() * width) as u64 {
-            return fail(
-                path,
-                format!("tensor {name}: data_offsets {offsets:?} do not match its shape and dtype"),
-            );
-        }
-        data_end = data_end.max(offsets[1]);
-    }
-    if let Some(missing) = specs.iter().find(|s| !entries.contains_key(&s.name)) {
+    let shape: Vec<usize> = entry
+        .get("shape")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .ok_or_else(|| CheckpointError {
+            path: path.to_path_buf(),
+            problem: format!("tensor {name} has no valid shape"),
+        })?;
+    if shape != spec.shape {
         return fail(
             path,
-            format!("missing tensor {} {:?}", missing.name, missing.shape),
+            format!(
+                "tensor {name} has shape {shape:?} but config.json implies {:?}",
+                spec.shape
+            ),
         );
     }
-    let want = 8 + header_len + data_end;
-    if file_len != want {
-        let what = if file_len < want {
-            "truncated"
-        } else {
-            "has trailing bytes"
-        };
+    let offsets: Vec<u64> = entry
+        .get("data_offsets")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
+        .ok_or_else(|| CheckpointError {
+            path: path.to_path_buf(),
+            problem: format!("tensor {name} has bad data_offsets"),
+        })?;
+    if offsets[1] - offsets[0] != (spec.elem_count() * width) as u64 {
         return fail(
             path,
-            format!("{what}: {file_len} bytes, the header implies {want}"),
+            format!("tensor {name}: data_offsets {offsets:?} do not match its shape and dtype"),
         );
     }
-    Ok(Header { metadata, file_len })
+    Ok(offsets[1])
 }
 
 fn check_tensor_set(

@@ -175,19 +175,21 @@ impl Gnmt {
 impl Gnmt {
     /// The training loss per target token without materialising log-probabilities: `[B * T, 2]`
     /// holding the label-smoothed cross-entropy (smoothing `eps`) and the plain negative
-    /// log-likelihood of `tgt_out [B, T]`, 0 where `tgt_mask [B, T]` is 0. The output
-    /// softmax and the loss are one fused operation ([`gnmt_ops::softmax_loss`]).
-    #[allow(clippy::too_many_arguments)]
+    /// log-likelihood of `batch.tgt_out`, 0 where `batch.tgt_mask` is 0. The output softmax
+    /// and the loss are one operation ([`gnmt_ops::softmax_loss`]).
     pub fn token_losses(
         &self,
-        src: &Tensor,
-        src_mask: &Tensor,
-        tgt_in: &Tensor,
-        tgt_out: &Tensor,
-        tgt_mask: &Tensor,
+        batch: &PairBatch,
         eps: f64,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
+        let PairBatch {
+            src,
+            src_mask,
+            tgt_in,
+            tgt_out,
+            tgt_mask,
+        } = batch;
         check_ids(tgt_in, "tgt_in")?;
         check_ids(tgt_out, "tgt_out")?;
         if tgt_in.dims() != tgt_out.dims() || tgt_in.dims() != tgt_mask.dims() {
@@ -214,6 +216,18 @@ impl Gnmt {
             self.kernels,
         )
     }
+}
+
+/// A batch of sentence pairs as training reads it: `src [B, S]`, and `tgt_in` (`<s>` first)
+/// and `tgt_out` (`</s>` last) `[B, T]`, all u32 ids, with float masks of their shapes (1 on
+/// real tokens, 0 on padding).
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    pub src: Tensor,
+    pub src_mask: Tensor,
+    pub tgt_in: Tensor,
+    pub tgt_out: Tensor,
+    pub tgt_mask: Tensor,
 }
 
 fn check_ids(t: &Tensor, name: &str) -> Result<()> {

@@ -30,6 +30,18 @@ pub fn inputs(dtype: DType) -> Inputs {
     }
 }
 
+/// [`inputs`] as a training batch: targets as ids, and their mask.
+pub fn pair_batch(dtype: DType) -> gnmt_model::PairBatch {
+    let x = inputs(dtype);
+    gnmt_model::PairBatch {
+        tgt_out: ids(&x.tgt_out.iter().map(Vec::as_slice).collect::<Vec<_>>(), 4),
+        tgt_mask: mask_from_lengths(&[4, 2, 3], 4, dtype, &Device::Cpu).unwrap(),
+        src: x.src,
+        src_mask: x.src_mask,
+        tgt_in: x.tgt_in,
+    }
+}
+
 /// The `tiny` preset's layout (3+3 layers, residual from layer 3) at 8 units and a 64-entry
 /// vocabulary: what these tests were written for, small enough for finite differences.
 pub fn tiny8() -> ModelConfig {

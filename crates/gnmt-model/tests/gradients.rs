@@ -81,26 +81,14 @@ fn collected_parameter_gradients_are_candles_own() {
     for cfg in crate::common::both_queries() {
         for dtype in [DType::F32, DType::F64] {
             let (m, varmap) = model(&cfg, dtype);
-            let x = inputs(dtype);
-            let tgt_out =
-                crate::common::ids(&x.tgt_out.iter().map(Vec::as_slice).collect::<Vec<_>>(), 4);
-            let tgt_mask =
-                gnmt_model::mask_from_lengths(&[4, 2, 3], 4, dtype, &Device::Cpu).unwrap();
+            let batch = crate::common::pair_batch(dtype);
             // A fresh graph per backward pass (the fused ops keep forward results for one).
             let loss = || {
                 let mut dropout = gnmt_model::Dropout::new(0.2, 11);
-                m.token_losses(
-                    &x.src,
-                    &x.src_mask,
-                    &x.tgt_in,
-                    &tgt_out,
-                    &tgt_mask,
-                    0.1,
-                    Some(&mut dropout),
-                )
-                .unwrap()
-                .sum_all()
-                .unwrap()
+                m.token_losses(&batch, 0.1, Some(&mut dropout))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
             };
             let plain = loss().backward().unwrap();
             let collected = gnmt_model::param_grads::backward(&loss()).unwrap();

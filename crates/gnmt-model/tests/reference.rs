@@ -5,7 +5,7 @@
 use candle::{DType, Device, Tensor};
 use gnmt_model::{Gnmt, Kernels, Precision};
 
-use crate::common::{ids, inputs, model};
+use crate::common::{inputs, model, pair_batch};
 
 const FUSED: Kernels = Kernels::Fused(Precision::F32);
 
@@ -16,20 +16,9 @@ fn losses_and_gradients(
     varmap: &candle_nn::VarMap,
     dtype: DType,
 ) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
-    let x = inputs(dtype);
-    let tgt_out = ids(&x.tgt_out.iter().map(Vec::as_slice).collect::<Vec<_>>(), 4);
-    let tgt_mask = gnmt_model::mask_from_lengths(&[4, 2, 3], 4, dtype, &Device::Cpu).unwrap();
     let mut dropout = gnmt_model::Dropout::new(0.2, 11);
     let losses = m
-        .token_losses(
-            &x.src,
-            &x.src_mask,
-            &x.tgt_in,
-            &tgt_out,
-            &tgt_mask,
-            0.1,
-            Some(&mut dropout),
-        )
+        .token_losses(&pair_batch(dtype), 0.1, Some(&mut dropout))
         .unwrap();
     let grads = gnmt_model::param_grads::backward(&losses.sum_all().unwrap()).unwrap();
     let vars = varmap.data().lock().unwrap().clone();

@@ -9,9 +9,11 @@
 //!   the training benchmark.
 //! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
+mod checkpoints;
 pub mod config;
 pub mod grads;
 pub mod loss;
+mod metrics_log;
 pub mod optim;
 pub mod progress;
 pub mod schedule;
@@ -22,6 +24,7 @@ mod validate;
 
 use std::path::PathBuf;
 
+pub use checkpoints::latest_checkpoint;
 pub use config::TrainConfig;
 pub use loss::{batch_loss, label_smoothed_nll, BatchLoss};
 pub use trainer::{train, Outcome, TrainArgs};

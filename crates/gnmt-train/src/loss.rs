@@ -1,7 +1,7 @@
 //! The training objective: label-smoothed cross-entropy over real target tokens.
 
 use candle::{DType, Result, Tensor, D};
-use gnmt_model::{Dropout, Gnmt};
+use gnmt_model::{Dropout, Gnmt, PairBatch};
 
 /// Sums over the real (unpadded) target tokens of a batch.
 #[derive(Debug)]
@@ -21,21 +21,16 @@ impl BatchLoss {
     }
 }
 
-/// The loss of one batch through the model's fused output softmax and loss
-/// ([`Gnmt::token_losses`]): what training and validation use. [`label_smoothed_nll`] computes
-/// the same from logits and is its reference.
-#[allow(clippy::too_many_arguments)]
+/// The loss of one batch through the model's output softmax and loss operation
+/// ([`Gnmt::token_losses`]): what training and validation use. [`label_smoothed_nll`]
+/// computes the same from logits and is its reference.
 pub fn batch_loss(
     model: &Gnmt,
-    src: &Tensor,
-    src_mask: &Tensor,
-    tgt_in: &Tensor,
-    tgt_out: &Tensor,
-    tgt_mask: &Tensor,
+    batch: &PairBatch,
     eps: f64,
     dropout: Option<&mut Dropout>,
 ) -> Result<BatchLoss> {
-    let per_token = model.token_losses(src, src_mask, tgt_in, tgt_out, tgt_mask, eps, dropout)?;
+    let per_token = model.token_losses(batch, eps, dropout)?;
     let loss_sum = per_token.narrow(1, 0, 1)?.sum_all()?;
     let nll_sum = per_token
         .narrow(1, 1, 1)?
@@ -46,7 +41,7 @@ pub fn batch_loss(
     Ok(BatchLoss {
         loss_sum,
         nll_sum,
-        tokens: count_tokens(tgt_mask)?,
+        tokens: count_tokens(&batch.tgt_mask)?,
     })
 }
 
@@ -126,18 +121,17 @@ mod tests {
         let dev = Device::Cpu;
         let cfg = gnmt_model::ModelConfig::tiny();
         let (model, _) = gnmt_model::init_model(&cfg, 3, 0.3, DType::F64, &dev).unwrap();
-        let src = Tensor::new(&[[5u32, 6, 7, 3], [8, 3, 0, 0]], &dev).unwrap();
-        let src_mask = gnmt_model::mask_from_lengths(&[4, 2], 4, DType::F64, &dev).unwrap();
-        let tgt_in = Tensor::new(&[[2u32, 9, 10], [2, 11, 0]], &dev).unwrap();
-        let tgt_out = Tensor::new(&[[9u32, 10, 3], [11, 3, 0]], &dev).unwrap();
-        let tgt_mask = gnmt_model::mask_from_lengths(&[3, 2], 3, DType::F64, &dev).unwrap();
+        let b = PairBatch {
+            src: Tensor::new(&[[5u32, 6, 7, 3], [8, 3, 0, 0]], &dev).unwrap(),
+            src_mask: gnmt_model::mask_from_lengths(&[4, 2], 4, DType::F64, &dev).unwrap(),
+            tgt_in: Tensor::new(&[[2u32, 9, 10], [2, 11, 0]], &dev).unwrap(),
+            tgt_out: Tensor::new(&[[9u32, 10, 3], [11, 3, 0]], &dev).unwrap(),
+            tgt_mask: gnmt_model::mask_from_lengths(&[3, 2], 3, DType::F64, &dev).unwrap(),
+        };
         for eps in [0.0, 0.1] {
-            let fused = batch_loss(
-                &model, &src, &src_mask, &tgt_in, &tgt_out, &tgt_mask, eps, None,
-            )
-            .unwrap();
-            let (logits, _) = model.forward(&src, &src_mask, &tgt_in, None).unwrap();
-            let reference = label_smoothed_nll(&logits, &tgt_out, &tgt_mask, eps).unwrap();
+            let fused = batch_loss(&model, &b, eps, None).unwrap();
+            let (logits, _) = model.forward(&b.src, &b.src_mask, &b.tgt_in, None).unwrap();
+            let reference = label_smoothed_nll(&logits, &b.tgt_out, &b.tgt_mask, eps).unwrap();
             assert_eq!(fused.tokens, 5);
             assert_eq!(reference.tokens, 5);
             let (a, b) = (

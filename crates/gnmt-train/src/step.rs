@@ -4,8 +4,7 @@
 //! skipping non-finite batches, logging, validation and checkpoints.
 
 use candle::backprop::GradStore;
-use candle::Tensor;
-use gnmt_model::{Dropout, Gnmt};
+use gnmt_model::{Dropout, Gnmt, PairBatch};
 
 use crate::config::OptimConfig;
 use crate::grads::GradStats;
@@ -14,21 +13,14 @@ use crate::optim::Optimizer;
 use crate::schedule::Rule;
 use crate::Result;
 
-/// A batch as the model reads it: `[src, src_mask, tgt_in, tgt_out, tgt_mask]`, ids `[B, S]`
-/// and `[B, T]` with float masks of the same shapes.
-pub type BatchTensors = [Tensor; 5];
-
 /// The label-smoothed loss of `batch` (smoothing `eps`), with dropout when training.
 pub fn forward(
     model: &Gnmt,
-    batch: &BatchTensors,
+    batch: &PairBatch,
     eps: f64,
     dropout: Option<&mut Dropout>,
 ) -> Result<BatchLoss> {
-    let [src, src_mask, tgt_in, tgt_out, tgt_mask] = batch;
-    Ok(batch_loss(
-        model, src, src_mask, tgt_in, tgt_out, tgt_mask, eps, dropout,
-    )?)
+    Ok(batch_loss(model, batch, eps, dropout)?)
 }
 
 /// A batch's loss and the gradients of its mean per token.

@@ -15,9 +15,7 @@
 //! at any moment (SIGKILL included) leaves every `step-N` folder complete; the next run resumes
 //! from the newest one and loses at most the updates since it.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,11 +26,13 @@ use gnmt_infer::LengthLimit;
 use gnmt_model::checkpoint::{self, tensors_of};
 use gnmt_model::{init_model, Dropout, Gnmt};
 use gnmt_tokenizer::{
-    read_parallel, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, Vocab, VocabOptions,
+    read_parallel, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, ParallelCorpus,
+    Vocab, VocabOptions,
 };
 
+use crate::checkpoints::{latest_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
-use crate::grads::GradStats;
+use crate::metrics_log::{MetricsLog, Window};
 use crate::optim::Optimizer;
 use crate::progress::Progress;
 use crate::schedule::lr_at;
@@ -88,209 +88,384 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     let say = |msg: &str| progress.say(msg);
 
     let (config, vocab) = prepare_run(&args, &say)?;
-    let vocab_json =
-        std::fs::read(out.join(checkpoint::TOKENIZER_FILE)).map_err(|e| Error::Io {
+    let data = Data::prepare(&args, &config, &vocab, &say)?;
+    let latest = latest_checkpoint(out)?;
+    let mut trainer = Trainer {
+        validator: data.validator(&config, &vocab, &args.device),
+        session: match &latest {
+            Some((step, dir)) => Session::resume(*step, dir, &config, &args.device, &say)?,
+            None => Session::fresh(&config, &args.device)?,
+        },
+        vocab_json: std::fs::read(out.join(checkpoint::TOKENIZER_FILE)).map_err(|e| Error::Io {
             path: out.clone(),
             source: e,
-        })?;
-    let filter = FilterOptions {
-        max_len: config.data.max_len,
-        max_ratio: config.data.max_ratio,
+        })?,
+        metrics: MetricsLog::open(&out.join("metrics.jsonl"))?,
+        last_valid: None,
+        validated_at: None,
+        saved_at: latest.as_ref().map(|(s, _)| *s),
+        args: &args,
+        progress: &progress,
+        config,
     };
-    let cache = out.join("cache");
-    let (train_ds, _) = Dataset::prepare(
-        &args.train_src,
-        &args.train_tgt,
-        &vocab,
-        &filter,
-        Some(&cache),
-    )?;
-    say(&format!("train: {}", train_ds.summary));
-    let (valid_ds, _) = Dataset::prepare(
-        &args.valid_src,
-        &args.valid_tgt,
-        &vocab,
-        &filter,
-        Some(&cache),
-    )?;
-    let valid_corpus = read_parallel(&args.valid_src, &args.valid_tgt)?;
-    let validator = Validator {
-        dataset: &valid_ds,
-        corpus: &valid_corpus,
-        vocab: &vocab,
-        max_tokens: config.data.max_tokens,
-        max_len: config.data.max_len,
-        limit: LengthLimit {
-            a: config.generation.max_len_a,
-            b: config.generation.max_len_b,
-        },
-        device: &args.device,
-    };
-
-    // Model, optimiser and state: from the newest checkpoint, or fresh.
-    let latest = latest_checkpoint(out)?;
-    let (model, varmap, mut optimizer, mut state, mut dropout) = match &latest {
-        Some((step, dir)) => {
-            let folder = checkpoint::load(dir, DType::F32, &args.device)?;
-            let varmap = VarMap::new();
-            {
-                let mut data = varmap.data().lock().expect("not poisoned");
-                for (name, t) in folder.tensors {
-                    data.insert(name, Var::from_tensor(&t)?);
-                }
-            }
-            let model = Gnmt::new(
-                &config.model,
-                VarBuilder::from_varmap(&varmap, DType::F32, &args.device),
-            )?;
-            let mut optimizer = Optimizer::new(&varmap)?;
-            optimizer.load(&dir.join("optimizer.safetensors"))?;
-            let state = TrainState::load(&dir.join("state.json"))?;
-            if state.step != *step || folder.step != *step {
-                return Err(Error::Checkpoint(format!(
-                    "{}: state and model disagree on the step",
-                    dir.display()
-                )));
-            }
-            let dropout = Dropout::from_rng(config.dropout, state.dropout_rng.restore()?);
-            say(&format!("resuming from {} (update {step})", dir.display()));
-            (model, varmap, optimizer, state, dropout)
-        }
-        None => {
-            let (model, varmap) = init_model(
-                &config.model,
-                config.seed,
-                config.init_scale,
-                DType::F32,
-                &args.device,
-            )?;
-            let optimizer = Optimizer::new(&varmap)?;
-            let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
-            let state = TrainState::fresh(dropout.rng());
-            (model, varmap, optimizer, state, dropout)
-        }
-    };
-    let model = model.with_kernels(args.config.step_kernels()?);
-
-    let batch_options = BatchOptions {
-        max_tokens: config.data.max_tokens,
-        max_sentences: config.data.max_sentences,
-        seed: config.seed,
-        shuffle: true,
-    };
-    let mut batcher = Batcher::new(&train_ds, batch_options, state.cursor);
-    let per_epoch = batcher.batches_per_epoch().max(1);
-    let max_time = config.stop.max_time_secs()?;
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
-    let session_start = Instant::now();
-    let elapsed_before = state.elapsed_secs;
-    let mut window = Window::new();
-    let (mut last_valid, mut last_saved) = (None, latest.as_ref().map(|(s, _)| *s));
-    let mut validated_at = None;
-
-    let stop_reason = loop {
-        state.elapsed_secs = elapsed_before + session_start.elapsed().as_secs_f64();
-        let epochs_done = state.cursor.epoch + (state.cursor.batch >= per_epoch) as u64;
-        if let Some(reason) = stop_reason(&config, &state, epochs_done, max_time) {
-            break reason;
-        }
-        if args
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst))
-        {
-            break "interrupted".to_string();
-        }
-        let batch = batcher
-            .next()
-            .ok_or_else(|| Error::Config("the training set is empty".into()))?;
-        state.batches += 1;
-        let tensors = batch_tensors(&batch, &args.device)?;
-        let loss = step::forward(&model, &tensors, config.label_smoothing, Some(&mut dropout))?;
-        let g = step::backward(loss, &optimizer)?;
-        state.cursor = batcher.cursor();
-        if !g.is_finite() {
-            state.nonfinite_skipped += 1;
-            state.nonfinite_in_a_row += 1;
-            say(&format!(
-                "warning: non-finite loss or gradient at update {}; batch skipped",
-                state.step + 1
-            ));
-            metrics.write(&serde_json::json!({"step": state.step, "nonfinite_skipped": state.nonfinite_skipped}))?;
-            if state.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
-                return Err(Error::Diverged(format!(
-                    "{} batches in a row had a non-finite loss or gradient (update {}); lower the learning rate \
-                     or resume from the last checkpoint in {}",
-                    state.nonfinite_in_a_row,
-                    state.step,
-                    out.join("checkpoints").display()
-                )));
-            }
-            continue;
-        }
-        state.nonfinite_in_a_row = 0;
-        let (lr, rule) = lr_at(state.step, &config.optim);
-        step::update(&mut optimizer, &g, lr, rule, &config.optim)?;
-        state.step += 1;
-        state.target_tokens += g.loss.tokens as u64;
-        window.add(&g.loss, g.mean_loss, &g.stats);
-        progress.update(state.step, g.mean_loss, g.loss.tokens, lr);
-
-        if state.step % config.log.log_every == 0 {
-            let epoch = state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
-            let record = window.record(state.step, epoch, lr, state.elapsed_secs);
-            say(&window.line(state.step, epoch, lr));
-            metrics.write(&record)?;
-            window = Window::new();
-        }
-        if state.step % config.log.valid_every == 0 {
-            last_valid = Some(run_validation(
-                &validator,
-                &model,
-                &config,
-                &mut state,
-                &varmap,
-                &vocab_json,
-                out,
-                &mut metrics,
-                &say,
-            )?);
-            validated_at = Some(state.step);
-        }
-        if state.step % config.log.save_every == 0 {
-            state.dropout_rng = RngState::capture(dropout.rng());
-            save_checkpoint(out, &config, &varmap, &vocab_json, &optimizer, &state)?;
-            last_saved = Some(state.step);
-        }
-    };
-
-    progress.finish();
-    say(&format!("stopping: {stop_reason}"));
-    if validated_at != Some(state.step) && state.step > 0 {
-        last_valid = Some(run_validation(
-            &validator,
-            &model,
-            &config,
-            &mut state,
-            &varmap,
-            &vocab_json,
-            out,
-            &mut metrics,
-            &say,
-        )?);
-    }
-    if last_saved != Some(state.step) {
-        state.dropout_rng = RngState::capture(dropout.rng());
-        save_checkpoint(out, &config, &varmap, &vocab_json, &optimizer, &state)?;
-    }
+    let stop_reason = trainer.run(&data.train)?;
+    trainer.finish(&stop_reason)?;
+    let state = &trainer.session.state;
     Ok(Outcome {
         step: state.step,
         resumed_from: latest.map(|(s, _)| s),
         best_bleu: state.best_bleu,
-        last_bleu: last_valid.map(|v| v.0),
-        last_valid_loss: last_valid.map(|v| v.1),
+        last_bleu: trainer.last_valid.map(|v| v.0),
+        last_valid_loss: trainer.last_valid.map(|v| v.1),
         stop_reason,
     })
+}
+
+/// The run's data: the training set, and the validation set with its text for BLEU.
+struct Data {
+    train: Dataset,
+    valid: Dataset,
+    valid_corpus: ParallelCorpus,
+}
+
+impl Data {
+    /// Encodes (or reads from the run's cache) both sets.
+    fn prepare(
+        args: &TrainArgs,
+        config: &TrainConfig,
+        vocab: &Vocab,
+        say: &dyn Fn(&str),
+    ) -> Result<Self> {
+        let filter = FilterOptions {
+            max_len: config.data.max_len,
+            max_ratio: config.data.max_ratio,
+        };
+        let cache = args.out_dir.join("cache");
+        let (train, _) = Dataset::prepare(
+            &args.train_src,
+            &args.train_tgt,
+            vocab,
+            &filter,
+            Some(&cache),
+        )?;
+        say(&format!("train: {}", train.summary));
+        let (valid, _) = Dataset::prepare(
+            &args.valid_src,
+            &args.valid_tgt,
+            vocab,
+            &filter,
+            Some(&cache),
+        )?;
+        Ok(Self {
+            train,
+            valid,
+            valid_corpus: read_parallel(&args.valid_src, &args.valid_tgt)?,
+        })
+    }
+
+    fn validator<'a>(
+        &'a self,
+        config: &TrainConfig,
+        vocab: &'a Vocab,
+        device: &'a Device,
+    ) -> Validator<'a> {
+        Validator {
+            dataset: &self.valid,
+            corpus: &self.valid_corpus,
+            vocab,
+            max_tokens: config.data.max_tokens,
+            max_len: config.data.max_len,
+            limit: LengthLimit {
+                a: config.generation.max_len_a,
+                b: config.generation.max_len_b,
+            },
+            device,
+        }
+    }
+}
+
+/// What an update changes, and a checkpoint saves: the model and its parameters, the
+/// optimiser's moments, the training state and the dropout stream.
+struct Session {
+    model: Gnmt,
+    varmap: VarMap,
+    optimizer: Optimizer,
+    state: TrainState,
+    dropout: Dropout,
+}
+
+impl Session {
+    /// A new run: parameters drawn from the configuration's seed.
+    fn fresh(config: &TrainConfig, device: &Device) -> Result<Self> {
+        let (model, varmap) = init_model(
+            &config.model,
+            config.seed,
+            config.init_scale,
+            DType::F32,
+            device,
+        )?;
+        let optimizer = Optimizer::new(&varmap)?;
+        let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
+        Ok(Self {
+            model: model.with_kernels(config.step_kernels()?),
+            state: TrainState::fresh(dropout.rng()),
+            varmap,
+            optimizer,
+            dropout,
+        })
+    }
+
+    /// The run as checkpoint `dir` (of update `step`) left it.
+    fn resume(
+        step: u64,
+        dir: &std::path::Path,
+        config: &TrainConfig,
+        device: &Device,
+        say: &dyn Fn(&str),
+    ) -> Result<Self> {
+        let folder = checkpoint::load(dir, DType::F32, device)?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("not poisoned");
+            for (name, t) in folder.tensors {
+                data.insert(name, Var::from_tensor(&t)?);
+            }
+        }
+        let model = Gnmt::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+        )?;
+        let mut optimizer = Optimizer::new(&varmap)?;
+        optimizer.load(&dir.join("optimizer.safetensors"))?;
+        let state = TrainState::load(&dir.join("state.json"))?;
+        if state.step != step || folder.step != step {
+            return Err(Error::Checkpoint(format!(
+                "{}: state and model disagree on the step",
+                dir.display()
+            )));
+        }
+        let dropout = Dropout::from_rng(config.dropout, state.dropout_rng.restore()?);
+        say(&format!("resuming from {} (update {step})", dir.display()));
+        Ok(Self {
+            model: model.with_kernels(config.step_kernels()?),
+            varmap,
+            optimizer,
+            state,
+            dropout,
+        })
+    }
+}
+
+/// A training run in progress: the loop's steps (`update`, `validate`, `save`) over one
+/// [`Session`].
+struct Trainer<'a> {
+    args: &'a TrainArgs,
+    config: TrainConfig,
+    session: Session,
+    validator: Validator<'a>,
+    vocab_json: Vec<u8>,
+    metrics: MetricsLog,
+    progress: &'a Progress,
+    /// The last validation's (BLEU, loss), and the update it ran after.
+    last_valid: Option<(f64, f64)>,
+    validated_at: Option<u64>,
+    /// The update of the newest checkpoint.
+    saved_at: Option<u64>,
+}
+
+impl Trainer<'_> {
+    fn say(&self, msg: &str) {
+        self.progress.say(msg)
+    }
+
+    /// Updates until a stop condition holds; the reason.
+    fn run(&mut self, train: &Dataset) -> Result<String> {
+        let batch_options = BatchOptions {
+            max_tokens: self.config.data.max_tokens,
+            max_sentences: self.config.data.max_sentences,
+            seed: self.config.seed,
+            shuffle: true,
+        };
+        let mut batcher = Batcher::new(train, batch_options, self.session.state.cursor);
+        let per_epoch = batcher.batches_per_epoch().max(1);
+        let max_time = self.config.stop.max_time_secs()?;
+        let session_start = Instant::now();
+        let elapsed_before = self.session.state.elapsed_secs;
+        let mut window = Window::new();
+        loop {
+            let state = &mut self.session.state;
+            state.elapsed_secs = elapsed_before + session_start.elapsed().as_secs_f64();
+            let epochs_done = state.cursor.epoch + (state.cursor.batch >= per_epoch) as u64;
+            if let Some(reason) = stop_reason(&self.config, state, epochs_done, max_time) {
+                return Ok(reason);
+            }
+            let interrupted = self.args.interrupt.as_ref();
+            if interrupted.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Ok("interrupted".to_string());
+            }
+            let Some(lr) = self.update(&mut batcher, &mut window)? else {
+                continue;
+            };
+            let state = &self.session.state;
+            let step = state.step;
+            if step.is_multiple_of(self.config.log.log_every) {
+                let epoch =
+                    state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
+                let record = window.record(step, epoch, lr, state.elapsed_secs);
+                self.say(&window.line(step, epoch, lr));
+                self.metrics.write(&record)?;
+                window = Window::new();
+            }
+            if step.is_multiple_of(self.config.log.valid_every) {
+                self.validate()?;
+            }
+            if step.is_multiple_of(self.config.log.save_every) {
+                self.save()?;
+            }
+        }
+    }
+
+    /// One update on the next batch; its learning rate, or `None` when the batch had a
+    /// non-finite loss or gradient and was skipped.
+    fn update(&mut self, batcher: &mut Batcher, window: &mut Window) -> Result<Option<f64>> {
+        let batch = batcher
+            .next()
+            .ok_or_else(|| Error::Config("the training set is empty".into()))?;
+        let s = &mut self.session;
+        s.state.batches += 1;
+        let tensors = batch_tensors(&batch, &self.args.device)?;
+        let loss = step::forward(
+            &s.model,
+            &tensors,
+            self.config.label_smoothing,
+            Some(&mut s.dropout),
+        )?;
+        let g = step::backward(loss, &s.optimizer)?;
+        s.state.cursor = batcher.cursor();
+        if !g.is_finite() {
+            self.skip_nonfinite()?;
+            return Ok(None);
+        }
+        let s = &mut self.session;
+        s.state.nonfinite_in_a_row = 0;
+        let (lr, rule) = lr_at(s.state.step, &self.config.optim);
+        step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim)?;
+        s.state.step += 1;
+        s.state.target_tokens += g.loss.tokens as u64;
+        window.add(&g.loss, g.mean_loss, &g.stats);
+        self.progress
+            .update(s.state.step, g.mean_loss, g.loss.tokens, lr);
+        Ok(Some(lr))
+    }
+
+    /// Counts a skipped batch; too many in a row stop the run.
+    fn skip_nonfinite(&mut self) -> Result<()> {
+        let state = &mut self.session.state;
+        state.nonfinite_skipped += 1;
+        state.nonfinite_in_a_row += 1;
+        let (step, skipped, in_a_row) = (
+            state.step,
+            state.nonfinite_skipped,
+            state.nonfinite_in_a_row,
+        );
+        self.say(&format!(
+            "warning: non-finite loss or gradient at update {}; batch skipped",
+            step + 1
+        ));
+        self.metrics
+            .write(&serde_json::json!({"step": step, "nonfinite_skipped": skipped}))?;
+        if in_a_row >= MAX_NONFINITE_IN_A_ROW {
+            return Err(Error::Diverged(format!(
+                "{in_a_row} batches in a row had a non-finite loss or gradient (update {step}); lower the learning rate \
+                 or resume from the last checkpoint in {}",
+                self.args.out_dir.join("checkpoints").display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validation loss and greedy BLEU/chrF; the best model so far is kept in `best/`.
+    fn validate(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let v = self.validator.run(&self.session.model)?;
+        let out = &self.args.out_dir;
+        let state = &mut self.session.state;
+        let dir = out.join("valid");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let mut text = v.translations.join("\n");
+        text.push('\n');
+        crate::state::write_atomic(
+            &dir.join(format!("step-{}.txt", state.step)),
+            text.as_bytes(),
+        )?;
+        let improved = state.best_bleu.is_none_or(|b| v.bleu > b);
+        if improved {
+            state.best_bleu = Some(v.bleu);
+            state.best_step = Some(state.step);
+            state.stalled = 0;
+            checkpoint::save(
+                &out.join("best"),
+                &self.config.model,
+                &tensors_of(&self.session.varmap),
+                &self.vocab_json,
+                &self.config.generation,
+                state.step,
+                DType::F32,
+            )?;
+        } else {
+            state.stalled += 1;
+        }
+        let step = state.step;
+        self.say(&format!(
+            "validation at update {step}: loss {:.4}, ppl {:.2}, BLEU {:.2}, chrF {:.2}{} ({:.1}s)",
+            v.loss,
+            v.loss.exp(),
+            v.bleu,
+            v.chrf,
+            if improved { " (best)" } else { "" },
+            t.elapsed().as_secs_f64()
+        ));
+        self.metrics.write(&serde_json::json!({
+            "step": step, "valid_loss": v.loss, "valid_ppl": v.loss.exp(), "bleu": v.bleu, "chrf": v.chrf,
+            "bleu_signature": v.bleu_signature, "best": improved, "greedy": true,
+        }))?;
+        self.last_valid = Some((v.bleu, v.loss));
+        self.validated_at = Some(step);
+        Ok(())
+    }
+
+    /// A checkpoint of the session at the current update.
+    fn save(&mut self) -> Result<()> {
+        let s = &mut self.session;
+        s.state.dropout_rng = RngState::capture(s.dropout.rng());
+        save_checkpoint(
+            &self.args.out_dir,
+            &self.config,
+            &s.varmap,
+            &self.vocab_json,
+            &s.optimizer,
+            &s.state,
+        )?;
+        self.saved_at = Some(s.state.step);
+        Ok(())
+    }
+
+    /// At a stop: validates and saves the last update unless that was just done.
+    fn finish(&mut self, stop_reason: &str) -> Result<()> {
+        self.progress.finish();
+        self.say(&format!("stopping: {stop_reason}"));
+        let step = self.session.state.step;
+        if self.validated_at != Some(step) && step > 0 {
+            self.validate()?;
+        }
+        if self.saved_at != Some(step) {
+            self.save()?;
+        }
+        Ok(())
+    }
 }
 
 /// Settles the configuration and vocabulary of the run: a new run saves them, a resumed one
@@ -380,264 +555,4 @@ fn stop_reason(
         ));
     }
     None
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_validation(
-    validator: &Validator,
-    model: &Gnmt,
-    config: &TrainConfig,
-    state: &mut TrainState,
-    varmap: &VarMap,
-    vocab_json: &[u8],
-    out: &Path,
-    metrics: &mut MetricsLog,
-    say: &dyn Fn(&str),
-) -> Result<(f64, f64)> {
-    let t = Instant::now();
-    let v = validator.run(model)?;
-    let dir = out.join("valid");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
-        path: dir.clone(),
-        source: e,
-    })?;
-    let mut text = v.translations.join("\n");
-    text.push('\n');
-    crate::state::write_atomic(
-        &dir.join(format!("step-{}.txt", state.step)),
-        text.as_bytes(),
-    )?;
-    let improved = state.best_bleu.is_none_or(|b| v.bleu > b);
-    if improved {
-        state.best_bleu = Some(v.bleu);
-        state.best_step = Some(state.step);
-        state.stalled = 0;
-        checkpoint::save(
-            &out.join("best"),
-            &config.model,
-            &tensors_of(varmap),
-            vocab_json,
-            &config.generation,
-            state.step,
-            DType::F32,
-        )?;
-    } else {
-        state.stalled += 1;
-    }
-    say(&format!(
-        "validation at update {}: loss {:.4}, ppl {:.2}, BLEU {:.2}, chrF {:.2}{} ({:.1}s)",
-        state.step,
-        v.loss,
-        v.loss.exp(),
-        v.bleu,
-        v.chrf,
-        if improved { " (best)" } else { "" },
-        t.elapsed().as_secs_f64()
-    ));
-    metrics.write(&serde_json::json!({
-        "step": state.step, "valid_loss": v.loss, "valid_ppl": v.loss.exp(), "bleu": v.bleu, "chrf": v.chrf,
-        "bleu_signature": v.bleu_signature, "best": improved, "greedy": true,
-    }))?;
-    Ok((v.bleu, v.loss))
-}
-
-/// Writes `checkpoints/step-N` (via a temporary folder and a rename), updates the top-level
-/// model, and prunes old checkpoints.
-fn save_checkpoint(
-    out: &Path,
-    config: &TrainConfig,
-    varmap: &VarMap,
-    vocab_json: &[u8],
-    optimizer: &Optimizer,
-    state: &TrainState,
-) -> Result<()> {
-    let checkpoints = out.join("checkpoints");
-    let tmp = checkpoints.join(format!(".step-{}.tmp", state.step));
-    let dest = checkpoints.join(format!("step-{}", state.step));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::Io { path: p, source: e }
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    let tensors = tensors_of(varmap);
-    checkpoint::save(
-        &tmp,
-        &config.model,
-        &tensors,
-        vocab_json,
-        &config.generation,
-        state.step,
-        DType::F32,
-    )?;
-    optimizer.save(&tmp.join("optimizer.safetensors"))?;
-    state.save(&tmp.join("state.json"))?;
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-    if let Ok(d) = std::fs::File::open(&checkpoints) {
-        let _ = d.sync_all();
-    }
-    checkpoint::save(
-        out,
-        &config.model,
-        &tensors,
-        vocab_json,
-        &config.generation,
-        state.step,
-        DType::F32,
-    )?;
-    let mut steps = checkpoint_steps(out)?;
-    steps.sort_unstable();
-    let excess = steps.len().saturating_sub(config.log.keep_last);
-    for step in &steps[..excess] {
-        let p = checkpoints.join(format!("step-{step}"));
-        std::fs::remove_dir_all(&p).map_err(io(&p))?;
-    }
-    Ok(())
-}
-
-fn checkpoint_steps(out: &Path) -> Result<Vec<u64>> {
-    let dir = out.join("checkpoints");
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::Io {
-        path: dir.clone(),
-        source: e,
-    })?;
-    Ok(entries
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .into_string()
-                .ok()?
-                .strip_prefix("step-")?
-                .parse()
-                .ok()
-        })
-        .collect())
-}
-
-/// The newest complete checkpoint, if any.
-pub fn latest_checkpoint(out: &Path) -> Result<Option<(u64, PathBuf)>> {
-    if !out.join("checkpoints").is_dir() {
-        return Ok(None);
-    }
-    Ok(checkpoint_steps(out)?
-        .into_iter()
-        .max()
-        .map(|s| (s, out.join("checkpoints").join(format!("step-{s}")))))
-}
-
-/// Statistics accumulated between two log lines.
-struct Window {
-    start: Instant,
-    loss_sum: f64,
-    nll_sum: f64,
-    tokens: usize,
-    updates: usize,
-    grad_norm_sum: f64,
-    group_sums: HashMap<String, f64>,
-    encoder: Vec<f64>,
-    decoder: Vec<f64>,
-}
-
-impl Window {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            loss_sum: 0.0,
-            nll_sum: 0.0,
-            tokens: 0,
-            updates: 0,
-            grad_norm_sum: 0.0,
-            group_sums: HashMap::new(),
-            encoder: Vec::new(),
-            decoder: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, loss: &crate::BatchLoss, mean_loss: f64, stats: &GradStats) {
-        self.loss_sum += mean_loss * loss.tokens as f64;
-        self.nll_sum += loss.nll_sum;
-        self.tokens += loss.tokens;
-        self.updates += 1;
-        self.grad_norm_sum += stats.total_norm;
-        for (k, v) in &stats.groups {
-            *self.group_sums.entry(k.clone()).or_insert(0.0) += v;
-        }
-        let add = |acc: &mut Vec<f64>, xs: Vec<f64>| {
-            acc.resize(xs.len().max(acc.len()), 0.0);
-            acc.iter_mut().zip(xs).for_each(|(a, x)| *a += x);
-        };
-        add(&mut self.encoder, stats.stack("encoder"));
-        add(&mut self.decoder, stats.stack("decoder"));
-    }
-
-    fn tokens_per_s(&self) -> f64 {
-        self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
-    }
-
-    fn line(&self, step: u64, epoch: f64, lr: f64) -> String {
-        let n = self.updates.max(1) as f64;
-        format!(
-            "update {step} | epoch {epoch:.2} | loss {:.4} | ppl {:.2} | {:.0} tok/s | lr {lr:.2e} | grad norm {:.3}",
-            self.loss_sum / self.tokens.max(1) as f64,
-            (self.nll_sum / self.tokens.max(1) as f64).exp(),
-            self.tokens_per_s(),
-            self.grad_norm_sum / n
-        )
-    }
-
-    fn record(&self, step: u64, epoch: f64, lr: f64, elapsed: f64) -> serde_json::Value {
-        let n = self.updates.max(1) as f64;
-        let mean = |v: &[f64]| v.iter().map(|x| x / n).collect::<Vec<_>>();
-        let others: serde_json::Map<String, serde_json::Value> = self
-            .group_sums
-            .iter()
-            .filter(|(k, _)| !k.contains(".layer"))
-            .map(|(k, v)| (k.clone(), (v / n).into()))
-            .collect();
-        serde_json::json!({
-            "step": step, "epoch": epoch,
-            "loss": self.loss_sum / self.tokens.max(1) as f64,
-            "ppl": (self.nll_sum / self.tokens.max(1) as f64).exp(),
-            "tokens_per_s": self.tokens_per_s(), "lr": lr,
-            "grad_norm": self.grad_norm_sum / n,
-            "grad_norm_encoder": mean(&self.encoder), "grad_norm_decoder": mean(&self.decoder),
-            "grad_norm_other": others, "elapsed_s": elapsed,
-        })
-    }
-}
-
-/// `metrics.jsonl`, appended to and flushed line by line.
-struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn write(&mut self, v: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}")
-            .and_then(|_| self.file.flush())
-            .map_err(|e| Error::Io {
-                path: self.path.clone(),
-                source: e,
-            })
-    }
 }

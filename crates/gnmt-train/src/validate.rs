@@ -4,7 +4,7 @@
 use candle::{DType, Device, Tensor};
 use gnmt_infer::{greedy_decode, LengthLimit};
 use gnmt_metrics::{corpus_bleu, corpus_chrf, BleuOptions, ChrfOptions};
-use gnmt_model::{mask_from_lengths, Gnmt};
+use gnmt_model::{mask_from_lengths, Gnmt, PairBatch};
 use gnmt_tokenizer::batch::plan_epoch;
 use gnmt_tokenizer::{Batch, BatchOptions, Dataset, ParallelCorpus, Vocab};
 
@@ -19,16 +19,16 @@ pub struct ValidResult {
     pub translations: Vec<String>,
 }
 
-/// Tensors of a batch on `device`: (src, src_mask, tgt_in, tgt_out, tgt_mask).
-pub fn batch_tensors(b: &Batch, device: &Device) -> Result<[Tensor; 5]> {
+/// A batch's tensors on `device`.
+pub fn batch_tensors(b: &Batch, device: &Device) -> Result<PairBatch> {
     let n = b.len();
-    Ok([
-        Tensor::from_slice(&b.src, (n, b.src_width), device)?,
-        mask_from_lengths(&b.src_lengths, b.src_width, DType::F32, device)?,
-        Tensor::from_slice(&b.tgt_in, (n, b.tgt_width), device)?,
-        Tensor::from_slice(&b.tgt_out, (n, b.tgt_width), device)?,
-        mask_from_lengths(&b.tgt_lengths, b.tgt_width, DType::F32, device)?,
-    ])
+    Ok(PairBatch {
+        src: Tensor::from_slice(&b.src, (n, b.src_width), device)?,
+        src_mask: mask_from_lengths(&b.src_lengths, b.src_width, DType::F32, device)?,
+        tgt_in: Tensor::from_slice(&b.tgt_in, (n, b.tgt_width), device)?,
+        tgt_out: Tensor::from_slice(&b.tgt_out, (n, b.tgt_width), device)?,
+        tgt_mask: mask_from_lengths(&b.tgt_lengths, b.tgt_width, DType::F32, device)?,
+    })
 }
 
 pub struct Validator<'a> {
@@ -51,11 +51,8 @@ impl Validator<'_> {
         };
         let (mut nll, mut tokens) = (0.0, 0usize);
         for indices in plan_epoch(self.dataset, &options, 0) {
-            let [src, src_mask, tgt_in, tgt_out, tgt_mask] =
-                batch_tensors(&Batch::from_indices(self.dataset, indices), self.device)?;
-            let l = batch_loss(
-                model, &src, &src_mask, &tgt_in, &tgt_out, &tgt_mask, 0.0, None,
-            )?;
+            let batch = batch_tensors(&Batch::from_indices(self.dataset, indices), self.device)?;
+            let l = batch_loss(model, &batch, 0.0, None)?;
             nll += l.nll_sum;
             tokens += l.tokens;
         }

@@ -1,8 +1,5 @@
 //! One module per command: its clap `Args` and a `run` that turns them into library calls.
 
-pub mod bench;
-pub mod bench_train;
-pub mod bench_translate;
 pub mod codec;
 pub mod docs;
 pub mod eval;
@@ -10,7 +7,6 @@ pub mod export;
 pub mod plot;
 pub mod prepare;
 pub mod score;
-pub mod study;
 pub mod synth;
 pub mod train;
 pub mod translate;

@@ -26,10 +26,6 @@ pub(super) fn gemm_reading_a(
 ) {
     let (m, n, k) = (a.rows, b.n, b.k);
     assert_eq!(a.cols, k, "inner dimensions differ");
-    let fast = match b.format {
-        Format::Bf16 => accelerated(),
-        Format::F32 => accelerated_f32(),
-    };
     if m == 0 || n == 0 {
         return;
     }
@@ -41,129 +37,222 @@ pub(super) fn gemm_reading_a(
         }
         return;
     }
-    let pairs = b.pairs;
-    // An f32 `A` needs no packing when its storage already lets the kernel find each
-    // block's rows at every depth: the kernel reads it in place (packing the largest
-    // operands, `dZ` of the output layer above all, cost a tenth of a training step), and
-    // only a last partial block is packed. bf16 is always packed (the words are pairs).
-    let read_in_place = in_place && b.format == Format::F32 && m >= MR && a.in_place_layout();
-    let full_blocks = if read_in_place { m / MR } else { 0 };
-    let packed_a = if read_in_place {
-        let start = full_blocks * MR;
-        let tail = View {
-            data: &a.data[start * a.row_stride..],
-            rows: m - start,
-            ..a
-        };
-        pack_a(tail, pairs, b.format)
-    } else {
-        pack_a(a, pairs, b.format)
+    let product = Product {
+        a: LeftOperand::new(a, b, in_place),
+        b,
+        m,
+        n,
+        dst,
+        write,
+        fast: match b.format {
+            Format::Bf16 => accelerated(),
+            Format::F32 => accelerated_f32(),
+        },
     };
-    // SAFETY: f32 and u32 have the same size and alignment; the kernels read these words as
-    // f32 again.
-    let a_words =
-        unsafe { std::slice::from_raw_parts(a.data.as_ptr() as *const u32, a.data.len()) };
-    let a_block = |block: usize| -> ABlock {
-        if block < full_blocks {
-            let span = (MR - 1) * a.row_stride + (pairs - 1) * a.col_stride + 1;
+    let tiles = Tiles::new(m, n, threads);
+    let run = |&(group, first_panel): &(usize, usize)| {
+        product.run_tile(
+            group,
+            first_panel..(first_panel + tiles.panel_chunk).min(tiles.panels),
+        )
+    };
+    if threads > 1 && tiles.list.len() > 1 {
+        tiles.list.par_iter().for_each(run);
+    } else {
+        tiles.list.iter().for_each(run);
+    }
+}
+
+/// The left operand as the kernels read it, block of [`MR`] rows by block.
+struct LeftOperand<'a> {
+    /// `A`'s storage as words (f32 and u32 have the same size; the kernels read them as f32).
+    words: &'a [u32],
+    row_stride: usize,
+    col_stride: usize,
+    /// Depth words per row: the depth in f32, pairs of depths in bf16.
+    pairs: usize,
+    /// Blocks `0..in_place` are read where they lie in `words`.
+    in_place: usize,
+    /// The other blocks, packed.
+    packed: Vec<u32>,
+}
+
+impl<'a> LeftOperand<'a> {
+    /// An f32 `A` needs no packing when its storage already lets the kernel find each
+    /// block's rows at every depth: the kernel reads it in place (packing the largest
+    /// operands, `dZ` of the output layer above all, is a large share of a training step),
+    /// and only a last partial block is packed. bf16 is always packed (the words are pairs).
+    fn new(a: View<'a>, b: &PackedB, allow_in_place: bool) -> Self {
+        let m = a.rows;
+        let read_in_place =
+            allow_in_place && b.format == Format::F32 && m >= MR && a.in_place_layout();
+        let in_place = if read_in_place { m / MR } else { 0 };
+        let packed = if read_in_place {
+            let start = in_place * MR;
+            let tail = View {
+                data: &a.data[start * a.row_stride..],
+                rows: m - start,
+                ..a
+            };
+            pack_a(tail, b.pairs, b.format)
+        } else {
+            pack_a(a, b.pairs, b.format)
+        };
+        // SAFETY: f32 and u32 have the same size and alignment; the kernels read these words
+        // as f32 again.
+        let words =
+            unsafe { std::slice::from_raw_parts(a.data.as_ptr() as *const u32, a.data.len()) };
+        Self {
+            words,
+            row_stride: a.row_stride,
+            col_stride: a.col_stride,
+            pairs: b.pairs,
+            in_place,
+            packed,
+        }
+    }
+
+    fn block(&self, block: usize) -> ABlock<'_> {
+        let pairs = self.pairs;
+        if block < self.in_place {
+            let span = (MR - 1) * self.row_stride + (pairs - 1) * self.col_stride + 1;
             ABlock {
-                words: &a_words[block * MR * a.row_stride..][..span],
-                row_stride: a.row_stride,
-                depth_stride: a.col_stride,
+                words: &self.words[block * MR * self.row_stride..][..span],
+                row_stride: self.row_stride,
+                depth_stride: self.col_stride,
             }
         } else {
-            let block = block - full_blocks;
+            let block = block - self.in_place;
             ABlock {
-                words: &packed_a[block * pairs * MR..][..pairs * MR],
+                words: &self.packed[block * pairs * MR..][..pairs * MR],
                 row_stride: 1,
                 depth_stride: MR,
             }
         }
-    };
-    let panels = n.div_ceil(NR);
-    let groups = m.div_ceil(ROW_GROUP);
-    // Tiles of (row group, panel range), each writing its own part of dst.
-    let panel_chunk = if threads > 1 {
-        panels.div_ceil((4 * threads).div_ceil(groups)).max(1)
-    } else {
-        panels
-    };
-    let tiles: Vec<(usize, usize)> = (0..groups)
-        .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
-        .collect();
-    let b_format = b.format;
-    let run_tile = |&(group, first_panel): &(usize, usize)| {
-        let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(m);
+    }
+}
+
+/// The product's work in tiles of (row group, run of panels), each writing its own part of
+/// the destination.
+struct Tiles {
+    list: Vec<(usize, usize)>,
+    panels: usize,
+    panel_chunk: usize,
+}
+
+impl Tiles {
+    fn new(m: usize, n: usize, threads: usize) -> Self {
+        let panels = n.div_ceil(NR);
+        let groups = m.div_ceil(ROW_GROUP);
+        let panel_chunk = if threads > 1 {
+            panels.div_ceil((4 * threads).div_ceil(groups)).max(1)
+        } else {
+            panels
+        };
+        let list = (0..groups)
+            .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
+            .collect();
+        Self {
+            list,
+            panels,
+            panel_chunk,
+        }
+    }
+}
+
+/// Everything a tile of one product reads and where it writes.
+struct Product<'a> {
+    a: LeftOperand<'a>,
+    b: &'a PackedB,
+    m: usize,
+    n: usize,
+    dst: Dst,
+    write: Write<'a>,
+    /// Whether the CPU runs the accelerated kernels of `b`'s format.
+    fast: bool,
+}
+
+impl Product<'_> {
+    /// Rows `group` of the product, in the columns of `panels`.
+    fn run_tile(&self, group: usize, panels: std::ops::Range<usize>) {
+        let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(self.m);
         // Every kernel overwrites the whole tile, so it is not zeroed per call.
         let mut tile = [[0f32; NR]; MR];
-        for panel in first_panel..(first_panel + panel_chunk).min(panels) {
-            let cols = panel * NR..((panel + 1) * NR).min(n);
+        for panel in panels {
             for block in rows.start / MR..rows.end.div_ceil(MR) {
-                let (a, b) = (a_block(block), b.panel(panel));
-                // Rows of this block that exist: the kernels for fewer than MR rows skip the
-                // rest (a recurrence's last steps, with few rows still running, were mostly
-                // padding rows multiplied out).
-                let live = (m - block * MR).min(MR);
-                macro_rules! rows {
-                    ($kernel:ident, $($arg:expr),*) => {
-                        match live {
-                            1 => $kernel::<1>($($arg),*),
-                            2 => $kernel::<2>($($arg),*),
-                            3 => $kernel::<3>($($arg),*),
-                            4 => $kernel::<4>($($arg),*),
-                            5 => $kernel::<5>($($arg),*),
-                            6 => $kernel::<6>($($arg),*),
-                            7 => $kernel::<7>($($arg),*),
-                            _ => $kernel::<MR>($($arg),*),
-                        }
-                    };
-                }
-                // A full panel goes from the registers straight into `dst`; a partial one
-                // (and the portable kernels' tiles) through `tile` and `write_row`, a copy
-                // per row that full panels skip.
-                let direct = fast && cols.len() == NR;
-                let out = if direct {
-                    TileOut::Direct(DirectTile {
-                        // SAFETY: row block * MR < m, column cols.start < n: inside dst.
-                        first: unsafe { dst.0.add(block * MR * n + cols.start) },
-                        row_len: n,
-                        write,
-                        column: cols.start,
-                    })
-                } else {
-                    TileOut::Buffer(&mut tile)
-                };
-                match (b_format, fast) {
-                    // SAFETY: the CPU has the instructions (accelerated() or
-                    // accelerated_f32()); A's block spans `pairs` depth words of its MR
-                    // rows (bf16 is always packed), B `pairs` of NR; a direct tile's `live`
-                    // rows of NR columns lie in dst, written by this tile alone.
-                    (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, out) },
-                    (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, out) },
-                    (Format::Bf16, false) => portable_kernel(pairs, a.words, b, &mut tile),
-                    (Format::F32, false) => portable_kernel_f32(pairs, a, b, &mut tile),
-                }
-                if direct {
-                    continue;
-                }
-                for (i, row) in tile.iter().enumerate() {
-                    let r = block * MR + i;
-                    if r >= m {
-                        break;
-                    }
-                    // SAFETY: tiles are disjoint in (row, column), so no two threads write
-                    // the same element; r < m and cols end <= n bound the row in dst.
-                    unsafe {
-                        dst.write_row(r * n + cols.start, write, &row[..cols.len()], cols.start)
-                    };
-                }
+                self.multiply_block(block, panel, &mut tile);
             }
         }
-    };
-    if threads > 1 && tiles.len() > 1 {
-        tiles.par_iter().for_each(run_tile);
-    } else {
-        tiles.iter().for_each(run_tile);
+    }
+
+    /// One `MR x NR` block of the product, written into the destination.
+    #[inline(always)]
+    fn multiply_block(&self, block: usize, panel: usize, tile: &mut [[f32; NR]; MR]) {
+        let (m, n, pairs) = (self.m, self.n, self.a.pairs);
+        let cols = panel * NR..((panel + 1) * NR).min(n);
+        let (a, b) = (self.a.block(block), self.b.panel(panel));
+        // Rows of this block that exist: the kernels for fewer than MR rows skip the rest (a
+        // recurrence's last steps, with few rows still running, are mostly padding rows
+        // otherwise).
+        let live = (m - block * MR).min(MR);
+        macro_rules! rows {
+            ($kernel:ident, $($arg:expr),*) => {
+                match live {
+                    1 => $kernel::<1>($($arg),*),
+                    2 => $kernel::<2>($($arg),*),
+                    3 => $kernel::<3>($($arg),*),
+                    4 => $kernel::<4>($($arg),*),
+                    5 => $kernel::<5>($($arg),*),
+                    6 => $kernel::<6>($($arg),*),
+                    7 => $kernel::<7>($($arg),*),
+                    _ => $kernel::<MR>($($arg),*),
+                }
+            };
+        }
+        // A full panel goes from the registers straight into `dst`; a partial one (and the
+        // portable kernels' tiles) through `tile` and `write_row`, a copy per row that full
+        // panels skip.
+        let direct = self.fast && cols.len() == NR;
+        let out = if direct {
+            TileOut::Direct(DirectTile {
+                // SAFETY: row block * MR < m, column cols.start < n: inside dst.
+                first: unsafe { self.dst.0.add(block * MR * n + cols.start) },
+                row_len: n,
+                write: self.write,
+                column: cols.start,
+            })
+        } else {
+            TileOut::Buffer(tile)
+        };
+        match (self.b.format, self.fast) {
+            // SAFETY: the CPU has the instructions (accelerated() or accelerated_f32()); A's
+            // block spans `pairs` depth words of its MR rows (bf16 is always packed), B
+            // `pairs` of NR; a direct tile's `live` rows of NR columns lie in dst, written by
+            // this tile alone.
+            (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, out) },
+            (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, out) },
+            (Format::Bf16, false) => portable_kernel(pairs, a.words, b, tile),
+            (Format::F32, false) => portable_kernel_f32(pairs, a, b, tile),
+        }
+        if direct {
+            return;
+        }
+        for (i, row) in tile.iter().enumerate() {
+            let r = block * MR + i;
+            if r >= m {
+                break;
+            }
+            // SAFETY: tiles are disjoint in (row, column), so no two threads write the same
+            // element; r < m and cols end <= n bound the row in dst.
+            unsafe {
+                self.dst.write_row(
+                    r * n + cols.start,
+                    self.write,
+                    &row[..cols.len()],
+                    cols.start,
+                )
+            };
+        }
     }
 }
 

@@ -135,11 +135,9 @@ fn live_rows(
 
 /// Backpropagation through time for one chunk: the gradient of its real rows' input gates,
 /// into `d_gates` (per time step, the chunk's real rows in the compact layout).
-#[allow(clippy::too_many_arguments)]
 fn backward_chunk<T: 'static + Real>(
     grad_h: &[T],
-    acts: &[T],
-    cells: &[T],
+    Saved { acts, cells, .. }: Saved<T>,
     w_hh: &Rhs<T>,
     keep: Option<&[bool]>,
     d: Dims,
@@ -316,16 +314,21 @@ pub fn forward<T: 'static + Real>(
     (h, acts, cells)
 }
 
+/// What [`backward`] reads of [`forward`]'s results: the hidden and cell states after each
+/// step, `[T, B, H]` time-major, and the gate activations of the real pairs (compact).
+#[derive(Clone, Copy)]
+pub struct Saved<'a, T> {
+    pub h: &'a [T],
+    pub acts: &'a [T],
+    pub cells: &'a [T],
+}
+
 /// Returns the gradients of the input projection at the real `(step, row)` pairs `real` (the
 /// indices `s * B + b` where `keep` holds, increasing: the compact layout), `[real pairs, 4H]`,
-/// of `W_hh` `[4H, H]` and of the bias. `acts` are the compact gate activations of
-/// [`forward`].
-#[allow(clippy::too_many_arguments)]
+/// of `W_hh` `[4H, H]` and of the bias, from what [`forward`] returned.
 pub fn backward<T: 'static + Real>(
     grad_h: &[T],
-    h_out: &[T],
-    acts: &[T],
-    cells: &[T],
+    saved: Saved<T>,
     w_hh: RecurrentWeight<T>,
     keep: Option<&[bool]>,
     real: &[usize],
@@ -349,16 +352,7 @@ pub fn backward<T: 'static + Real>(
     parts
         .into_par_iter()
         .for_each(|((rows, first_real), d_gates)| {
-            backward_chunk(
-                grad_h,
-                acts,
-                cells,
-                &w_hh,
-                keep,
-                d,
-                (rows, first_real),
-                d_gates,
-            )
+            backward_chunk(grad_h, saved, &w_hh, keep, d, (rows, first_real), d_gates)
         });
     // h_prev of every real pair: the output of the previous processing step (zero before the
     // first), gathered straight into the compact order.
@@ -374,7 +368,7 @@ pub fn backward<T: 'static + Real>(
         .for_each(|(dst, &pair)| {
             let (s, row) = (pair / d.b, pair % d.b);
             if let Some(p) = previous_step[s] {
-                dst.copy_from_slice(&h_out[p * bh + row * d.h..][..d.h]);
+                dst.copy_from_slice(&saved.h[p * bh + row * d.h..][..d.h]);
             }
         });
     // dW_hh = sum over the real (step, row) pairs of dgates^T h_prev: one [4H, pairs] x

@@ -267,8 +267,14 @@ impl Kernel<2> for ThroughTime {
             read(acts, Self::NAME, |acts: &[T]| {
                 read(cells, Self::NAME, |cells: &[T]| {
                     let w_hh = recurrent_weight(wb, d.h);
-                    let (dg, d_w_hh, d_bias) =
-                        sequence::backward(&grad_h, h, acts, cells, w_hh, keep, &self.gate_rows, d);
+                    let (dg, d_w_hh, d_bias) = sequence::backward(
+                        &grad_h,
+                        sequence::Saved { h, acts, cells },
+                        w_hh,
+                        keep,
+                        &self.gate_rows,
+                        d,
+                    );
                     Ok(joined(vec![dg, join_w_hh_bias(&d_w_hh, &d_bias, d.h)]))
                 })
             })

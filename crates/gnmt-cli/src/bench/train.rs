@@ -12,8 +12,11 @@ use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::Args;
 
-use super::bench::Rounds;
-use gnmt_model::{init_model, mask_from_lengths, parameter_count, Kernels, ModelConfig, Precision};
+use super::peak::{bf16_peak_gflops, peak_gflops};
+use super::rounds::{measurement_output, rounds_note, Rounds};
+use gnmt_model::{
+    init_model, mask_from_lengths, parameter_count, Kernels, ModelConfig, PairBatch, Precision,
+};
 use gnmt_train::schedule::Rule;
 use gnmt_train::step;
 use rand::{Rng, SeedableRng};
@@ -77,45 +80,6 @@ fn rate_of(text: &str) -> Option<f64> {
         .and_then(|r| r.trim().parse().ok())
 }
 
-/// Side of the square product that measures the machine's peak.
-const PEAK_N: usize = 2048;
-
-/// GFLOP/s of the best of three runs of a `PEAK_N`^3 product (after one warm-up run).
-fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    run()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let start = Instant::now();
-        run()?;
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
-}
-
-/// bf16 product rate at 2048^3 ([`gnmt_kernels::gemm`]), in GFLOP/s.
-pub(crate) fn bf16_peak_gflops() -> anyhow::Result<f64> {
-    use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
-    let n = PEAK_N;
-    let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
-    let mut c = vec![0f32; n * n];
-    let packed = PackedB::new(View::new(&b, n, n, false), Format::Bf16);
-    let threads = rayon::current_num_threads();
-    best_of_three(|| {
-        gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);
-        Ok(())
-    })
-}
-
-/// f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
-pub(crate) fn peak_gflops() -> anyhow::Result<f64> {
-    let a = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
-    let b = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
-    best_of_three(|| {
-        a.matmul(&b)?;
-        Ok(())
-    })
-}
-
 impl BenchTrainArgs {
     pub fn run(self, kernels: Kernels) -> anyhow::Result<()> {
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
@@ -163,7 +127,7 @@ impl BenchTrainArgs {
             println!(
                 "{t} threads vs {t0}: {:.2}x{}",
                 rounds.median_ratio(i, 0),
-                super::bench::rounds_note(&rounds)
+                rounds_note(&rounds)
             );
         }
         if self.torch {
@@ -179,7 +143,7 @@ impl BenchTrainArgs {
         threads: usize,
         kernels: Kernels,
     ) -> anyhow::Result<String> {
-        super::bench::measurement_output(
+        measurement_output(
             std::process::Command::new(exe)
                 .args([
                     "--threads",
@@ -253,13 +217,13 @@ impl BenchTrainArgs {
         let src = Tensor::from_vec(ids(self.batch * s), (self.batch, s), &device)?;
         let tgt_in = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
         let tgt_out = Tensor::from_vec(ids(self.batch * t), (self.batch, t), &device)?;
-        let batch = [
+        let batch = PairBatch {
             src,
-            mask_from_lengths(&src_len, s, DType::F32, &device)?,
+            src_mask: mask_from_lengths(&src_len, s, DType::F32, &device)?,
             tgt_in,
             tgt_out,
-            mask_from_lengths(&tgt_len, t, DType::F32, &device)?,
-        ];
+            tgt_mask: mask_from_lengths(&tgt_len, t, DType::F32, &device)?,
+        };
 
         let mut dropout = gnmt_model::Dropout::new(0.2, 1);
         // Seconds spent in the forward pass, the backward pass and the update (clipping

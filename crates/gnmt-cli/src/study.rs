@@ -32,7 +32,7 @@ impl StudyCommand {
 #[derive(Debug, Args)]
 pub struct ResidualStudyArgs {
     #[command(flatten)]
-    pub corpus: super::train::CorpusArgs,
+    pub corpus: crate::cmd::train::CorpusArgs,
     /// Output folder: one training run per arm, the figures and report.md.
     #[arg(short, long)]
     pub output: PathBuf,

@@ -13,7 +13,8 @@ use gnmt_infer::Translator;
 use gnmt_model::{Kernels, Precision};
 use gnmt_tokenizer::{data::multi30k_dir, Lines};
 
-use super::bench::Rounds;
+use super::peak::{bf16_peak_gflops, peak_gflops};
+use super::rounds::{measurement_output, rounds_note, Rounds};
 
 #[derive(Debug, Args)]
 pub struct BenchTranslateArgs {
@@ -69,7 +70,7 @@ impl BenchTranslateArgs {
                 println!("round {}:", round + 1);
             }
             let (beam, threads) = configs[i];
-            let text = super::bench::measurement_output(
+            let text = measurement_output(
                 std::process::Command::new(&exe)
                     .args(["--threads", &threads.to_string()])
                     .args(["--matmul", kernels.precision().name()])
@@ -106,7 +107,7 @@ impl BenchTranslateArgs {
                     "beam {beam}: {t} threads vs {}: {:.2}x{}",
                     configs[first].1,
                     rounds.median_ratio(i, first),
-                    super::bench::rounds_note(&rounds)
+                    rounds_note(&rounds)
                 );
             }
         }
@@ -134,13 +135,13 @@ impl BenchTranslateArgs {
         // Forward FLOPs of the work actually done (padding included), against the peak
         // measured by a matmul in this process after the timed run.
         let gflops = t.work().flops(t.config()) / secs / 1e9;
-        let peak = super::bench_train::peak_gflops()?;
+        let peak = peak_gflops()?;
         let mut rate = format!(
             "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
             100.0 * gflops / peak
         );
         if kernels == Kernels::Fused(Precision::Bf16) {
-            let bf16_peak = super::bench_train::bf16_peak_gflops()?;
+            let bf16_peak = bf16_peak_gflops()?;
             rate += &format!(
                 " ({:.0}% of the bf16 product's {bf16_peak:.0})",
                 100.0 * gflops / bf16_peak

@@ -1,0 +1,45 @@
+//! The machine's peak product rates, measured in the same process as a benchmark, for the
+//! fraction of it a measurement reaches.
+
+use std::time::Instant;
+
+use candle::{DType, Device, Tensor};
+
+/// Side of the square product that measures the machine's peak.
+const PEAK_N: usize = 2048;
+
+/// GFLOP/s of the best of three runs of a `PEAK_N`^3 product (after one warm-up run).
+fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
+}
+
+/// bf16 product rate at 2048^3 ([`gnmt_kernels::gemm`]), in GFLOP/s.
+pub(crate) fn bf16_peak_gflops() -> anyhow::Result<f64> {
+    use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
+    let n = PEAK_N;
+    let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
+    let mut c = vec![0f32; n * n];
+    let packed = PackedB::new(View::new(&b, n, n, false), Format::Bf16);
+    let threads = rayon::current_num_threads();
+    best_of_three(|| {
+        gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);
+        Ok(())
+    })
+}
+
+/// f32 matmul rate at 2048^3, in GFLOP/s: the machine's practical peak.
+pub(crate) fn peak_gflops() -> anyhow::Result<f64> {
+    let a = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((PEAK_N, PEAK_N), DType::F32, &Device::Cpu)?;
+    best_of_three(|| {
+        a.matmul(&b)?;
+        Ok(())
+    })
+}
