@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::params::{parameter_specs, ParamSpec};
 use crate::ModelConfig;
+use crate::{parameter_specs, ParamSpec};
 
 pub const FORMAT_VERSION: u64 = 1;
 pub const CONFIG_FILE: &str = "config.json";

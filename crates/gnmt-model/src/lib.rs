@@ -36,5 +36,8 @@ pub use config::{AttentionQuery, ModelConfig};
 pub use decoder::{DecoderState, DecodingWeights};
 pub use gnmt_kernels::top_tokens::{top_tokens, TopTokens};
 pub use gnmt_ops::{param_grads, Dropout, KernelChoice, Kernels, Precision};
-pub use model::{mask_from_lengths, EncoderOutput, Gnmt, PairBatch};
-pub use params::{init_model, init_varmap, parameter_count, parameter_specs, ParamSpec};
+pub use model::{
+    init_model, init_varmap, mask_from_lengths, parameter_count, parameter_specs, EncoderOutput,
+    Gnmt, PairBatch,
+};
+pub use params::ParamSpec;

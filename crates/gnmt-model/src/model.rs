@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use candle::{bail, DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use gnmt_kernels::top_tokens::{top_tokens, TopTokens};
 use gnmt_ops::softmax_loss::{log_softmax_rows, token_losses};
 use gnmt_ops::{Dropout, Kernels};
@@ -13,6 +13,7 @@ use crate::attention::Memory;
 use crate::config::ModelConfig;
 use crate::decoder::{Decoder, DecoderState, DecodingWeights};
 use crate::encoder::Encoder;
+use crate::params::{self, ParamSpec};
 
 /// The encoded source batch, ready for attention.
 #[derive(Debug, Clone)]
@@ -235,6 +236,45 @@ fn check_ids(t: &Tensor, name: &str) -> Result<()> {
         bail!("{name} must hold u32 token ids, got {:?}", t.dtype())
     }
     Ok(())
+}
+
+/// Every parameter of a model with this configuration, sorted by name.
+pub fn parameter_specs(config: &ModelConfig) -> Result<Vec<ParamSpec>> {
+    params::record(|vb| Gnmt::new(config, vb).map(drop))
+}
+
+/// Total number of parameters.
+pub fn parameter_count(config: &ModelConfig) -> Result<usize> {
+    Ok(parameter_specs(config)?
+        .iter()
+        .map(ParamSpec::elem_count)
+        .sum())
+}
+
+/// A `VarMap` holding every parameter, drawn uniformly from `[-scale, scale]` by a ChaCha
+/// generator seeded with `seed`, parameter by parameter in name order. The same seed gives
+/// bit-identical parameters on every machine and thread count.
+pub fn init_varmap(
+    config: &ModelConfig,
+    seed: u64,
+    scale: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarMap> {
+    params::seeded_varmap(&parameter_specs(config)?, seed, scale, dtype, device)
+}
+
+/// A freshly initialised model and the `VarMap` that owns its parameters (for training).
+pub fn init_model(
+    config: &ModelConfig,
+    seed: u64,
+    scale: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Gnmt, VarMap)> {
+    let varmap = init_varmap(config, seed, scale, dtype, device)?;
+    let model = Gnmt::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+    Ok((model, varmap))
 }
 
 /// `[B, width]` float mask with 1 on the first `lengths[b]` positions of row `b`.

@@ -1,9 +1,10 @@
-//! The parameter list of a configuration, and seeded initialisation.
+//! Recording a network's parameter list, and seeded initialisation.
 //!
-//! The list is not written down twice: it is recorded by building the model against a backend
-//! that notes every `(name, shape)` requested and hands back a zero-stride view (no
-//! allocation, so even the 8x1024 preset is listed instantly). Checkpoint validation, seeded
-//! initialisation and the pinned name snapshot all use this one list.
+//! The list is not written down twice: it is recorded by building the network against a
+//! backend that notes every `(name, shape)` requested and hands back a zero-stride view (no
+//! allocation, so even the 8x1024 preset is listed instantly). [`crate::parameter_specs`] does
+//! it for [`crate::Gnmt`]; checkpoint validation, seeded initialisation and the pinned name
+//! snapshot all use that one list.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,8 +12,6 @@ use candle::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-
-use crate::{Gnmt, ModelConfig};
 
 /// One parameter tensor: its name in `model.safetensors` and its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,14 +50,16 @@ impl SimpleBackend for Recorder {
     }
 }
 
-/// Every parameter of a model with this configuration, sorted by name.
-pub fn parameter_specs(config: &ModelConfig) -> Result<Vec<ParamSpec>> {
+/// Every parameter `build` requests of the `VarBuilder` it is given, sorted by name: the
+/// network's constructor run against a recorder.
+pub(crate) fn record(build: impl FnOnce(VarBuilder) -> Result<()>) -> Result<Vec<ParamSpec>> {
     let recorder = Recorder::default();
     let seen = recorder.seen.clone();
-    Gnmt::new(
-        config,
-        VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu),
-    )?;
+    build(VarBuilder::from_backend(
+        Box::new(recorder),
+        DType::F32,
+        Device::Cpu,
+    ))?;
     let mut specs = seen.lock().expect("not poisoned").clone();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = specs.windows(2).find(|w| w[0].name == w[1].name) {
@@ -67,19 +68,11 @@ pub fn parameter_specs(config: &ModelConfig) -> Result<Vec<ParamSpec>> {
     Ok(specs)
 }
 
-/// Total number of parameters.
-pub fn parameter_count(config: &ModelConfig) -> Result<usize> {
-    Ok(parameter_specs(config)?
-        .iter()
-        .map(ParamSpec::elem_count)
-        .sum())
-}
-
-/// A `VarMap` holding every parameter, drawn uniformly from `[-scale, scale]` by a ChaCha
-/// generator seeded with `seed`, parameter by parameter in name order. The same seed gives
-/// bit-identical parameters on every machine and thread count.
-pub fn init_varmap(
-    config: &ModelConfig,
+/// A `VarMap` holding the parameters `specs` (sorted by name), drawn uniformly from
+/// `[-scale, scale]` by a ChaCha generator seeded with `seed`, parameter by parameter in that
+/// order. The same seed gives bit-identical parameters on every machine and thread count.
+pub(crate) fn seeded_varmap(
+    specs: &[ParamSpec],
     seed: u64,
     scale: f64,
     dtype: DType,
@@ -89,26 +82,13 @@ pub fn init_varmap(
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     {
         let mut data = varmap.data().lock().expect("not poisoned");
-        for spec in parameter_specs(config)? {
+        for spec in specs {
             let values: Vec<f64> = (0..spec.elem_count())
                 .map(|_| rng.random_range(-scale..=scale))
                 .collect();
             let t = Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?;
-            data.insert(spec.name, Var::from_tensor(&t)?);
+            data.insert(spec.name.clone(), Var::from_tensor(&t)?);
         }
     }
     Ok(varmap)
-}
-
-/// A freshly initialised model and the `VarMap` that owns its parameters (for training).
-pub fn init_model(
-    config: &ModelConfig,
-    seed: u64,
-    scale: f64,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Gnmt, VarMap)> {
-    let varmap = init_varmap(config, seed, scale, dtype, device)?;
-    let model = Gnmt::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
-    Ok((model, varmap))
 }

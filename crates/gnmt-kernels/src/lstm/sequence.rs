@@ -323,9 +323,11 @@ pub struct Saved<'a, T> {
     pub cells: &'a [T],
 }
 
-/// Returns the gradients of the input projection at the real `(step, row)` pairs `real` (the
-/// indices `s * B + b` where `keep` holds, increasing: the compact layout), `[real pairs, 4H]`,
-/// of `W_hh` `[4H, H]` and of the bias, from what [`forward`] returned.
+/// Writes the gradients of the input projection at the real `(step, row)` pairs `real` (the
+/// indices `s * B + b` where `keep` holds, increasing: the compact layout) into `dg_real`
+/// (`[real pairs, 4H]`, zeroed: the caller's buffer, so the gradients can go out as one
+/// tensor without a copy), and returns those of `W_hh` `[4H, H]` and of the bias, from what
+/// [`forward`] returned.
 pub fn backward<T: 'static + Real>(
     grad_h: &[T],
     saved: Saved<T>,
@@ -333,7 +335,8 @@ pub fn backward<T: 'static + Real>(
     keep: Option<&[bool]>,
     real: &[usize],
     d: Dims,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+    dg_real: &mut [T],
+) -> (Vec<T>, Vec<T>) {
     let chunks = d.chunks();
     let compact = Compact::new(keep, d, &chunks);
     assert_eq!(
@@ -342,12 +345,17 @@ pub fn backward<T: 'static + Real>(
         "lstm: real pairs differ from the mask"
     );
     let w_hh = Rhs::strided(w_hh.data, (4 * d.h, d.h), (w_hh.row_stride, 1), d.precision);
-    let mut dg_real = zeros(compact.total * 4 * d.h);
+    assert_eq!(
+        dg_real.len(),
+        compact.total * 4 * d.h,
+        "lstm: gate gradients for {} real pairs",
+        compact.total
+    );
     let parts: Vec<_> = chunks
         .iter()
         .cloned()
         .zip(&compact.first_real)
-        .zip(compact.parts(&mut dg_real, 4 * d.h))
+        .zip(compact.parts(dg_real, 4 * d.h))
         .collect();
     parts
         .into_par_iter()
@@ -375,11 +383,11 @@ pub fn backward<T: 'static + Real>(
     // [pairs, H] product (the gradient of a padded step's gates is 0).
     let d_w = product(
         (4 * d.h, d.h, real.len()),
-        (&dg_real, true),
+        (&*dg_real, true),
         (&h_prev_real, false),
         None,
         Compute::all_threads(d.precision),
     );
-    let d_bias = column_sums(&dg_real, 4 * d.h);
-    (dg_real, d_w, d_bias)
+    let d_bias = column_sums(dg_real, 4 * d.h);
+    (d_w, d_bias)
 }

@@ -22,7 +22,7 @@ use gnmt_kernels::{Compute, Precision};
 use super::LstmWeights;
 use crate::dispatch::{self, Float, Kernel};
 use crate::matmul::product_no_bwd;
-use crate::storage::{joined, read, split};
+use crate::storage::{read, split};
 use crate::{concat, rows};
 
 /// Runs one layer from the zero state over `x [B, T, in]` with `weights`. `keep` holds one
@@ -266,16 +266,22 @@ impl Kernel<2> for ThroughTime {
         read(h, Self::NAME, |h: &[T]| {
             read(acts, Self::NAME, |acts: &[T]| {
                 read(cells, Self::NAME, |cells: &[T]| {
-                    let w_hh = recurrent_weight(wb, d.h);
-                    let (dg, d_w_hh, d_bias) = sequence::backward(
+                    // [gates' gradients | [W_hh | bias]'s] in one buffer (see `split`).
+                    let n_dg = self.gate_rows.len() * 4 * d.h;
+                    let mut all = zeros(n_dg + 4 * d.h * (d.h + 1));
+                    let (dg, dwb) = all.split_at_mut(n_dg);
+                    let (d_w_hh, d_bias) = sequence::backward(
                         &grad_h,
                         sequence::Saved { h, acts, cells },
-                        w_hh,
+                        recurrent_weight(wb, d.h),
                         keep,
                         &self.gate_rows,
                         d,
+                        dg,
                     );
-                    Ok(joined(vec![dg, join_w_hh_bias(&d_w_hh, &d_bias, d.h)]))
+                    dwb.copy_from_slice(&join_w_hh_bias(&d_w_hh, &d_bias, d.h));
+                    let n = all.len();
+                    Ok((all, Shape::from(n)))
                 })
             })
         })
