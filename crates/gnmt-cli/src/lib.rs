@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checked;
 pub mod cmd;
 pub mod decoding;
+pub mod device;
 pub mod plot;
 pub mod rate;
 pub mod run_log;
@@ -26,9 +27,13 @@ pub struct Cli {
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast, CPU), or reference (their composite candle
     /// references, f32 only: the correctness baseline, several times slower).
-    /// [default: fused, or the training config's `kernels`]
+    /// [default: fused on the CPU, reference on a GPU; or the training config's `kernels`]
     #[arg(long, global = true, value_enum)]
     pub kernels: Option<KernelsArg>,
+    /// Where models compute: cpu, cuda, cuda:N (a GPU; needs a build with the `cuda`
+    /// feature) or auto (the first GPU if there is one, else the CPU).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: device::DeviceArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,17 +43,45 @@ pub struct Cli {
 pub struct ComputeFlags {
     pub matmul: Option<Matmul>,
     pub kernels: Option<KernelsArg>,
+    pub device: device::DeviceArg,
 }
 
 impl ComputeFlags {
-    /// The kernels a command's models run on: `--kernels` (default fused) with products in
-    /// `--matmul` (default f32). Warns when bf16 will be slow on this CPU.
-    pub fn kernels(self) -> anyhow::Result<gnmt_model::Kernels> {
-        let choice: gnmt_model::KernelChoice =
-            self.kernels.map_or_else(Default::default, Into::into);
+    /// The device `--device` names, opened.
+    pub fn device(self) -> anyhow::Result<candle::Device> {
+        self.device.open()
+    }
+
+    /// The kernels a command's models run on `device`: `--kernels` (default: fused on the
+    /// CPU, reference elsewhere) with products in `--matmul` (default f32). Warns when bf16
+    /// will be slow on this CPU.
+    pub fn kernels_on(self, device: &candle::Device) -> anyhow::Result<gnmt_model::Kernels> {
+        let choice = kernel_choice(self.kernels.map(Into::into), device)?;
         let precision = self.matmul.map_or(gnmt_model::Precision::F32, Into::into);
-        warn_if_slow(precision);
+        if device.is_cpu() {
+            warn_if_slow(precision);
+        }
         choice.with(precision).map_err(anyhow::Error::msg)
+    }
+}
+
+/// The kernels to run on `device`, `given` by `--kernels` or the training config: the fused
+/// operations are CPU code, so a GPU runs the reference unless fused is asked for, which is
+/// refused.
+pub fn kernel_choice(
+    given: Option<gnmt_model::KernelChoice>,
+    device: &candle::Device,
+) -> anyhow::Result<gnmt_model::KernelChoice> {
+    use gnmt_model::KernelChoice;
+    match (given, device.is_cpu()) {
+        (None, true) => Ok(KernelChoice::Fused),
+        (None, false) => Ok(KernelChoice::Reference),
+        (Some(KernelChoice::Fused), false) => anyhow::bail!(
+            "--kernels fused: the fused operations run on the CPU only so far; on {} use \
+             --kernels reference",
+            device::name(device)
+        ),
+        (Some(k), _) => Ok(k),
     }
 }
 
@@ -137,6 +170,7 @@ impl Cli {
         let compute = ComputeFlags {
             matmul: self.matmul,
             kernels: self.kernels,
+            device: self.device,
         };
         on_pool(move || match self.command {
             Command::Vocab(a) => a.run(),

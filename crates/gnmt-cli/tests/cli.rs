@@ -311,3 +311,43 @@ fn completions_and_man_pages_cover_both_programs() {
     assert!(translate.contains("beam\\-size"), "{translate}");
     assert!(d.join("man/gnmt-bench-translate.1").is_file());
 }
+
+/// `--device`: `auto` runs on the CPU when there is no GPU (and translates as the CPU does);
+/// a GPU asked for by a program built without CUDA, or a misspelt device, is refused with
+/// what to do.
+#[test]
+fn devices_are_chosen_and_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let translate = std::path::Path::new(env!("CARGO_BIN_EXE_translate"));
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(translate)
+            .args(["-q", "--beam-size", "1"])
+            .args(args)
+            .current_dir(d)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"A man is riding a bicycle.\n").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let cpu = ok(run(&["--device", "cpu"]));
+    assert!(cpu.starts_with("Ein"), "{cpu}");
+    if cfg!(not(feature = "cuda")) {
+        assert_eq!(ok(run(&["--device", "auto"])), cpu);
+        let e = err(run(&["--device", "cuda:1"]));
+        assert!(
+            e.contains("built without CUDA") && e.contains("--features cuda"),
+            "{e}"
+        );
+        let e = err(gnmt(&["--device", "cuda", "bench", "train", "--single"], d));
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+    let e = err(run(&["--device", "gpu"]));
+    assert!(e.contains("cpu, cuda, cuda:N"), "{e}");
+}

@@ -72,7 +72,8 @@ impl Optimizer {
             let g = grads
                 .get(var)
                 .ok_or_else(|| Error::Config(format!("parameter {name} received no gradient")))?;
-            if rule == Rule::Adam && var.dtype() == DType::F32 {
+            // The one-pass update reads CPU storage; other devices take the tensor-op path.
+            if rule == Rule::Adam && var.dtype() == DType::F32 && var.device().is_cpu() {
                 let step = AdamStep {
                     lr,
                     grad_scale,

@@ -31,8 +31,8 @@ impl BenchCommand {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         match self {
             BenchCommand::Data(a) => a.run(),
-            BenchCommand::Train(a) => a.run(compute.kernels()?),
-            BenchCommand::Translate(a) => a.run(compute.kernels()?),
+            BenchCommand::Train(a) => a.run(compute),
+            BenchCommand::Translate(a) => a.run(compute),
         }
     }
 }

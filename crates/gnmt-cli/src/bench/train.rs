@@ -81,14 +81,16 @@ fn rate_of(text: &str) -> Option<f64> {
 }
 
 impl BenchTrainArgs {
-    pub fn run(self, kernels: Kernels) -> anyhow::Result<()> {
+    pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
+        let device = compute.device()?;
+        let kernels = compute.kernels_on(&device)?;
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             1 <= self.min_len && self.min_len <= self.max_len,
             "need 1 <= --min-len <= --max-len"
         );
         if self.single {
-            return self.measure(&cfg, kernels);
+            return self.measure(&cfg, kernels, &device);
         }
         println!(
             "bench train: preset {} ({} parameters), batch {} pairs of {}-{} tokens, {} timed steps",
@@ -104,7 +106,8 @@ impl BenchTrainArgs {
             if self.rounds > 1 && i == 0 {
                 println!("round {}:", round + 1);
             }
-            let text = self.measure_in_child(&exe, self.threads_list[i], kernels)?;
+            let text =
+                self.measure_in_child(&exe, self.threads_list[i], kernels, compute.device)?;
             print!("{text}");
             rate_of(&text).context("the measurement printed no rate")
         })?;
@@ -142,6 +145,7 @@ impl BenchTrainArgs {
         exe: &std::path::Path,
         threads: usize,
         kernels: Kernels,
+        device: crate::device::DeviceArg,
     ) -> anyhow::Result<String> {
         measurement_output(
             std::process::Command::new(exe)
@@ -152,6 +156,8 @@ impl BenchTrainArgs {
                     kernels.precision().name(),
                     "--kernels",
                     kernels.name(),
+                    "--device",
+                    &device.to_string(),
                     "bench",
                     "train",
                     "--single",
@@ -197,8 +203,8 @@ impl BenchTrainArgs {
         Ok(())
     }
 
-    fn measure(&self, cfg: &ModelConfig, kernels: Kernels) -> anyhow::Result<()> {
-        let device = Device::Cpu;
+    fn measure(&self, cfg: &ModelConfig, kernels: Kernels, device: &Device) -> anyhow::Result<()> {
+        let device = device.clone();
         let (model, params) = init_model(cfg, 1, 0.04, DType::F32, &device)?;
         let model = model.with_kernels(kernels);
         let mut optimizer = gnmt_train::optim::Optimizer::new(&params)?;
@@ -237,6 +243,7 @@ impl BenchTrainArgs {
             let g = step::backward(loss, &optimizer)?;
             let t2 = Instant::now();
             step::update(&mut optimizer, &g, 1e-4, Rule::Adam, &optim)?;
+            device.synchronize()?; // a GPU's update is queued, not done
             let t3 = Instant::now();
             for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
                 *p += (b - a).as_secs_f64();
@@ -255,7 +262,7 @@ impl BenchTrainArgs {
         let src_per_tgt =
             src_len.iter().sum::<usize>() as f64 / tgt_len.iter().sum::<usize>() as f64;
         let flops = 3.0 * cfg.forward_flops_per_target_token(mean_src, src_per_tgt);
-        let peak = peak_gflops()?;
+        let peak = peak_gflops(&device)?;
         println!(
             "threads={} ({}): {:.0} target tokens/s, {:.1} ms/step, {:.2} MFLOP/token (fwd+bwd), {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s a 2048^3 matmul reaches",
             rayon::current_num_threads(),

@@ -44,13 +44,15 @@ pub struct BenchTranslateArgs {
 }
 
 impl BenchTranslateArgs {
-    pub fn run(self, kernels: Kernels) -> anyhow::Result<()> {
+    pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
+        let device = compute.device()?;
+        let kernels = compute.kernels_on(&device)?;
         let src = match &self.src {
             Some(p) => p.clone(),
             None => multi30k_dir()?.join("test_2016_flickr.en"),
         };
         if let Some(beam) = self.single {
-            return self.measure(&src, beam, kernels);
+            return self.measure(&src, beam, kernels, &device);
         }
         println!(
             "bench translate: {} on {}",
@@ -75,6 +77,7 @@ impl BenchTranslateArgs {
                     .args(["--threads", &threads.to_string()])
                     .args(["--matmul", kernels.precision().name()])
                     .args(["--kernels", kernels.name()])
+                    .args(["--device", &compute.device.to_string()])
                     .args(["bench", "translate"])
                     .arg("-m")
                     .arg(&self.model)
@@ -114,9 +117,15 @@ impl BenchTranslateArgs {
         Ok(())
     }
 
-    fn measure(&self, src: &std::path::Path, beam: usize, kernels: Kernels) -> anyhow::Result<()> {
+    fn measure(
+        &self,
+        src: &std::path::Path,
+        beam: usize,
+        kernels: Kernels,
+        device: &Device,
+    ) -> anyhow::Result<()> {
         let load = Instant::now();
-        let t = Translator::load(&self.model, &Device::Cpu, kernels)?;
+        let t = Translator::load(&self.model, device, kernels)?;
         let load_s = load.elapsed().as_secs_f64();
         let mut o = t.default_options();
         o.beam_size = beam;
@@ -135,7 +144,7 @@ impl BenchTranslateArgs {
         // Forward FLOPs of the work actually done (padding included), against the peak
         // measured by a matmul in this process after the timed run.
         let gflops = t.work().flops(t.config()) / secs / 1e9;
-        let peak = peak_gflops()?;
+        let peak = peak_gflops(device)?;
         let mut rate = format!(
             "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
             100.0 * gflops / peak

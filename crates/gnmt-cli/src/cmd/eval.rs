@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use crate::checked;
 use anyhow::Context;
-use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
 use gnmt_metrics::{corpus_bleu, corpus_chrf, BleuOptions, ChrfOptions};
@@ -32,7 +31,8 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
-        let t = Translator::load(&self.model, &Device::Cpu, compute.kernels()?)
+        let device = compute.device()?;
+        let t = Translator::load(&self.model, &device, compute.kernels_on(&device)?)
             .with_context(|| format!("loading {}", self.model.display()))?;
         let mut o = t.default_options();
         self.decoding

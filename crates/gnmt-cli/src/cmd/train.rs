@@ -82,8 +82,12 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The effective configuration: file (or defaults), then preset, then flags (`compute`:
-    /// the global `--matmul` and `--kernels`, where given).
-    pub fn resolve(&self, compute: crate::ComputeFlags) -> anyhow::Result<TrainConfig> {
+    /// the global `--matmul` and `--kernels`, where given), for training on `device`.
+    pub fn resolve(
+        &self,
+        compute: crate::ComputeFlags,
+        device: &Device,
+    ) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => TrainConfig::from_file(p)?,
             None => TrainConfig::default(),
@@ -105,16 +109,20 @@ impl TrainArgs {
         if let Some(m) = compute.matmul {
             c.matmul = m.into();
         }
-        if let Some(k) = compute.kernels {
-            c.kernels = k.into();
+        let given = compute.kernels.map(Into::into);
+        if given.is_some() || !device.is_cpu() {
+            c.kernels = crate::kernel_choice(given, device)?;
         }
-        crate::warn_if_slow(c.matmul);
+        if device.is_cpu() {
+            crate::warn_if_slow(c.matmul);
+        }
         c.validate()?;
         Ok(c)
     }
 
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
-        let config = self.resolve(compute)?;
+        let device = compute.device()?;
+        let config = self.resolve(compute, &device)?;
         // First Ctrl-C: finish the update, validate, save, exit. Second: exit at once.
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
@@ -132,7 +140,7 @@ impl TrainArgs {
             out_dir: self.output.clone(),
             config,
             tokenizer: self.tokenizer.clone(),
-            device: Device::Cpu,
+            device,
             quiet: self.quiet,
             interrupt: Some(interrupt),
         })?;

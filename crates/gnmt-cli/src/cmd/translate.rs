@@ -18,7 +18,8 @@ use candle::Device;
 use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
-use gnmt_model::{checkpoint, Kernels};
+use gnmt_model::checkpoint;
+use gnmt_model::Kernels;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
@@ -79,10 +80,15 @@ pub struct TranslateArgs {
     /// with AVX512-BF16, slow elsewhere; translations may differ slightly from f32).
     #[arg(long, value_enum, default_value_t = crate::Matmul::F32)]
     pub matmul: crate::Matmul,
-    /// The operations the model runs on: fused (fast), or reference (composite candle
+    /// The operations the model runs on: fused (fast, CPU), or reference (composite candle
     /// operations, f32 only: the correctness baseline, several times slower).
-    #[arg(long, value_enum, default_value_t = crate::KernelsArg::Fused)]
-    pub kernels: crate::KernelsArg,
+    /// [default: fused on the CPU, reference on a GPU]
+    #[arg(long, value_enum)]
+    pub kernels: Option<crate::KernelsArg>,
+    /// Where the model computes: cpu, cuda, cuda:N (a GPU; needs a build with the `cuda`
+    /// feature) or auto (the first GPU if there is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::device::DeviceArg,
     /// No summary line and no progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -143,7 +149,7 @@ fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Trans
 /// working directory and its parents, then beside the executable and its parents (a
 /// checkout's `target/release/`, or an installed prefix holding `models/`).
 #[cfg(not(feature = "embedded-model"))]
-fn load_default_model(device: &Device, precision: Precision) -> anyhow::Result<Translator> {
+fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
@@ -155,7 +161,7 @@ fn load_default_model(device: &Device, precision: Precision) -> anyhow::Result<T
         for dir in start.ancestors() {
             let candidate = dir.join(DEFAULT_MODEL);
             if candidate.join("config.json").is_file() {
-                return Translator::load(&candidate, device, precision)
+                return Translator::load(&candidate, device, kernels)
                     .with_context(|| format!("loading {}", candidate.display()));
             }
         }
@@ -176,13 +182,15 @@ impl TranslateArgs {
     fn translate(self) -> anyhow::Result<()> {
         let compute = crate::ComputeFlags {
             matmul: Some(self.matmul),
-            kernels: Some(self.kernels),
+            kernels: self.kernels,
+            device: self.device,
         };
-        let kernels = compute.kernels()?;
+        let device = compute.device()?;
+        let kernels = compute.kernels_on(&device)?;
         let translator = match &self.model {
-            Some(dir) => Translator::load(dir, &Device::Cpu, kernels)
+            Some(dir) => Translator::load(dir, &device, kernels)
                 .with_context(|| format!("loading {}", dir.display()))?,
-            None => load_default_model(&Device::Cpu, kernels)?,
+            None => load_default_model(&device, kernels)?,
         };
         let mut options = translator.default_options();
         self.decoding.apply(
