@@ -10,6 +10,10 @@ real tokens; Adam. Dropout 0.2 on every layer input, as in training.
 It times what the Rust benchmark times, on the same shapes: the batch's source and target
 lengths are passed on the command line. Prints `tokens_per_s=<float>` last.
 
+`--device cuda` runs on the GPU (nn.LSTM then runs cuDNN's fused LSTM) with PyTorch's default
+TF32 settings, which it prints; `--amp bf16` adds bf16 autocast (f32 master weights), PyTorch's
+usual mixed precision.
+
 Run through bench/torch_baseline.sh, which installs PyTorch (CPU) into a virtual environment.
 """
 
@@ -88,9 +92,12 @@ def main():
     p.add_argument("--tgt-len", required=True, help="comma-separated target lengths")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast precision")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(7)
+    device = torch.device(a.device)
     cfg = json.load(open(a.config))
     src_len = torch.tensor([int(x) for x in a.src_len.split(",")])
     tgt_len = torch.tensor([int(x) for x in a.tgt_len.split(",")])
@@ -101,32 +108,54 @@ def main():
     src_mask = torch.arange(s)[None, :] < src_len[:, None]
     tgt_mask = torch.arange(t)[None, :] < tgt_len[:, None]
     tgt_out = tgt_out.masked_fill(~tgt_mask, -100)  # ignored by the loss
+    # pack_padded_sequence wants the lengths on the CPU.
+    src, src_mask, tgt_in, tgt_out = (x.to(device) for x in (src, src_mask, tgt_in, tgt_out))
 
-    model = Gnmt(cfg, dropout=0.2)
+    model = Gnmt(cfg, dropout=0.2).to(device)
     for prm in model.parameters():
         nn.init.uniform_(prm, -0.04, 0.04)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.amp == "bf16")
+
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = model(src, src_len, src_mask, tgt_in)
-        loss = F.cross_entropy(
-            logits.reshape(-1, v), tgt_out.reshape(-1), ignore_index=-100, label_smoothing=0.1
-        )
+        with amp:
+            logits = model(src, src_len, src_mask, tgt_in)
+            loss = F.cross_entropy(
+                logits.reshape(-1, v).float(),
+                tgt_out.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=0.1,
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()  # warm-up
+    sync()
     start = time.perf_counter()
     for _ in range(a.steps):
         step()
+    sync()
     secs = time.perf_counter() - start
     tokens = int(tgt_len.sum()) * a.steps
     rate = tokens / secs
+    if device.type == "cuda":
+        where = (
+            f"{torch.cuda.get_device_name(device)}, amp {a.amp}, "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
+            f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}"
+        )
+    else:
+        where = f"{torch.get_num_threads()} threads, amp {a.amp}"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads: "
+        f"torch {torch.__version__}, {where}: "
         f"{rate:.0f} target tokens/s, {1000 * secs / a.steps:.1f} ms/step"
     )
     print(f"tokens_per_s={rate}")

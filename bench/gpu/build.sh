@@ -2,7 +2,8 @@
 # Builds the CUDA binaries on a machine with no GPU and no CUDA package: CUDA 13.0's compiler
 # and libraries from PyPI into target/cuda-toolkit (once; about 1.2 GB), link-time stubs the
 # wheels lack, then `gnmt` and `translate` with the `cuda` feature for sm_90 (H100/H200),
-# stripped and xz-compressed into target/gpu/ (the GPU machine receives at most 64 MiB).
+# stripped and xz-compressed into target/gpu/ with the Multi30k files check.sh reads (the GPU
+# machine receives at most 64 MiB: about 20 MiB here).
 #
 #   bench/gpu/build.sh           # build
 #   bench/gpu/build.sh --check   # cargo check --features cuda only (what CI can afford)
@@ -20,7 +21,9 @@ cuda=$tk/nvidia/cu13
 # 1. The toolkit. Pinned to 13.0: the GPU machines' driver (580) JIT-compiles PTX from CUDA
 #    13.0 and may refuse a newer nvcc's.
 if [ ! -x "$cuda/bin/nvcc" ]; then
-    python3 -m pip install --quiet --disable-pip-version-check --target "$tk" \
+    # pip from a virtual environment of its own: Debian's Python may have none, or refuse.
+    python3 -m venv "$tk-venv"
+    "$tk-venv/bin/pip" install --quiet --disable-pip-version-check --target "$tk" \
         "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*" \
         "nvidia-nvvm==13.0.*" "nvidia-cuda-cccl==13.0.*" "nvidia-cublas==13.0.*" \
         "nvidia-cuda-nvrtc==13.0.*" "nvidia-curand"
@@ -49,7 +52,7 @@ export PATH=$cuda/bin:$PATH CUDA_HOME=$cuda CUDA_PATH=$cuda CUDA_ROOT=$cuda
 export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stub -L native=$links"
 # A target folder of its own: other RUSTFLAGS would rebuild the CPU build's artifacts.
-target=$root/target/gpu-build
+target=${GNMT_GPU_TARGET_DIR:-$root/target/gpu-build}
 # translate without the built-in model (-m is given on the GPU machine): 24 MB less to carry.
 features=(--no-default-features --features cuda)
 if [ "$mode" = --check ]; then
@@ -58,7 +61,13 @@ if [ "$mode" = --check ]; then
     exit 0
 fi
 cargo build --locked --release -p gnmt-cli --bins "${features[@]}" --target-dir "$target"
-mkdir -p target/gpu
+mkdir -p target/gpu/multi30k
+# What bench/gpu/check.sh reads there, which has no ../shared: Multi30k's training, validation
+# and test_2016_flickr files (English and German; 4.1 MB), never into the repository itself.
+data=${GNMT_DATA_DIR:-$root/../shared/data/multi30k}
+for f in train val test_2016_flickr; do
+    cp "$data/$f.en" "$data/$f.de" target/gpu/multi30k/
+done
 for bin in gnmt translate; do
     strip -o "target/gpu/$bin" "$target/release/$bin"
     xz -T0 -9 -f -k "target/gpu/$bin"

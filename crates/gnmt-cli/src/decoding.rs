@@ -29,6 +29,22 @@ impl DecodingFlags {
     }
 }
 
+/// When `e` is a device running out of memory while decoding batches of `batch_size`
+/// sentences with `beam_size` hypotheses each, the error that says what to lower.
+pub fn out_of_memory(
+    e: &dyn std::fmt::Display,
+    batch_size: usize,
+    beam_size: usize,
+) -> Option<anyhow::Error> {
+    gnmt_model::memory::is_out_of_memory(e).then(|| {
+        anyhow::anyhow!(
+            "the device ran out of memory decoding {batch_size} sentences at a time with beam \
+             size {beam_size} ({} hypotheses per step): lower --batch-size ({e})",
+            batch_size * beam_size
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,8 @@ pub enum Command {
     /// Experiments on the architecture, with a written report.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// Every operation and the whole network on --device against the CPU reference.
+    CheckDevice(cmd::check_device::CheckDeviceArgs),
     /// Benchmarks (not tests): data pipeline, training step, translation.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -187,6 +189,7 @@ impl Cli {
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(compute),
+            Command::CheckDevice(a) => a.run(compute),
             Command::Completions(a) => a.run(),
             Command::Man(a) => a.run(),
         })

@@ -351,3 +351,38 @@ fn devices_are_chosen_and_refused_clearly() {
     let e = err(run(&["--device", "gpu"]));
     assert!(e.contains("cpu, cuda, cuda:N"), "{e}");
 }
+
+/// `check-device` on the CPU: every operation and the network, fused (f32 and bf16 products)
+/// against the reference, all within tolerance; each operation is named in the report.
+#[test]
+fn check_device_passes_on_the_cpu_and_names_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = ok(gnmt(&["check-device"], d));
+    for op in [
+        "linear out 0",
+        "additive_scores d v",
+        "embedding d table",
+        "lstm_layer reverse d w_hh",
+        "token_losses d weight",
+        "attention_step out 1",
+        "model d encoder.lstm.weight_ih_l0_reverse",
+        "model (previous query) step 3 log-probs",
+    ] {
+        assert!(out.contains(op), "{op} missing:\n{out}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+    let last = out.lines().last().unwrap();
+    let (passed, all) = last.split_once(" of ").unwrap();
+    assert_eq!(passed, all.split_whitespace().next().unwrap(), "{last}");
+    let bf16 = ok(gnmt(
+        &["--matmul", "bf16", "check-device", "--failures-only"],
+        d,
+    ));
+    assert_eq!(
+        bf16.lines().count(),
+        2,
+        "only the header and the summary:\n{bf16}"
+    );
+    assert!(bf16.contains("tolerance 3e-2"), "{bf16}");
+}

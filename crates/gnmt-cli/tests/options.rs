@@ -58,6 +58,7 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt bench data", "max-tokens", "1..=100000000"),
     ("gnmt bench data", "max-sentences", "1..=1000000"),
     ("gnmt bench data", "seed", "0..=18446744073709551615"),
+    ("gnmt check-device", "seed", "0..=18446744073709551615"),
     ("gnmt bench train", "batch", "1..=65536"),
     ("gnmt bench train", "min-len", "1..=1000"),
     ("gnmt bench train", "max-len", "1..=1000"),

@@ -27,8 +27,10 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod device_check;
 pub mod encoder;
 pub mod lstm;
+pub mod memory;
 mod model;
 pub mod params;
 

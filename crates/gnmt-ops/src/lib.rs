@@ -10,6 +10,7 @@
 pub mod additive;
 pub mod attention_step;
 pub mod concat;
+pub mod device_check;
 mod dispatch;
 pub mod dropout;
 pub mod embedding;

@@ -52,6 +52,8 @@ pub enum Error {
     Checkpoint(String),
     #[error("training stopped: {0}")]
     Diverged(String),
+    #[error("{0}")]
+    OutOfMemory(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

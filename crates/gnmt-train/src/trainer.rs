@@ -26,8 +26,8 @@ use gnmt_infer::LengthLimit;
 use gnmt_model::checkpoint::{self, tensors_of};
 use gnmt_model::{init_model, Dropout, Gnmt};
 use gnmt_tokenizer::{
-    read_parallel, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, ParallelCorpus,
-    Vocab, VocabOptions,
+    read_parallel, Batch, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock,
+    ParallelCorpus, Vocab, VocabOptions,
 };
 
 use crate::checkpoints::{latest_checkpoint, save_checkpoint};
@@ -333,14 +333,16 @@ impl Trainer<'_> {
             .ok_or_else(|| Error::Config("the training set is empty".into()))?;
         let s = &mut self.session;
         s.state.batches += 1;
-        let tensors = batch_tensors(&batch, &self.args.device)?;
-        let loss = step::forward(
+        let out_of_memory = |e: Error| out_of_memory_hint(e, &batch, self.config.data.max_tokens);
+        let tensors = batch_tensors(&batch, &self.args.device).map_err(out_of_memory)?;
+        let g = step::forward(
             &s.model,
             &tensors,
             self.config.label_smoothing,
             Some(&mut s.dropout),
-        )?;
-        let g = step::backward(loss, &s.optimizer)?;
+        )
+        .and_then(|loss| step::backward(loss, &s.optimizer))
+        .map_err(out_of_memory)?;
         s.state.cursor = batcher.cursor();
         if !g.is_finite() {
             self.skip_nonfinite()?;
@@ -349,7 +351,7 @@ impl Trainer<'_> {
         let s = &mut self.session;
         s.state.nonfinite_in_a_row = 0;
         let (lr, rule) = lr_at(s.state.step, &self.config.optim);
-        step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim)?;
+        step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim).map_err(out_of_memory)?;
         s.state.step += 1;
         s.state.target_tokens += g.loss.tokens as u64;
         window.add(&g.loss, g.mean_loss, &g.stats);
@@ -555,4 +557,22 @@ fn stop_reason(
         ));
     }
     None
+}
+
+/// `e`, or when it is a device running out of memory, what to lower: the batch that did not
+/// fit and the `max_tokens` that made it.
+fn out_of_memory_hint(e: Error, batch: &Batch, max_tokens: usize) -> Error {
+    match e {
+        Error::Candle(c) if gnmt_model::memory::is_out_of_memory(&c) => {
+            Error::OutOfMemory(format!(
+                "the device ran out of memory on a batch of {} sentence pairs ({} source and \
+                 {} target columns; max_tokens {max_tokens}): lower --max-tokens (data.max_tokens \
+                 in the config) or choose a smaller model ({c})",
+                batch.len(),
+                batch.src_width,
+                batch.tgt_width
+            ))
+        }
+        other => other,
+    }
 }

@@ -50,6 +50,10 @@ pub struct BenchTrainArgs {
     /// Also run the PyTorch baseline (bench/torch_baseline.sh; installs PyTorch on first use).
     #[arg(long)]
     pub torch: bool,
+    /// The baseline's precisions, each run in turn: none (f32; on a GPU with PyTorch's
+    /// default TF32 settings) or bf16 (autocast). [default: bf16 with --matmul bf16, else none]
+    #[arg(long, value_delimiter = ',', value_parser = ["none", "bf16"])]
+    pub torch_amp: Vec<String>,
     /// Run one measurement in this process (used by the parent run).
     #[arg(long, hide = true)]
     pub single: bool,
@@ -134,7 +138,7 @@ impl BenchTrainArgs {
             );
         }
         if self.torch {
-            self.torch_baseline(&cfg, &rates)?;
+            self.torch_baseline(&cfg, &rates, kernels, &device)?;
         }
         Ok(())
     }
@@ -173,14 +177,36 @@ impl BenchTrainArgs {
         )
     }
 
-    fn torch_baseline(&self, cfg: &ModelConfig, ours: &[(usize, f64)]) -> anyhow::Result<()> {
+    /// The same model, batch and steps in PyTorch, on the same device: at each of our thread
+    /// counts on the CPU, once on a GPU.
+    fn torch_baseline(
+        &self,
+        cfg: &ModelConfig,
+        ours: &[(usize, f64)],
+        kernels: Kernels,
+        device: &Device,
+    ) -> anyhow::Result<()> {
         // A benchmark for developers: the script lives in the source tree this was built from.
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let script = root.join("bench/torch_baseline.sh");
         let preset = tempfile::NamedTempFile::new()?;
         serde_json::to_writer(preset.as_file(), cfg)?;
         let (src_len, tgt_len) = lengths(self);
-        for &(threads, rate) in ours {
+        let torch_device = match device.location() {
+            candle::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cpu".to_string(),
+        };
+        let mut amps = self.torch_amp.clone();
+        if amps.is_empty() {
+            amps.push(match kernels.precision() {
+                gnmt_model::Precision::Bf16 => "bf16".to_string(),
+                gnmt_model::Precision::F32 => "none".to_string(),
+            });
+        }
+        let runs = ours
+            .iter()
+            .flat_map(|&ours| amps.iter().map(move |amp| (ours, amp)));
+        for ((threads, rate), amp) in runs {
             let out = std::process::Command::new("bash")
                 .arg(&script)
                 .arg("--config")
@@ -188,6 +214,7 @@ impl BenchTrainArgs {
                 .args(["--src-len", &join(&src_len), "--tgt-len", &join(&tgt_len)])
                 .args(["--threads", &threads.to_string()])
                 .args(["--steps", &self.steps.to_string()])
+                .args(["--device", &torch_device, "--amp", amp])
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .with_context(|| format!("running {}", script.display()))?;
@@ -196,7 +223,7 @@ impl BenchTrainArgs {
             println!("{}", text.lines().next().unwrap_or_default());
             let theirs = rate_of(&text).context("the baseline printed no rate")?;
             println!(
-                "ours vs PyTorch at {threads} threads: {:.2}x",
+                "ours vs PyTorch (amp {amp}) at {threads} threads: {:.2}x",
                 rate / theirs
             );
         }

@@ -49,7 +49,10 @@ impl EvalArgs {
         );
         let start = std::time::Instant::now();
         let lines: Vec<&str> = src.iter().collect();
-        let results = t.translate(&lines, &o, self.batch_size, 250)?;
+        let results = t.translate(&lines, &o, self.batch_size, 250).map_err(|e| {
+            crate::decoding::out_of_memory(&e, self.batch_size, o.beam_size)
+                .unwrap_or_else(|| e.into())
+        })?;
         let secs = start.elapsed().as_secs_f64();
         let hyps: Vec<String> = results
             .iter()

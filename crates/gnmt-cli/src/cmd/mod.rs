@@ -1,5 +1,6 @@
 //! One module per command: its clap `Args` and a `run` that turns them into library calls.
 
+pub mod check_device;
 pub mod codec;
 pub mod docs;
 pub mod eval;

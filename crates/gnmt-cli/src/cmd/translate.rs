@@ -338,6 +338,17 @@ impl TranslateArgs {
                 match translator.translate(&refs, options, self.batch_size, self.max_input_len) {
                     Ok(r) => r,
                     Err(e) => {
+                        // Out of memory, every later window would fail too: stop, and say
+                        // what to lower (the lines before are written).
+                        if let Some(hint) =
+                            crate::decoding::out_of_memory(&e, self.batch_size, options.beam_size)
+                        {
+                            return Err(hint.context(format!(
+                                "{input_name}:{}-{}",
+                                stats.lines + 1,
+                                stats.lines + window.len()
+                            )));
+                        }
                         // Lose nothing: every line of the failed window still gets its (empty) line.
                         eprintln!(
                             "error: {input_name}:{}-{}: {e}; empty output lines written",
