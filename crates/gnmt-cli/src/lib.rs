@@ -155,6 +155,8 @@ pub enum Command {
     /// Experiments on the architecture, with a written report.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// Serve translations over HTTP (LibreTranslate's API and a native one).
+    Serve(cmd::serve::ServeArgs),
     /// Every operation and the whole network on --device against the CPU reference.
     CheckDevice(cmd::check_device::CheckDeviceArgs),
     /// Benchmarks (not tests): data pipeline, training step, translation.
@@ -190,6 +192,7 @@ impl Cli {
             Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(compute),
             Command::CheckDevice(a) => a.run(compute),
+            Command::Serve(a) => a.run(compute),
             Command::Completions(a) => a.run(),
             Command::Man(a) => a.run(),
         })

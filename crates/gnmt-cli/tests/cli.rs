@@ -386,3 +386,53 @@ fn check_device_passes_on_the_cpu_and_names_every_operation() {
     );
     assert!(bf16.contains("tolerance 3e-2"), "{bf16}");
 }
+
+/// `gnmt serve` as users run it: the built-in model on a free port, a LibreTranslate request
+/// answered, and SIGTERM ending it with exit status 0. Bad options are refused before any
+/// model loads.
+#[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(gnmt(&["serve", "-m", "models/x"], dir.path()));
+    assert!(e.contains("SRC-TGT=DIR"), "{e}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
+        .args(["serve", "--port", "0"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let address = first
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    assert!(first.starts_with("serving en-de on "), "{first}");
+    let body = r#"{"q": "A man is riding a bicycle.", "source": "en", "target": "de"}"#;
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#"{"translatedText":"Ein "#), "{reply}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}

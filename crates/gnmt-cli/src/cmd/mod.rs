@@ -8,6 +8,7 @@ pub mod export;
 pub mod plot;
 pub mod prepare;
 pub mod score;
+pub mod serve;
 pub mod synth;
 pub mod train;
 pub mod translate;

@@ -141,7 +141,7 @@ const BUILT_IN: checkpoint::InMemoryFolder<'static> = {
 
 /// The model `translate` uses without `-m`: the built-in copy of the shipped model.
 #[cfg(feature = "embedded-model")]
-fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
+pub(crate) fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
     Translator::load_in_memory(&BUILT_IN, device, kernels).context("loading the built-in model")
 }
 
@@ -149,7 +149,7 @@ fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Trans
 /// working directory and its parents, then beside the executable and its parents (a
 /// checkout's `target/release/`, or an installed prefix holding `models/`).
 #[cfg(not(feature = "embedded-model"))]
-fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
+pub(crate) fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
