@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,6 +17,8 @@ use gnmt_infer::{BeamOptions, LineResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::detect::detect;
+use crate::metrics::HttpMetrics;
 use crate::pool::{Pool, Refused};
 use crate::Limits;
 
@@ -70,24 +73,30 @@ pub struct Served {
 }
 
 impl Served {
-    /// The model for `source` (a code, or `auto`: the only source language served into
-    /// `target`) into `target`.
-    fn find(&self, source: &str, target: &str) -> Result<&ServedModel, ApiError> {
+    /// The model for `source` into `target`; `source` `auto` detects, from `sample`, which of
+    /// the languages served into `target` it is (with the confidence).
+    fn find(
+        &self,
+        source: &str,
+        target: &str,
+        sample: &str,
+    ) -> Result<(&ServedModel, f64), ApiError> {
         if !self.models.iter().any(|m| m.target.code == target) {
             return Err(ApiError::bad(format!("{target} is not supported")));
         }
         if source == "auto" {
-            let mut into: Vec<&ServedModel> = self
+            let into: Vec<&ServedModel> = self
                 .models
                 .iter()
                 .filter(|m| m.target.code == target)
                 .collect();
-            return match into.len() {
-                1 => Ok(into.remove(0)),
-                _ => Err(ApiError::bad(format!(
-                    "source auto: several languages translate into {target}; name the source"
-                ))),
-            };
+            let sources: Vec<&Language> = into.iter().map(|m| &m.source).collect();
+            let (language, confidence) = detect(sample, &sources);
+            let model = into
+                .into_iter()
+                .find(|m| m.source == *language)
+                .expect("detect picks one of the candidates");
+            return Ok((model, confidence));
         }
         if !self.models.iter().any(|m| m.source.code == source) {
             return Err(ApiError::bad(format!("{source} is not supported")));
@@ -95,26 +104,46 @@ impl Served {
         self.models
             .iter()
             .find(|m| m.source.code == source && m.target.code == target)
+            .map(|m| (m, 100.0))
             .ok_or_else(|| ApiError::bad(format!("{source} to {target} is not supported")))
+    }
+
+    /// Every language served as a source, once each, in order of appearance.
+    fn sources(&self) -> Vec<&Language> {
+        let mut sources: Vec<&Language> = Vec::new();
+        for m in &self.models {
+            if !sources.contains(&&m.source) {
+                sources.push(&m.source);
+            }
+        }
+        sources
     }
 }
 
 struct App {
     served: Served,
     limits: Limits,
+    metrics: HttpMetrics,
 }
 
 /// The server's routes over `served`, within `limits`.
 pub fn router(served: Served, limits: Limits) -> Router {
     let body_bytes = limits.body_bytes;
     let cors = limits.cors;
-    let app = Arc::new(App { served, limits });
+    let app = Arc::new(App {
+        served,
+        limits,
+        metrics: HttpMetrics::new(),
+    });
     let router = Router::new()
         .route("/translate", post(libre_translate))
         .route("/languages", get(languages))
+        .route("/detect", post(detect_language))
         .route("/frontend/settings", get(frontend_settings))
         .route("/v1/translate", post(native_translate))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_request))
         .layer(DefaultBodyLimit::max(body_bytes))
         .with_state(app);
     if cors {
@@ -122,6 +151,31 @@ pub fn router(served: Served, limits: Limits) -> Router {
     } else {
         router
     }
+}
+
+/// Counts every routed request by route and status, with its latency.
+async fn count_request(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = std::time::Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .record(&route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render(&app.served);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// An error reply: a status and LibreTranslate's `{"error": message}`.
@@ -295,7 +349,7 @@ async fn libre_translate(
         }
     };
     check_chars(&app.limits, &texts)?;
-    let model = app.served.find(&source, &target)?;
+    let (model, confidence) = app.served.find(&source, &target, &texts.join("\n"))?;
     let alternatives = req.alternatives.unwrap_or(0);
     let mut options = model.pool.defaults().clone();
     if alternatives + 1 > options.beam_size {
@@ -354,7 +408,7 @@ async fn libre_translate(
         translated.push(best);
         alternative_texts.push(alts);
     }
-    let detected = json!({ "confidence": 100.0, "language": model.source.code });
+    let detected = json!({ "confidence": confidence, "language": model.source.code });
     let mut reply = serde_json::Map::new();
     if batch {
         reply.insert("translatedText".into(), json!(translated));
@@ -471,14 +525,38 @@ fn escape_html(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-async fn languages(State(app): State<Arc<App>>) -> Json<Value> {
-    let mut sources: Vec<&Language> = Vec::new();
-    for m in &app.served.models {
-        if !sources.contains(&&m.source) {
-            sources.push(&m.source);
-        }
+#[derive(Debug, Deserialize)]
+struct DetectRequest {
+    q: Option<String>,
+    api_key: Option<String>,
+}
+
+/// `POST /detect`: which served source language `q` is in, as LibreTranslate answers it.
+async fn detect_language(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: DetectRequest = parse_body(&headers, &body)?;
+    check_key(&app.limits, req.api_key.as_deref())?;
+    let q = req
+        .q
+        .ok_or_else(|| ApiError::bad("Invalid request: missing q parameter"))?;
+    check_chars(&app.limits, std::slice::from_ref(&q))?;
+    let sources = app.served.sources();
+    if sources.is_empty() {
+        return Err(ApiError::bad("no model is served"));
     }
-    let list: Vec<Value> = sources
+    let (language, confidence) = detect(&q, &sources);
+    Ok(Json(
+        json!([{ "confidence": confidence, "language": language.code }]),
+    ))
+}
+
+async fn languages(State(app): State<Arc<App>>) -> Json<Value> {
+    let list: Vec<Value> = app
+        .served
+        .sources()
         .into_iter()
         .map(|s| {
             let targets: Vec<&str> = app
@@ -558,7 +636,9 @@ async fn native_translate(
     let req: NativeRequest = parse_body(&headers, &body)?;
     check_key(&app.limits, req.api_key.as_deref())?;
     check_chars(&app.limits, &req.lines)?;
-    let model = app.served.find(&req.source, &req.target)?;
+    let (model, _) = app
+        .served
+        .find(&req.source, &req.target, &req.lines.join("\n"))?;
     let mut options = model.pool.defaults().clone();
     if let Some(k) = req.beam_size {
         if !(1..=256).contains(&k) {

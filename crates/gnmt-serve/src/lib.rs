@@ -9,6 +9,8 @@
 //! translate it alone.
 
 pub mod api;
+mod detect;
+mod metrics;
 pub mod pool;
 
 use std::future::Future;

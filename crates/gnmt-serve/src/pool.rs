@@ -58,8 +58,8 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<LineResult>, Refused>>,
 }
 
-/// Counters a pool keeps, for `/health` and tests.
-#[derive(Debug, Default)]
+/// Counters a pool keeps, for `/health`, `/metrics` and tests.
+#[derive(Debug)]
 pub struct PoolStats {
     /// Lines waiting to be translated.
     pub queued_lines: AtomicUsize,
@@ -67,8 +67,25 @@ pub struct PoolStats {
     pub batches: AtomicUsize,
     /// Lines translated.
     pub lines: AtomicUsize,
+    /// Tokens of the best translations.
+    pub target_tokens: AtomicUsize,
     /// Jobs dropped because their client had gone.
     pub abandoned: AtomicUsize,
+    /// Lines per translate call.
+    pub batch_lines: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        Self {
+            queued_lines: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+            lines: AtomicUsize::new(0),
+            target_tokens: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
+            batch_lines: crate::metrics::batch_lines_histogram(),
+        }
+    }
 }
 
 /// A handle on a model's decoding thread; cheap to clone.
@@ -205,9 +222,16 @@ fn translate_group(
     );
     stats.queued_lines.fetch_sub(n, Ordering::SeqCst);
     stats.batches.fetch_add(1, Ordering::SeqCst);
+    stats.batch_lines.observe(n as f64);
     match result {
         Ok(results) => {
             stats.lines.fetch_add(n, Ordering::SeqCst);
+            let tokens: usize = results
+                .iter()
+                .filter_map(|r| r.nbest.first())
+                .map(|t| t.hypothesis.tokens.len())
+                .sum();
+            stats.target_tokens.fetch_add(tokens, Ordering::SeqCst);
             let mut results = results.into_iter();
             for job in group {
                 let mine: Vec<LineResult> = results.by_ref().take(job.lines.len()).collect();

@@ -38,14 +38,21 @@ struct Server {
 
 impl Server {
     fn start(pool_options: PoolOptions, limits: Limits) -> Self {
-        let pool = Pool::start(translator(), pool_options);
-        let served = Served {
-            models: vec![ServedModel {
-                source: Language::from_code("en"),
-                target: Language::from_code("de"),
-                pool: pool.clone(),
-            }],
-        };
+        Self::serving(&[("en", "de")], pool_options, limits)
+    }
+
+    /// The shipped model served for each of `pairs`; `pool` is the first pair's.
+    fn serving(pairs: &[(&str, &str)], pool_options: PoolOptions, limits: Limits) -> Self {
+        let models: Vec<ServedModel> = pairs
+            .iter()
+            .map(|(source, target)| ServedModel {
+                source: Language::from_code(source),
+                target: Language::from_code(target),
+                pool: Pool::start(translator(), pool_options.clone()),
+            })
+            .collect();
+        let pool = models[0].pool.clone();
+        let served = Served { models };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -487,4 +494,79 @@ fn shutdown_answers_the_requests_in_flight_first() {
         TcpStream::connect(address).is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[test]
+fn auto_and_detect_choose_among_the_served_source_languages() {
+    let server = Server::serving(
+        &[("en", "de"), ("fr", "de")],
+        PoolOptions::default(),
+        Limits::default(),
+    );
+    let a = server.address;
+    let french = "Un homme fait du vélo dans la rue avec son chien.";
+    let r = post_json(a, "/detect", &json!({"q": french}));
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v[0]["language"], "fr");
+    assert!(v[0]["confidence"].as_f64().unwrap() > 0.0);
+    let r = post_json(
+        a,
+        "/translate",
+        &json!({"q": "A man is riding a bicycle down the street.", "source": "auto", "target": "de"}),
+    );
+    assert_eq!(r.json()["detectedLanguage"]["language"], "en");
+    let r = post_json(
+        a,
+        "/translate",
+        &json!({"q": french, "source": "auto", "target": "de"}),
+    );
+    assert_eq!(r.json()["detectedLanguage"]["language"], "fr");
+    let langs = get(a, "/languages").json();
+    assert_eq!(
+        langs[1],
+        json!({"code": "fr", "name": "French", "targets": ["de"]})
+    );
+    let r = post_json(a, "/detect", &json!({"text": french}));
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("missing q"), "{}", r.error());
+}
+
+#[test]
+fn metrics_count_requests_latency_and_translation_work() {
+    let server = Server::default();
+    let a = server.address;
+    let r = post_json(
+        a,
+        "/translate",
+        &json!({"q": ["A dog runs.", "A cat sleeps."], "target": "de"}),
+    );
+    assert_eq!(r.status, 200);
+    let bad = post_json(a, "/translate", &json!({"target": "de"}));
+    assert_eq!(bad.status, 400);
+    let r = get(a, "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .contains("content-type: application/openmetrics-text"),
+        "{}",
+        r.headers
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    for line in [
+        r#"gnmt_http_requests_total{route="/translate",status="200"} 1"#,
+        r#"gnmt_http_requests_total{route="/translate",status="400"} 1"#,
+        r#"gnmt_http_request_duration_seconds_count{route="/translate"} 2"#,
+        r#"gnmt_translated_lines_total{pair="en-de"} 2"#,
+        r#"gnmt_queued_lines{pair="en-de"} 0"#,
+        r#"gnmt_batch_lines_count{pair="en-de"} 1"#,
+        r#"gnmt_abandoned_requests_total{pair="en-de"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+    let tokens = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"gnmt_target_tokens_total{pair="en-de"} "#))
+        .unwrap_or_else(|| panic!("no target tokens in:\n{text}"));
+    assert!(tokens.parse::<u64>().unwrap() >= 4, "{tokens}");
 }
