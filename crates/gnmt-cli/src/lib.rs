@@ -176,7 +176,14 @@ impl Cli {
             kernels: self.kernels,
             device: self.device,
         };
-        on_pool(move || match self.command {
+        // A server waits for its whole life: on a pool worker it would hold that worker, and
+        // decoding (on the pool, from the server's decoding threads) would run one thread
+        // short (half the throughput on two cores). It runs on the main thread instead.
+        let waits = matches!(
+            self.command,
+            Command::Serve(_) | Command::Bench(bench::BenchCommand::Serve(_))
+        );
+        let run = move || match self.command {
             Command::Vocab(a) => a.run(),
             Command::Encode(a) => a.run(),
             Command::Decode(a) => a.run(),
@@ -195,7 +202,12 @@ impl Cli {
             Command::Serve(a) => a.run(compute),
             Command::Completions(a) => a.run(),
             Command::Man(a) => a.run(),
-        })
+        };
+        if waits {
+            run()
+        } else {
+            on_pool(run)
+        }
     }
 }
 

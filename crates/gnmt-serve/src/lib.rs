@@ -9,6 +9,7 @@
 //! translate it alone.
 
 pub mod api;
+pub mod client;
 mod detect;
 mod metrics;
 pub mod pool;

@@ -2,7 +2,6 @@
 //! the native one, every error a client can cause, batching across concurrent requests (each
 //! line translated as `translate` translates it alone), and graceful shutdown.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
@@ -12,6 +11,7 @@ use candle::Device;
 use gnmt_infer::Translator;
 use gnmt_model::{Kernels, Precision};
 use gnmt_serve::api::ServedModel;
+use gnmt_serve::client::{self, Reply};
 use gnmt_serve::{Language, Limits, Pool, PoolOptions, Served};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -91,26 +91,23 @@ impl Drop for Server {
     }
 }
 
-/// A reply: status, headers (lower-cased names), body.
-struct Reply {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
+/// The server's `{"error"}` message and JSON bodies, read from a reply.
+trait ReplyJson {
+    fn json(&self) -> Value;
+    fn error(&self) -> String;
 }
 
-impl Reply {
+impl ReplyJson for Reply {
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// The message of an error reply.
     fn error(&self) -> String {
         self.json()["error"].as_str().unwrap().to_string()
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection.
 fn request(
     address: SocketAddr,
     method: &str,
@@ -118,30 +115,15 @@ fn request(
     content_type: &str,
     body: &[u8],
 ) -> Reply {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header");
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    Reply {
-        status,
-        headers: head,
-        body: raw[split + 4..].to_vec(),
-    }
+    client::request(
+        address,
+        method,
+        path,
+        content_type,
+        body,
+        Duration::from_secs(60),
+    )
+    .unwrap()
 }
 
 fn post_json(address: SocketAddr, path: &str, body: &Value) -> Reply {

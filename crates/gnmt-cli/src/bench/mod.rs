@@ -4,12 +4,14 @@
 //! - [`data`]: Multi30k from text to batches.
 //! - [`train`]: training-step throughput, optionally against PyTorch.
 //! - [`translate`]: decoding speed and peak memory.
+//! - [`serve`]: `gnmt serve` under concurrent load, against `translate`'s rate.
 //! - [`rounds`]: measurements in child processes, alternated in rounds; [`peak`]: the
 //!   machine's peak product rates the others are quoted against.
 
 pub mod data;
 pub mod peak;
 pub mod rounds;
+pub mod serve;
 pub mod train;
 pub mod translate;
 
@@ -24,6 +26,8 @@ pub enum BenchCommand {
     Train(train::BenchTrainArgs),
     /// Decoding speed and peak memory of a model on a test set.
     Translate(translate::BenchTranslateArgs),
+    /// The server under concurrent clients: latency and throughput against translate's.
+    Serve(serve::BenchServeArgs),
 }
 
 impl BenchCommand {
@@ -33,6 +37,7 @@ impl BenchCommand {
             BenchCommand::Data(a) => a.run(),
             BenchCommand::Train(a) => a.run(compute),
             BenchCommand::Translate(a) => a.run(compute),
+            BenchCommand::Serve(a) => a.run(compute),
         }
     }
 }
