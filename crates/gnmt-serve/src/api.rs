@@ -136,6 +136,7 @@ pub fn router(served: Served, limits: Limits) -> Router {
         metrics: HttpMetrics::new(),
     });
     let router = Router::new()
+        .route("/", get(page))
         .route("/translate", post(libre_translate))
         .route("/languages", get(languages))
         .route("/detect", post(detect_language))
@@ -174,6 +175,15 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
+    )
+        .into_response()
+}
+
+/// `GET /`: the page (plain HTML and a little JavaScript, built into the binary).
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
     )
         .into_response()
 }
@@ -351,7 +361,7 @@ async fn libre_translate(
     check_chars(&app.limits, &texts)?;
     let (model, confidence) = app.served.find(&source, &target, &texts.join("\n"))?;
     let alternatives = req.alternatives.unwrap_or(0);
-    let mut options = model.pool.defaults().clone();
+    let mut options = model.pool.defaults();
     if alternatives + 1 > options.beam_size {
         return Err(ApiError::bad(format!(
             "Invalid request: {alternatives} alternatives need a beam of {}; this model's is {}",
@@ -625,6 +635,9 @@ struct NativeRequest {
     alpha: Option<f64>,
     beta: Option<f64>,
     n_best: Option<usize>,
+    /// Also return each hypothesis's attention over the source pieces, with the pieces.
+    #[serde(default)]
+    attention: bool,
     api_key: Option<String>,
 }
 
@@ -639,7 +652,7 @@ async fn native_translate(
     let (model, _) = app
         .served
         .find(&req.source, &req.target, &req.lines.join("\n"))?;
-    let mut options = model.pool.defaults().clone();
+    let mut options = model.pool.defaults();
     if let Some(k) = req.beam_size {
         if !(1..=256).contains(&k) {
             return Err(ApiError::bad(format!("beam_size {k}: 1 to 256")));
@@ -665,27 +678,43 @@ async fn native_translate(
         )));
     }
     options.n_best = n_best;
+    options.keep_attention = req.attention;
     if let Some(line) = req.lines.iter().position(|l| l.contains('\n')) {
         return Err(ApiError::bad(format!(
             "lines[{line}] holds a line break: send one line per entry"
         )));
     }
-    let results = run(&app, &model.pool, req.lines, options).await?;
+    let results = run(&app, &model.pool, req.lines.clone(), options).await?;
     let translations: Vec<Value> = results
         .iter()
-        .map(|r| {
+        .zip(&req.lines)
+        .map(|(r, line)| {
             let nbest: Vec<Value> = r
                 .nbest
                 .iter()
                 .map(|t| {
-                    json!({
+                    let mut h = json!({
                         "text": t.text,
                         "score": t.hypothesis.score,
                         "log_prob": t.hypothesis.log_prob,
-                    })
+                    });
+                    if req.attention {
+                        let mut pieces = model.pool.pieces(&t.hypothesis.tokens);
+                        if t.hypothesis.attention.len() > pieces.len() {
+                            pieces.push("</s>".into());
+                        }
+                        h["pieces"] = json!(pieces);
+                        h["attention"] = json!(t.hypothesis.attention);
+                    }
+                    h
                 })
                 .collect();
-            json!({ "nbest": nbest, "source_tokens": r.source_tokens, "cropped": r.cropped })
+            let mut translation =
+                json!({ "nbest": nbest, "source_tokens": r.source_tokens, "cropped": r.cropped });
+            if req.attention {
+                translation["source_pieces"] = json!(model.pool.source_pieces(line));
+            }
+            translation
         })
         .collect();
     Ok(Json(json!({ "translations": translations })))

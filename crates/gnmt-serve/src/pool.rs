@@ -97,7 +97,8 @@ pub struct Pool {
     jobs: mpsc::UnboundedSender<Job>,
     stats: Arc<PoolStats>,
     max_queued_lines: usize,
-    defaults: BeamOptions,
+    /// The translator the thread decodes with, for what needs no decoding (its vocabulary).
+    translator: Arc<Translator>,
 }
 
 impl Pool {
@@ -105,23 +106,39 @@ impl Pool {
     pub fn start(translator: Translator, options: PoolOptions) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(PoolStats::default());
-        let defaults = translator.default_options();
+        let translator = Arc::new(translator);
         let pool = Self {
             jobs,
             stats: stats.clone(),
             max_queued_lines: options.max_queued_lines,
-            defaults,
+            translator: translator.clone(),
         };
         std::thread::Builder::new()
             .name("gnmt-decode".into())
-            .spawn(move || decode_loop(translator, options, rx, stats))
+            .spawn(move || decode_loop(&translator, options, rx, stats))
             .expect("spawning the decoding thread");
         pool
     }
 
     /// The model's decoding defaults (its `generation.json`).
-    pub fn defaults(&self) -> &BeamOptions {
-        &self.defaults
+    pub fn defaults(&self) -> BeamOptions {
+        self.translator.default_options()
+    }
+
+    /// The subword pieces `text` is encoded into, as the decoder reads it (`</s>` last), or
+    /// those of target ids.
+    pub fn source_pieces(&self, text: &str) -> Vec<String> {
+        let vocab = self.translator.vocab();
+        let mut pieces = vocab
+            .encode(text)
+            .map_or_else(|_| Vec::new(), |ids| vocab.pieces(&ids));
+        pieces.push("</s>".into());
+        pieces
+    }
+
+    /// The pieces of target `ids`.
+    pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
+        self.translator.vocab().pieces(ids)
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -157,7 +174,7 @@ impl Pool {
 }
 
 fn decode_loop(
-    translator: Translator,
+    translator: &Translator,
     options: PoolOptions,
     mut rx: mpsc::UnboundedReceiver<Job>,
     stats: Arc<PoolStats>,
@@ -171,7 +188,7 @@ fn decode_loop(
         stats.queued_lines.fetch_sub(gone_lines, Ordering::SeqCst);
         stats.abandoned.fetch_add(gone.len(), Ordering::SeqCst);
         for group in by_options(live) {
-            translate_group(&translator, &options, group, &stats);
+            translate_group(translator, &options, group, &stats);
         }
     }
 }

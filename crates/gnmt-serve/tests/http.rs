@@ -552,3 +552,52 @@ fn metrics_count_requests_latency_and_translation_work() {
         .unwrap_or_else(|| panic!("no target tokens in:\n{text}"));
     assert!(tokens.parse::<u64>().unwrap() >= 4, "{tokens}");
 }
+
+#[test]
+fn the_page_and_the_attention_it_draws_are_served() {
+    let server = Server::default();
+    let r = get(server.address, "/");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers.contains("content-type: text/html"),
+        "{}",
+        r.headers
+    );
+    let html = String::from_utf8(r.body).unwrap();
+    assert!(html.contains(r#"<form id="form">"#) && html.contains("v1/translate"));
+
+    let r = post_json(
+        server.address,
+        "/v1/translate",
+        &json!({"lines": ["A man is riding a bicycle."], "source": "en", "target": "de",
+                "attention": true}),
+    );
+    assert_eq!(r.status, 200);
+    let t = &r.json()["translations"][0];
+    let source = t["source_pieces"].as_array().unwrap();
+    assert_eq!(source.last().unwrap(), "</s>");
+    assert_eq!(
+        source.len(),
+        t["source_tokens"].as_u64().unwrap() as usize + 1
+    );
+    let best = &t["nbest"][0];
+    let rows = best["attention"].as_array().unwrap();
+    assert_eq!(rows.len(), best["pieces"].as_array().unwrap().len());
+    for row in rows {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .collect();
+        assert_eq!(row.len(), source.len());
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{row:?}");
+    }
+    // Without asking, no attention is sent.
+    let r = post_json(
+        server.address,
+        "/v1/translate",
+        &json!({"lines": ["A dog."], "source": "en", "target": "de"}),
+    );
+    assert!(r.json()["translations"][0].get("source_pieces").is_none());
+}
