@@ -146,12 +146,24 @@ pub fn router(served: Served, limits: Limits) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), count_request))
         .layer(DefaultBodyLimit::max(body_bytes))
+        .layer(request_log())
         .with_state(app);
     if cors {
         router.layer(tower_http::cors::CorsLayer::permissive())
     } else {
         router
     }
+}
+
+/// One log line per request and per answer (status, latency) at INFO, through `tracing`:
+/// silent unless the program installs a subscriber (`gnmt serve` does; RUST_LOG filters).
+fn request_log() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+> {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
 /// Counts every routed request by route and status, with its latency.

@@ -131,6 +131,17 @@ impl ServeArgs {
             .iter()
             .map(|m| format!("{}-{}", m.source.code, m.target.code))
             .collect();
+        // Request logs on stderr: each request's method, path, status and latency, unless
+        // RUST_LOG says otherwise (RUST_LOG=off silences them).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tower_http=info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .compact()
+            .init();
         let runtime = tokio::runtime::Runtime::new().context("starting the server's runtime")?;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind((self.host.as_str(), self.port))
