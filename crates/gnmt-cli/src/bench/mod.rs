@@ -17,6 +17,16 @@ pub mod translate;
 
 use clap::Subcommand;
 
+/// The sentences a decoding benchmark reads: `given`, or Multi30k's test_2016_flickr.en.
+pub fn source_or_multi30k_test(
+    given: &Option<std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(gnmt_tokenizer::data::multi30k_dir()?.join("test_2016_flickr.en")),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Multi30k train (2 x 29,000 lines) from text to batches.

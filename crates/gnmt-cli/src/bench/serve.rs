@@ -15,7 +15,7 @@ use clap::Args;
 use gnmt_infer::Translator;
 use gnmt_serve::api::ServedModel;
 use gnmt_serve::{client, Language, Limits, Pool, PoolOptions, Served};
-use gnmt_tokenizer::{data::multi30k_dir, Lines};
+use gnmt_tokenizer::Lines;
 
 use crate::checked::{self, whole};
 
@@ -53,10 +53,7 @@ impl BenchServeArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
         let kernels = compute.kernels_on(&device)?;
-        let src = match &self.src {
-            Some(p) => p.clone(),
-            None => multi30k_dir()?.join("test_2016_flickr.en"),
-        };
+        let src = super::source_or_multi30k_test(&self.src)?;
         let lines: Vec<String> = Lines::read(&src)?.iter().map(str::to_string).collect();
         anyhow::ensure!(!lines.is_empty(), "{}: no sentences", src.display());
         let load = || {

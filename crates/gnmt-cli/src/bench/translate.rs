@@ -11,7 +11,7 @@ use candle::Device;
 use clap::Args;
 use gnmt_infer::Translator;
 use gnmt_model::{Kernels, Precision};
-use gnmt_tokenizer::{data::multi30k_dir, Lines};
+use gnmt_tokenizer::Lines;
 
 use super::peak::{bf16_peak_gflops, peak_gflops};
 use super::rounds::{measurement_output, rounds_note, Rounds};
@@ -47,10 +47,7 @@ impl BenchTranslateArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
         let kernels = compute.kernels_on(&device)?;
-        let src = match &self.src {
-            Some(p) => p.clone(),
-            None => multi30k_dir()?.join("test_2016_flickr.en"),
-        };
+        let src = super::source_or_multi30k_test(&self.src)?;
         if let Some(beam) = self.single {
             return self.measure(&src, beam, kernels, &device);
         }
