@@ -1,5 +1,6 @@
-//! `--device`: where models compute. `cpu` (the default), `cuda` or `cuda:N`, or `auto` (the
-//! first GPU when there is one, else the CPU). GPUs need a program built with the `cuda`
+//! `--device`: where models compute. `cpu` (the default), `cuda` (this process's GPU: the
+//! first, or in a job of several processes the one its local rank numbers) or `cuda:N`, or
+//! `auto` (that GPU when there is one, else the CPU). GPUs need a program built with the `cuda`
 //! feature (`bench/gpu/build.sh`); on them the model runs on the reference kernels (composite
 //! candle operations: cuBLAS products and candle's CUDA kernels) until the fused operations
 //! have CUDA versions.
@@ -14,6 +15,8 @@ use candle::Device;
 pub enum DeviceArg {
     #[default]
     Cpu,
+    /// `cuda`: GPU number local rank (0 outside a job).
+    LocalGpu,
     Cuda(usize),
     Auto,
 }
@@ -24,7 +27,7 @@ impl FromStr for DeviceArg {
         let bad = || format!("unknown device {s:?}: cpu, cuda, cuda:N (a GPU's number) or auto");
         match s {
             "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
+            "cuda" => Ok(Self::LocalGpu),
             "auto" => Ok(Self::Auto),
             _ => match s.strip_prefix("cuda:") {
                 Some(n) => n.parse().map(Self::Cuda).map_err(|_| bad()),
@@ -38,6 +41,7 @@ impl fmt::Display for DeviceArg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Cpu => f.write_str("cpu"),
+            Self::LocalGpu => f.write_str("cuda"),
             Self::Cuda(n) => write!(f, "cuda:{n}"),
             Self::Auto => f.write_str("auto"),
         }
@@ -50,8 +54,9 @@ impl DeviceArg {
     pub fn open(self) -> anyhow::Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
+            Self::LocalGpu => cuda(gnmt_dist::world().local_rank()),
             Self::Cuda(n) => cuda(n),
-            Self::Auto => Ok(cuda(0).unwrap_or(Device::Cpu)),
+            Self::Auto => Ok(cuda(gnmt_dist::world().local_rank()).unwrap_or(Device::Cpu)),
         }
     }
 }
@@ -87,7 +92,7 @@ mod tests {
     fn names_parse_and_print_back() {
         for (s, d) in [
             ("cpu", DeviceArg::Cpu),
-            ("cuda", DeviceArg::Cuda(0)),
+            ("cuda", DeviceArg::LocalGpu),
             ("cuda:3", DeviceArg::Cuda(3)),
             ("auto", DeviceArg::Auto),
         ] {

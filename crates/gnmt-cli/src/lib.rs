@@ -9,6 +9,7 @@ pub mod device;
 pub mod plot;
 pub mod rate;
 pub mod run_log;
+pub mod shard;
 pub mod study;
 
 use clap::{Parser, Subcommand};
@@ -139,7 +140,7 @@ pub enum Command {
     /// Write a synthetic parallel corpus (copy or reverse task).
     Synth(cmd::synth::SynthArgs),
     /// Train (or resume training) a GNMT model on a parallel corpus.
-    Train(cmd::train::TrainArgs),
+    Train(Box<cmd::train::TrainArgs>),
     /// Translate a source file and score it against a reference (BLEU, chrF).
     Eval(cmd::eval::EvalArgs),
     /// BLEU of a hypothesis file against one or more reference files (sacreBLEU-compatible).
@@ -170,6 +171,13 @@ pub enum Command {
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
+        let group = gnmt_dist::world();
+        anyhow::ensure!(
+            !group.is_distributed() || matches!(self.command, Command::Train(_)),
+            "of gnmt's commands only `train` runs as a job of several processes ({} were \
+             started); run the others once, without mpirun or srun",
+            group.size()
+        );
         init_threads(self.threads)?;
         let compute = ComputeFlags {
             matmul: self.matmul,
@@ -193,7 +201,7 @@ impl Cli {
             Command::Bleu(a) => a.run_bleu(),
             Command::Chrf(a) => a.run_chrf(),
             Command::Eval(a) => a.run(compute),
-            Command::Train(a) => a.run(compute),
+            Command::Train(a) => (*a).run(compute),
             Command::Export(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
@@ -231,6 +239,12 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // The processes of a job on one machine share its cores.
+    let local = gnmt_dist::world().local_size();
+    let threads = threads.or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (local > 1).then(|| (cores / local).max(1))
+    });
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1"); // also checked when parsed
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -277,12 +291,48 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// Prints an error chain once, on stderr, and turns it into the exit code.
-pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+/// The command line, or for `--help`, `--version` and mistakes, clap's message and exit: after
+/// leaving MPI, so that under `mpirun` such an exit is not taken for a crash.
+pub fn parse_or_exit<P: Parser>() -> P {
+    P::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        gnmt_dist::finalize();
+        std::process::exit(e.exit_code())
+    })
+}
+
+/// What both binaries' `main` does around `run`: process settings, joining the job an MPI
+/// launcher started (if any), and the exit. An error is printed once, on stderr; in a job it
+/// names the rank and ends every rank (a rank that panics does too), so none is left waiting
+/// in a collective.
+pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    reset_sigpipe();
+    keep_freed_memory();
+    let group = match gnmt_dist::init() {
+        Ok(g) => g,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if group.is_distributed() {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            eprint!("{}", group.label());
+            report(info);
+            group.abort(101);
+        }));
+    }
+    match run() {
+        Ok(()) => {
+            gnmt_dist::finalize();
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}{e:#}", group.label());
+            if group.is_distributed() {
+                group.abort(1);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -220,6 +220,7 @@ impl ResidualStudyArgs {
                 device: Device::Cpu,
                 quiet: self.quiet,
                 interrupt: None,
+                group: gnmt_dist::alone(),
             })
             .with_context(|| format!("training arm {:?}", arm.label()))?;
             tokenizer.get_or_insert_with(|| dir.join("tokenizer.json"));

@@ -437,3 +437,25 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}: {rest}");
     assert!(rest.contains("stopped"), "{rest}");
 }
+
+/// Started by a launcher as one of several processes, a build without the `mpi` feature
+/// refuses to run (each process would train alone into the same folder) and says how to
+/// build one that can; a launch of one process runs as usual.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_processes_need_the_mpi_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let launched = |size: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gnmt"))
+            .args(["synth", "--task", "copy", "--pairs", "5", "-o", "s"])
+            .current_dir(dir.path())
+            .env("OMPI_COMM_WORLD_RANK", "0")
+            .env("OMPI_COMM_WORLD_SIZE", size)
+            .output()
+            .unwrap()
+    };
+    let e = err(launched("2"));
+    assert!(e.contains("mpirun started 2 processes"), "{e}");
+    assert!(e.contains("--features mpi"), "{e}");
+    ok(launched("1"));
+}

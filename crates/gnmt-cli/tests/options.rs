@@ -36,6 +36,7 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt train", "dropout", "[0, 1)"),
     ("gnmt train", "label-smoothing", "[0, 1)"),
     ("gnmt train", "max-tokens", "1..=100000000"),
+    ("gnmt train", "accumulate", "1..=4096"),
     ("gnmt eval", "beam-size", "1..=256"),
     ("gnmt eval", "alpha", "[0, 10]"),
     ("gnmt eval", "beta", "[0, 10]"),

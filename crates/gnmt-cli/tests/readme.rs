@@ -48,7 +48,7 @@ fn documents() -> Vec<(std::path::PathBuf, String)> {
 }
 
 /// The commands of the documents' ```sh blocks, continuation lines joined, comments removed,
-/// split at pipes and redirections.
+/// split at pipes and redirections; under `mpirun` or `srun`, the command they launch.
 fn readme_commands() -> Vec<Vec<String>> {
     documents()
         .iter()
@@ -81,7 +81,12 @@ fn commands_in(readme: &str) -> Vec<Vec<String>> {
         pending.push_str(code);
         let full = std::mem::take(&mut pending);
         for segment in full.split(['|', '<', '>', ';']) {
-            let w = words(segment);
+            let mut w = words(segment);
+            // A launcher's own options come first: `mpirun -np 4 gnmt train ...`.
+            if matches!(w.first().map(String::as_str), Some("mpirun" | "srun")) {
+                let program = w.iter().position(|x| x == "gnmt" || x == "translate");
+                w.drain(..program.unwrap_or(w.len()));
+            }
             if matches!(w.first().map(String::as_str), Some("gnmt" | "translate")) {
                 commands.push(w);
             }

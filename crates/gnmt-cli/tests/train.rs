@@ -467,3 +467,41 @@ fn interrupted_training_saves_before_exiting() {
     .unwrap();
     assert_eq!(state["step"].as_u64(), Some(steps[0]));
 }
+
+/// `--accumulate 2`: each update sums the gradients of two batches (the saved state counts
+/// twice as many batches as updates), the run still learns, and the updates differ from one
+/// batch each.
+#[test]
+fn accumulating_batches_makes_one_update_of_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    let mut args = TRAIN_TINY.to_vec();
+    args.extend([
+        "-o",
+        "acc",
+        "--max-steps",
+        "20",
+        "--accumulate",
+        "2",
+        "--quiet",
+    ]);
+    ok(gnmt(&args, d));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("acc/checkpoints/step-20/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 20);
+    assert_eq!(state["batches"], 40);
+    let config = std::fs::read_to_string(d.join("acc/train_config.json")).unwrap();
+    assert!(config.contains("\"accumulate\": 2"), "{config}");
+    let acc = losses(&d.join("acc"));
+    assert!(acc.last().unwrap() < &acc[0], "no learning: {acc:?}");
+    ok(train_tiny(d, "plain", "20"));
+    assert_ne!(acc, losses(&d.join("plain")));
+    // The accumulation is part of the run: resuming with another is refused.
+    let mut other = TRAIN_TINY.to_vec();
+    other.extend(["-o", "acc", "--max-steps", "30", "--accumulate", "3"]);
+    let e = err(gnmt(&other, d));
+    assert!(e.contains("data.accumulate"), "{e}");
+}

@@ -391,3 +391,82 @@ fn export_averages_converts_and_sets_defaults() {
         "{e}"
     );
 }
+
+/// `--shard I/N` translates the I-th of N contiguous parts of the file: the parts joined in
+/// order are byte for byte the whole file's translation; a finished part is skipped when run
+/// again (its marker); a Slurm array task finds its part in the environment; bad shards are
+/// refused where parsed.
+#[test]
+fn shards_joined_are_the_whole_translation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let m = m.to_str().unwrap();
+    std::fs::write(d.join("in.txt"), hostile_input()).unwrap();
+    ok(translate(
+        &["-m", m, "-i", "in.txt", "-o", "whole.txt", "-q"],
+        b"",
+        d,
+    ));
+    let whole = std::fs::read(d.join("whole.txt")).unwrap();
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let (shard, out) = (format!("{i}/3"), format!("part{i}.txt"));
+        ok(translate(
+            &["-m", m, "-i", "in.txt", "-o", &out, "--shard", &shard, "-q"],
+            b"",
+            d,
+        ));
+        assert!(d.join(format!("{out}.done")).is_file());
+        parts.push(std::fs::read(d.join(&out)).unwrap());
+    }
+    let joined = parts.concat();
+    assert_eq!(
+        String::from_utf8_lossy(&joined),
+        String::from_utf8_lossy(&whole)
+    );
+    let again = translate(
+        &["-m", m, "-i", "in.txt", "-o", "part1.txt", "--shard", "1/3"],
+        b"",
+        d,
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already translated"));
+    // Another setting is another translation: the part is done again.
+    let beam = translate(
+        &[
+            "-m",
+            m,
+            "-i",
+            "in.txt",
+            "-o",
+            "part1.txt",
+            "--shard",
+            "1/3",
+            "--beam-size",
+            "2",
+        ],
+        b"",
+        d,
+    );
+    assert!(!String::from_utf8_lossy(&beam.stderr).contains("already translated"));
+    let task = Command::new(env!("CARGO_BIN_EXE_translate"))
+        .args(["-m", m, "-i", "in.txt", "-o", "task.txt", "-q"])
+        .current_dir(d)
+        .env("SLURM_ARRAY_TASK_ID", "4")
+        .env("SLURM_ARRAY_TASK_MIN", "3")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    ok(task);
+    assert_eq!(std::fs::read(d.join("task.txt")).unwrap(), parts[1]);
+    for (bad, says) in [("3/3", "below N"), ("1", "I/N"), ("0/0", "from 1")] {
+        let e = err(translate(
+            &["-m", m, "-i", "in.txt", "-o", "x", "--shard", bad],
+            b"",
+            d,
+        ));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let e = err(translate(&["-m", m, "--shard", "0/2"], b"x\n", d));
+    assert!(e.contains("--input") || e.contains("-i"), "{e}");
+}

@@ -126,6 +126,14 @@ impl Batch {
         self.src_lengths.iter().sum()
     }
 
+    /// The rows that process `rank` of `size` trains on when a job splits this batch: a
+    /// contiguous range (rows are sorted by length, so each share stays narrow) holding about
+    /// `1/size` of the target tokens; empty when the batch has fewer rows than ranks need.
+    pub fn share(&self, dataset: &Dataset, rank: usize, size: usize) -> Batch {
+        let rows = share_rows(&self.tgt_lengths, rank, size);
+        Batch::from_indices(dataset, self.indices[rows].to_vec())
+    }
+
     /// Share of the source and target matrices that is padding.
     pub fn padding_fraction(&self) -> f64 {
         let cells = self.len() * (self.src_width + self.tgt_width);
@@ -134,6 +142,31 @@ impl Batch {
         }
         1.0 - (self.src_tokens() + self.tgt_tokens()) as f64 / cells as f64
     }
+}
+
+/// Rows `[start, end)` of share `rank` of `size`: share k starts at the first row whose
+/// preceding rows hold at least `k/size` of the `lengths`' sum. Every row is in exactly one
+/// share, and the shares are in rank order.
+pub fn share_rows(lengths: &[usize], rank: usize, size: usize) -> std::ops::Range<usize> {
+    assert!(rank < size, "rank {rank} of {size}");
+    let total: usize = lengths.iter().sum();
+    let start_of = |k: usize| {
+        if k == 0 {
+            return 0;
+        }
+        if k == size {
+            return lengths.len();
+        }
+        let mut before = 0;
+        for (row, &l) in lengths.iter().enumerate() {
+            if before * size >= k * total {
+                return row;
+            }
+            before += l;
+        }
+        lengths.len()
+    };
+    start_of(rank)..start_of(rank + 1)
 }
 
 /// The batches of one epoch as lists of dataset indices.
@@ -248,6 +281,38 @@ mod tests {
             &FilterOptions::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn shares_cover_every_row_once_in_order_and_balance_tokens() {
+        let lengths = [3, 3, 4, 4, 5, 6, 6, 7, 9, 12];
+        for size in 1..=12 {
+            let mut next = 0;
+            for rank in 0..size {
+                let r = share_rows(&lengths, rank, size);
+                assert_eq!(r.start, next, "size {size} rank {rank}");
+                next = r.end;
+                if size <= 2 {
+                    let tokens: usize = lengths[r].iter().sum();
+                    // Within one row's length of an even split.
+                    assert!(tokens.abs_diff(59 / size) <= 12, "size {size}: {tokens}");
+                }
+            }
+            assert_eq!(next, lengths.len());
+        }
+        assert_eq!(share_rows(&lengths, 0, 1), 0..10);
+        assert_eq!(share_rows(&[], 1, 2), 0..0);
+        let ds = dataset(50);
+        let batch = Batch::from_indices(&ds, (0..7).collect());
+        let halves = [batch.share(&ds, 0, 2), batch.share(&ds, 1, 2)];
+        assert_eq!(
+            halves[0].tgt_tokens() + halves[1].tgt_tokens(),
+            batch.tgt_tokens()
+        );
+        assert_eq!(
+            [halves[0].indices.clone(), halves[1].indices.clone()].concat(),
+            batch.indices
+        );
     }
 
     #[test]

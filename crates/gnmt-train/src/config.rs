@@ -102,6 +102,10 @@ pub struct DataConfig {
     pub max_sentences: usize,
     pub max_len: usize,
     pub max_ratio: f32,
+    /// Batches per update (gradient accumulation: Marian's `--optimizer-delay`, fairseq's
+    /// `--update-freq`): one update sees `accumulate` batches of `max_tokens`, whatever the
+    /// number of processes.
+    pub accumulate: usize,
 }
 
 impl Default for DataConfig {
@@ -111,6 +115,7 @@ impl Default for DataConfig {
             max_sentences: 256,
             max_len: 100,
             max_ratio: 9.0,
+            accumulate: 1,
         }
     }
 }
@@ -150,6 +155,9 @@ pub struct LogConfig {
     pub save_every: u64,
     /// Step checkpoints kept in `checkpoints/` (at least 1: resuming needs one).
     pub keep_last: usize,
+    /// In a job of several processes, every this many updates the ranks compare a checksum
+    /// of their weights and stop if any differs.
+    pub consistency_every: u64,
 }
 
 impl Default for LogConfig {
@@ -159,6 +167,7 @@ impl Default for LogConfig {
             valid_every: 1000,
             save_every: 1000,
             keep_last: 2,
+            consistency_every: 200,
         }
     }
 }
@@ -218,13 +227,19 @@ impl TrainConfig {
             || self.log.valid_every == 0
             || self.log.save_every == 0
             || self.log.keep_last == 0
+            || self.log.consistency_every == 0
         {
             return bad(
-                "log.log_every, valid_every, save_every and keep_last must be at least 1".into(),
+                "log.log_every, valid_every, save_every, keep_last and consistency_every must be \
+                 at least 1"
+                    .into(),
             );
         }
-        if self.data.max_tokens == 0 || self.data.max_sentences == 0 || self.data.max_len == 0 {
-            return bad("data.max_tokens, max_sentences and max_len must be at least 1".into());
+        let d = &self.data;
+        if d.max_tokens == 0 || d.max_sentences == 0 || d.max_len == 0 || d.accumulate == 0 {
+            return bad(
+                "data.max_tokens, max_sentences, max_len and accumulate must be at least 1".into(),
+            );
         }
         self.stop.max_time_secs()?;
         self.step_kernels()?;

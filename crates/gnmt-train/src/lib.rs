@@ -6,7 +6,8 @@
 //! - [`optim`]: Adam/SGD with saveable moments. [`grads`]: global and per-layer norms.
 //! - [`loss`]: label-smoothed cross-entropy. [`state`]: what an exact resume needs.
 //! - [`step`]: one update (loss, gradients, clipping and the optimiser's step), shared with
-//!   the training benchmark.
+//!   the training benchmark; gradient accumulation over several batches.
+//! - [`sync`]: what keeps the ranks of a job on one model (all-reduce, broadcast, checksum).
 //! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
 mod checkpoints;
@@ -19,6 +20,7 @@ pub mod progress;
 pub mod schedule;
 pub mod state;
 pub mod step;
+pub mod sync;
 pub mod trainer;
 mod validate;
 

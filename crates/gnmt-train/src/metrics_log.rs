@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::grads::GradStats;
 use crate::{Error, Result};
 
 /// Statistics accumulated between two log lines.
@@ -20,6 +19,8 @@ pub(crate) struct Window {
     group_sums: HashMap<String, f64>,
     encoder: Vec<f64>,
     decoder: Vec<f64>,
+    /// Seconds in the all-reduce of a job's gradients (0 for one process).
+    reduce_secs: f64,
 }
 
 impl Window {
@@ -34,13 +35,16 @@ impl Window {
             group_sums: HashMap::new(),
             encoder: Vec::new(),
             decoder: Vec::new(),
+            reduce_secs: 0.0,
         }
     }
 
-    pub(crate) fn add(&mut self, loss: &crate::BatchLoss, mean_loss: f64, stats: &GradStats) {
-        self.loss_sum += mean_loss * loss.tokens as f64;
-        self.nll_sum += loss.nll_sum;
-        self.tokens += loss.tokens;
+    pub(crate) fn add(&mut self, g: &crate::step::Gradients) {
+        let stats = &g.stats;
+        self.loss_sum += g.mean_loss * g.tokens as f64;
+        self.nll_sum += g.nll_sum;
+        self.tokens += g.tokens;
+        self.reduce_secs += g.reduce_secs;
         self.updates += 1;
         self.grad_norm_sum += stats.total_norm;
         for (k, v) in &stats.groups {
@@ -86,13 +90,15 @@ impl Window {
             "grad_norm": self.grad_norm_sum / n,
             "grad_norm_encoder": mean(&self.encoder), "grad_norm_decoder": mean(&self.decoder),
             "grad_norm_other": others, "elapsed_s": elapsed,
+            "allreduce_ms": 1e3 * self.reduce_secs / n,
         })
     }
 }
 
 /// `metrics.jsonl`, appended to and flushed line by line.
 pub(crate) struct MetricsLog {
-    file: std::fs::File,
+    /// `None` on the ranks of a job that do not write the run folder.
+    file: Option<std::fs::File>,
     path: PathBuf,
 }
 
@@ -107,14 +113,25 @@ impl MetricsLog {
                 source: e,
             })?;
         Ok(Self {
-            file,
+            file: Some(file),
             path: path.to_path_buf(),
         })
     }
 
+    /// A log that writes nothing (another rank writes the run's).
+    pub(crate) fn discard() -> Self {
+        Self {
+            file: None,
+            path: PathBuf::new(),
+        }
+    }
+
     pub(crate) fn write(&mut self, v: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}")
-            .and_then(|_| self.file.flush())
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        writeln!(file, "{v}")
+            .and_then(|_| file.flush())
             .map_err(|e| Error::Io {
                 path: self.path.clone(),
                 source: e,

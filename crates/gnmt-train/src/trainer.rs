@@ -14,6 +14,12 @@
 //! A checkpoint is written into a temporary folder and renamed into place, so a process killed
 //! at any moment (SIGKILL included) leaves every `step-N` folder complete; the next run resumes
 //! from the newest one and loses at most the updates since it.
+//!
+//! In a job of several processes ([`TrainArgs::group`]), every rank reads the same batches and
+//! trains on its share of each (by target tokens); the gradients are summed over the ranks and
+//! every rank applies the same update, so the global batch and the schedule do not depend on
+//! the number of ranks, and a run resumes with any number. Rank 0 alone writes the folder:
+//! vocabulary, cache, metrics, validation and checkpoints; it also decides when to stop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +28,7 @@ use std::time::Instant;
 
 use candle::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
+use gnmt_dist::Group;
 use gnmt_infer::LengthLimit;
 use gnmt_model::checkpoint::{self, tensors_of};
 use gnmt_model::{init_model, Dropout, Gnmt};
@@ -37,7 +44,8 @@ use crate::optim::Optimizer;
 use crate::progress::Progress;
 use crate::schedule::lr_at;
 use crate::state::{RngState, TrainState};
-use crate::step;
+use crate::step::{self, GradientSum};
+use crate::sync;
 use crate::validate::{batch_tensors, Validator};
 use crate::{Error, Result};
 
@@ -45,6 +53,8 @@ use crate::{Error, Result};
 const MAX_NONFINITE_IN_A_ROW: u32 = 5;
 /// Keeps the dropout stream apart from the parameter-initialisation stream of the same seed.
 const DROPOUT_SEED_SALT: u64 = 0x5eed_d409;
+/// What rank 0 broadcasts when the run goes on (any other message is the reason to stop).
+const GO_ON: &[u8] = b"";
 
 pub struct TrainArgs {
     pub train_src: PathBuf,
@@ -61,6 +71,8 @@ pub struct TrainArgs {
     /// Set (e.g. by a Ctrl-C handler) to stop after the current update; the run then
     /// validates and saves as at any other stop.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The processes training this model together ([`Group::single`] for one).
+    pub group: &'static Group,
 }
 
 #[derive(Debug, Clone)]
@@ -77,30 +89,58 @@ pub struct Outcome {
 pub fn train(args: TrainArgs) -> Result<Outcome> {
     args.config.validate()?;
     let out = &args.out_dir;
+    let group = args.group;
     // Before anything is read or written: a second trainer on the same folder would
-    // interleave its checkpoints and metrics with ours.
-    let _lock = FolderLock::acquire(out, "run folder")?;
-    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::Io {
-        path: out.clone(),
-        source: e,
-    })?;
-    let progress = Progress::new(args.quiet, args.config.stop.max_steps);
+    // interleave its checkpoints and metrics with ours. Only rank 0 writes.
+    let _lock = match group.is_root() {
+        true => Some(FolderLock::acquire(out, "run folder")?),
+        false => None,
+    };
+    if group.is_root() {
+        std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::Io {
+            path: out.clone(),
+            source: e,
+        })?;
+    }
+    let progress = Progress::new(args.quiet || !group.is_root(), args.config.stop.max_steps);
     let say = |msg: &str| progress.say(msg);
 
+    // Rank 0 settles the vocabulary, the saved configuration and the data cache; the other
+    // ranks then read what it wrote.
+    if !group.is_root() {
+        group.barrier();
+    }
     let (config, vocab) = prepare_run(&args, &say)?;
     let data = Data::prepare(&args, &config, &vocab, &say)?;
-    let latest = latest_checkpoint(out)?;
+    if group.is_root() {
+        group.barrier();
+    }
+    let latest = agreed_checkpoint(out, group)?;
+    let session = match &latest {
+        Some((step, dir)) => Session::resume(*step, dir, &config, args.device_and_group(), &say)?,
+        None => Session::fresh(&config, args.device_and_group())?,
+    };
+    if group.is_distributed() {
+        if latest.is_none() {
+            sync::broadcast_weights(&session.optimizer, group)?;
+        }
+        sync::check_consistency(&session.optimizer, group, session.state.step)?;
+        say(&format!(
+            "{} processes train together; each takes its share of every batch",
+            group.size()
+        ));
+    }
     let mut trainer = Trainer {
         validator: data.validator(&config, &vocab, &args.device),
-        session: match &latest {
-            Some((step, dir)) => Session::resume(*step, dir, &config, &args.device, &say)?,
-            None => Session::fresh(&config, &args.device)?,
-        },
+        session,
         vocab_json: std::fs::read(out.join(checkpoint::TOKENIZER_FILE)).map_err(|e| Error::Io {
             path: out.clone(),
             source: e,
         })?,
-        metrics: MetricsLog::open(&out.join("metrics.jsonl"))?,
+        metrics: match group.is_root() {
+            true => MetricsLog::open(&out.join("metrics.jsonl"))?,
+            false => MetricsLog::discard(),
+        },
         last_valid: None,
         validated_at: None,
         saved_at: latest.as_ref().map(|(s, _)| *s),
@@ -196,7 +236,7 @@ struct Session {
 
 impl Session {
     /// A new run: parameters drawn from the configuration's seed.
-    fn fresh(config: &TrainConfig, device: &Device) -> Result<Self> {
+    fn fresh(config: &TrainConfig, (device, group): (&Device, &Group)) -> Result<Self> {
         let (model, varmap) = init_model(
             &config.model,
             config.seed,
@@ -206,6 +246,7 @@ impl Session {
         )?;
         let optimizer = Optimizer::new(&varmap)?;
         let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
+        let dropout = rank_dropout(dropout, config, group, 0);
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
             state: TrainState::fresh(dropout.rng()),
@@ -220,7 +261,7 @@ impl Session {
         step: u64,
         dir: &std::path::Path,
         config: &TrainConfig,
-        device: &Device,
+        (device, group): (&Device, &Group),
         say: &dyn Fn(&str),
     ) -> Result<Self> {
         let folder = checkpoint::load(dir, DType::F32, device)?;
@@ -245,6 +286,7 @@ impl Session {
             )));
         }
         let dropout = Dropout::from_rng(config.dropout, state.dropout_rng.restore()?);
+        let dropout = rank_dropout(dropout, config, group, step);
         say(&format!("resuming from {} (update {step})", dir.display()));
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
@@ -253,6 +295,45 @@ impl Session {
             state,
             dropout,
         })
+    }
+}
+
+/// Rank 0's dropout masks come from the run's stream (saved in checkpoints); another rank's
+/// from a stream of its own, drawn from the seed, its rank and the update it starts at (so a
+/// rerun of the same job draws the same masks).
+fn rank_dropout(rank0: Dropout, config: &TrainConfig, group: &Group, step: u64) -> Dropout {
+    if group.is_root() {
+        return rank0;
+    }
+    let mix = (group.rank() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32);
+    Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT ^ mix)
+}
+
+/// The checkpoint every rank resumes from: rank 0's newest, which the others must find in the
+/// same (shared) folder.
+fn agreed_checkpoint(out: &std::path::Path, group: &Group) -> Result<Option<(u64, PathBuf)>> {
+    let mine = latest_checkpoint(out)?;
+    if !group.is_distributed() {
+        return Ok(mine);
+    }
+    let mut step = mine
+        .as_ref()
+        .map_or(u64::MAX, |(s, _)| *s)
+        .to_le_bytes()
+        .to_vec();
+    group.broadcast(0, &mut step);
+    let step = u64::from_le_bytes(step.try_into().expect("8 bytes"));
+    if step == u64::MAX {
+        return Ok(None);
+    }
+    match mine {
+        Some((s, dir)) if s == step => Ok(Some((s, dir))),
+        _ => Err(Error::Checkpoint(format!(
+            "rank 0 resumes from update {step}, but rank {} does not see that checkpoint in {}: \
+             the run folder must be on a file system every rank shares",
+            group.rank(),
+            out.join("checkpoints").display()
+        ))),
     }
 }
 
@@ -271,6 +352,12 @@ struct Trainer<'a> {
     validated_at: Option<u64>,
     /// The update of the newest checkpoint.
     saved_at: Option<u64>,
+}
+
+impl TrainArgs {
+    fn device_and_group(&self) -> (&Device, &Group) {
+        (&self.device, self.group)
+    }
 }
 
 impl Trainer<'_> {
@@ -296,18 +383,26 @@ impl Trainer<'_> {
             let state = &mut self.session.state;
             state.elapsed_secs = elapsed_before + session_start.elapsed().as_secs_f64();
             let epochs_done = state.cursor.epoch + (state.cursor.batch >= per_epoch) as u64;
-            if let Some(reason) = stop_reason(&self.config, state, epochs_done, max_time) {
+            let interrupted = self.args.interrupt.as_ref();
+            let reason = stop_reason(&self.config, state, epochs_done, max_time).or_else(|| {
+                interrupted
+                    .is_some_and(|f| f.load(Ordering::SeqCst))
+                    .then(|| "interrupted".to_string())
+            });
+            if let Some(reason) = self.agree(reason) {
                 return Ok(reason);
             }
-            let interrupted = self.args.interrupt.as_ref();
-            if interrupted.is_some_and(|f| f.load(Ordering::SeqCst)) {
-                return Ok("interrupted".to_string());
-            }
-            let Some(lr) = self.update(&mut batcher, &mut window)? else {
+            let Some(lr) = self.update(train, &mut batcher, &mut window)? else {
                 continue;
             };
             let state = &self.session.state;
             let step = state.step;
+            if step.is_multiple_of(self.config.log.consistency_every) {
+                sync::check_consistency(&self.session.optimizer, self.args.group, step)?;
+            }
+            if !self.args.group.is_root() {
+                continue;
+            }
             if step.is_multiple_of(self.config.log.log_every) {
                 let epoch =
                     state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
@@ -325,24 +420,61 @@ impl Trainer<'_> {
         }
     }
 
-    /// One update on the next batch; its learning rate, or `None` when the batch had a
-    /// non-finite loss or gradient and was skipped.
-    fn update(&mut self, batcher: &mut Batcher, window: &mut Window) -> Result<Option<f64>> {
-        let batch = batcher
-            .next()
+    /// The stop reason rank 0 found (`mine` there), on every rank: ranks may disagree on the
+    /// time or an interrupt, and must stop at the same update.
+    fn agree(&self, mine: Option<String>) -> Option<String> {
+        let group = self.args.group;
+        if !group.is_distributed() {
+            return mine;
+        }
+        let mut message = mine.map_or(GO_ON.to_vec(), String::into_bytes);
+        group.broadcast(0, &mut message);
+        (message != GO_ON).then(|| String::from_utf8_lossy(&message).into_owned())
+    }
+
+    /// One update on the next `data.accumulate` batches (this rank's share of each); its
+    /// learning rate, or `None` when the update had a non-finite loss or gradient and was
+    /// skipped.
+    fn update(
+        &mut self,
+        train: &Dataset,
+        batcher: &mut Batcher,
+        window: &mut Window,
+    ) -> Result<Option<f64>> {
+        let group = self.args.group;
+        let batches = (0..self.config.data.accumulate)
+            .map(|_| batcher.next())
+            .collect::<Option<Vec<Batch>>>()
             .ok_or_else(|| Error::Config("the training set is empty".into()))?;
         let s = &mut self.session;
-        s.state.batches += 1;
-        let out_of_memory = |e: Error| out_of_memory_hint(e, &batch, self.config.data.max_tokens);
-        let tensors = batch_tensors(&batch, &self.args.device).map_err(out_of_memory)?;
-        let g = step::forward(
-            &s.model,
-            &tensors,
-            self.config.label_smoothing,
-            Some(&mut s.dropout),
-        )
-        .and_then(|loss| step::backward(loss, &s.optimizer))
-        .map_err(out_of_memory)?;
+        s.state.batches += batches.len() as u64;
+        let mut sum = GradientSum::new(batches.iter().map(Batch::tgt_tokens).sum());
+        for batch in &batches {
+            let share;
+            let mine = match group.is_distributed() {
+                true => {
+                    share = batch.share(train, group.rank(), group.size());
+                    &share
+                }
+                false => batch,
+            };
+            if mine.is_empty() {
+                continue;
+            }
+            let out_of_memory = |e: Error| out_of_memory_hint(e, mine, self.config.data.max_tokens);
+            let tensors = batch_tensors(mine, &self.args.device).map_err(out_of_memory)?;
+            step::forward(
+                &s.model,
+                &tensors,
+                self.config.label_smoothing,
+                Some(&mut s.dropout),
+            )
+            .and_then(|loss| sum.add(loss))
+            .map_err(out_of_memory)?;
+        }
+        let whole_update =
+            |e: Error| out_of_memory_hint(e, &batches[0], self.config.data.max_tokens);
+        let g = sum.finish(&s.optimizer, group).map_err(whole_update)?;
         s.state.cursor = batcher.cursor();
         if !g.is_finite() {
             self.skip_nonfinite()?;
@@ -351,12 +483,12 @@ impl Trainer<'_> {
         let s = &mut self.session;
         s.state.nonfinite_in_a_row = 0;
         let (lr, rule) = lr_at(s.state.step, &self.config.optim);
-        step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim).map_err(out_of_memory)?;
+        step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim).map_err(whole_update)?;
         s.state.step += 1;
-        s.state.target_tokens += g.loss.tokens as u64;
-        window.add(&g.loss, g.mean_loss, &g.stats);
+        s.state.target_tokens += g.tokens as u64;
+        window.add(&g);
         self.progress
-            .update(s.state.step, g.mean_loss, g.loss.tokens, lr);
+            .update(s.state.step, g.mean_loss, g.tokens, lr);
         Ok(Some(lr))
     }
 
@@ -458,6 +590,9 @@ impl Trainer<'_> {
     /// At a stop: validates and saves the last update unless that was just done.
     fn finish(&mut self, stop_reason: &str) -> Result<()> {
         self.progress.finish();
+        if !self.args.group.is_root() {
+            return Ok(());
+        }
         self.say(&format!("stopping: {stop_reason}"));
         let step = self.session.state.step;
         if self.validated_at != Some(step) && step > 0 {

@@ -275,7 +275,7 @@ impl BenchTrainArgs {
             for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
                 *p += (b - a).as_secs_f64();
             }
-            Ok(g.loss.tokens)
+            Ok(g.tokens)
         };
         step(&mut [0.0; 3])?; // warm-up: allocator, thread pools
         let start = Instant::now();

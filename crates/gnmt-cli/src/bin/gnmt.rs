@@ -1,8 +1,4 @@
 //! `gnmt`: vocabulary, data preparation, training and benchmarks.
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    gnmt_cli::reset_sigpipe();
-    gnmt_cli::keep_freed_memory();
-    gnmt_cli::exit_with(gnmt_cli::Cli::parse().run())
+    gnmt_cli::main_with(|| gnmt_cli::parse_or_exit::<gnmt_cli::Cli>().run())
 }

@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// Padded tokens per batch.
     #[arg(long, value_parser = checked::max_tokens())]
     pub max_tokens: Option<usize>,
+    /// Batches per update (gradient accumulation): an update sees K batches of --max-tokens,
+    /// however many processes share them.
+    #[arg(long, value_name = "K", value_parser = whole::<usize>(1, 4096))]
+    pub accumulate: Option<usize>,
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -105,6 +109,7 @@ impl TrainArgs {
             patience => stop.patience, save_every => log.save_every, valid_every => log.valid_every,
             log_every => log.log_every, keep_last => log.keep_last, seed => seed, lr => optim.lr,
             dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
+            accumulate => data.accumulate,
         );
         if let Some(m) = compute.matmul {
             c.matmul = m.into();
@@ -143,7 +148,11 @@ impl TrainArgs {
             device,
             quiet: self.quiet,
             interrupt: Some(interrupt),
+            group: gnmt_dist::world(),
         })?;
+        if !gnmt_dist::world().is_root() {
+            return Ok(());
+        }
         // The curves are a convenience: a failure to draw them does not fail the run.
         if let Err(e) = super::plot::plot_run(&self.output, &self.output.join("plots")) {
             eprintln!("warning: could not draw the training curves: {e:#}");

@@ -7,6 +7,10 @@
 //! in pipes, and on files larger than memory. Several files (`translate a.txt b.txt --out-dir
 //! OUT`, or a directory) go through the same pipeline one after the other, each written to a
 //! temporary file renamed into place when complete (as is a single `-o` file).
+//!
+//! Large files can be split over processes ([`crate::shard`]): `--shard I/N` (or a Slurm job
+//! array's task) translates one contiguous part of `-i` into `-o`, and under `mpirun -np N`
+//! every rank translates its part and rank 0 joins them into `-o`.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -49,6 +53,13 @@ pub struct TranslateArgs {
     /// Output file (default: stdout; `-` also means stdout).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Translate only part I of N of the -i file (I from 0; the parts are N contiguous runs of
+    /// lines, so their outputs concatenated in order are the whole translation) into -o, and
+    /// leave a marker (-o's name + .done) so a rerun skips a finished part. Default in a Slurm
+    /// job array: the task's part (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT). Under
+    /// mpirun, each rank translates its part and rank 0 writes the whole -o.
+    #[arg(long, value_name = "I/N", value_parser = crate::shard::parse, requires_all = ["input", "output"])]
+    pub shard: Option<crate::shard::Shard>,
     #[command(flatten)]
     pub decoding: crate::decoding::DecodingFlags,
     /// GNMT's pruning margin: hypotheses scoring more than this below the best are dropped
@@ -206,7 +217,13 @@ impl TranslateArgs {
         options.keep_attention = self.attention || self.attention_png.is_some();
         let start = Instant::now();
         let mut total = Stats::default();
-        if self.files.is_empty() {
+        let group = gnmt_dist::world();
+        if let Some(split) = self.split(group)? {
+            total = self.translate_split(split, group, &translator, &options)?;
+            if !group.is_root() {
+                return Ok(());
+            }
+        } else if self.files.is_empty() {
             let input: Box<dyn BufRead + Send> = match &self.input {
                 Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
                     std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
@@ -283,6 +300,124 @@ impl TranslateArgs {
             );
         }
         Ok(())
+    }
+
+    /// How the input is split, if it is: `--shard`, a Slurm array task, or the ranks of a job.
+    fn split(&self, group: &gnmt_dist::Group) -> anyhow::Result<Option<Split>> {
+        let file = |p: &Option<PathBuf>| p.clone().filter(|p| p.as_os_str() != "-");
+        let files = file(&self.input).zip(file(&self.output));
+        if group.is_distributed() {
+            let Some((input, output)) = files else {
+                anyhow::bail!(
+                    "under mpirun, translate needs -i FILE and -o FILE: every rank translates a \
+                     part of the input and rank 0 writes the output"
+                );
+            };
+            anyhow::ensure!(
+                self.shard.is_none() && self.attention_png.is_none(),
+                "under mpirun the ranks are the shards: --shard and --attention-png do not apply"
+            );
+            return Ok(Some(Split::Job { input, output }));
+        }
+        let from_slurm = || crate::shard::Shard::from_slurm_array(|v| std::env::var(v).ok());
+        let Some(shard) = self
+            .shard
+            .or_else(|| files.as_ref().and_then(|_| from_slurm()))
+        else {
+            return Ok(None);
+        };
+        let Some((input, output)) = files else {
+            anyhow::bail!("--shard needs -i FILE and -o FILE");
+        };
+        if self.shard.is_none() && !self.quiet {
+            eprintln!(
+                "translating part {shard} of {} (the task of this Slurm job array)",
+                input.display()
+            );
+        }
+        Ok(Some(Split::Part {
+            input,
+            output,
+            shard,
+        }))
+    }
+
+    /// Translates a part of a file (`Split::Part`), or this rank's part of a job's file, then
+    /// on rank 0 the parts joined in order into the output (`Split::Job`). Finished parts are
+    /// skipped on a rerun.
+    fn translate_split(
+        &self,
+        split: Split,
+        group: &gnmt_dist::Group,
+        translator: &Translator,
+        options: &BeamOptions,
+    ) -> anyhow::Result<Stats> {
+        use crate::shard::{self, Shard};
+        let settings = format!(
+            "model {:?}; {options:?}; format {:?}; max_input_len {}",
+            self.model, self.format, self.max_input_len
+        );
+        let (input, output, shard) = match &split {
+            Split::Part {
+                input,
+                output,
+                shard,
+            } => (input, output.clone(), *shard),
+            Split::Job { input, output } => {
+                let whole = Shard { index: 0, count: 1 };
+                let record = shard::marker(input, whole, &shard::locate(input, whole)?, &settings)?;
+                if shard::is_done(output, &record) {
+                    if group.is_root() && !self.quiet {
+                        eprintln!(
+                            "{} is already translated (marker); nothing to do",
+                            output.display()
+                        );
+                    }
+                    return Ok(Stats::default());
+                }
+                let shard = Shard {
+                    index: group.rank(),
+                    count: group.size(),
+                };
+                (input, part_file(output, shard), shard)
+            }
+        };
+        let part = shard::locate(input, shard)?;
+        let record = shard::marker(input, shard, &part, &settings)?;
+        let mut stats = Stats::default();
+        if shard::is_done(&output, &record) {
+            if !self.quiet {
+                eprintln!(
+                    "{}{}: part {shard} is already translated (marker); skipped",
+                    group.label(),
+                    output.display()
+                );
+            }
+        } else {
+            let name = format!(
+                "{} (part {shard}, from line {})",
+                input.display(),
+                part.lines.start + 1
+            );
+            let file = AtomicFile::create(&output)?;
+            let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
+            let reader = shard::open_part(input, &part)?;
+            stats = self.stream(reader, &mut out, &name, None, translator, options)?;
+            drop(out);
+            file.commit()?;
+            shard::mark_done(&output, record)?;
+        }
+        let Split::Job { input, output } = split else {
+            return Ok(stats);
+        };
+        // Every part is written before rank 0 reads them; the summary counts every rank's.
+        let mut counts = [stats.lines, stats.sentences, stats.tokens].map(|n| n as f64);
+        group.all_reduce_sum_f64(&mut counts);
+        [stats.lines, stats.sentences, stats.tokens] = counts.map(|n| n as usize);
+        if group.is_root() {
+            join_parts(&input, &output, group.size(), &settings)?;
+        }
+        Ok(stats)
     }
 
     /// Translates one input stream into `out`, line for line.
@@ -459,6 +594,60 @@ impl TranslateArgs {
         }
         Ok(())
     }
+}
+
+/// How `translate` splits its input over processes.
+enum Split {
+    /// `--shard I/N`, or a Slurm array task: one part of `input` into `output`.
+    Part {
+        input: PathBuf,
+        output: PathBuf,
+        shard: crate::shard::Shard,
+    },
+    /// The ranks of an MPI job: each its part, then rank 0 all of `output`.
+    Job { input: PathBuf, output: PathBuf },
+}
+
+/// Where rank `shard.index` of a job writes its part of `output` (beside it, so the join is a
+/// local copy on a shared file system).
+fn part_file(output: &Path, shard: crate::shard::Shard) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".part-{}-of-{}", shard.index, shard.count));
+    output.with_file_name(name)
+}
+
+/// Joins a job's `count` parts of `output` in order into `output` (atomically), marks it done,
+/// and removes the parts and their markers.
+fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyhow::Result<()> {
+    use crate::shard::{self, Shard};
+    let file = AtomicFile::create(output)?;
+    let mut out = BufWriter::new(file.writer()?);
+    let parts: Vec<PathBuf> = (0..count)
+        .map(|index| part_file(output, Shard { index, count }))
+        .collect();
+    for part in &parts {
+        let mut r = std::fs::File::open(part).with_context(|| {
+            format!(
+                "opening {}: the parts must be on a file system every rank shares",
+                part.display()
+            )
+        })?;
+        std::io::copy(&mut r, &mut out).with_context(|| format!("copying {}", part.display()))?;
+    }
+    out.flush()?;
+    drop(out);
+    file.commit()?;
+    let whole = Shard { index: 0, count: 1 };
+    shard::mark_done(
+        output,
+        shard::marker(input, whole, &shard::locate(input, whole)?, settings)?,
+    )?;
+    for part in &parts {
+        // Leftovers are harmless: a rerun finds the whole output done.
+        let _ = std::fs::remove_file(shard::marker_path(part));
+        let _ = std::fs::remove_file(part);
+    }
+    Ok(())
 }
 
 /// An output file written in full or not at all: lines go to a temporary file beside it,
