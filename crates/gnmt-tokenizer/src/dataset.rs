@@ -5,18 +5,28 @@
 //! the tokenizer's hash, both files' contents and the filter settings, so a second run with
 //! the same inputs loads ids instead of re-tokenizing; any change to any of them misses the
 //! cache.
+//!
+//! [`Dataset::prepare`] streams the files: a first pass checks them (UTF-8, line counts) and
+//! hashes them, a second encodes them a chunk of lines at a time. Its memory is the ids it
+//! keeps, not the text: a WMT-sized corpus never sits in memory as text.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::corpus::{read_parallel, ParallelCorpus};
+use crate::arrays::{self, Array};
+use crate::corpus::ParallelCorpus;
+use crate::io::CheckedLines;
 use crate::vocab::sha256_hex;
 use crate::{Error, Result, Vocab};
+
+/// Sentence pairs encoded together: the text held at once while preparing a dataset (a few in
+/// tests, so that they cross chunk boundaries).
+const ENCODE_CHUNK: usize = if cfg!(test) { 3 } else { 1 << 16 };
 
 const CACHE_FORMAT: &str = "gnmt-dataset";
 const CACHE_VERSION: &str = "1";
@@ -71,16 +81,16 @@ pub struct Sequences {
 }
 
 impl Sequences {
-    fn from_vecs(seqs: impl IntoIterator<Item = Vec<u32>>) -> Self {
-        let mut out = Sequences {
+    fn new() -> Self {
+        Sequences {
             ids: Vec::new(),
             offsets: vec![0],
-        };
-        for s in seqs {
-            out.ids.extend_from_slice(&s);
-            out.offsets.push(out.ids.len() as u64);
         }
-        out
+    }
+
+    fn push(&mut self, seq: &[u32]) {
+        self.ids.extend_from_slice(seq);
+        self.offsets.push(self.ids.len() as u64);
     }
 
     pub fn len(&self) -> usize {
@@ -129,66 +139,20 @@ pub enum CacheStatus {
 }
 
 impl Dataset {
-    /// Encodes and filters a corpus. Empty pairs are skipped without touching the tokenizer.
+    /// Encodes and filters a corpus held in memory. Empty pairs are skipped without touching
+    /// the tokenizer.
     pub fn build(corpus: &ParallelCorpus, vocab: &Vocab, filter: &FilterOptions) -> Result<Self> {
-        enum Outcome {
-            Empty,
-            TooLong,
-            BadRatio,
-            Kept(Vec<u32>, Vec<u32>),
+        let mut builder = Builder::new(vocab, filter, None);
+        let pairs: Vec<(&str, &str)> = corpus.src.iter().zip(corpus.tgt.iter()).collect();
+        for chunk in pairs.chunks(ENCODE_CHUNK) {
+            builder.add(chunk)?;
         }
-        let outcomes: Vec<Outcome> = (0..corpus.len())
-            .into_par_iter()
-            .with_min_len(256)
-            .map(|i| {
-                let (s, t) = (corpus.src.get(i), corpus.tgt.get(i));
-                if s.trim().is_empty() || t.trim().is_empty() {
-                    return Ok(Outcome::Empty);
-                }
-                let (s, t) = (vocab.encode(s)?, vocab.encode(t)?);
-                // NFKC can map a visible character to nothing; treat that as empty too.
-                if s.is_empty() || t.is_empty() {
-                    return Ok(Outcome::Empty);
-                }
-                if s.len() > filter.max_len || t.len() > filter.max_len {
-                    return Ok(Outcome::TooLong);
-                }
-                let (short, long) = (s.len().min(t.len()) as f32, s.len().max(t.len()) as f32);
-                if long > filter.max_ratio * short {
-                    return Ok(Outcome::BadRatio);
-                }
-                Ok(Outcome::Kept(s, t))
-            })
-            .collect::<Result<_>>()?;
-
-        let mut summary = SkipSummary {
-            total: corpus.len(),
-            ..Default::default()
-        };
-        let (mut src, mut tgt, mut lines) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, o) in outcomes.into_iter().enumerate() {
-            match o {
-                Outcome::Empty => summary.empty += 1,
-                Outcome::TooLong => summary.too_long += 1,
-                Outcome::BadRatio => summary.bad_ratio += 1,
-                Outcome::Kept(s, t) => {
-                    src.push(s);
-                    tgt.push(t);
-                    lines.push(i as u32);
-                }
-            }
-        }
-        summary.kept = lines.len();
-        Ok(Self {
-            src: Sequences::from_vecs(src),
-            tgt: Sequences::from_vecs(tgt),
-            lines,
-            summary,
-        })
+        Ok(builder.finish())
     }
 
     /// Reads, checks, encodes and filters `src`/`tgt`, using a cache file in `cache_dir` when
     /// one matches the tokenizer, the files' contents and the filter. Fails if no pair is left.
+    /// Both files are checked (UTF-8, equal line counts) before any encoding.
     pub fn prepare(
         src: &Path,
         tgt: &Path,
@@ -196,9 +160,18 @@ impl Dataset {
         filter: &FilterOptions,
         cache_dir: Option<&Path>,
     ) -> Result<(Self, CacheStatus)> {
-        let corpus = read_parallel(src, tgt)?;
-        let key = cache_key(&corpus, vocab, filter);
-        let cache_path = cache_dir.map(|d| d.join(cache_file_name(&corpus, &key)));
+        let (src_scan, tgt_scan) = rayon::join(|| scan(src), || scan(tgt));
+        let (src_scan, tgt_scan) = (src_scan?, tgt_scan?);
+        if src_scan.lines != tgt_scan.lines {
+            return Err(Error::LineCountMismatch {
+                src: src.to_path_buf(),
+                src_lines: src_scan.lines,
+                tgt: tgt.to_path_buf(),
+                tgt_lines: tgt_scan.lines,
+            });
+        }
+        let key = cache_key(&src_scan.sha256, &tgt_scan.sha256, vocab, filter);
+        let cache_path = cache_dir.map(|d| d.join(cache_file_name(src, tgt, &key)));
         let mut stale_reason = None;
         if let Some(p) = &cache_path {
             if p.exists() {
@@ -208,7 +181,7 @@ impl Dataset {
                 }
             }
         }
-        let ds = Self::build(&corpus, vocab, filter)?;
+        let ds = Self::encode_files(src, tgt, src_scan.lines, vocab, filter)?;
         if ds.summary.kept == 0 {
             return Err(Error::Invalid {
                 path: src.to_path_buf(),
@@ -235,6 +208,42 @@ impl Dataset {
         Ok((ds, status))
     }
 
+    /// Encodes two checked files of equal length, [`ENCODE_CHUNK`] pairs at a time.
+    fn encode_files(
+        src: &Path,
+        tgt: &Path,
+        lines: usize,
+        vocab: &Vocab,
+        filter: &FilterOptions,
+    ) -> Result<Self> {
+        let (src_error, tgt_error) = (Mutex::new(None), Mutex::new(None));
+        let mut src_lines = CheckedLines::new(&[src.to_path_buf()], &src_error)?;
+        let mut tgt_lines = CheckedLines::new(&[tgt.to_path_buf()], &tgt_error)?;
+        let mut builder = Builder::new(vocab, filter, Some(lines));
+        loop {
+            let chunk: Vec<(String, String)> = src_lines
+                .by_ref()
+                .zip(tgt_lines.by_ref())
+                .take(ENCODE_CHUNK)
+                .collect();
+            let pairs: Vec<(&str, &str)> = chunk
+                .iter()
+                .map(|(s, t)| (without_line_end(s), without_line_end(t)))
+                .collect();
+            builder.add(&pairs)?;
+            if chunk.len() < ENCODE_CHUNK {
+                break;
+            }
+        }
+        // The files were checked a moment ago; they may have changed since.
+        for slot in [src_error, tgt_error] {
+            if let Some(e) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                return Err(e);
+            }
+        }
+        Ok(builder.finish())
+    }
+
     pub fn len(&self) -> usize {
         self.lines.len()
     }
@@ -244,26 +253,6 @@ impl Dataset {
     }
 
     fn save_cache(&self, path: &Path, key: &str) -> Result<()> {
-        let bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let bytes64 = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let arrays = [
-            ("src_ids", Dtype::U32, bytes(&self.src.ids)),
-            ("src_offsets", Dtype::U64, bytes64(&self.src.offsets)),
-            ("tgt_ids", Dtype::U32, bytes(&self.tgt.ids)),
-            ("tgt_offsets", Dtype::U64, bytes64(&self.tgt.offsets)),
-            ("lines", Dtype::U32, bytes(&self.lines)),
-        ];
-        let views = arrays
-            .iter()
-            .map(|(name, dtype, data)| {
-                let n = data.len() / if *dtype == Dtype::U64 { 8 } else { 4 };
-                TensorView::new(*dtype, vec![n], data).map(|v| (*name, v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Invalid {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
         let meta = HashMap::from([
             ("format".to_string(), CACHE_FORMAT.to_string()),
             ("version".to_string(), CACHE_VERSION.to_string()),
@@ -273,11 +262,17 @@ impl Dataset {
                 serde_json::to_string(&self.summary).expect("plain struct"),
             ),
         ]);
-        let buf = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        crate::io::write_atomic(path, &buf)
+        arrays::write(
+            path,
+            &meta,
+            &[
+                ("src_ids", Array::U32(&self.src.ids)),
+                ("src_offsets", Array::U64(&self.src.offsets)),
+                ("tgt_ids", Array::U32(&self.tgt.ids)),
+                ("tgt_offsets", Array::U64(&self.tgt.offsets)),
+                ("lines", Array::U32(&self.lines)),
+            ],
+        )
     }
 
     /// Loads a cache file, checking its key and the consistency of every array.
@@ -286,49 +281,25 @@ impl Dataset {
             path: path.to_path_buf(),
             reason,
         };
-        let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&buf)
-            .map_err(|e| invalid(format!("not a dataset file: {e}")))?;
-        let (_, header) = SafeTensors::read_metadata(&buf).map_err(|e| invalid(e.to_string()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).map(String::as_str).unwrap_or("");
+        let mut file = arrays::Reader::open(path)?;
+        let get = |k: &str| file.metadata.get(k).cloned().unwrap_or_default();
         if get("format") != CACHE_FORMAT || get("version") != CACHE_VERSION {
             return Err(invalid("not a gnmt dataset of this version".into()));
         }
         if get("key") != key {
             return Err(invalid("made from other inputs".into()));
         }
-        let summary: SkipSummary = serde_json::from_str(get("summary"))
+        let summary: SkipSummary = serde_json::from_str(&get("summary"))
             .map_err(|e| invalid(format!("bad summary: {e}")))?;
-        let u32s = |name: &str| -> Result<Vec<u32>> {
-            let t = st.tensor(name).map_err(|e| invalid(e.to_string()))?;
-            if t.dtype() != Dtype::U32 {
-                return Err(invalid(format!("{name} is {:?}, expected U32", t.dtype())));
-            }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect())
-        };
-        let u64s = |name: &str| -> Result<Vec<u64>> {
-            let t = st.tensor(name).map_err(|e| invalid(e.to_string()))?;
-            if t.dtype() != Dtype::U64 {
-                return Err(invalid(format!("{name} is {:?}, expected U64", t.dtype())));
-            }
-            Ok(t.data()
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect())
-        };
         let src = Sequences {
-            ids: u32s("src_ids")?,
-            offsets: u64s("src_offsets")?,
+            ids: file.u32s("src_ids")?,
+            offsets: file.u64s("src_offsets")?,
         };
         let tgt = Sequences {
-            ids: u32s("tgt_ids")?,
-            offsets: u64s("tgt_offsets")?,
+            ids: file.u32s("tgt_ids")?,
+            offsets: file.u64s("tgt_offsets")?,
         };
-        let lines = u32s("lines")?;
+        let lines = file.u32s("lines")?;
         for (name, s) in [("src", &src), ("tgt", &tgt)] {
             let ok = s.offsets.first() == Some(&0)
                 && s.offsets.windows(2).all(|w| w[0] <= w[1])
@@ -347,18 +318,153 @@ impl Dataset {
     }
 }
 
-fn cache_key(corpus: &ParallelCorpus, vocab: &Vocab, filter: &FilterOptions) -> String {
+/// A dataset being encoded, chunk by chunk.
+struct Builder<'a> {
+    vocab: &'a Vocab,
+    filter: &'a FilterOptions,
+    /// Pairs the whole corpus has, when known: the first chunk's ids per pair then size the
+    /// arrays once (growing by doubling would hold up to three times the ids at a moment).
+    expected_pairs: Option<usize>,
+    src: Sequences,
+    tgt: Sequences,
+    lines: Vec<u32>,
+    summary: SkipSummary,
+}
+
+impl<'a> Builder<'a> {
+    fn new(vocab: &'a Vocab, filter: &'a FilterOptions, expected_pairs: Option<usize>) -> Self {
+        Self {
+            vocab,
+            filter,
+            expected_pairs,
+            src: Sequences::new(),
+            tgt: Sequences::new(),
+            lines: Vec::new(),
+            summary: SkipSummary::default(),
+        }
+    }
+
+    /// Encodes the next `pairs` of the corpus (in parallel) and keeps those that pass.
+    fn add(&mut self, pairs: &[(&str, &str)]) -> Result<()> {
+        enum Outcome {
+            Empty,
+            TooLong,
+            BadRatio,
+            Kept(Vec<u32>, Vec<u32>),
+        }
+        let (vocab, filter) = (self.vocab, self.filter);
+        let outcomes: Vec<Outcome> = pairs
+            .par_iter()
+            .with_min_len(256)
+            .map(|&(s, t)| {
+                if s.trim().is_empty() || t.trim().is_empty() {
+                    return Ok(Outcome::Empty);
+                }
+                let (s, t) = (vocab.encode(s)?, vocab.encode(t)?);
+                // NFKC can map a visible character to nothing; treat that as empty too.
+                if s.is_empty() || t.is_empty() {
+                    return Ok(Outcome::Empty);
+                }
+                if s.len() > filter.max_len || t.len() > filter.max_len {
+                    return Ok(Outcome::TooLong);
+                }
+                let (short, long) = (s.len().min(t.len()) as f32, s.len().max(t.len()) as f32);
+                if long > filter.max_ratio * short {
+                    return Ok(Outcome::BadRatio);
+                }
+                Ok(Outcome::Kept(s, t))
+            })
+            .collect::<Result<_>>()?;
+        let first_line = self.summary.total;
+        self.summary.total += pairs.len();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            match o {
+                Outcome::Empty => self.summary.empty += 1,
+                Outcome::TooLong => self.summary.too_long += 1,
+                Outcome::BadRatio => self.summary.bad_ratio += 1,
+                Outcome::Kept(s, t) => {
+                    self.src.push(&s);
+                    self.tgt.push(&t);
+                    self.lines.push((first_line + i) as u32);
+                }
+            }
+        }
+        if let Some(expected) = self.expected_pairs.take() {
+            self.reserve_for(expected);
+        }
+        Ok(())
+    }
+
+    /// Sizes the arrays for `pairs` pairs like the ones seen so far, with 5% to spare.
+    fn reserve_for(&mut self, pairs: usize) {
+        let seen = self.summary.total.max(1) as f64;
+        // What the whole corpus will need beyond `have`.
+        let more = |have: usize| {
+            ((have as f64 / seen * pairs as f64 * 1.05) as usize).saturating_sub(have)
+        };
+        let kept = self.lines.len();
+        self.lines.reserve(more(kept));
+        self.src.offsets.reserve(more(kept));
+        self.tgt.offsets.reserve(more(kept));
+        self.src.ids.reserve(more(self.src.ids.len()));
+        self.tgt.ids.reserve(more(self.tgt.ids.len()));
+    }
+
+    fn finish(mut self) -> Dataset {
+        self.summary.kept = self.lines.len();
+        Dataset {
+            src: self.src,
+            tgt: self.tgt,
+            lines: self.lines,
+            summary: self.summary,
+        }
+    }
+}
+
+/// What the first pass over a file finds.
+struct Scan {
+    /// Of the (decompressed) contents, hex.
+    sha256: String,
+    lines: usize,
+}
+
+/// Reads `path` once as a stream: its hash and line count, or the first invalid UTF-8 (naming
+/// the line and byte offset).
+fn scan(path: &Path) -> Result<Scan> {
+    let error = Mutex::new(None);
+    let mut hasher = Sha256::new();
+    let mut lines = 0;
+    for line in CheckedLines::new(&[path.to_path_buf()], &error)? {
+        hasher.update(line.as_bytes());
+        lines += 1;
+    }
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Scan { sha256, lines })
+}
+
+/// A line as [`crate::io::line_spans`] cuts it: without `\n`, and without a `\r` before it.
+fn without_line_end(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+fn cache_key(src_sha256: &str, tgt_sha256: &str, vocab: &Vocab, filter: &FilterOptions) -> String {
     let material = format!(
-        "{CACHE_FORMAT}/{CACHE_VERSION}\ntokenizer {}\nsrc {}\ntgt {}\nfilter {}",
+        "{CACHE_FORMAT}/{CACHE_VERSION}\ntokenizer {}\nsrc {src_sha256}\ntgt {tgt_sha256}\nfilter {}",
         vocab.hash(),
-        corpus.src.sha256(),
-        corpus.tgt.sha256(),
         serde_json::to_string(filter).expect("plain struct"),
     );
     sha256_hex(material.as_bytes())
 }
 
-fn cache_file_name(corpus: &ParallelCorpus, key: &str) -> String {
+fn cache_file_name(src: &Path, tgt: &Path, key: &str) -> String {
     let stem = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -366,8 +472,8 @@ fn cache_file_name(corpus: &ParallelCorpus, key: &str) -> String {
     };
     format!(
         "{}+{}.{}.dataset.safetensors",
-        stem(corpus.src.path()),
-        stem(corpus.tgt.path()),
+        stem(src),
+        stem(tgt),
         &key[..16]
     )
 }
@@ -393,6 +499,32 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// Streaming the files (by chunks of 3 pairs here) gives the dataset of the corpus read
+    /// whole: CRLF and LF endings, blank and skipped lines, no final newline, gzip.
+    #[test]
+    fn streamed_preparation_equals_the_corpus_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = write(
+            dir.path(),
+            "s.en",
+            "a dog\r\n\nthe cat\r\nok\nx\n \na man\nthe end",
+        );
+        let gz = dir.path().join("t.de.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(
+            &mut enc,
+            "ein hund\nleer\r\ndie katze\nok\n\nz\nein mann\ndas ende\n".as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let (v, f) = (vocab(), FilterOptions::default());
+        let whole = Dataset::build(&crate::read_parallel(&s, &gz).unwrap(), &v, &f).unwrap();
+        let (streamed, _) = Dataset::prepare(&s, &gz, &v, &f, None).unwrap();
+        assert_eq!(streamed, whole);
+        assert_eq!(streamed.summary.total, 8);
+        assert_eq!(streamed.lines, [0, 2, 3, 6, 7]);
     }
 
     #[test]
@@ -480,7 +612,7 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         let (again, st) = Dataset::prepare(&s, &t, &v, &f, Some(&cache)).unwrap();
         assert!(
-            matches!(&st, CacheStatus::Rebuilt(p, why) if *p == path && why.contains("not a dataset file")),
+            matches!(&st, CacheStatus::Rebuilt(p, why) if *p == path && why.contains("too short for a safetensors file")),
             "{st:?}"
         );
         assert_eq!(again, built);

@@ -2,7 +2,8 @@
 //! parallel corpus into padded batches of token ids.
 //!
 //! ```text
-//! SRC/TGT files ──read_parallel──▶ ParallelCorpus ──Dataset::build──▶ Dataset (ids, cached)
+//! SRC/TGT files ──Dataset::prepare (streamed: check + hash, then encode by chunks)──▶ Dataset
+//!              (or read_parallel ─▶ ParallelCorpus ─▶ Dataset::build, in memory)   (ids, cached)
 //!                                                    (Vocab::encode)        │
 //!                                                       Batcher (token budget, seeded) ◀┘
 //!                                                            │
@@ -21,6 +22,7 @@
 //! # Ok::<(), gnmt_tokenizer::Error>(())
 //! ```
 
+pub mod arrays;
 pub mod batch;
 pub mod corpus;
 pub mod data;

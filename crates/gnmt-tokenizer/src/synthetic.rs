@@ -24,6 +24,59 @@ const SYLLABLES: [&str; 32] = [
     "jut", "vel", "zog",
 ];
 
+/// What a synthetic target is made of from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// The target is the source.
+    Copy,
+    /// The source's words in reverse order.
+    Reverse,
+    /// The source's words sorted.
+    Sort,
+}
+
+impl Task {
+    pub fn target(self, src: &str) -> String {
+        match self {
+            Task::Copy => src.to_string(),
+            Task::Reverse => src.split(' ').rev().collect::<Vec<_>>().join(" "),
+            Task::Sort => {
+                let mut w: Vec<&str> = src.split(' ').collect();
+                w.sort_unstable();
+                w.join(" ")
+            }
+        }
+    }
+
+    /// The task's sentence pairs, one at a time (a corpus of any size in constant memory):
+    /// random sentences of `min_len..=max_len` words over the first `symbols` pseudo-words
+    /// (at most 32), each with its target.
+    pub fn pairs(
+        self,
+        symbols: usize,
+        min_len: usize,
+        max_len: usize,
+        seed: u64,
+    ) -> impl Iterator<Item = (String, String)> {
+        sentences(symbols, min_len, max_len, seed).map(move |s| {
+            let t = self.target(&s);
+            (s, t)
+        })
+    }
+
+    /// The first `n` pairs, as two lists.
+    fn corpus(
+        self,
+        n: usize,
+        symbols: usize,
+        min_len: usize,
+        max_len: usize,
+        seed: u64,
+    ) -> (Vec<String>, Vec<String>) {
+        self.pairs(symbols, min_len, max_len, seed).take(n).unzip()
+    }
+}
+
 /// `pairs` random sentences of `min_len..=max_len` words over the first `symbols` pseudo-words
 /// (at most 32), each paired with itself.
 pub fn copy_task(
@@ -33,8 +86,7 @@ pub fn copy_task(
     max_len: usize,
     seed: u64,
 ) -> (Vec<String>, Vec<String>) {
-    let src = random_sentences(pairs, symbols, min_len, max_len, seed);
-    (src.clone(), src)
+    Task::Copy.corpus(pairs, symbols, min_len, max_len, seed)
 }
 
 /// Like [`copy_task`], with each target the source's words in reverse order.
@@ -45,12 +97,7 @@ pub fn reverse_task(
     max_len: usize,
     seed: u64,
 ) -> (Vec<String>, Vec<String>) {
-    let src = random_sentences(pairs, symbols, min_len, max_len, seed);
-    let tgt = src
-        .iter()
-        .map(|s| s.split(' ').rev().collect::<Vec<_>>().join(" "))
-        .collect();
-    (src, tgt)
+    Task::Reverse.corpus(pairs, symbols, min_len, max_len, seed)
 }
 
 /// Like [`copy_task`], with each target the source's words sorted.
@@ -61,25 +108,16 @@ pub fn sort_task(
     max_len: usize,
     seed: u64,
 ) -> (Vec<String>, Vec<String>) {
-    let src = random_sentences(pairs, symbols, min_len, max_len, seed);
-    let tgt = src
-        .iter()
-        .map(|s| {
-            let mut w: Vec<&str> = s.split(' ').collect();
-            w.sort_unstable();
-            w.join(" ")
-        })
-        .collect();
-    (src, tgt)
+    Task::Sort.corpus(pairs, symbols, min_len, max_len, seed)
 }
 
-fn random_sentences(
-    n: usize,
+/// Endless random sentences, seeded.
+fn sentences(
     symbols: usize,
     min_len: usize,
     max_len: usize,
     seed: u64,
-) -> Vec<String> {
+) -> impl Iterator<Item = String> {
     assert!(
         (1..=SYLLABLES.len()).contains(&symbols),
         "symbols must be in 1..={}",
@@ -90,15 +128,13 @@ fn random_sentences(
         "need 1 <= min_len <= max_len"
     );
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let len = rng.random_range(min_len..=max_len);
-            (0..len)
-                .map(|_| SYLLABLES[rng.random_range(0..symbols)])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    std::iter::repeat_with(move || {
+        let len = rng.random_range(min_len..=max_len);
+        (0..len)
+            .map(|_| SYLLABLES[rng.random_range(0..symbols)])
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 /// English/German sentence pairs written for this project (image-caption style).

@@ -3,6 +3,9 @@ use std::path::PathBuf;
 use crate::checked::{self, whole};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use std::io::Write;
+
+use gnmt_tokenizer::io::AtomicFile;
 use gnmt_tokenizer::synthetic;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,23 +53,23 @@ impl SynthArgs {
             1 <= self.min_len && self.min_len <= self.max_len,
             "need 1 <= --min-len <= --max-len"
         );
-        let make = match self.task {
-            Task::Copy => synthetic::copy_task,
-            Task::Reverse => synthetic::reverse_task,
-            Task::Sort => synthetic::sort_task,
+        let task = match self.task {
+            Task::Copy => synthetic::Task::Copy,
+            Task::Reverse => synthetic::Task::Reverse,
+            Task::Sort => synthetic::Task::Sort,
         };
-        let (src, tgt) = make(
-            self.pairs,
-            self.symbols,
-            self.min_len,
-            self.max_len,
-            self.seed,
-        );
-        for (ext, lines) in [("src", src), ("tgt", tgt)] {
-            let path = PathBuf::from(format!("{}.{ext}", self.output.display()));
-            let mut text = lines.join("\n");
-            text.push('\n');
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        // Streamed: a corpus of any size is written in constant memory.
+        let path = |ext: &str| PathBuf::from(format!("{}.{ext}", self.output.display()));
+        let (src_path, tgt_path) = (path("src"), path("tgt"));
+        let mut src = AtomicFile::create(&src_path)?;
+        let mut tgt = AtomicFile::create(&tgt_path)?;
+        let pairs = task.pairs(self.symbols, self.min_len, self.max_len, self.seed);
+        for (s, t) in pairs.take(self.pairs) {
+            writeln!(src, "{s}").with_context(|| format!("writing {}", src_path.display()))?;
+            writeln!(tgt, "{t}").with_context(|| format!("writing {}", tgt_path.display()))?;
+        }
+        for (file, path) in [(src, src_path), (tgt, tgt_path)] {
+            file.commit()?;
             println!("wrote {}", path.display());
         }
         Ok(())
