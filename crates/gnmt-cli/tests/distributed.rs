@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{err, gnmt, ok, repo_root, synth_reverse};
+use support::{err, gnmt, losses, ok, repo_root, synth_reverse, TRAIN_TINY};
 
 /// `mpirun --oversubscribe -np N PROGRAM ARGS` in `cwd` (as root too: CI runs as root; the
 /// single-copy mechanism is off because containers forbid it).
@@ -49,34 +49,10 @@ fn setup(d: &Path) {
 }
 
 fn train_args<'a>(run: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "--threads",
-        "1",
-        "train",
-        "--train",
-        "train.src",
-        "train.tgt",
-        "--valid",
-        "valid.src",
-        "valid.tgt",
-        "--config",
-        "config.json",
-        "-o",
-        run,
-        "--max-steps",
-        steps,
-        "--quiet",
-    ];
+    let mut a = TRAIN_TINY.to_vec();
+    a.extend(["-o", run, "--max-steps", steps, "--quiet"]);
     a.extend(extra);
     a
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect()
 }
 
 fn assert_close(a: &[f64], b: &[f64], what: &str) {

@@ -214,3 +214,28 @@ pub fn quick_study(
         assert!(is_png(&study.join("plain/plots").join(figure)), "{figure}");
     }
 }
+
+/// `gnmt train` on `train.{src,tgt}` and `valid.{src,tgt}` with `config.json`, on one thread,
+/// in the test's folder: the run folder and the limits come after.
+pub const TRAIN_TINY: [&str; 11] = [
+    "--threads",
+    "1",
+    "train",
+    "--train",
+    "train.src",
+    "train.tgt",
+    "--valid",
+    "valid.src",
+    "valid.tgt",
+    "--config",
+    "config.json",
+];
+
+/// The training losses a run folder's metrics.jsonl logged, in order.
+pub fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::{err, gnmt, ok};
+use crate::{err, gnmt, losses, ok, TRAIN_TINY};
 
 /// Optimisation for the end-to-end test; the model is the `tiny` preset.
 const E2E_CONFIG: &str = r#"{
@@ -182,32 +182,10 @@ fn tiny_run_setup(d: &Path) {
     std::fs::write(d.join("config.json"), TINY_CONFIG).unwrap();
 }
 
-const TRAIN_TINY: [&str; 11] = [
-    "--threads",
-    "1",
-    "train",
-    "--train",
-    "train.src",
-    "train.tgt",
-    "--valid",
-    "valid.src",
-    "valid.tgt",
-    "--config",
-    "config.json",
-];
-
 fn train_tiny(d: &Path, run: &str, steps: &str) -> std::process::Output {
     let mut args = TRAIN_TINY.to_vec();
     args.extend(["-o", run, "--max-steps", steps, "--quiet"]);
     gnmt(&args, d)
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect()
 }
 
 /// Stopping and running the same command again continues exactly: the parameters after

@@ -173,7 +173,7 @@ impl Group {
     pub fn all_reduce_sum_f64(&self, data: &mut [f64]) {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
-            m.all_reduce_sum_f64(data);
+            m.all_reduce_sum(data);
         }
         let _ = data;
     }

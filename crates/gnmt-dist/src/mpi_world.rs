@@ -3,6 +3,7 @@
 use std::sync::Mutex;
 
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
 use mpi::environment::{Threading, Universe};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -59,16 +60,8 @@ impl MpiWorld {
         (self.local.rank() as usize, self.local.size() as usize)
     }
 
-    pub(crate) fn all_reduce_sum(&self, data: &mut [f32]) {
-        let _g = self.serialized();
-        for chunk in data.chunks_mut(REDUCE_CHUNK) {
-            let send = chunk.to_vec();
-            self.world
-                .all_reduce_into(&send[..], chunk, SystemOperation::sum());
-        }
-    }
-
-    pub(crate) fn all_reduce_sum_f64(&self, data: &mut [f64]) {
+    /// Sums `data` element-wise over the ranks, in place (f32 or f64).
+    pub(crate) fn all_reduce_sum<T: Equivalence + Copy>(&self, data: &mut [T]) {
         let _g = self.serialized();
         for chunk in data.chunks_mut(REDUCE_CHUNK) {
             let send = chunk.to_vec();

@@ -221,6 +221,15 @@ mod tests {
         }
     }
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Summing the gradients of a batch's parts (accumulation, or a job's ranks) gives the
     /// gradients of the whole batch's mean loss: uneven parts are weighted by their tokens.
     #[test]
@@ -250,21 +259,8 @@ mod tests {
         for (name, var) in optimizer.vars() {
             let a = whole.grads.get(var).unwrap();
             let b = parts.grads.get(var).unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&(a - b).unwrap());
+            let scale = max_abs(a);
             assert!(
                 diff <= 1e-5 * scale.max(1e-3),
                 "{name}: {diff} (scale {scale})"

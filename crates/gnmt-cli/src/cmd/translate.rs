@@ -24,6 +24,7 @@ use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
 use gnmt_model::checkpoint;
 use gnmt_model::Kernels;
+use gnmt_tokenizer::io::AtomicFile;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
@@ -242,14 +243,12 @@ impl TranslateArgs {
                 .map_or("stdin".to_string(), |p| p.display().to_string());
             match self.output.as_ref().filter(|p| p.as_os_str() != "-") {
                 Some(path) => {
-                    let file = AtomicFile::create(path)?;
-                    let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
-                    total = self.stream(input, &mut out, &name, size, &translator, &options)?;
-                    drop(out);
+                    let mut file = AtomicFile::create(path)?;
+                    total = self.stream(input, &mut file, &name, size, &translator, &options)?;
                     file.commit()?;
                 }
                 None => {
-                    let mut out: Box<dyn Write> = Box::new(BufWriter::new(std::io::stdout()));
+                    let mut out = BufWriter::new(std::io::stdout());
                     total = self.stream(input, &mut out, &name, size, &translator, &options)?;
                 }
             }
@@ -266,11 +265,9 @@ impl TranslateArgs {
                         .with_context(|| format!("opening {}", src.display()))?,
                 ));
                 let size = std::fs::metadata(&src).ok().map(|m| m.len());
-                let file = AtomicFile::create(&dst)?;
-                let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
+                let mut file = AtomicFile::create(&dst)?;
                 let name = src.display().to_string();
-                let stats = self.stream(input, &mut out, &name, size, &translator, &options)?;
-                drop(out);
+                let stats = self.stream(input, &mut file, &name, size, &translator, &options)?;
                 file.commit()?;
                 if !self.quiet {
                     eprintln!(
@@ -399,11 +396,9 @@ impl TranslateArgs {
                 input.display(),
                 part.lines.start + 1
             );
-            let file = AtomicFile::create(&output)?;
-            let mut out: Box<dyn Write> = Box::new(BufWriter::new(file.writer()?));
+            let mut file = AtomicFile::create(&output)?;
             let reader = shard::open_part(input, &part)?;
-            stats = self.stream(reader, &mut out, &name, None, translator, options)?;
-            drop(out);
+            stats = self.stream(reader, &mut file, &name, None, translator, options)?;
             file.commit()?;
             shard::mark_done(&output, record)?;
         }
@@ -424,7 +419,7 @@ impl TranslateArgs {
     fn stream(
         &self,
         input: Box<dyn BufRead + Send>,
-        out: &mut Box<dyn Write>,
+        out: &mut dyn Write,
         input_name: &str,
         size: Option<u64>,
         translator: &Translator,
@@ -516,7 +511,7 @@ impl TranslateArgs {
                         stats.first = Some((window[k].0.clone(), r.clone()));
                     }
                 }
-                self.write_line(out.as_mut(), line_no, r, translator)?;
+                self.write_line(out, line_no, r, translator)?;
             }
             out.flush()?;
             stats.lines += window.len();
@@ -620,8 +615,7 @@ fn part_file(output: &Path, shard: crate::shard::Shard) -> PathBuf {
 /// and removes the parts and their markers.
 fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyhow::Result<()> {
     use crate::shard::{self, Shard};
-    let file = AtomicFile::create(output)?;
-    let mut out = BufWriter::new(file.writer()?);
+    let mut out = AtomicFile::create(output)?;
     let parts: Vec<PathBuf> = (0..count)
         .map(|index| part_file(output, Shard { index, count }))
         .collect();
@@ -634,9 +628,7 @@ fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyh
         })?;
         std::io::copy(&mut r, &mut out).with_context(|| format!("copying {}", part.display()))?;
     }
-    out.flush()?;
-    drop(out);
-    file.commit()?;
+    out.commit()?;
     let whole = Shard { index: 0, count: 1 };
     shard::mark_done(
         output,
@@ -648,51 +640,6 @@ fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyh
         let _ = std::fs::remove_file(part);
     }
     Ok(())
-}
-
-/// An output file written in full or not at all: lines go to a temporary file beside it,
-/// renamed over it once complete, so a failed or interrupted run never leaves half a
-/// translation under the final name.
-struct AtomicFile {
-    tmp: tempfile::NamedTempFile,
-    path: PathBuf,
-}
-
-impl AtomicFile {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut builder = tempfile::Builder::new();
-        // A translation is an ordinary file: the user's umask decides, not the 0600 of
-        // temporary files.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let tmp = builder.tempfile_in(dir).with_context(|| {
-            format!(
-                "creating a file in {} for {}",
-                dir.display(),
-                path.display()
-            )
-        })?;
-        Ok(Self {
-            tmp,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn writer(&self) -> anyhow::Result<std::fs::File> {
-        Ok(self.tmp.reopen()?)
-    }
-
-    fn commit(self) -> anyhow::Result<()> {
-        self.tmp.as_file().sync_all()?;
-        self.tmp
-            .persist(&self.path)
-            .with_context(|| format!("writing {}", self.path.display()))?;
-        Ok(())
-    }
 }
 
 /// The (input, output) file pairs for `files` (directories expanded to their files, sorted),
