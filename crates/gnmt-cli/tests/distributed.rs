@@ -91,6 +91,46 @@ fn two_ranks_train_like_one_process() {
     }
 }
 
+/// A job stopped and run again with as many ranks continues exactly, dropout included: every
+/// rank's dropout stream is in the checkpoint, so 20 + 20 updates give the weights of 40.
+#[test]
+fn a_resumed_job_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    std::fs::write(
+        d.join("config.json"),
+        CONFIG.replace("\"dropout\": 0.0", "\"dropout\": 0.2"),
+    )
+    .unwrap();
+    ok(output(mpirun(
+        2,
+        GNMT,
+        &train_args("straight", "40", &[]),
+        d,
+    )));
+    ok(output(mpirun(
+        2,
+        GNMT,
+        &train_args("resumed", "20", &[]),
+        d,
+    )));
+    let state = std::fs::read_to_string(d.join("resumed/checkpoints/step-20/state.json")).unwrap();
+    assert!(state.contains("rank_dropout_rngs"), "{state}");
+    ok(output(mpirun(
+        2,
+        GNMT,
+        &train_args("resumed", "40", &[]),
+        d,
+    )));
+    assert_eq!(losses(&d.join("straight")), losses(&d.join("resumed")));
+    let weights = |run: &str| std::fs::read(d.join(run).join("model.safetensors")).unwrap();
+    assert!(
+        weights("straight") == weights("resumed"),
+        "resumed weights differ"
+    );
+}
+
 /// The process ids of rank `rank` of jobs running `GNMT` in `cwd`, from /proc.
 fn rank_pids(rank: usize, cwd: &Path) -> Vec<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");

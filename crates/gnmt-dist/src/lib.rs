@@ -196,6 +196,22 @@ impl Group {
         let _ = (root, bytes);
     }
 
+    /// Every rank's `mine`, in rank order, on every rank (one broadcast per rank: for small
+    /// messages).
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+        (0..self.size)
+            .map(|r| {
+                let mut bytes = if r == self.rank {
+                    mine.to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.broadcast(r, &mut bytes);
+                bytes
+            })
+            .collect()
+    }
+
     /// Every rank gets rank `root`'s `data` (of the same length everywhere).
     pub fn broadcast_f32(&self, root: usize, data: &mut [f32]) {
         #[cfg(feature = "mpi")]
@@ -253,6 +269,7 @@ mod tests {
         g.all_reduce_sum_f64(&mut d);
         assert_eq!(d, [3.0]);
         assert_eq!(g.all_gather(7), vec![7]);
+        assert_eq!(g.all_gather_bytes(b"xy"), vec![b"xy".to_vec()]);
         let mut b = b"abc".to_vec();
         g.broadcast(0, &mut b);
         assert_eq!(b, b"abc");

@@ -57,6 +57,10 @@ pub struct TrainState {
     pub target_tokens: u64,
     pub nonfinite_skipped: u64,
     pub nonfinite_in_a_row: u32,
+    /// In a job of several processes, the dropout streams of ranks 1, 2, ... (rank 0's is
+    /// `dropout_rng`): a job resumed with as many ranks continues their masks exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_dropout_rngs: Vec<RngState>,
 }
 
 impl TrainState {
@@ -73,6 +77,7 @@ impl TrainState {
             target_tokens: 0,
             nonfinite_skipped: 0,
             nonfinite_in_a_row: 0,
+            rank_dropout_rngs: Vec::new(),
         }
     }
 

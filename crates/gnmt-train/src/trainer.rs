@@ -246,7 +246,7 @@ impl Session {
         )?;
         let optimizer = Optimizer::new(&varmap)?;
         let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
-        let dropout = rank_dropout(dropout, config, group, 0);
+        let dropout = rank_dropout(dropout, config, group, 0, &[])?;
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
             state: TrainState::fresh(dropout.rng()),
@@ -286,7 +286,7 @@ impl Session {
             )));
         }
         let dropout = Dropout::from_rng(config.dropout, state.dropout_rng.restore()?);
-        let dropout = rank_dropout(dropout, config, group, step);
+        let dropout = rank_dropout(dropout, config, group, step, &state.rank_dropout_rngs)?;
         say(&format!("resuming from {} (update {step})", dir.display()));
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
@@ -298,15 +298,31 @@ impl Session {
     }
 }
 
-/// Rank 0's dropout masks come from the run's stream (saved in checkpoints); another rank's
-/// from a stream of its own, drawn from the seed, its rank and the update it starts at (so a
-/// rerun of the same job draws the same masks).
-fn rank_dropout(rank0: Dropout, config: &TrainConfig, group: &Group, step: u64) -> Dropout {
+/// Rank 0's dropout masks come from the run's stream; another rank's from a stream of its
+/// own. Checkpoints save every rank's (`saved`: ranks 1, 2, ...), so a job resumed with as
+/// many ranks continues each exactly. A job of another size draws the other ranks' streams
+/// afresh from the seed, the rank and the update it starts at.
+fn rank_dropout(
+    rank0: Dropout,
+    config: &TrainConfig,
+    group: &Group,
+    step: u64,
+    saved: &[RngState],
+) -> Result<Dropout> {
     if group.is_root() {
-        return rank0;
+        return Ok(rank0);
+    }
+    if saved.len() + 1 == group.size() {
+        return Ok(Dropout::from_rng(
+            config.dropout,
+            saved[group.rank() - 1].restore()?,
+        ));
     }
     let mix = (group.rank() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32);
-    Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT ^ mix)
+    Ok(Dropout::new(
+        config.dropout,
+        config.seed ^ DROPOUT_SEED_SALT ^ mix,
+    ))
 }
 
 /// The checkpoint every rank resumes from: rank 0's newest, which the others must find in the
@@ -400,24 +416,30 @@ impl Trainer<'_> {
             if step.is_multiple_of(self.config.log.consistency_every) {
                 sync::check_consistency(&self.session.optimizer, self.args.group, step)?;
             }
-            if !self.args.group.is_root() {
-                continue;
-            }
-            if step.is_multiple_of(self.config.log.log_every) {
-                let epoch =
-                    state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
-                let record = window.record(step, epoch, lr, state.elapsed_secs);
-                self.say(&window.line(step, epoch, lr));
-                self.metrics.write(&record)?;
-                window = Window::new();
-            }
-            if step.is_multiple_of(self.config.log.valid_every) {
-                self.validate()?;
+            if self.args.group.is_root() {
+                self.log_and_validate(&mut window, per_epoch, lr)?;
             }
             if step.is_multiple_of(self.config.log.save_every) {
                 self.save()?;
             }
         }
+    }
+
+    /// Rank 0's work after an update: the log line and metrics, validation when due.
+    fn log_and_validate(&mut self, window: &mut Window, per_epoch: usize, lr: f64) -> Result<()> {
+        let state = &self.session.state;
+        let step = state.step;
+        if step.is_multiple_of(self.config.log.log_every) {
+            let epoch = state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
+            let record = window.record(step, epoch, lr, state.elapsed_secs);
+            self.say(&window.line(step, epoch, lr));
+            self.metrics.write(&record)?;
+            *window = Window::new();
+        }
+        if step.is_multiple_of(self.config.log.valid_every) {
+            self.validate()?;
+        }
+        Ok(())
     }
 
     /// The stop reason rank 0 found (`mine` there), on every rank: ranks may disagree on the
@@ -572,9 +594,23 @@ impl Trainer<'_> {
     }
 
     /// A checkpoint of the session at the current update.
+    /// Every rank takes part (its dropout stream goes into the checkpoint); rank 0 writes.
     fn save(&mut self) -> Result<()> {
+        let group = self.args.group;
         let s = &mut self.session;
-        s.state.dropout_rng = RngState::capture(s.dropout.rng());
+        let mine = serde_json::to_vec(&RngState::capture(s.dropout.rng())).expect("plain");
+        let mut streams = group
+            .all_gather_bytes(&mine)
+            .iter()
+            .map(|b| serde_json::from_slice::<RngState>(b))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Checkpoint(format!("a rank's dropout stream: {e}")))?;
+        self.saved_at = Some(s.state.step);
+        if !group.is_root() {
+            return Ok(());
+        }
+        s.state.rank_dropout_rngs = streams.split_off(1);
+        s.state.dropout_rng = streams.remove(0);
         save_checkpoint(
             &self.args.out_dir,
             &self.config,
@@ -583,19 +619,15 @@ impl Trainer<'_> {
             &s.optimizer,
             &s.state,
         )?;
-        self.saved_at = Some(s.state.step);
         Ok(())
     }
 
     /// At a stop: validates and saves the last update unless that was just done.
     fn finish(&mut self, stop_reason: &str) -> Result<()> {
         self.progress.finish();
-        if !self.args.group.is_root() {
-            return Ok(());
-        }
         self.say(&format!("stopping: {stop_reason}"));
         let step = self.session.state.step;
-        if self.validated_at != Some(step) && step > 0 {
+        if self.args.group.is_root() && self.validated_at != Some(step) && step > 0 {
             self.validate()?;
         }
         if self.saved_at != Some(step) {
