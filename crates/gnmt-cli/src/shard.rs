@@ -71,23 +71,32 @@ pub struct Part {
     pub bytes: std::ops::Range<u64>,
 }
 
-/// Finds `shard`'s part of `input` (two passes over the file: count its lines, then find
-/// where the part's first and last lines lie). A last line without a newline counts.
-pub fn locate(input: &Path, shard: Shard) -> anyhow::Result<Part> {
-    let open = || -> anyhow::Result<BufReader<std::fs::File>> {
-        Ok(BufReader::with_capacity(
-            1 << 20,
-            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
-        ))
-    };
-    let mut total = 0u64;
-    let mut last = b'\n';
-    scan(open()?, input, |chunk| {
+/// The lines of `input`, counted in one pass; a last line without a newline counts.
+pub fn count_lines(input: &Path) -> anyhow::Result<u64> {
+    let (mut total, mut last) = (0u64, b'\n');
+    scan(input, |chunk| {
         total += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         last = *chunk.last().unwrap_or(&last);
+        true
     })?;
-    total += (last != b'\n') as u64;
-    let lines = shard.lines(total);
+    Ok(total + (last != b'\n') as u64)
+}
+
+/// All of `input`, which has `lines` lines, as one part.
+pub fn whole(input: &Path, lines: u64) -> anyhow::Result<Part> {
+    let size = std::fs::metadata(input)
+        .with_context(|| format!("reading {}", input.display()))?
+        .len();
+    Ok(Part {
+        lines: 0..lines,
+        bytes: 0..size,
+    })
+}
+
+/// Finds `shard`'s part of `input`, a file of `total_lines` lines: where its first and last
+/// lines lie, reading the file up to the part's end only.
+pub fn locate(input: &Path, shard: Shard, total_lines: u64) -> anyhow::Result<Part> {
+    let lines = shard.lines(total_lines);
     // The byte offsets at which lines `lines.start` and `lines.end` begin.
     let (mut line, mut offset) = (0u64, 0u64);
     let (mut start, mut end) = (None, None);
@@ -100,7 +109,7 @@ pub fn locate(input: &Path, shard: Shard) -> anyhow::Result<Part> {
         }
     };
     note(0, 0);
-    scan(open()?, input, |chunk| {
+    scan(input, |chunk| {
         for (i, &b) in chunk.iter().enumerate() {
             if b == b'\n' {
                 line += 1;
@@ -108,21 +117,24 @@ pub fn locate(input: &Path, shard: Shard) -> anyhow::Result<Part> {
             }
         }
         offset += chunk.len() as u64;
+        line < lines.end
     })?;
     let bytes = start.unwrap_or(offset)..end.unwrap_or(offset);
     Ok(Part { lines, bytes })
 }
 
-fn scan(mut r: impl Read, name: &Path, mut f: impl FnMut(&[u8])) -> anyhow::Result<()> {
+/// Feeds `input`'s bytes to `f`, a chunk at a time, while `f` says to go on.
+fn scan(input: &Path, mut f: impl FnMut(&[u8]) -> bool) -> anyhow::Result<()> {
+    let mut r =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = r
             .read(&mut buf)
-            .with_context(|| format!("reading {}", name.display()))?;
-        if n == 0 {
+            .with_context(|| format!("reading {}", input.display()))?;
+        if n == 0 || !f(&buf[..n]) {
             return Ok(());
         }
-        f(&buf[..n]);
     }
 }
 
@@ -264,8 +276,9 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             for count in 1..=6 {
                 let mut joined = Vec::new();
+                let total = count_lines(&path).unwrap();
                 for index in 0..count {
-                    let part = locate(&path, Shard { index, count }).unwrap();
+                    let part = locate(&path, Shard { index, count }, total).unwrap();
                     let mut bytes = Vec::new();
                     open_part(&path, &part)
                         .unwrap()
@@ -291,7 +304,7 @@ mod tests {
         let (input, output) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
         std::fs::write(&input, "a\nb\n").unwrap();
         let shard = Shard { index: 1, count: 2 };
-        let part = locate(&input, shard).unwrap();
+        let part = locate(&input, shard, count_lines(&input).unwrap()).unwrap();
         let record = marker(&input, shard, &part, "beam 5").unwrap();
         assert!(!is_done(&output, &record));
         std::fs::write(&output, "B\n").unwrap();

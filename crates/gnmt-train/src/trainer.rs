@@ -21,6 +21,7 @@
 //! the number of ranks, and a run resumes with any number. Rank 0 alone writes the folder:
 //! vocabulary, cache, metrics, validation and checkpoints; it also decides when to stop.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,8 +118,8 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     }
     let latest = agreed_checkpoint(out, group)?;
     let session = match &latest {
-        Some((step, dir)) => Session::resume(*step, dir, &config, args.device_and_group(), &say)?,
-        None => Session::fresh(&config, args.device_and_group())?,
+        Some((step, dir)) => Session::resume(*step, dir, &config, &args.device, group, &say)?,
+        None => Session::fresh(&config, &args.device, group)?,
     };
     if group.is_distributed() {
         if latest.is_none() {
@@ -236,7 +237,7 @@ struct Session {
 
 impl Session {
     /// A new run: parameters drawn from the configuration's seed.
-    fn fresh(config: &TrainConfig, (device, group): (&Device, &Group)) -> Result<Self> {
+    fn fresh(config: &TrainConfig, device: &Device, group: &Group) -> Result<Self> {
         let (model, varmap) = init_model(
             &config.model,
             config.seed,
@@ -261,7 +262,8 @@ impl Session {
         step: u64,
         dir: &std::path::Path,
         config: &TrainConfig,
-        (device, group): (&Device, &Group),
+        device: &Device,
+        group: &Group,
         say: &dyn Fn(&str),
     ) -> Result<Self> {
         let folder = checkpoint::load(dir, DType::F32, device)?;
@@ -370,12 +372,6 @@ struct Trainer<'a> {
     saved_at: Option<u64>,
 }
 
-impl TrainArgs {
-    fn device_and_group(&self) -> (&Device, &Group) {
-        (&self.device, self.group)
-    }
-}
-
 impl Trainer<'_> {
     fn say(&self, msg: &str) {
         self.progress.say(msg)
@@ -472,14 +468,11 @@ impl Trainer<'_> {
         s.state.batches += batches.len() as u64;
         let mut sum = GradientSum::new(batches.iter().map(Batch::tgt_tokens).sum());
         for batch in &batches {
-            let share;
             let mine = match group.is_distributed() {
-                true => {
-                    share = batch.share(train, group.rank(), group.size());
-                    &share
-                }
-                false => batch,
+                true => Cow::Owned(batch.share(train, group.rank(), group.size())),
+                false => Cow::Borrowed(batch),
             };
+            let mine = mine.as_ref();
             if mine.is_empty() {
                 continue;
             }

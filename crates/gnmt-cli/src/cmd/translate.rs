@@ -354,16 +354,21 @@ impl TranslateArgs {
             "model {:?}; {options:?}; format {:?}; max_input_len {}",
             self.model, self.format, self.max_input_len
         );
-        let (input, output, shard) = match &split {
-            Split::Part {
-                input,
-                output,
-                shard,
-            } => (input, output.clone(), *shard),
-            Split::Job { input, output } => {
-                let whole = Shard { index: 0, count: 1 };
-                let record = shard::marker(input, whole, &shard::locate(input, whole)?, &settings)?;
-                if shard::is_done(output, &record) {
+        let input = match &split {
+            Split::Part { input, .. } | Split::Job { input, .. } => input,
+        };
+        let lines = shard::count_lines(input)?;
+        // The marker the whole output gets when a job has joined its parts.
+        let whole_record = shard::marker(
+            input,
+            Shard { index: 0, count: 1 },
+            &shard::whole(input, lines)?,
+            &settings,
+        )?;
+        let (output, shard) = match &split {
+            Split::Part { output, shard, .. } => (output.clone(), *shard),
+            Split::Job { output, .. } => {
+                if shard::is_done(output, &whole_record) {
                     if group.is_root() && !self.quiet {
                         eprintln!(
                             "{} is already translated (marker); nothing to do",
@@ -376,10 +381,10 @@ impl TranslateArgs {
                     index: group.rank(),
                     count: group.size(),
                 };
-                (input, part_file(output, shard), shard)
+                (part_file(output, shard), shard)
             }
         };
-        let part = shard::locate(input, shard)?;
+        let part = shard::locate(input, shard, lines)?;
         let record = shard::marker(input, shard, &part, &settings)?;
         let mut stats = Stats::default();
         if shard::is_done(&output, &record) {
@@ -402,7 +407,7 @@ impl TranslateArgs {
             file.commit()?;
             shard::mark_done(&output, record)?;
         }
-        let Split::Job { input, output } = split else {
+        let Split::Job { output, .. } = split else {
             return Ok(stats);
         };
         // Every part is written before rank 0 reads them; the summary counts every rank's.
@@ -410,7 +415,7 @@ impl TranslateArgs {
         group.all_reduce_sum_f64(&mut counts);
         [stats.lines, stats.sentences, stats.tokens] = counts.map(|n| n as usize);
         if group.is_root() {
-            join_parts(&input, &output, group.size(), &settings)?;
+            join_parts(&output, group.size(), whole_record)?;
         }
         Ok(stats)
     }
@@ -611,9 +616,9 @@ fn part_file(output: &Path, shard: crate::shard::Shard) -> PathBuf {
     output.with_file_name(name)
 }
 
-/// Joins a job's `count` parts of `output` in order into `output` (atomically), marks it done,
-/// and removes the parts and their markers.
-fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyhow::Result<()> {
+/// Joins a job's `count` parts of `output` in order into `output` (atomically), marks it done
+/// with `record`, and removes the parts and their markers.
+fn join_parts(output: &Path, count: usize, record: serde_json::Value) -> anyhow::Result<()> {
     use crate::shard::{self, Shard};
     let mut out = AtomicFile::create(output)?;
     let parts: Vec<PathBuf> = (0..count)
@@ -629,11 +634,7 @@ fn join_parts(input: &Path, output: &Path, count: usize, settings: &str) -> anyh
         std::io::copy(&mut r, &mut out).with_context(|| format!("copying {}", part.display()))?;
     }
     out.commit()?;
-    let whole = Shard { index: 0, count: 1 };
-    shard::mark_done(
-        output,
-        shard::marker(input, whole, &shard::locate(input, whole)?, settings)?,
-    )?;
+    shard::mark_done(output, record)?;
     for part in &parts {
         // Leftovers are harmless: a rerun finds the whole output done.
         let _ = std::fs::remove_file(shard::marker_path(part));
