@@ -219,6 +219,7 @@ impl ResidualStudyArgs {
                 tokenizer: tokenizer.clone(),
                 device: Device::Cpu,
                 quiet: self.quiet,
+                init_from: None,
                 interrupt: None,
                 group: gnmt_dist::alone(),
             })

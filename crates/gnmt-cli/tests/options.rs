@@ -86,6 +86,7 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("translate", "beta", "[0, 10]"),
     ("translate", "prune-margin", "(0, 1000]"),
     ("translate", "n-best", "1..=256"),
+    ("translate", "weights", "(0, 1000000]"),
     ("translate", "batch-size", "1..=65536"),
     ("translate", "window", "1..=10000000"),
     ("translate", "max-input-len", "1..=100000"),

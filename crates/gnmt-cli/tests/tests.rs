@@ -1,6 +1,7 @@
 //! End-to-end tests of the `gnmt` and `translate` binaries.
 
 mod cli;
+mod fine_tune;
 mod options;
 mod readme;
 mod shipped;

@@ -144,7 +144,7 @@ fn the_tiny_preset_learns_to_reverse() {
     assert_eq!(first_log["grad_norm_decoder"].as_array().unwrap().len(), 3);
 }
 
-fn tiny_run_setup(d: &Path) {
+pub fn tiny_run_setup(d: &Path) {
     ok(gnmt(
         &[
             "synth",
@@ -182,7 +182,7 @@ fn tiny_run_setup(d: &Path) {
     std::fs::write(d.join("config.json"), TINY_CONFIG).unwrap();
 }
 
-fn train_tiny(d: &Path, run: &str, steps: &str) -> std::process::Output {
+pub fn train_tiny(d: &Path, run: &str, steps: &str) -> std::process::Output {
     let mut args = TRAIN_TINY.to_vec();
     args.extend(["-o", run, "--max-steps", steps, "--quiet"]);
     gnmt(&args, d)

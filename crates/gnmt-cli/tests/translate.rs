@@ -470,3 +470,51 @@ fn shards_joined_are_the_whole_translation() {
     let e = err(translate(&["-m", m, "--shard", "0/2"], b"x\n", d));
     assert!(e.contains("--input") || e.contains("-i"), "{e}");
 }
+
+/// An ensemble of a model with itself translates exactly as the model does, scores of every
+/// n-best entry included, under both combinations (the mean of equal distributions is that
+/// distribution, bit for bit); models with different vocabularies, and a weight count that
+/// does not match the models, are refused.
+#[test]
+fn an_ensemble_of_a_model_with_itself_is_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let input = hostile_input();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-q", "--n-best", "3", "--beam-size", "4"];
+        args.extend_from_slice(extra);
+        ok(translate(&args, &input, d))
+    };
+    let alone = run(&["-m", "model"]);
+    assert!(alone.lines().count() >= 3 * 40, "{alone}");
+    assert_eq!(run(&["-m", "model", "-m", "model"]), alone);
+    assert_eq!(
+        run(&[
+            "-m",
+            "model",
+            "-m",
+            "model",
+            "--ensemble",
+            "linear",
+            "--weights",
+            "2,2"
+        ]),
+        alone
+    );
+    let shipped = crate::repo_root().join("models/multi30k-en-de");
+    let e = err(translate(
+        &["-m", "model", "-m", shipped.to_str().unwrap()],
+        b"x\n",
+        d,
+    ));
+    assert!(e.contains("its vocabulary is not that of model"), "{e}");
+    let e = err(translate(
+        &["-m", "model", "-m", "model", "--weights", "1,2,3"],
+        b"x\n",
+        d,
+    ));
+    assert!(e.contains("--weights has 3 values for 2 model(s)"), "{e}");
+    let e = err(translate(&["-m", "model", "--weights", "1,-2"], b"x\n", d));
+    assert!(e.contains("--weights"), "{e}");
+}

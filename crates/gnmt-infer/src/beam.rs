@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gnmt_model::{DecodingWeights, Gnmt, ModelConfig, TopTokens};
 use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
+use crate::ensemble::Ensemble;
 use crate::greedy::source_batch;
 use crate::{Error, LengthLimit, Result};
 
@@ -147,29 +148,48 @@ pub fn beam_search_with(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    check_inputs(sources, o, model.config().vocab_size)?;
+    let single = Ensemble::single(model.clone(), weights.clone());
+    beam_search_ensemble(&single, work, sources, o, dtype, device)
+}
+
+/// [`beam_search`] with the combined scores of an [`Ensemble`]'s models (one model alone
+/// decodes exactly as [`beam_search_with`]); the work done (of every member) is added to
+/// `work`.
+pub fn beam_search_ensemble(
+    ensemble: &Ensemble,
+    work: &Work,
+    sources: &[Vec<u32>],
+    o: &BeamOptions,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    check_inputs(sources, o, ensemble.first().config().vocab_size)?;
     if sources.is_empty() {
         return Ok(Vec::new());
     }
     let (src, mask) = source_batch(sources, dtype, device)?;
     let width = src.dims()[1];
-    Work::add(&work.source_positions, sources.len() * width);
-    let mut state = model.start_state_with(&model.encode(&src, &mask)?, weights)?;
+    let members = ensemble.members().len();
+    Work::add(&work.source_positions, members * sources.len() * width);
+    let mut states = ensemble.start(&src, &mask)?;
     let mut search = Search::start(sources, o);
     while !search.rows.is_empty() {
         // A row never needs more than `beam_size` candidates: its sentence keeps at most
         // that many hypotheses.
-        let (top, attention, next) = model.step_top_tokens(
+        let (top, attention, next) = ensemble.step(
             &Tensor::new(search.inputs.as_slice(), device)?,
-            &state,
+            &states,
             o.beam_size,
         )?;
-        Work::add(&work.row_steps, search.rows.len());
-        Work::add(&work.attended_positions, search.rows.len() * width);
+        Work::add(&work.row_steps, members * search.rows.len());
+        Work::add(
+            &work.attended_positions,
+            members * search.rows.len() * width,
+        );
         let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
         let parents = search.advance(&top, &attention);
         if !search.rows.is_empty() {
-            state = next.reorder(&Tensor::new(parents.as_slice(), device)?)?;
+            states = Ensemble::reorder(&next, &Tensor::new(parents.as_slice(), device)?)?;
         }
     }
     Ok(search.into_results())

@@ -1,16 +1,19 @@
 //! Text in, text out: a loaded model folder plus its vocabulary. Lines are translated in
 //! batches sorted by length and returned in input order; blank lines never reach the model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
 use gnmt_model::checkpoint::{self, GenerationConfig, InMemoryFolder, ModelFolder};
-use gnmt_model::{DecodingWeights, Gnmt, Kernels};
+use gnmt_model::{Gnmt, Kernels};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
-use crate::{beam_search_with, BeamOptions, Error, Hypothesis, LengthLimit, Result, Work};
+use crate::{
+    beam_search_ensemble, BeamOptions, Combination, Ensemble, Error, Hypothesis, LengthLimit,
+    Member, Result, Work,
+};
 
 /// One translated hypothesis with its text.
 #[derive(Debug, Clone)]
@@ -31,10 +34,11 @@ pub struct LineResult {
 }
 
 pub struct Translator {
-    model: Gnmt,
-    /// The decoder's weights laid out for stepping once, for the model's kernels, and shared
-    /// by every batch.
-    weights: DecodingWeights,
+    /// The model, or the models decoding together, each with its decoder's weights laid out
+    /// for stepping once (for the model's kernels) and shared by every batch.
+    models: Ensemble,
+    /// Names the folder (or folders) in errors.
+    label: PathBuf,
     /// The decoding work done so far (for benchmarks).
     work: Work,
     vocab: Vocab,
@@ -78,14 +82,75 @@ impl Translator {
             VarBuilder::from_tensors(folder.tensors, DType::F32, device),
         )?
         .with_kernels(kernels);
+        let weights = model.decoding_weights()?;
         Ok(Self {
-            weights: model.decoding_weights()?,
+            models: Ensemble::single(model, weights),
+            label: label.to_path_buf(),
             work: Work::default(),
-            model,
             vocab,
             generation: folder.generation,
             device: device.clone(),
         })
+    }
+
+    /// Several loaded models decoding together (see [`Ensemble`]), with `weights` (one per
+    /// model, positive) combined by `combination`. They must share a vocabulary; the decoding
+    /// defaults are the first model's.
+    pub fn ensemble(
+        parts: Vec<Translator>,
+        weights: &[f64],
+        combination: Combination,
+    ) -> Result<Self> {
+        if parts.len() != weights.len() {
+            return Err(Error::Input(format!(
+                "{} weights for {} models",
+                weights.len(),
+                parts.len()
+            )));
+        }
+        let Some(first) = parts.first() else {
+            return Err(Error::Input("an ensemble needs at least one model".into()));
+        };
+        if let Some(other) = parts[1..]
+            .iter()
+            .find(|p| p.vocab.hash() != first.vocab.hash())
+        {
+            return Err(Error::Input(format!(
+                "{}: its vocabulary is not that of {} ({} and {} pieces); the models of an \
+                 ensemble must share one vocabulary",
+                other.label.display(),
+                first.label.display(),
+                other.vocab.size(),
+                first.vocab.size()
+            )));
+        }
+        let label = parts
+            .iter()
+            .map(|p| p.label.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let members = parts
+            .iter()
+            .zip(weights)
+            .flat_map(|(p, &w)| {
+                p.models.members().iter().map(move |m| Member {
+                    weight: w * m.weight,
+                    ..m.clone()
+                })
+            })
+            .collect();
+        let models = Ensemble::new(members, combination).map_err(Error::Input)?;
+        let first = parts.into_iter().next().expect("checked");
+        Ok(Self {
+            models,
+            label: PathBuf::from(label),
+            ..first
+        })
+    }
+
+    /// Models decoding together (1 for a plain model).
+    pub fn model_count(&self) -> usize {
+        self.models.members().len()
     }
 
     /// Decoding defaults stored with the model.
@@ -113,9 +178,9 @@ impl Translator {
         &self.work
     }
 
-    /// The model's configuration.
+    /// The (first) model's configuration.
     pub fn config(&self) -> &gnmt_model::ModelConfig {
-        self.model.config()
+        self.models.first().config()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -161,9 +226,8 @@ impl Translator {
             .par_iter()
             .map(|chunk| {
                 let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
-                beam_search_with(
-                    &self.model,
-                    &self.weights,
+                beam_search_ensemble(
+                    &self.models,
                     &self.work,
                     &batch,
                     options,

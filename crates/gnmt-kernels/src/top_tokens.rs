@@ -50,6 +50,25 @@ const PARALLEL_MIN_LOGITS: usize = 1 << 16;
 
 /// The top `k` of each row of `logits [rows, vocab]` (row-major), as log-probabilities.
 pub fn top_tokens(logits: &[f32], vocab: usize, k: usize) -> TopTokens {
+    top_of_rows(logits, vocab, k, Scores::Logits)
+}
+
+/// The top `k` of each row of `scores [rows, vocab]` that are already log-probabilities (or
+/// any scores to rank as they are, such as an ensemble's combination), with those values.
+pub fn top_scores(scores: &[f32], vocab: usize, k: usize) -> TopTokens {
+    top_of_rows(scores, vocab, k, Scores::Final)
+}
+
+/// What the rows hold.
+#[derive(Clone, Copy)]
+enum Scores {
+    /// Logits: each row is normalised by its log-sum-exp.
+    Logits,
+    /// Values ranked and returned as they are.
+    Final,
+}
+
+fn top_of_rows(logits: &[f32], vocab: usize, k: usize, scores: Scores) -> TopTokens {
     assert!(vocab > 0, "top tokens of an empty vocabulary");
     assert_eq!(logits.len() % vocab, 0, "logits are not whole rows");
     let k = k.min(vocab);
@@ -58,7 +77,11 @@ pub fn top_tokens(logits: &[f32], vocab: usize, k: usize) -> TopTokens {
     let mut log_probs = vec![0f32; rows * k];
     if k > 0 {
         let work = |((row, t), l): ((&[f32], &mut [u32]), &mut [f32])| {
-            row_top_k(row, t, l);
+            let lse = match scores {
+                Scores::Logits => log_sum_exp_row(row),
+                Scores::Final => 0.0,
+            };
+            row_top_k(row, lse, t, l);
         };
         let jobs = logits
             .par_chunks(vocab)
@@ -85,11 +108,10 @@ pub fn top_tokens(logits: &[f32], vocab: usize, k: usize) -> TopTokens {
 /// skipped with one vectorised comparison.
 const BLOCK: usize = 16;
 
-/// The `tokens.len()` largest log-probabilities of one row of logits, best first (ties: lower
-/// index first), written to `tokens` and `log_probs`.
-fn row_top_k(row: &[f32], tokens: &mut [u32], log_probs: &mut [f32]) {
+/// The `tokens.len()` largest values `x - lse` of one row, best first (ties: lower index
+/// first), written to `tokens` and `log_probs`.
+fn row_top_k(row: &[f32], lse: f32, tokens: &mut [u32], log_probs: &mut [f32]) {
     let k = tokens.len();
-    let lse = log_sum_exp_row(row);
     // The best so far, sorted best first; a value enters only if it beats the k-th.
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (b, block) in row.chunks(BLOCK).enumerate() {
@@ -184,6 +206,26 @@ mod tests {
         let tokens: Vec<u32> = top.row(0).map(|(t, _)| t).collect();
         assert_eq!(tokens, vec![3, 20, 37, 0]);
         assert_eq!(top.best(), vec![3]);
+    }
+
+    /// Ranking log-probabilities as they are gives what ranking their logits gives: the same
+    /// tokens with the same values, bit for bit.
+    #[test]
+    fn final_scores_rank_as_their_logits_do() {
+        let vocab = 300;
+        let logits: Vec<f32> = (0..4u64)
+            .flat_map(|r| pseudo_random_row(r + 70, vocab))
+            .collect();
+        let mut log_probs = logits.clone();
+        log_probs
+            .chunks_mut(vocab)
+            .for_each(crate::softmax::log_softmax_row);
+        for k in [1, 5, 17] {
+            assert_eq!(
+                top_scores(&log_probs, vocab, k),
+                top_tokens(&logits, vocab, k)
+            );
+        }
     }
 
     #[test]

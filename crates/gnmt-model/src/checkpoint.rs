@@ -210,6 +210,16 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ModelFolder> {
     load_from(&Files::Dir(dir), dtype, device)
 }
 
+/// A model folder's architecture and decoding defaults, read and checked without its weights
+/// (what fine-tuning compares before it loads them).
+pub fn read_settings(dir: &Path) -> Result<(ModelConfig, GenerationConfig)> {
+    if !dir.is_dir() {
+        return fail(dir, "not a model folder (no such directory)");
+    }
+    let files = Files::Dir(dir);
+    Ok((read_config(&files)?, read_generation(&files)?))
+}
+
 /// A model folder's files held in memory, such as a model compiled into a program with
 /// `include_bytes!`. It is checked exactly as a folder on disk is; errors name
 /// `label/FILE`.

@@ -36,7 +36,7 @@ pub mod params;
 
 pub use config::{AttentionQuery, ModelConfig};
 pub use decoder::{DecoderState, DecodingWeights};
-pub use gnmt_kernels::top_tokens::{top_tokens, TopTokens};
+pub use gnmt_kernels::top_tokens::{top_scores, top_tokens, TopTokens};
 pub use gnmt_ops::{param_grads, Dropout, KernelChoice, Kernels, Precision};
 pub use model::{
     init_model, init_varmap, mask_from_lengths, parameter_count, parameter_specs, EncoderOutput,

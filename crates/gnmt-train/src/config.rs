@@ -175,18 +175,19 @@ impl Default for LogConfig {
 impl TrainConfig {
     /// Reads a JSON or TOML file (by extension; `.toml` is TOML, anything else JSON).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        let parsed = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| e.to_string())
-        } else {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
-        };
-        let cfg: Self = parsed.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg: Self = parse_file(path)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The top-level sections a configuration file sets (`model`, `generation`, ...); those
+    /// it leaves out take their defaults.
+    pub fn sections_in_file(path: &Path) -> Result<Vec<String>> {
+        let value: serde_json::Value = parse_file(path)?;
+        Ok(match value {
+            serde_json::Value::Object(map) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -273,13 +274,32 @@ impl TrainConfig {
     }
 }
 
+/// A JSON or TOML file (by extension) as `T`; errors name the file.
+fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let parsed = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
 impl OptimConfig {
     fn init_ok(&self, init_scale: f64) -> bool {
         init_scale > 0.0 && init_scale.is_finite() && self.sgd_lr > 0.0
     }
 }
 
-fn diff_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+pub(crate) fn diff_keys(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {

@@ -8,11 +8,13 @@
 //! - [`step`]: one update (loss, gradients, clipping and the optimiser's step), shared with
 //!   the training benchmark; gradient accumulation over several batches.
 //! - [`sync`]: what keeps the ranks of a job on one model (all-reduce, broadcast, checksum).
+//! - [`init_from`]: fine-tuning, a run that starts from a trained model.
 //! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
 mod checkpoints;
 pub mod config;
 pub mod grads;
+pub mod init_from;
 pub mod loss;
 mod metrics_log;
 pub mod optim;
@@ -28,6 +30,7 @@ use std::path::PathBuf;
 
 pub use checkpoints::latest_checkpoint;
 pub use config::TrainConfig;
+pub use init_from::InitFrom;
 pub use loss::{batch_loss, label_smoothed_nll, BatchLoss};
 pub use trainer::{train, Outcome, TrainArgs};
 

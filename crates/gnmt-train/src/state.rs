@@ -61,6 +61,14 @@ pub struct TrainState {
     /// `dropout_rng`): a job resumed with as many ranks continues their masks exactly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rank_dropout_rngs: Vec<RngState>,
+    /// Updates of the run this one fine-tunes with its optimiser kept (`--keep-optimizer`):
+    /// the learning-rate schedule continues at `step + schedule_offset`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schedule_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TrainState {
@@ -78,6 +86,7 @@ impl TrainState {
             nonfinite_skipped: 0,
             nonfinite_in_a_row: 0,
             rank_dropout_rngs: Vec::new(),
+            schedule_offset: 0,
         }
     }
 

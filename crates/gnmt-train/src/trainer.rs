@@ -40,6 +40,7 @@ use gnmt_tokenizer::{
 
 use crate::checkpoints::{latest_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
+use crate::init_from::{self, InitFrom};
 use crate::metrics_log::{MetricsLog, Window};
 use crate::optim::Optimizer;
 use crate::progress::Progress;
@@ -66,6 +67,9 @@ pub struct TrainArgs {
     pub config: TrainConfig,
     /// Use this vocabulary instead of training one on the training files.
     pub tokenizer: Option<PathBuf>,
+    /// Start from this model's weights (fine-tuning); `config.model` must be its
+    /// architecture.
+    pub init_from: Option<InitFrom>,
     pub device: Device,
     /// No progress lines on stderr.
     pub quiet: bool,
@@ -119,7 +123,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     let latest = agreed_checkpoint(out, group)?;
     let session = match &latest {
         Some((step, dir)) => Session::resume(*step, dir, &config, &args.device, group, &say)?,
-        None => Session::fresh(&config, &args.device, group)?,
+        None => Session::fresh(&config, &args.device, group, args.init_from.as_ref())?,
     };
     if group.is_distributed() {
         if latest.is_none() {
@@ -236,21 +240,34 @@ struct Session {
 }
 
 impl Session {
-    /// A new run: parameters drawn from the configuration's seed.
-    fn fresh(config: &TrainConfig, device: &Device, group: &Group) -> Result<Self> {
-        let (model, varmap) = init_model(
-            &config.model,
-            config.seed,
-            config.init_scale,
-            DType::F32,
-            device,
-        )?;
-        let optimizer = Optimizer::new(&varmap)?;
+    /// A new run: parameters drawn from the configuration's seed, or those of the model it
+    /// fine-tunes (with that model's optimiser, if it is kept).
+    fn fresh(
+        config: &TrainConfig,
+        device: &Device,
+        group: &Group,
+        init: Option<&InitFrom>,
+    ) -> Result<Self> {
+        let (model, varmap) = match init {
+            None => init_model(
+                &config.model,
+                config.seed,
+                config.init_scale,
+                DType::F32,
+                device,
+            )?,
+            Some(init) => model_with(init.weights(device)?, config, device)?,
+        };
+        let mut optimizer = Optimizer::new(&varmap)?;
         let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
         let dropout = rank_dropout(dropout, config, group, 0, &[])?;
+        let mut state = TrainState::fresh(dropout.rng());
+        if let Some(init) = init.filter(|i| i.keep_optimizer) {
+            state.schedule_offset = init.restore_optimizer(&mut optimizer)?;
+        }
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
-            state: TrainState::fresh(dropout.rng()),
+            state,
             varmap,
             optimizer,
             dropout,
@@ -267,17 +284,7 @@ impl Session {
         say: &dyn Fn(&str),
     ) -> Result<Self> {
         let folder = checkpoint::load(dir, DType::F32, device)?;
-        let varmap = VarMap::new();
-        {
-            let mut data = varmap.data().lock().expect("not poisoned");
-            for (name, t) in folder.tensors {
-                data.insert(name, Var::from_tensor(&t)?);
-            }
-        }
-        let model = Gnmt::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, device),
-        )?;
+        let (model, varmap) = model_with(folder.tensors, config, device)?;
         let mut optimizer = Optimizer::new(&varmap)?;
         optimizer.load(&dir.join("optimizer.safetensors"))?;
         let state = TrainState::load(&dir.join("state.json"))?;
@@ -298,6 +305,26 @@ impl Session {
             dropout,
         })
     }
+}
+
+/// A model of `config.model` training the parameters `tensors` (checked against it).
+fn model_with(
+    tensors: std::collections::HashMap<String, candle::Tensor>,
+    config: &TrainConfig,
+    device: &Device,
+) -> Result<(Gnmt, VarMap)> {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("not poisoned");
+        for (name, t) in tensors {
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    let model = Gnmt::new(
+        &config.model,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    Ok((model, varmap))
 }
 
 /// Rank 0's dropout masks come from the run's stream; another rank's from a stream of its
@@ -497,7 +524,7 @@ impl Trainer<'_> {
         }
         let s = &mut self.session;
         s.state.nonfinite_in_a_row = 0;
-        let (lr, rule) = lr_at(s.state.step, &self.config.optim);
+        let (lr, rule) = lr_at(s.state.step + s.state.schedule_offset, &self.config.optim);
         step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim).map_err(whole_update)?;
         s.state.step += 1;
         s.state.target_tokens += g.tokens as u64;
@@ -638,6 +665,7 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
     let tokenizer_path = out.join(checkpoint::TOKENIZER_FILE);
     let mut config = args.config.clone();
     if config_path.exists() {
+        init_from::check_resume(out, args.init_from.as_ref())?;
         let saved = TrainConfig::from_file(&config_path)?;
         let vocab = Vocab::load(&tokenizer_path)?;
         if let Some(t) = &args.tokenizer {
@@ -662,9 +690,13 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
         }
         return Ok((config, vocab));
     }
-    let vocab = match &args.tokenizer {
-        Some(t) => Vocab::load(t)?,
-        None => {
+    let vocab = match (&args.init_from, &args.tokenizer) {
+        (Some(init), tokenizer) => {
+            say(&format!("fine-tuning {}", init.dir.display()));
+            init.vocab(&config.model, tokenizer.as_deref())?
+        }
+        (None, Some(t)) => Vocab::load(t)?,
+        (None, None) => {
             say(&format!(
                 "training a {}-piece vocabulary on the training files",
                 config.model.vocab_size
@@ -686,6 +718,7 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
         config.model.vocab_size = vocab.size();
     }
     vocab.save(&tokenizer_path)?;
+    init_from::save_record(out, args.init_from.as_ref())?;
     crate::state::write_atomic(
         &config_path,
         serde_json::to_string_pretty(&config)

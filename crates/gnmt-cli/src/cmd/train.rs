@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::checked::{self, real, whole, Interval};
 use gnmt_model::ModelConfig;
-use gnmt_train::{train, TrainArgs as LibArgs, TrainConfig};
+use gnmt_train::{train, InitFrom, TrainArgs as LibArgs, TrainConfig};
 
 /// The training and validation corpora of a run (`gnmt train`, `gnmt study`).
 #[derive(Debug, Args)]
@@ -36,6 +36,15 @@ pub struct TrainArgs {
     /// Use this vocabulary (tokenizer.json) instead of training one on the training files.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Fine-tune: start from this model folder's weights, with its vocabulary, architecture
+    /// and decoding defaults (a --preset, --tokenizer or config `model` that differs is
+    /// refused). The optimizer and learning-rate schedule start afresh.
+    #[arg(long, value_name = "MODEL")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from a checkpoint folder (RUN/checkpoints/step-N): continue its optimizer
+    /// (Adam's moments) and its learning-rate schedule instead of starting them afresh.
+    #[arg(long, requires = "init_from")]
+    pub keep_optimizer: bool,
     /// Stop after this many updates.
     #[arg(long, value_parser = checked::updates())]
     pub max_steps: Option<u64>,
@@ -99,6 +108,9 @@ impl TrainArgs {
         if let Some(p) = &self.preset {
             c.model = ModelConfig::preset(p).map_err(anyhow::Error::msg)?;
         }
+        if let Some(init) = self.init() {
+            self.take_model_settings(&init, &mut c)?;
+        }
         macro_rules! set {
             ($($flag:ident => $($field:ident).+),* $(,)?) => {
                 $(if let Some(v) = self.$flag.clone() { c.$($field).+ = v.into(); })*
@@ -125,6 +137,52 @@ impl TrainArgs {
         Ok(c)
     }
 
+    /// The model this run fine-tunes, if it does.
+    fn init(&self) -> Option<InitFrom> {
+        self.init_from.as_ref().map(|dir| InitFrom {
+            dir: dir.clone(),
+            keep_optimizer: self.keep_optimizer,
+        })
+    }
+
+    /// Fine-tuning: the run takes the model's architecture and (unless the config file sets
+    /// them) its decoding defaults; an architecture asked for by --preset or the config file
+    /// must be the model's.
+    fn take_model_settings(&self, init: &InitFrom, c: &mut TrainConfig) -> anyhow::Result<()> {
+        let (model, generation) = init.settings()?;
+        let sections = match &self.config {
+            Some(p) => TrainConfig::sections_in_file(p)?,
+            None => Vec::new(),
+        };
+        let asked = match (&self.preset, &self.config) {
+            (Some(p), _) => Some(format!("--preset {p}")),
+            (None, Some(f)) if sections.iter().any(|s| s == "model") => {
+                Some(format!("the model of {}", f.display()))
+            }
+            _ => None,
+        };
+        if let Some(asked) = asked {
+            // The vocabulary's size comes from the vocabulary, which is the model's.
+            let wanted = ModelConfig {
+                vocab_size: model.vocab_size,
+                ..c.model.clone()
+            };
+            let differences = gnmt_train::init_from::model_differences(&wanted, &model);
+            anyhow::ensure!(
+                differences.is_empty(),
+                "cannot fine-tune {} with {asked}: the architectures differ in {} (the model's \
+                 value first); fine-tuning keeps the model's architecture",
+                init.dir.display(),
+                differences.join(", ")
+            );
+        }
+        c.model = model;
+        if !sections.iter().any(|s| s == "generation") {
+            c.generation = generation;
+        }
+        Ok(())
+    }
+
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
         let config = self.resolve(compute, &device)?;
@@ -145,6 +203,7 @@ impl TrainArgs {
             out_dir: self.output.clone(),
             config,
             tokenizer: self.tokenizer.clone(),
+            init_from: self.init(),
             device,
             quiet: self.quiet,
             interrupt: Some(interrupt),
