@@ -12,7 +12,7 @@
 use candle::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gnmt_model::{DecodingWeights, Gnmt, ModelConfig, TopTokens};
+use gnmt_model::{Gnmt, ModelConfig, TopTokens};
 use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
 use crate::ensemble::Ensemble;
@@ -132,29 +132,14 @@ pub fn beam_search(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    let weights = model.decoding_weights()?;
-    beam_search_with(model, &weights, &Work::default(), sources, o, dtype, device)
+    let single = Ensemble::single(model.clone(), model.decoding_weights()?);
+    beam_search_ensemble(&single, &Work::default(), sources, o, dtype, device)
 }
 
-/// [`beam_search`] stepping with `weights` from [`Gnmt::decoding_weights`] of `model`, for a
-/// caller that decodes many batches with the same weights and lays them out once; the work
-/// done is added to `work`.
-pub fn beam_search_with(
-    model: &Gnmt,
-    weights: &DecodingWeights,
-    work: &Work,
-    sources: &[Vec<u32>],
-    o: &BeamOptions,
-    dtype: DType,
-    device: &Device,
-) -> Result<Vec<Vec<Hypothesis>>> {
-    let single = Ensemble::single(model.clone(), weights.clone());
-    beam_search_ensemble(&single, work, sources, o, dtype, device)
-}
-
-/// [`beam_search`] with the combined scores of an [`Ensemble`]'s models (one model alone
-/// decodes exactly as [`beam_search_with`]); the work done (of every member) is added to
-/// `work`.
+/// [`beam_search`] with the combined scores of an [`Ensemble`]'s models, for a caller that
+/// decodes many batches with the same models (their decoding weights laid out once); one
+/// model alone decodes exactly as [`beam_search`]. The work done (by every member) is added
+/// to `work`.
 pub fn beam_search_ensemble(
     ensemble: &Ensemble,
     work: &Work,

@@ -10,8 +10,8 @@ mod greedy;
 mod translator;
 
 pub use beam::{
-    beam_search, beam_search_ensemble, beam_search_with, coverage_penalty, length_penalty,
-    BeamOptions, Hypothesis, Work,
+    beam_search, beam_search_ensemble, coverage_penalty, length_penalty, BeamOptions, Hypothesis,
+    Work,
 };
 pub use ensemble::{Combination, Ensemble, Member};
 pub use greedy::{greedy_decode, source_batch, LengthLimit};
