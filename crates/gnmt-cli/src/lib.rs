@@ -6,6 +6,7 @@ pub mod checked;
 pub mod cmd;
 pub mod decoding;
 pub mod device;
+pub mod models;
 pub mod plot;
 pub mod rate;
 pub mod run_log;

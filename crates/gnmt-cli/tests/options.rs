@@ -38,6 +38,7 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt train", "max-tokens", "1..=100000000"),
     ("gnmt train", "accumulate", "1..=4096"),
     ("gnmt eval", "beam-size", "1..=256"),
+    ("gnmt eval", "weights", "(0, 1000000]"),
     ("gnmt eval", "alpha", "[0, 10]"),
     ("gnmt eval", "beta", "[0, 10]"),
     ("gnmt eval", "batch-size", "1..=65536"),

@@ -1,18 +1,15 @@
 use std::path::PathBuf;
 
 use crate::checked;
-use anyhow::Context;
 use clap::Args;
-use gnmt_infer::Translator;
 use gnmt_metrics::{corpus_bleu, corpus_chrf, BleuOptions, ChrfOptions};
 use gnmt_tokenizer::Lines;
 
 /// Translate a source file and score it against references in one go.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model folder.
-    #[arg(short, long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub models: crate::models::ModelFlags,
     /// Source file, one sentence per line.
     #[arg(long)]
     pub src: PathBuf,
@@ -32,8 +29,7 @@ pub struct EvalArgs {
 impl EvalArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let t = Translator::load(&self.model, &device, compute.kernels_on(&device)?)
-            .with_context(|| format!("loading {}", self.model.display()))?;
+        let t = self.models.load(&device, compute.kernels_on(&device)?)?;
         let mut o = t.default_options();
         self.decoding
             .apply(&mut o.beam_size, &mut o.alpha, &mut o.beta);
@@ -67,7 +63,7 @@ impl EvalArgs {
         let chrf = corpus_chrf(&hyps, &[&refs[..]], &ChrfOptions::default())?;
         println!(
             "{}: beam {} alpha {} beta {}; {} sentences in {secs:.1}s ({})",
-            self.model.display(),
+            self.models.label(),
             o.beam_size,
             o.alpha,
             o.beta,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle::Device;
 use clap::{Parser, ValueEnum};
-use gnmt_infer::{BeamOptions, Combination, LineResult, Translator};
+use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
 use gnmt_model::checkpoint;
 use gnmt_model::Kernels;
@@ -44,20 +44,8 @@ pub struct TranslateArgs {
     /// Draw the attention matrix of the (first non-empty) input sentence as a PNG heat map.
     #[arg(long, value_name = "PNG")]
     pub attention_png: Option<PathBuf>,
-    /// Model folder (config.json, model.safetensors, tokenizer.json, generation.json).
-    /// Repeat to decode with an ensemble (-m A -m B): the models, which must share a
-    /// vocabulary, score every step together. Default: the shipped English-German model
-    /// built into this program.
-    #[arg(short, long)]
-    pub model: Vec<PathBuf>,
-    /// An ensemble's weights, one per -m, comma-separated (default: equal).
-    #[arg(long, value_delimiter = ',', value_parser = real::<f64>(Interval::above(0.0, 1e6)))]
-    pub weights: Vec<f64>,
-    /// How an ensemble combines its models' next-token distributions: log-linear (weighted
-    /// mean of log-probabilities, as Marian) or linear (log of the weighted mean of
-    /// probabilities, as fairseq).
-    #[arg(long, value_enum, default_value_t = EnsembleArg::LogLinear)]
-    pub ensemble: EnsembleArg,
+    #[command(flatten)]
+    pub models: crate::models::ModelFlags,
     /// Input file, plain text (default: stdin; `-` also means stdin).
     #[arg(short, long)]
     pub input: Option<PathBuf>,
@@ -128,21 +116,6 @@ struct Stats {
 
 /// Lines from the reader thread: text (invalid UTF-8 replaced) and its size in bytes.
 type ReadLine = std::io::Result<(String, usize)>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EnsembleArg {
-    LogLinear,
-    Linear,
-}
-
-impl From<EnsembleArg> for Combination {
-    fn from(e: EnsembleArg) -> Self {
-        match e {
-            EnsembleArg::LogLinear => Combination::LogLinear,
-            EnsembleArg::Linear => Combination::Linear,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -224,7 +197,7 @@ impl TranslateArgs {
         };
         let device = compute.device()?;
         let kernels = compute.kernels_on(&device)?;
-        let translator = self.load_models(&device, kernels)?;
+        let translator = self.models.load(&device, kernels)?;
         let mut options = translator.default_options();
         self.decoding.apply(
             &mut options.beam_size,
@@ -320,34 +293,6 @@ impl TranslateArgs {
         Ok(())
     }
 
-    /// The model of `-m`, the ensemble of several, or the default model.
-    fn load_models(&self, device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
-        let count = self.model.len().max(1);
-        anyhow::ensure!(
-            self.weights.is_empty() || self.weights.len() == count,
-            "--weights has {} values for {count} model(s): give one weight per -m",
-            self.weights.len()
-        );
-        let mut parts = Vec::with_capacity(count);
-        for dir in &self.model {
-            parts.push(
-                Translator::load(dir, device, kernels)
-                    .with_context(|| format!("loading {}", dir.display()))?,
-            );
-        }
-        if parts.is_empty() {
-            parts.push(load_default_model(device, kernels)?);
-        }
-        if parts.len() == 1 {
-            return Ok(parts.pop().expect("one"));
-        }
-        let weights = match self.weights.is_empty() {
-            true => vec![1.0; count],
-            false => self.weights.clone(),
-        };
-        Ok(Translator::ensemble(parts, &weights, self.ensemble.into())?)
-    }
-
     /// How the input is split, if it is: `--shard`, a Slurm array task, or the ranks of a job.
     fn split(&self, group: &gnmt_dist::Group) -> anyhow::Result<Option<Split>> {
         let file = |p: &Option<PathBuf>| p.clone().filter(|p| p.as_os_str() != "-");
@@ -400,8 +345,8 @@ impl TranslateArgs {
     ) -> anyhow::Result<Stats> {
         use crate::shard::{self, Shard};
         let settings = format!(
-            "model {:?}; weights {:?}; ensemble {:?}; {options:?}; format {:?}; max_input_len {}",
-            self.model, self.weights, self.ensemble, self.format, self.max_input_len
+            "{:?}; {options:?}; format {:?}; max_input_len {}",
+            self.models, self.format, self.max_input_len
         );
         let input = match &split {
             Split::Part { input, .. } | Split::Job { input, .. } => input,
