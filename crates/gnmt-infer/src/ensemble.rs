@@ -12,6 +12,7 @@
 //! does, bit for bit (the mean of equal values is that value).
 
 use candle::Tensor;
+use rayon::prelude::*;
 use gnmt_model::{top_scores, DecoderState, DecodingWeights, Gnmt, TopTokens};
 
 use crate::Result;
@@ -147,10 +148,13 @@ impl Ensemble {
 }
 
 /// The members' log-probabilities (`share`: their normalised weights) combined element by
-/// element, in f64.
+/// element, in f64 (on several threads: each element alone, so the result does not depend on
+/// how they split).
 fn combine(log_probs: &[Vec<f32>], share: &[f64], combination: Combination) -> Vec<f32> {
     let n = log_probs[0].len();
     (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
         .map(|j| {
             let values = log_probs.iter().map(|lp| lp[j] as f64);
             let value = match combination {
