@@ -308,6 +308,11 @@ pub fn duration(value: &str) -> Result<String, String> {
     }
 }
 
+/// A language code (`de`, `pt-br`): see [`gnmt_tokenizer::language::check_language_code`].
+pub fn language(value: &str) -> Result<String, String> {
+    gnmt_tokenizer::language::check_language_code(value).map(|()| value.to_string())
+}
+
 /// Seeds: every value is legal.
 pub fn seed() -> Whole<u64> {
     whole(0, u64::MAX)

@@ -1,5 +1,5 @@
 //! The model flags `translate` and `eval` share: `-m` (repeated for an ensemble),
-//! `--weights` and `--ensemble`, and the loading they imply.
+//! `--weights`, `--ensemble` and `--target-lang`, and the loading they imply.
 
 use std::path::PathBuf;
 
@@ -26,6 +26,10 @@ pub struct ModelFlags {
     /// probabilities, as fairseq).
     #[arg(long, value_enum, default_value_t = EnsembleArg::LogLinear)]
     pub ensemble: EnsembleArg,
+    /// The language a multilingual model translates into (de, fr, ...); required when the
+    /// model has several.
+    #[arg(long, value_name = "LANG", value_parser = crate::checked::language)]
+    pub target_lang: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,8 +48,23 @@ impl From<EnsembleArg> for Combination {
 }
 
 impl ModelFlags {
-    /// The model of `-m`, the ensemble of several, or the default model.
+    /// The model of `-m`, the ensemble of several, or the default model; set to translate into
+    /// --target-lang, which a multilingual model with several targets requires.
     pub fn load(&self, device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
+        let mut translator = self.load_models(device, kernels)?;
+        match &self.target_lang {
+            Some(language) => translator.set_target_language(language)?,
+            None => anyhow::ensure!(
+                translator.languages().len() < 2,
+                "{} translates into {}: choose one with --target-lang",
+                self.label(),
+                translator.languages().join(", ")
+            ),
+        }
+        Ok(translator)
+    }
+
+    fn load_models(&self, device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
         let count = self.model.len().max(1);
         anyhow::ensure!(
             self.weights.is_empty() || self.weights.len() == count,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use candle::Device;
 use clap::{Args, Subcommand};
 use gnmt_model::ModelConfig;
-use gnmt_train::{train, TrainArgs as LibArgs, TrainConfig};
+use gnmt_train::{train, CorpusSpec, TrainArgs as LibArgs, TrainConfig};
 
 use crate::plot::{line_chart, residual_schematic, Series};
 use crate::run_log::RunLog;
@@ -208,13 +208,20 @@ impl ResidualStudyArgs {
             if !self.quiet {
                 eprintln!("study: training arm {:?} in {}", arm.label(), dir.display());
             }
+            let mut config = self.config(&plan, arm)?;
+            config.data.train = vec![CorpusSpec {
+                pair: None,
+                src: train_src.clone(),
+                tgt: train_tgt.clone(),
+            }];
+            config.data.valid = vec![CorpusSpec {
+                pair: None,
+                src: valid_src.clone(),
+                tgt: valid_tgt.clone(),
+            }];
             train(LibArgs {
-                train_src: train_src.clone(),
-                train_tgt: train_tgt.clone(),
-                valid_src: valid_src.clone(),
-                valid_tgt: valid_tgt.clone(),
                 out_dir: dir.clone(),
-                config: self.config(&plan, arm)?,
+                config,
                 // Every arm shares the first arm's vocabulary.
                 tokenizer: tokenizer.clone(),
                 device: Device::Cpu,

@@ -37,6 +37,7 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt train", "label-smoothing", "[0, 1)"),
     ("gnmt train", "max-tokens", "1..=100000000"),
     ("gnmt train", "accumulate", "1..=4096"),
+    ("gnmt train", "temperature", "(0, 100]"),
     ("gnmt eval", "beam-size", "1..=256"),
     ("gnmt eval", "weights", "(0, 1000000]"),
     ("gnmt eval", "alpha", "[0, 10]"),

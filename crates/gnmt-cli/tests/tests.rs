@@ -2,6 +2,7 @@
 
 mod cli;
 mod fine_tune;
+mod multilingual;
 mod options;
 mod readme;
 mod shipped;

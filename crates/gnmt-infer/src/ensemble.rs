@@ -12,8 +12,8 @@
 //! does, bit for bit (the mean of equal values is that value).
 
 use candle::Tensor;
-use rayon::prelude::*;
 use gnmt_model::{top_scores, DecoderState, DecodingWeights, Gnmt, TopTokens};
+use rayon::prelude::*;
 
 use crate::Result;
 

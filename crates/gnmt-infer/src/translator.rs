@@ -1,5 +1,6 @@
 //! Text in, text out: a loaded model folder plus its vocabulary. Lines are translated in
 //! batches sorted by length and returned in input order; blank lines never reach the model.
+//! A multilingual model's sources start with the tag of the chosen target language.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,8 @@ pub struct Translator {
     vocab: Vocab,
     generation: GenerationConfig,
     device: Device,
+    /// The target language's tag (multilingual models), put before every source sentence.
+    target: Option<(String, u32)>,
 }
 
 impl Translator {
@@ -83,6 +86,11 @@ impl Translator {
         )?
         .with_kernels(kernels);
         let weights = model.decoding_weights()?;
+        // A model with one target language needs no choice.
+        let target = match vocab.languages() {
+            [only] => vocab.tag_id(only).map(|id| (only.clone(), id)),
+            _ => None,
+        };
         Ok(Self {
             models: Ensemble::single(model, weights),
             label: label.to_path_buf(),
@@ -90,7 +98,40 @@ impl Translator {
             vocab,
             generation: folder.generation,
             device: device.clone(),
+            target,
         })
+    }
+
+    /// Chooses the language a multilingual model translates into; refused, naming the
+    /// choices, for a language the model lacks or a model with none.
+    pub fn set_target_language(&mut self, language: &str) -> Result<()> {
+        let languages = self.vocab.languages();
+        let id = self.vocab.tag_id(language).ok_or_else(|| {
+            Error::Input(match languages.is_empty() {
+                true => format!(
+                    "{} is not multilingual: it has no target languages to choose from \
+                     (asked for {language:?})",
+                    self.label.display()
+                ),
+                false => format!(
+                    "{} cannot translate into {language:?}: its target languages are {}",
+                    self.label.display(),
+                    languages.join(", ")
+                ),
+            })
+        })?;
+        self.target = Some((language.to_string(), id));
+        Ok(())
+    }
+
+    /// The target languages of a multilingual model (empty for a bilingual one).
+    pub fn languages(&self) -> &[String] {
+        self.vocab.languages()
+    }
+
+    /// The language translations go into, where the model has several or the one chosen.
+    pub fn target_language(&self) -> Option<&str> {
+        self.target.as_ref().map(|(l, _)| l.as_str())
     }
 
     /// Several loaded models decoding together (see [`Ensemble`]), with `weights` (one per
@@ -197,6 +238,14 @@ impl Translator {
         batch_size: usize,
         max_input_len: usize,
     ) -> Result<Vec<LineResult>> {
+        let languages = self.vocab.languages();
+        if self.target.is_none() && languages.len() > 1 {
+            return Err(Error::Input(format!(
+                "{} translates into {}: choose the target language (translate --target-lang)",
+                self.label.display(),
+                languages.join(", ")
+            )));
+        }
         let mut results: Vec<LineResult> = Vec::with_capacity(lines.len());
         let mut sources: Vec<Vec<u32>> = Vec::with_capacity(lines.len());
         for line in lines {
@@ -212,6 +261,9 @@ impl Translator {
                 source_tokens: ids.len(),
                 cropped,
             });
+            if let (Some((_, tag)), false) = (&self.target, ids.is_empty()) {
+                ids.insert(0, *tag);
+            }
             sources.push(ids);
         }
         let mut order: Vec<usize> = (0..lines.len())
@@ -240,7 +292,13 @@ impl Translator {
             for (&i, nbest) in chunk.iter().zip(hyps?) {
                 results[i].nbest = nbest
                     .into_iter()
-                    .map(|h| {
+                    .map(|mut h| {
+                        // The attention a caller sees is over its own sentence's pieces.
+                        if self.target.is_some() {
+                            h.attention.iter_mut().for_each(|row| {
+                                row.remove(0);
+                            });
+                        }
                         Ok(Translation {
                             text: self.vocab.decode(&h.tokens)?,
                             hypothesis: h,

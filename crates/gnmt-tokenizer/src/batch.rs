@@ -5,6 +5,10 @@
 //! order), cut into batches whose padded size fits the token budget, and the batches shuffled
 //! again. A [`Cursor`] `(epoch, batch)` therefore pins a position exactly: resuming rebuilds
 //! the epoch's plan and skips to the batch, with no state beyond two integers.
+//!
+//! A dataset made of several corpora (a multilingual model's pairs, one after the other) can
+//! be sampled by size with a temperature ([`Mix`]): each epoch then draws its pairs afresh,
+//! still as a function of the epoch alone.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -25,6 +29,62 @@ pub struct BatchOptions {
     pub seed: u64,
     /// `false` gives a fixed length-sorted order (validation, scoring).
     pub shuffle: bool,
+    /// How an epoch samples the dataset's corpora; `None`: every pair once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
+}
+
+/// Sampling across the corpora of one dataset, stored one after the other: an epoch holds as
+/// many pairs as the dataset, corpus `i` contributing in proportion to `size_i ^ (1 / T)`
+/// (Arivazhagan et al. 2019). `T = 1` samples by size (each pair once per epoch); larger `T`
+/// moves towards equal shares, up-sampling the small corpora.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mix {
+    /// Pairs in each corpus, in dataset order (they sum to the dataset's length).
+    pub parts: Vec<usize>,
+    pub temperature: f64,
+}
+
+impl Mix {
+    /// Pairs of each corpus in one epoch: the shares of the dataset's length, rounded, at
+    /// least one each.
+    pub fn quotas(&self) -> Vec<usize> {
+        let total: usize = self.parts.iter().sum();
+        let weights: Vec<f64> = self
+            .parts
+            .iter()
+            .map(|&n| (n as f64).powf(1.0 / self.temperature))
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        weights
+            .iter()
+            .zip(&self.parts)
+            .map(|(w, &n)| match n {
+                0 => 0,
+                _ => ((total as f64 * w / sum).round() as usize).max(1),
+            })
+            .collect()
+    }
+
+    /// The dataset indices of one epoch, before shuffling: each corpus repeated as often as
+    /// its quota holds it whole, and the rest of its quota a random subset (drawn afresh each
+    /// epoch, so down-sampling a corpus skips different pairs every time).
+    fn sample(&self, rng: &mut ChaCha20Rng) -> Vec<usize> {
+        let mut order = Vec::new();
+        let mut start = 0;
+        for (&n, quota) in self.parts.iter().zip(self.quotas()) {
+            let part: Vec<usize> = (start..start + n).collect();
+            for _ in 0..quota / n.max(1) {
+                order.extend_from_slice(&part);
+            }
+            let mut rest = part;
+            rest.shuffle(rng);
+            rest.truncate(quota % n.max(1));
+            order.extend(rest);
+            start += n;
+        }
+        order
+    }
 }
 
 impl Default for BatchOptions {
@@ -34,6 +94,7 @@ impl Default for BatchOptions {
             max_sentences: 256,
             seed: 1,
             shuffle: true,
+            mix: None,
         }
     }
 }
@@ -169,9 +230,19 @@ pub fn share_rows(lengths: &[usize], rank: usize, size: usize) -> std::ops::Rang
     start_of(rank)..start_of(rank + 1)
 }
 
+/// Keeps the corpus-sampling stream apart from the shuffling stream of the same seed.
+const MIX_SEED_SALT: u64 = 0x6d69_7865_645f_7061;
+
 /// The batches of one epoch as lists of dataset indices.
 pub fn plan_epoch(dataset: &Dataset, options: &BatchOptions, epoch: u64) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..dataset.len()).collect();
+    let mut order: Vec<usize> = match &options.mix {
+        None => (0..dataset.len()).collect(),
+        Some(mix) => {
+            let mut rng = ChaCha20Rng::seed_from_u64(options.seed ^ MIX_SEED_SALT);
+            rng.set_stream(epoch);
+            mix.sample(&mut rng)
+        }
+    };
     let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
     rng.set_stream(epoch);
     if options.shuffle {
@@ -323,6 +394,7 @@ mod tests {
             max_sentences: 16,
             seed: 3,
             shuffle: true,
+            mix: None,
         };
         let plan = plan_epoch(&ds, &opts, 0);
         let mut seen: Vec<usize> = plan.iter().flatten().copied().collect();
@@ -333,6 +405,63 @@ mod tests {
             assert!(batch.len() <= 16);
             assert!(batch.len() * batch.src_width.max(batch.tgt_width) <= 200 || batch.len() == 1);
         }
+    }
+
+    #[test]
+    fn a_mix_samples_corpora_by_tempered_size_afresh_each_epoch() {
+        // Two corpora of 240 and 60 pairs: T = 1 keeps each pair once; T = 5 moves towards
+        // equal shares (240^0.2 : 60^0.2), up-sampling the small one and drawing a
+        // different part of the large one every epoch.
+        let ds = dataset(300);
+        let mix = |temperature| Mix {
+            parts: vec![240, 60],
+            temperature,
+        };
+        assert_eq!(mix(1.0).quotas(), [240, 60]);
+        let quotas = mix(5.0).quotas();
+        let expected_small = 300.0 / (1.0 + 4f64.powf(0.2));
+        assert_eq!(
+            quotas,
+            [
+                300 - expected_small.round() as usize,
+                expected_small.round() as usize
+            ]
+        );
+        let opts = BatchOptions {
+            max_tokens: 150,
+            mix: Some(mix(5.0)),
+            ..Default::default()
+        };
+        let counts = |epoch| {
+            let mut seen = vec![0usize; 300];
+            for i in plan_epoch(&ds, &opts, epoch).into_iter().flatten() {
+                seen[i] += 1;
+            }
+            seen
+        };
+        let (first, second) = (counts(0), counts(1));
+        assert_eq!(first.iter().sum::<usize>(), 300);
+        assert_eq!(first[..240].iter().sum::<usize>(), quotas[0]);
+        assert!(first[..240].iter().all(|&c| c <= 1));
+        // 129 draws of 60 pairs: every pair twice, 9 of them three times.
+        assert!(first[240..].iter().all(|&c| c == 2 || c == 3));
+        assert_eq!(first[240..].iter().sum::<usize>(), quotas[1]);
+        assert_ne!(
+            first[..240],
+            second[..240],
+            "the large corpus's sample is drawn afresh"
+        );
+        assert_eq!(plan_epoch(&ds, &opts, 1), plan_epoch(&ds, &opts, 1));
+        // T = 1 plans exactly as without a mix.
+        let by_size = BatchOptions {
+            mix: Some(mix(1.0)),
+            ..opts.clone()
+        };
+        let plain = BatchOptions {
+            mix: None,
+            ..opts.clone()
+        };
+        assert_eq!(plan_epoch(&ds, &by_size, 3), plan_epoch(&ds, &plain, 3));
     }
 
     #[test]

@@ -252,6 +252,45 @@ impl Dataset {
         self.lines.is_empty()
     }
 
+    /// The same pairs with `id` before every source sentence: a multilingual model's
+    /// target-language tag. (The length filter counted the sentence without it.)
+    pub fn with_source_prefix(self, id: u32) -> Self {
+        let mut src = Sequences::new();
+        let mut row = Vec::new();
+        for i in 0..self.src.len() {
+            row.clear();
+            row.push(id);
+            row.extend_from_slice(self.src.get(i));
+            src.push(&row);
+        }
+        Self { src, ..self }
+    }
+
+    /// Several datasets one after the other (a multilingual run's corpora, sampled by
+    /// [`crate::batch::Mix`]); `lines` keep each corpus's own line numbers.
+    pub fn concat(parts: Vec<Dataset>) -> Self {
+        let mut all = Dataset {
+            src: Sequences::new(),
+            tgt: Sequences::new(),
+            lines: Vec::new(),
+            summary: SkipSummary::default(),
+        };
+        for part in parts {
+            for i in 0..part.len() {
+                all.src.push(part.src.get(i));
+                all.tgt.push(part.tgt.get(i));
+            }
+            all.lines.extend(part.lines);
+            let (a, b) = (&mut all.summary, part.summary);
+            a.total += b.total;
+            a.kept += b.kept;
+            a.empty += b.empty;
+            a.too_long += b.too_long;
+            a.bad_ratio += b.bad_ratio;
+        }
+        all
+    }
+
     fn save_cache(&self, path: &Path, key: &str) -> Result<()> {
         let meta = HashMap::from([
             ("format".to_string(), CACHE_FORMAT.to_string()),
@@ -499,6 +538,34 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn corpora_concatenate_with_their_tags() {
+        let v = vocab();
+        let dir = tempfile::tempdir().unwrap();
+        let filter = FilterOptions::default();
+        let corpus = |name: &str, src: &str, tgt: &str| {
+            let (s, t) = (
+                write(dir.path(), &format!("{name}.s"), src),
+                write(dir.path(), &format!("{name}.t"), tgt),
+            );
+            Dataset::build(&crate::read_parallel(&s, &t).unwrap(), &v, &filter).unwrap()
+        };
+        let a = corpus("a", "a dog\nthe cat\n", "x\ny\n");
+        let b = corpus("b", "a man\n", "z\n");
+        let all = Dataset::concat(vec![
+            a.clone().with_source_prefix(4),
+            b.clone().with_source_prefix(5),
+        ]);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.lines, [0, 1, 0]);
+        assert_eq!((all.summary.total, all.summary.kept), (3, 3));
+        for (i, (part, row, tag)) in [(&a, 0, 4), (&a, 1, 4), (&b, 0, 5)].into_iter().enumerate() {
+            assert_eq!(all.src.get(i)[0], tag);
+            assert_eq!(&all.src.get(i)[1..], part.src.get(row));
+            assert_eq!(all.tgt.get(i), part.tgt.get(row));
+        }
     }
 
     /// Streaming the files (by chunks of 3 pairs here) gives the dataset of the corpus read

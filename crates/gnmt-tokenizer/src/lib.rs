@@ -29,6 +29,7 @@ pub mod data;
 pub mod dataset;
 mod error;
 pub mod io;
+pub mod language;
 mod lock;
 pub mod synthetic;
 mod vocab;
@@ -37,6 +38,7 @@ pub use batch::{Batch, BatchOptions, Batcher, Cursor};
 pub use corpus::{read_parallel, Lines, ParallelCorpus};
 pub use dataset::{Dataset, FilterOptions, SkipSummary};
 pub use error::{Error, Result};
+pub use language::{language_tag, LanguagePair};
 pub use lock::{FolderLock, LOCK_FILE};
 pub use vocab::{
     SubwordModel, Vocab, VocabOptions, BOS_ID, EOS_ID, MIN_VOCAB_SIZE, PAD_ID, SPECIAL_TOKENS,

@@ -13,6 +13,10 @@
 //! The special tokens have fixed ids: `<pad>` 0, `<unk>` 1, `<s>` 2, `</s>` 3. They are never
 //! matched inside user text: a sentence that literally contains `</s>` is encoded as ordinary
 //! pieces, so input text cannot end a sentence early or vanish on decoding.
+//!
+//! A multilingual vocabulary also reserves one language tag per target language (`<2de>`,
+//! `<2fr>`, see [`crate::language`]) with the ids right after the special tokens, in the order
+//! given; like the special tokens, they are never produced from user text and never decoded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,6 +34,7 @@ use tokenizers::pre_tokenizers::metaspace::Metaspace;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::io::CheckedLines;
+use crate::language::{check_language_code, language_tag, tag_language};
 use crate::{Error, Result};
 
 /// Id of the padding token.
@@ -79,6 +84,9 @@ pub struct VocabOptions {
     pub model: SubwordModel,
     /// Pieces seen fewer times than this are not merged (BPE only).
     pub min_frequency: u64,
+    /// Target languages of a multilingual model: each gets a reserved tag (`<2de>`) with
+    /// the id `4 + its position here`. Empty for a bilingual model.
+    pub languages: Vec<String>,
 }
 
 impl Default for VocabOptions {
@@ -87,6 +95,7 @@ impl Default for VocabOptions {
             size: 8000,
             model: SubwordModel::Bpe,
             min_frequency: 2,
+            languages: Vec::new(),
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct Vocab {
     /// sha256 of the canonical `tokenizer.json` text; stored in checkpoints and datasets.
     hash: String,
     byte_piece_start: u32,
+    /// The languages of the tags at ids `4..4 + languages.len()`.
+    languages: Vec<String>,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -141,17 +152,29 @@ impl Vocab {
     where
         F: FnOnce(&mut Tokenizer, &mut TrainerWrapper) -> tokenizers::Result<()>,
     {
-        let reserved = SPECIAL_TOKENS.len() + BYTE_PIECES;
-        if options.size < MIN_VOCAB_SIZE {
+        for (i, language) in options.languages.iter().enumerate() {
+            check_language_code(language).map_err(Error::Config)?;
+            if options.languages[..i].contains(language) {
+                return Err(Error::Config(format!(
+                    "language {language:?} is listed twice"
+                )));
+            }
+        }
+        let tags = options.languages.len();
+        if options.size < MIN_VOCAB_SIZE + tags {
             return Err(Error::Config(format!(
-                "vocabulary size {} is too small: {} ids are reserved for special tokens and byte pieces",
-                options.size, reserved
+                "vocabulary size {} is too small: {} ids are reserved for special tokens, \
+                 language tags and byte pieces",
+                options.size,
+                SPECIAL_TOKENS.len() + tags + BYTE_PIECES
             )));
         }
         let learned = options.size - BYTE_PIECES;
         let specials: Vec<AddedToken> = SPECIAL_TOKENS
             .iter()
-            .map(|t| AddedToken::from(*t, true))
+            .map(|t| t.to_string())
+            .chain(options.languages.iter().map(|l| language_tag(l)))
+            .map(|t| AddedToken::from(t, true))
             .collect();
         let (mut tk, mut trainer): (Tokenizer, TrainerWrapper) = match options.model {
             SubwordModel::Bpe => (
@@ -226,6 +249,7 @@ impl Vocab {
                 )));
             }
         }
+        let languages = reserved_languages(&tk)?;
         // Not serialised by `tokenizers`: special tokens in user text are plain text.
         tk.set_encode_special_tokens(true);
         let json = tk.to_string(false).map_err(tk_err)?;
@@ -234,6 +258,7 @@ impl Vocab {
             tokenizer: tk,
             hash,
             byte_piece_start,
+            languages,
         })
     }
 
@@ -256,6 +281,19 @@ impl Vocab {
     /// sha256 (hex) of the tokenizer's canonical serialisation.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The target languages this vocabulary has tags for (empty: a bilingual vocabulary).
+    pub fn languages(&self) -> &[String] {
+        &self.languages
+    }
+
+    /// The id of the tag that asks for `language`, if the vocabulary has one.
+    pub fn tag_id(&self, language: &str) -> Option<u32> {
+        self.languages
+            .iter()
+            .position(|l| l == language)
+            .map(|i| (SPECIAL_TOKENS.len() + i) as u32)
     }
 
     /// Token ids of one sentence, without `<s>`/`</s>`.
@@ -297,6 +335,31 @@ impl Vocab {
         n.normalize(&mut s).map_err(tk_err)?;
         Ok(s.get().to_string())
     }
+}
+
+/// The languages of the tags right after the special tokens: reserved (special) entries named
+/// `<2xx>`, at consecutive ids; a tag anywhere else would be a foreign vocabulary's.
+fn reserved_languages(tk: &Tokenizer) -> Result<Vec<String>> {
+    let added = tk.get_added_tokens_decoder();
+    let is_tag = |id: u32| {
+        added
+            .get(&id)
+            .filter(|t| t.special)
+            .and_then(|t| tag_language(&t.content).map(str::to_string))
+    };
+    let first = SPECIAL_TOKENS.len() as u32;
+    let languages: Vec<String> = (first..).map_while(is_tag).collect();
+    let end = first + languages.len() as u32;
+    if let Some((id, token)) = added
+        .iter()
+        .find(|(id, t)| **id >= end && t.special && tag_language(&t.content).is_some())
+    {
+        return Err(Error::Tokenizer(format!(
+            "language tag {} has id {id}: tags must follow the special tokens at ids {first}..",
+            token.content
+        )));
+    }
+    Ok(languages)
 }
 
 /// NFKC, whitespace folding, Metaspace pieces, and the matching decoder.
@@ -434,6 +497,7 @@ mod tests {
                 size: 400,
                 model: SubwordModel::Unigram,
                 min_frequency: 1,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -457,6 +521,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("special token <pad> must have id 0"), "{err}");
+    }
+
+    fn multilingual() -> Vocab {
+        Vocab::train_from_sentences(
+            &crate::synthetic::toy_sentences(),
+            &VocabOptions {
+                size: 600,
+                languages: vec!["de".into(), "fr".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn language_tags_have_fixed_ids_after_the_special_tokens() {
+        let v = multilingual();
+        assert_eq!(v.languages(), ["de", "fr"]);
+        assert_eq!(
+            (v.tag_id("de"), v.tag_id("fr"), v.tag_id("es")),
+            (Some(4), Some(5), None)
+        );
+        assert_eq!(v.pieces(&[4, 5]), ["<2de>", "<2fr>"]);
+        assert_eq!(v.size(), 600);
+        // Kept through a save and reload; a bilingual vocabulary has none.
+        let w = Vocab::from_json(&v.to_json().unwrap()).unwrap();
+        assert_eq!((w.languages(), w.hash()), (v.languages(), v.hash()));
+        assert!(toy().languages().is_empty());
+    }
+
+    #[test]
+    fn language_tags_in_user_text_are_plain_text_and_tags_are_never_decoded() {
+        let v = multilingual();
+        let ids = v.encode("<2fr> a dog").unwrap();
+        assert!(ids.iter().all(|&id| id > 5), "{ids:?}");
+        assert_eq!(v.decode(&ids).unwrap(), "<2fr> a dog");
+        let dog = v.encode("a dog").unwrap();
+        let tagged: Vec<u32> = [4].into_iter().chain(dog.iter().copied()).collect();
+        assert_eq!(v.decode(&tagged).unwrap(), "a dog");
+    }
+
+    #[test]
+    fn bad_language_lists_are_refused() {
+        for (languages, expected) in [
+            (vec!["de", "de"], "listed twice"),
+            (vec!["DE"], "not a language code"),
+        ] {
+            let err = Vocab::train_from_sentences(
+                &["a b"],
+                &VocabOptions {
+                    languages: languages.into_iter().map(String::from).collect(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use gnmt_model::checkpoint::GenerationConfig;
 use gnmt_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::corpora::CorpusSpec;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +107,15 @@ pub struct DataConfig {
     /// `--update-freq`): one update sees `accumulate` batches of `max_tokens`, whatever the
     /// number of processes.
     pub accumulate: usize,
+    /// Several training corpora are sampled in proportion to `size ^ (1 / temperature)`:
+    /// 1 samples by size, larger values up-sample the small corpora (5 is common).
+    pub temperature: f64,
+    /// The training corpora (`--train`, or `--pair` for each of a multilingual model's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub train: Vec<CorpusSpec>,
+    /// The validation corpora (`--valid`, or `--valid-pair`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub valid: Vec<CorpusSpec>,
 }
 
 impl Default for DataConfig {
@@ -116,6 +126,9 @@ impl Default for DataConfig {
             max_len: 100,
             max_ratio: 9.0,
             accumulate: 1,
+            temperature: 1.0,
+            train: Vec::new(),
+            valid: Vec::new(),
         }
     }
 }
@@ -242,6 +255,13 @@ impl TrainConfig {
                 "data.max_tokens, max_sentences, max_len and accumulate must be at least 1".into(),
             );
         }
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !(d.temperature > 0.0 && d.temperature <= 100.0) {
+            return bad(format!(
+                "data.temperature = {} must be in (0, 100]",
+                d.temperature
+            ));
+        }
         self.stop.max_time_secs()?;
         self.step_kernels()?;
         Ok(())
@@ -257,10 +277,7 @@ impl TrainConfig {
     /// kernels and the precision of their matrix products); everything else must match the
     /// saved configuration.
     pub fn resume_conflicts(&self, saved: &TrainConfig) -> Vec<String> {
-        let (a, b) = (
-            serde_json::to_value(self).expect("plain"),
-            serde_json::to_value(saved).expect("plain"),
-        );
+        let (a, b) = (self.resume_view(), saved.resume_view());
         let mut out = Vec::new();
         diff_keys("", &a, &b, &mut out);
         out.retain(|k| {
@@ -271,6 +288,24 @@ impl TrainConfig {
                 || k.starts_with("kernels "))
         });
         out
+    }
+
+    /// The configuration as resuming compares it: of the corpora, only their language pairs
+    /// (files may move; the datasets are keyed by their contents).
+    fn resume_view(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("plain");
+        let data = value["data"].as_object_mut().expect("a table");
+        for (key, corpora) in [("train", &self.data.train), ("valid", &self.data.valid)] {
+            let pairs: Vec<String> = corpora
+                .iter()
+                .filter_map(|c| c.pair.as_ref().map(ToString::to_string))
+                .collect();
+            match pairs.is_empty() {
+                true => data.remove(key),
+                false => data.insert(key.into(), pairs.into()),
+            };
+        }
+        value
     }
 }
 
@@ -352,6 +387,70 @@ mod tests {
     /// The reference kernels compute in f32 only: asking for bf16 products on them is refused
     /// when the configuration is checked, not at the first update. A configuration saved
     /// before `kernels` existed reads as fused.
+    #[test]
+    fn a_config_file_lists_the_corpora_and_resuming_compares_their_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("multi.toml");
+        std::fs::write(
+            &path,
+            r#"
+[data]
+temperature = 5
+[[data.train]]
+pair = "en-de"
+src = "a.en"
+tgt = "a.de"
+[[data.train]]
+pair = "en-fr"
+src = "b.en"
+tgt = "b.fr"
+[[data.valid]]
+pair = "en-fr"
+src = "v.en"
+tgt = "v.fr"
+"#,
+        )
+        .unwrap();
+        let saved = TrainConfig::from_file(&path).unwrap();
+        assert_eq!(saved.data.temperature, 5.0);
+        assert_eq!(
+            saved.data.train[1].pair.as_ref().unwrap().to_string(),
+            "en-fr"
+        );
+        assert_eq!(saved.data.valid[0].tgt, Path::new("v.fr"));
+        // Moved files resume; other pairs or another temperature do not.
+        let mut moved = saved.clone();
+        moved.data.train[0].src = "elsewhere/a.en".into();
+        assert!(moved.resume_conflicts(&saved).is_empty());
+        let mut fewer = saved.clone();
+        fewer.data.train.pop();
+        fewer.data.temperature = 1.0;
+        let conflicts = fewer.resume_conflicts(&saved).join("; ");
+        assert!(
+            conflicts.contains("data.train") && conflicts.contains("data.temperature"),
+            "{conflicts}"
+        );
+        // A bilingual run's files are not compared, as before.
+        let plain = TrainConfig::default();
+        let mut with_files = plain.clone();
+        with_files.data.train = vec![CorpusSpec {
+            pair: None,
+            src: "x".into(),
+            tgt: "y".into(),
+        }];
+        assert!(with_files.resume_conflicts(&plain).is_empty());
+        std::fs::write(
+            &path,
+            "[[data.train]]\npair = \"EN-de\"\nsrc = \"a\"\ntgt = \"b\"\n",
+        )
+        .unwrap();
+        let e = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("multi.toml") && e.contains("not a language code"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn kernels_are_checked_with_the_precision() {
         let mut c = TrainConfig {

@@ -9,10 +9,12 @@
 //!   the training benchmark; gradient accumulation over several batches.
 //! - [`sync`]: what keeps the ranks of a job on one model (all-reduce, broadcast, checksum).
 //! - [`init_from`]: fine-tuning, a run that starts from a trained model.
+//! - [`corpora`]: the run's corpora; a multilingual model's language pairs and tags.
 //! - [`trainer`]: the loop, validation (loss, greedy BLEU/chrF) and checkpoints.
 
 mod checkpoints;
 pub mod config;
+pub mod corpora;
 pub mod grads;
 pub mod init_from;
 pub mod loss;
@@ -30,6 +32,7 @@ use std::path::PathBuf;
 
 pub use checkpoints::latest_checkpoint;
 pub use config::TrainConfig;
+pub use corpora::CorpusSpec;
 pub use init_from::InitFrom;
 pub use loss::{batch_loss, label_smoothed_nll, BatchLoss};
 pub use trainer::{train, Outcome, TrainArgs};

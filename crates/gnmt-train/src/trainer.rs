@@ -22,7 +22,7 @@
 //! vocabulary, cache, metrics, validation and checkpoints; it also decides when to stop.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,13 +33,14 @@ use gnmt_dist::Group;
 use gnmt_infer::LengthLimit;
 use gnmt_model::checkpoint::{self, tensors_of};
 use gnmt_model::{init_model, Dropout, Gnmt};
+use gnmt_tokenizer::batch::Mix;
 use gnmt_tokenizer::{
-    read_parallel, Batch, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock,
-    ParallelCorpus, Vocab, VocabOptions,
+    Batch, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, Vocab, VocabOptions,
 };
 
 use crate::checkpoints::{latest_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
+use crate::corpora::{self, ValidSet};
 use crate::init_from::{self, InitFrom};
 use crate::metrics_log::{MetricsLog, Window};
 use crate::optim::Optimizer;
@@ -59,11 +60,8 @@ const DROPOUT_SEED_SALT: u64 = 0x5eed_d409;
 const GO_ON: &[u8] = b"";
 
 pub struct TrainArgs {
-    pub train_src: PathBuf,
-    pub train_tgt: PathBuf,
-    pub valid_src: PathBuf,
-    pub valid_tgt: PathBuf,
     pub out_dir: PathBuf,
+    /// The run's settings, its corpora (`data.train`, `data.valid`) included.
     pub config: TrainConfig,
     /// Use this vocabulary instead of training one on the training files.
     pub tokenizer: Option<PathBuf>,
@@ -116,7 +114,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         group.barrier();
     }
     let (config, vocab) = prepare_run(&args, &say)?;
-    let data = Data::prepare(&args, &config, &vocab, &say)?;
+    let data = Data::prepare(&config, &vocab, &out.join("cache"), &say)?;
     if group.is_root() {
         group.barrier();
     }
@@ -153,7 +151,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         progress: &progress,
         config,
     };
-    let stop_reason = trainer.run(&data.train)?;
+    let stop_reason = trainer.run(&data.train, data.mix.clone())?;
     trainer.finish(&stop_reason)?;
     let state = &trainer.session.state;
     Ok(Outcome {
@@ -166,46 +164,40 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     })
 }
 
-/// The run's data: the training set, and the validation set with its text for BLEU.
+/// The run's data: the training set (with how an epoch samples its corpora), and the
+/// validation sets with their text for BLEU.
 struct Data {
     train: Dataset,
-    valid: Dataset,
-    valid_corpus: ParallelCorpus,
+    mix: Option<Mix>,
+    valid: Vec<ValidSet>,
 }
 
 impl Data {
-    /// Encodes (or reads from the run's cache) both sets.
+    /// Encodes (or reads from the run's cache) every corpus, each source sentence tagged with
+    /// its target language in a multilingual run.
     fn prepare(
-        args: &TrainArgs,
         config: &TrainConfig,
         vocab: &Vocab,
+        cache: &Path,
         say: &dyn Fn(&str),
     ) -> Result<Self> {
+        let d = &config.data;
         let filter = FilterOptions {
-            max_len: config.data.max_len,
-            max_ratio: config.data.max_ratio,
+            max_len: d.max_len,
+            max_ratio: d.max_ratio,
         };
-        let cache = args.out_dir.join("cache");
-        let (train, _) = Dataset::prepare(
-            &args.train_src,
-            &args.train_tgt,
+        let (train_tags, valid_tags) = corpora::source_tags(&d.train, &d.valid, vocab)?;
+        let (train, mix) = corpora::training_set(
+            &d.train,
+            &train_tags,
             vocab,
             &filter,
-            Some(&cache),
+            cache,
+            d.temperature,
+            say,
         )?;
-        say(&format!("train: {}", train.summary));
-        let (valid, _) = Dataset::prepare(
-            &args.valid_src,
-            &args.valid_tgt,
-            vocab,
-            &filter,
-            Some(&cache),
-        )?;
-        Ok(Self {
-            train,
-            valid,
-            valid_corpus: read_parallel(&args.valid_src, &args.valid_tgt)?,
-        })
+        let valid = corpora::validation_sets(&d.valid, &valid_tags, vocab, &filter, cache)?;
+        Ok(Self { train, mix, valid })
     }
 
     fn validator<'a>(
@@ -215,8 +207,7 @@ impl Data {
         device: &'a Device,
     ) -> Validator<'a> {
         Validator {
-            dataset: &self.valid,
-            corpus: &self.valid_corpus,
+            sets: &self.valid,
             vocab,
             max_tokens: config.data.max_tokens,
             max_len: config.data.max_len,
@@ -405,12 +396,13 @@ impl Trainer<'_> {
     }
 
     /// Updates until a stop condition holds; the reason.
-    fn run(&mut self, train: &Dataset) -> Result<String> {
+    fn run(&mut self, train: &Dataset, mix: Option<Mix>) -> Result<String> {
         let batch_options = BatchOptions {
             max_tokens: self.config.data.max_tokens,
             max_sentences: self.config.data.max_sentences,
             seed: self.config.seed,
             shuffle: true,
+            mix,
         };
         let mut batcher = Batcher::new(train, batch_options, self.session.state.cursor);
         let per_epoch = batcher.batches_per_epoch().max(1);
@@ -595,19 +587,37 @@ impl Trainer<'_> {
             state.stalled += 1;
         }
         let step = state.step;
+        let by_pair: Vec<String> = v
+            .bleu_by_pair
+            .iter()
+            .map(|(pair, bleu)| format!("{pair} {bleu:.2}"))
+            .collect();
         self.say(&format!(
-            "validation at update {step}: loss {:.4}, ppl {:.2}, BLEU {:.2}, chrF {:.2}{} ({:.1}s)",
+            "validation at update {step}: loss {:.4}, ppl {:.2}, BLEU {:.2}{}, chrF {:.2}{} ({:.1}s)",
             v.loss,
             v.loss.exp(),
             v.bleu,
+            match by_pair.is_empty() {
+                true => String::new(),
+                false => format!(" (mean of {})", by_pair.join(", ")),
+            },
             v.chrf,
             if improved { " (best)" } else { "" },
             t.elapsed().as_secs_f64()
         ));
-        self.metrics.write(&serde_json::json!({
+        let mut record = serde_json::json!({
             "step": step, "valid_loss": v.loss, "valid_ppl": v.loss.exp(), "bleu": v.bleu, "chrf": v.chrf,
             "bleu_signature": v.bleu_signature, "best": improved, "greedy": true,
-        }))?;
+        });
+        if !v.bleu_by_pair.is_empty() {
+            record["bleu_by_pair"] = v
+                .bleu_by_pair
+                .iter()
+                .map(|(pair, bleu)| (pair.clone(), serde_json::Value::from(*bleu)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        self.metrics.write(&record)?;
         self.last_valid = Some((v.bleu, v.loss));
         self.validated_at = Some(step);
         Ok(())
@@ -697,14 +707,26 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
         }
         (None, Some(t)) => Vocab::load(t)?,
         (None, None) => {
+            let languages = corpora::languages_to_reserve(&config.data.train);
             say(&format!(
-                "training a {}-piece vocabulary on the training files",
-                config.model.vocab_size
+                "training a {}-piece vocabulary on the training files{}",
+                config.model.vocab_size,
+                match languages.is_empty() {
+                    true => String::new(),
+                    false => format!(", with the language tags of {}", languages.join(", ")),
+                }
             ));
+            let files: Vec<PathBuf> = config
+                .data
+                .train
+                .iter()
+                .flat_map(|c| [c.src.clone(), c.tgt.clone()])
+                .collect();
             Vocab::train_from_files(
-                &[args.train_src.clone(), args.train_tgt.clone()],
+                &files,
                 &VocabOptions {
                     size: config.model.vocab_size,
+                    languages,
                     ..Default::default()
                 },
             )?

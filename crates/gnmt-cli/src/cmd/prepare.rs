@@ -40,6 +40,7 @@ impl DataArgs {
             max_sentences: self.max_sentences,
             seed: self.seed,
             shuffle: true,
+            mix: None,
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::ComputeFlags;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A model to serve and its languages, as SRC-TGT=DIR (e.g. en-de=models/multi30k-en-de);
-    /// repeat for more pairs. Default: the shipped English-German model.
+    /// repeat for more pairs (a multilingual model once per pair it serves: en-de=M en-fr=M).
+    /// Default: the shipped English-German model.
     #[arg(short = 'm', long = "model", value_parser = parse_model)]
     pub models: Vec<ModelArg>,
     /// Address to listen on (0.0.0.0 for every interface).
@@ -101,8 +102,12 @@ impl ServeArgs {
                 m.target
             );
             seen.push((&m.source, &m.target));
-            let translator = Translator::load(&m.dir, &device, kernels)
+            let mut translator = Translator::load(&m.dir, &device, kernels)
                 .with_context(|| format!("loading {}", m.dir.display()))?;
+            // A multilingual model serves the pair's target language (name it once per pair).
+            if !translator.languages().is_empty() {
+                translator.set_target_language(&m.target)?;
+            }
             served.models.push(start(translator, &m.source, &m.target));
         }
         let api_key = match &self.api_key_file {

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::checked::{self, real, whole, Interval};
 use gnmt_model::ModelConfig;
-use gnmt_train::{train, InitFrom, TrainArgs as LibArgs, TrainConfig};
+use gnmt_train::{train, CorpusSpec, InitFrom, TrainArgs as LibArgs, TrainConfig};
 
 /// The training and validation corpora of a run (`gnmt train`, `gnmt study`).
 #[derive(Debug, Args)]
@@ -20,10 +20,73 @@ pub struct CorpusArgs {
     pub valid: Vec<PathBuf>,
 }
 
+/// A run's corpora: one pair of files, or a multilingual model's language pairs.
+#[derive(Debug, Args)]
+pub struct RunCorpora {
+    /// Training source and target files (plain or gzip), aligned line by line.
+    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"])]
+    pub train: Vec<PathBuf>,
+    /// Validation source and target files.
+    #[arg(long, num_args = 2, value_names = ["SRC", "TGT"])]
+    pub valid: Vec<PathBuf>,
+    /// A multilingual model's training corpus for one direction, e.g. --pair en-de A.en A.de;
+    /// repeat for each pair. Sources are tagged with their target language (<2de>).
+    #[arg(long, num_args = 3, value_names = ["LANGS", "SRC", "TGT"], conflicts_with = "train")]
+    pub pair: Vec<String>,
+    /// A validation corpus for one direction (validation BLEU is the pairs' mean).
+    #[arg(long, num_args = 3, value_names = ["LANGS", "SRC", "TGT"], conflicts_with = "valid")]
+    pub valid_pair: Vec<String>,
+    /// Sampling across the --pair corpora: by size ^ (1 / T); 1 samples by size, larger T
+    /// up-samples the small corpora (5 is common).
+    #[arg(long, value_name = "T", value_parser = real::<f64>(Interval::above(0.0, 100.0)))]
+    pub temperature: Option<f64>,
+}
+
+impl RunCorpora {
+    /// The corpora the flags name, or `None` where they name none (the config file's then).
+    fn specs(&self) -> anyhow::Result<(Option<Vec<CorpusSpec>>, Option<Vec<CorpusSpec>>)> {
+        let plain = |files: &[PathBuf]| -> Vec<CorpusSpec> {
+            files
+                .chunks(2)
+                .map(|f| CorpusSpec {
+                    pair: None,
+                    src: f[0].clone(),
+                    tgt: f[1].clone(),
+                })
+                .collect()
+        };
+        let paired = |values: &[String], flag: &str| {
+            values
+                .chunks(3)
+                .map(|v| {
+                    let pair = v[0]
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("{flag} {} {} {}: {e}", v[0], v[1], v[2]))?;
+                    Ok(CorpusSpec {
+                        pair: Some(pair),
+                        src: v[1].clone().into(),
+                        tgt: v[2].clone().into(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let pick = |a: Vec<CorpusSpec>| (!a.is_empty()).then_some(a);
+        let train = match self.pair.is_empty() {
+            true => plain(&self.train),
+            false => paired(&self.pair, "--pair")?,
+        };
+        let valid = match self.valid_pair.is_empty() {
+            true => plain(&self.valid),
+            false => paired(&self.valid_pair, "--valid-pair")?,
+        };
+        Ok((pick(train), pick(valid)))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
-    pub corpus: CorpusArgs,
+    pub corpus: RunCorpora,
     /// Run folder. Running the same command again resumes from its newest checkpoint.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -123,6 +186,12 @@ impl TrainArgs {
             dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
             accumulate => data.accumulate,
         );
+        let (train, valid) = self.corpus.specs()?;
+        c.data.train = train.unwrap_or(c.data.train);
+        c.data.valid = valid.unwrap_or(c.data.valid);
+        if let Some(t) = self.corpus.temperature {
+            c.data.temperature = t;
+        }
         if let Some(m) = compute.matmul {
             c.matmul = m.into();
         }
@@ -196,10 +265,6 @@ impl TrainArgs {
             eprintln!("interrupted: saving a checkpoint before exiting (Ctrl-C again to quit now)");
         })?;
         let outcome = train(LibArgs {
-            train_src: self.corpus.train[0].clone(),
-            train_tgt: self.corpus.train[1].clone(),
-            valid_src: self.corpus.valid[0].clone(),
-            valid_tgt: self.corpus.valid[1].clone(),
             out_dir: self.output.clone(),
             config,
             tokenizer: self.tokenizer.clone(),

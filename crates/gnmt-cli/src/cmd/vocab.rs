@@ -8,8 +8,13 @@ use gnmt_tokenizer::{FolderLock, Lines, SubwordModel, Vocab, VocabOptions};
 #[derive(Debug, Args)]
 pub struct VocabArgs {
     /// Source and target training files (plain or gzip); one vocabulary is learned for both.
+    /// Repeat for several corpora (a multilingual model's pairs).
     #[arg(long, num_args = 2, value_names = ["SRC", "TGT"], required = true)]
     pub train: Vec<PathBuf>,
+    /// Target languages of a multilingual model, comma-separated (de,fr): each gets a
+    /// reserved tag (<2de>, <2fr>) with the ids after the special tokens, in this order.
+    #[arg(long, value_delimiter = ',', value_parser = checked::language)]
+    pub languages: Vec<String>,
     /// Vocabulary size, special tokens and the 256 byte pieces included
     /// (8000 suits Multi30k-sized data, 32000 WMT).
     #[arg(long, default_value_t = 8000, value_parser = checked::vocab_size())]
@@ -32,6 +37,7 @@ impl VocabArgs {
             size: self.size,
             model: self.model,
             min_frequency: self.min_frequency,
+            languages: self.languages.clone(),
         };
         let _lock = FolderLock::acquire(&self.output, "vocabulary folder")?;
         let vocab =
@@ -44,6 +50,20 @@ impl VocabArgs {
             vocab.size(),
             start.elapsed().as_secs_f64()
         );
+        if !vocab.languages().is_empty() {
+            let tags: Vec<String> = vocab
+                .languages()
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} = {}",
+                        gnmt_tokenizer::language_tag(l),
+                        vocab.tag_id(l).expect("listed")
+                    )
+                })
+                .collect();
+            println!("language tags: {}", tags.join(", "));
+        }
         for path in &self.train {
             let stats = SideStats::measure(&vocab, &Lines::read(path)?)?;
             println!("{}: {stats}", path.display());
