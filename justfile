@@ -35,6 +35,11 @@ train-multi30k data="../shared/data/multi30k":
     cargo run --release --bin gnmt -- --threads 2 train --config models/recipes/multi30k-en-de.toml --preset small --train {{data}}/train.en {{data}}/train.de --valid {{data}}/val.en {{data}}/val.de -o runs/multi30k-en-de
     cargo run --release --bin gnmt -- export runs/multi30k-en-de/best -o models/multi30k-en-de --storage f16 --beam-size 5 --alpha 1.4 --beta 0.0
 
+# One multilingual model, English to German and to French (one hour on 2 cores); sources
+# are tagged with the target language, `translate --target-lang fr` chooses it.
+train-multi30k-multilingual data="../shared/data/multi30k":
+    cargo run --release --bin gnmt -- --threads 2 train --config models/recipes/multi30k-multilingual.toml --preset small --pair en-de {{data}}/train.en {{data}}/train.de --pair en-fr {{data}}/train.en {{data}}/train.fr --valid-pair en-de {{data}}/val.en {{data}}/val.de --valid-pair en-fr {{data}}/val.en {{data}}/val.fr -o runs/multi30k-multilingual
+
 # BLEU on val for a grid of beam settings (how the shipped generation.json was chosen).
 tune-generation model="runs/multi30k-en-de" data="../shared/data/multi30k":
     for k in 1 5 10; do for a in 0.6 1.0 1.4 1.8; do for b in 0.0 0.1 0.2; do echo "beam $k alpha $a beta $b"; cargo run -q --release --bin gnmt -- eval -m {{model}} --src {{data}}/val.en --ref {{data}}/val.de --beam-size $k --alpha $a --beta $b | grep BLEU; done; done; done

@@ -716,12 +716,13 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
                     false => format!(", with the language tags of {}", languages.join(", ")),
                 }
             ));
-            let files: Vec<PathBuf> = config
-                .data
-                .train
-                .iter()
-                .flat_map(|c| [c.src.clone(), c.tgt.clone()])
-                .collect();
+            // A source file several pairs share (en-de, en-fr) counts once.
+            let mut files: Vec<PathBuf> = Vec::new();
+            for file in config.data.train.iter().flat_map(|c| [&c.src, &c.tgt]) {
+                if !files.contains(file) {
+                    files.push(file.clone());
+                }
+            }
             Vocab::train_from_files(
                 &files,
                 &VocabOptions {
