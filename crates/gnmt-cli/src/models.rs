@@ -54,12 +54,7 @@ impl ModelFlags {
         let mut translator = self.load_models(device, kernels)?;
         match &self.target_lang {
             Some(language) => translator.set_target_language(language)?,
-            None => anyhow::ensure!(
-                translator.languages().len() < 2,
-                "{} translates into {}: choose one with --target-lang",
-                self.label(),
-                translator.languages().join(", ")
-            ),
+            None => translator.check_target_chosen()?,
         }
         Ok(translator)
     }

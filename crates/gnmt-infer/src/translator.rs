@@ -46,7 +46,7 @@ pub struct Translator {
     generation: GenerationConfig,
     device: Device,
     /// The target language's tag (multilingual models), put before every source sentence.
-    target: Option<(String, u32)>,
+    target: Option<u32>,
 }
 
 impl Translator {
@@ -88,7 +88,7 @@ impl Translator {
         let weights = model.decoding_weights()?;
         // A model with one target language needs no choice.
         let target = match vocab.languages() {
-            [only] => vocab.tag_id(only).map(|id| (only.clone(), id)),
+            [only] => vocab.tag_id(only),
             _ => None,
         };
         Ok(Self {
@@ -120,7 +120,7 @@ impl Translator {
                 ),
             })
         })?;
-        self.target = Some((language.to_string(), id));
+        self.target = Some(id);
         Ok(())
     }
 
@@ -129,9 +129,17 @@ impl Translator {
         self.vocab.languages()
     }
 
-    /// The language translations go into, where the model has several or the one chosen.
-    pub fn target_language(&self) -> Option<&str> {
-        self.target.as_ref().map(|(l, _)| l.as_str())
+    /// Refused when the model has several target languages and none was chosen.
+    pub fn check_target_chosen(&self) -> Result<()> {
+        let languages = self.vocab.languages();
+        match self.target.is_none() && languages.len() > 1 {
+            true => Err(Error::Input(format!(
+                "{} translates into {}: choose one with --target-lang",
+                self.label.display(),
+                languages.join(", ")
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// Several loaded models decoding together (see [`Ensemble`]), with `weights` (one per
@@ -238,14 +246,7 @@ impl Translator {
         batch_size: usize,
         max_input_len: usize,
     ) -> Result<Vec<LineResult>> {
-        let languages = self.vocab.languages();
-        if self.target.is_none() && languages.len() > 1 {
-            return Err(Error::Input(format!(
-                "{} translates into {}: choose the target language (translate --target-lang)",
-                self.label.display(),
-                languages.join(", ")
-            )));
-        }
+        self.check_target_chosen()?;
         let mut results: Vec<LineResult> = Vec::with_capacity(lines.len());
         let mut sources: Vec<Vec<u32>> = Vec::with_capacity(lines.len());
         for line in lines {
@@ -261,8 +262,8 @@ impl Translator {
                 source_tokens: ids.len(),
                 cropped,
             });
-            if let (Some((_, tag)), false) = (&self.target, ids.is_empty()) {
-                ids.insert(0, *tag);
+            if let (Some(tag), false) = (self.target, ids.is_empty()) {
+                ids.insert(0, tag);
             }
             sources.push(ids);
         }
