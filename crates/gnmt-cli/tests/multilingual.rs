@@ -163,8 +163,7 @@ fn one_model_learns_two_pairs_and_the_tag_chooses() {
     let last: serde_json::Value = serde_json::from_str(
         metrics
             .lines()
-            .filter(|l| l.contains("bleu_by_pair"))
-            .last()
+            .rfind(|l| l.contains("bleu_by_pair"))
             .unwrap(),
     )
     .unwrap();

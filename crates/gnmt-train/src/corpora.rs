@@ -54,13 +54,16 @@ pub fn languages_to_reserve(train: &[CorpusSpec]) -> Vec<String> {
     }
 }
 
+/// Each corpus's source tag, in corpus order.
+pub type Tags = Vec<Option<u32>>;
+
 /// Checks the corpora against each other and against `vocab`; the tag each corpus's sources
 /// start with (`None` everywhere for a bilingual vocabulary).
 pub fn source_tags(
     train: &[CorpusSpec],
     valid: &[CorpusSpec],
     vocab: &Vocab,
-) -> Result<(Vec<Option<u32>>, Vec<Option<u32>>)> {
+) -> Result<(Tags, Tags)> {
     if train.is_empty() || valid.is_empty() {
         return Err(Error::Config(
             "a run needs training and validation corpora: --train SRC TGT and --valid SRC TGT, \

@@ -42,9 +42,11 @@ pub struct RunCorpora {
     pub temperature: Option<f64>,
 }
 
+type Corpora = Vec<CorpusSpec>;
+
 impl RunCorpora {
     /// The corpora the flags name, or `None` where they name none (the config file's then).
-    fn specs(&self) -> anyhow::Result<(Option<Vec<CorpusSpec>>, Option<Vec<CorpusSpec>>)> {
+    fn specs(&self) -> anyhow::Result<(Option<Corpora>, Option<Corpora>)> {
         let plain = |files: &[PathBuf]| -> Vec<CorpusSpec> {
             files
                 .chunks(2)
