@@ -139,6 +139,16 @@ impl Interval {
         }
     }
 
+    /// `(lo, hi)`: for what lies strictly between (a moving average's decay).
+    pub const fn open(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            hi,
+            lo_open: true,
+            hi_open: true,
+        }
+    }
+
     /// `[lo, hi)`: for probabilities that must leave something (dropout, label smoothing).
     pub const fn below(lo: f64, hi: f64) -> Self {
         Self {

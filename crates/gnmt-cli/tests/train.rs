@@ -222,6 +222,67 @@ fn resumed_training_is_bit_identical() {
     assert_eq!(kept, ["step-30", "step-40"]);
 }
 
+/// Tied embeddings, word dropout and a moving average of the weights resume exactly too: the
+/// average (the run's model) and the trained weights beside it (`raw/`) after 20 + 20 updates
+/// are bit-identical to 40 uninterrupted ones; word dropout changes the training; the
+/// average is not the trained weights; and resuming with another decay is refused.
+#[test]
+fn tied_embeddings_word_dropout_and_the_weight_average_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    let regularised = |run: &str, steps: &str, extra: &[&str]| {
+        let mut args = TRAIN_TINY.to_vec();
+        args.extend([
+            "-o",
+            run,
+            "--max-steps",
+            steps,
+            "--quiet",
+            "--tie-embeddings",
+            "all",
+        ]);
+        args.extend(extra);
+        gnmt(&args, d)
+    };
+    let all = [
+        "--ema-decay",
+        "0.9",
+        "--word-dropout-src",
+        "0.2",
+        "--word-dropout-tgt",
+        "0.1",
+    ];
+    ok(regularised("straight", "40", &all));
+    ok(regularised("resumed", "20", &all));
+    ok(regularised("resumed", "40", &all));
+    let read = |p: &str| std::fs::read(d.join(p)).unwrap();
+    assert!(read("straight/model.safetensors") == read("resumed/model.safetensors"));
+    for file in ["raw/model.safetensors", "optimizer.safetensors"] {
+        let at = |run: &str| read(&format!("{run}/checkpoints/step-40/{file}"));
+        assert!(
+            at("straight") == at("resumed"),
+            "{file} differs after resuming"
+        );
+    }
+    assert!(
+        read("straight/checkpoints/step-40/model.safetensors")
+            != read("straight/checkpoints/step-40/raw/model.safetensors"),
+        "the average is the trained weights"
+    );
+    let config = String::from_utf8(read("straight/config.json")).unwrap();
+    assert!(config.contains(r#""tie_embeddings": "all""#), "{config}");
+    // Word dropout changes the training from the first update.
+    ok(regularised("no-word-dropout", "20", &all[..2]));
+    let (with, without) = (
+        losses(&d.join("resumed")),
+        losses(&d.join("no-word-dropout")),
+    );
+    assert_ne!(with[..4], without[..4]);
+    let e = err(regularised("resumed", "60", &["--ema-decay", "0.99"]));
+    assert!(e.contains("ema_decay"), "{e}");
+}
+
 /// `--kernels reference` trains on the composite references of the fused operations: over 20
 /// seeded updates its logged losses stay within 1e-4 of the fused run's.
 #[test]

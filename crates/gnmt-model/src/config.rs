@@ -15,6 +15,47 @@ pub enum AttentionQuery {
     Previous,
 }
 
+/// Which of the model's three `[vocab, dim]` matrices are one shared matrix. The vocabulary
+/// is shared by source and target, so all three can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TieEmbeddings {
+    /// Three matrices: the encoder's and the decoder's embeddings and the output layer.
+    #[default]
+    None,
+    /// The decoder's embedding is its output layer's weight (Press & Wolf 2017; fairseq's
+    /// `--share-decoder-input-output-embed`, Marian's `--tied-embeddings`).
+    Decoder,
+    /// One matrix for all three (fairseq's `--share-all-embeddings`, Marian's
+    /// `--tied-embeddings-all`).
+    All,
+}
+
+impl TieEmbeddings {
+    fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+
+    /// The name `config.json` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Decoder => "decoder",
+            Self::All => "all",
+        }
+    }
+
+    /// Whether the decoder's output layer reads its weight from the decoder's embedding.
+    pub fn output(self) -> bool {
+        self != Self::None
+    }
+
+    /// Whether the encoder's embedding is the decoder's.
+    pub fn encoder(self) -> bool {
+        self == Self::All
+    }
+}
+
 /// GNMT architecture: everything that determines the parameters and the computation, nothing
 /// about training. Serialised flat into a model folder's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +80,11 @@ pub struct ModelConfig {
     /// never has one: its input is the 2H-wide bidirectional output.
     #[serde(default = "default_residual_from")]
     pub residual_from_layer: usize,
+    /// Shared embedding matrices (they need `embedding_dim == hidden_size`: the output layer
+    /// reads the top decoder layer's output). Left out of `config.json` when untied, so
+    /// untied models read as before.
+    #[serde(default, skip_serializing_if = "TieEmbeddings::is_none")]
+    pub tie_embeddings: TieEmbeddings,
 }
 
 fn default_query() -> AttentionQuery {
@@ -116,6 +162,15 @@ impl ModelConfig {
             if !(lo..=hi).contains(&value) {
                 return Err(format!("{name} = {value} is outside {lo}..={hi}"));
             }
+        }
+        if self.tie_embeddings.output() && self.embedding_dim != self.hidden_size {
+            return Err(format!(
+                "tie_embeddings = {} needs embedding_dim = hidden_size (the output layer's \
+                 weight is [vocab, hidden_size]), got {} and {}",
+                self.tie_embeddings.name(),
+                self.embedding_dim,
+                self.hidden_size
+            ));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use gnmt_ops::dropout::{self, Dropout};
+use gnmt_ops::dropout::{self, Dropout, Side};
 use gnmt_ops::embedding::TokenEmbedding;
 use gnmt_ops::step_matrix::StepMatrix;
 use gnmt_ops::Kernels;
@@ -125,7 +125,14 @@ impl Decoder {
             .map(|l| cfg.decoder_residual(l))
             .collect();
         let attention = Attention::new(h, cfg.attention_size, vb.pp("attention"))?;
-        let output = candle_nn::linear(h, cfg.vocab_size, vb.pp("output"))?;
+        let output = match cfg.tie_embeddings.output() {
+            // One matrix: its gradient is the sum of both uses' (collected per variable).
+            true => Linear::new(
+                embedding.table().clone(),
+                Some(vb.pp("output").get(cfg.vocab_size, "bias")?),
+            ),
+            false => candle_nn::linear(h, cfg.vocab_size, vb.pp("output"))?,
+        };
         Ok(Self {
             embedding,
             layers,
@@ -135,6 +142,11 @@ impl Decoder {
             query: cfg.attention_query,
             kernels: Kernels::default(),
         })
+    }
+
+    /// The embedding table `[V, E]` (the encoder's too when all embeddings are tied).
+    pub fn embedding_table(&self) -> &Tensor {
+        self.embedding.table()
     }
 
     pub fn set_kernels(&mut self, kernels: Kernels) {
@@ -221,6 +233,7 @@ impl Decoder {
     ) -> Result<(Tensor, Tensor)> {
         let k = self.kernels;
         let emb = self.embedding.forward(tgt_in, k)?;
+        let emb = dropout::maybe_words(&mut dropout, &emb, Side::Target, k)?;
         let (bottom, context, weights) = match self.query {
             AttentionQuery::Current => {
                 let input = dropout::maybe(&mut dropout, &emb, k)?;

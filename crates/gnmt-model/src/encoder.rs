@@ -5,7 +5,7 @@ use candle::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use gnmt_ops::concat::cat_last;
-use gnmt_ops::dropout::{self, Dropout};
+use gnmt_ops::dropout::{self, Dropout, Side};
 use gnmt_ops::embedding::TokenEmbedding;
 use gnmt_ops::Kernels;
 
@@ -25,13 +25,21 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+    /// The encoder of `cfg`, looking tokens up in `shared_embedding` when it is given (all
+    /// embeddings tied), else in a table of its own.
+    pub fn new(
+        cfg: &ModelConfig,
+        vb: VarBuilder,
+        shared_embedding: Option<&Tensor>,
+    ) -> Result<Self> {
         let (e, h) = (cfg.embedding_dim, cfg.hidden_size);
-        let embedding = TokenEmbedding::new(
-            candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
+        let table = match shared_embedding {
+            Some(table) => table.clone(),
+            None => candle_nn::embedding(cfg.vocab_size, e, vb.pp("embedding"))?
                 .embeddings()
                 .clone(),
-        )?;
+        };
+        let embedding = TokenEmbedding::new(table)?;
         let lstm = vb.pp("lstm");
         let forward_dir = Lstm::new(e, h, "l0", &lstm)?;
         let backward_dir = Lstm::new(e, h, "l0_reverse", &lstm)?;
@@ -70,6 +78,7 @@ impl Encoder {
     ) -> Result<Tensor> {
         let k = self.kernels;
         let x = self.embedding.forward(src, k)?;
+        let x = dropout::maybe_words(&mut dropout, &x, Side::Source, k)?;
         let x = dropout::maybe(&mut dropout, &x, k)?;
         let fwd = self.forward_dir.forward(&x, Some(mask), false)?;
         let bwd = self.backward_dir.forward(&x, Some(mask), true)?;

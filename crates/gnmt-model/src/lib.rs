@@ -34,7 +34,7 @@ pub mod memory;
 mod model;
 pub mod params;
 
-pub use config::{AttentionQuery, ModelConfig};
+pub use config::{AttentionQuery, ModelConfig, TieEmbeddings};
 pub use decoder::{DecoderState, DecodingWeights};
 pub use gnmt_kernels::top_tokens::{top_scores, top_tokens, TopTokens};
 pub use gnmt_ops::{param_grads, Dropout, KernelChoice, Kernels, Precision};

@@ -43,10 +43,15 @@ impl Gnmt {
         if let Err(e) = config.validate() {
             bail!("invalid model config: {e}")
         }
+        let decoder = Decoder::new(config, vb.pp("decoder"))?;
+        let shared = config
+            .tie_embeddings
+            .encoder()
+            .then(|| decoder.embedding_table());
         Ok(Self {
             config: config.clone(),
-            encoder: Encoder::new(config, vb.pp("encoder"))?,
-            decoder: Decoder::new(config, vb.pp("decoder"))?,
+            encoder: Encoder::new(config, vb.pp("encoder"), shared)?,
+            decoder,
             kernels: Kernels::default(),
         })
     }

@@ -1,5 +1,5 @@
 use candle::{DType, Device, Tensor};
-use gnmt_model::{init_model, mask_from_lengths, Gnmt, ModelConfig};
+use gnmt_model::{init_model, mask_from_lengths, Gnmt, ModelConfig, TieEmbeddings};
 
 /// A padded batch of token ids: rows of different lengths, 0 as padding.
 pub struct Inputs {
@@ -65,6 +65,19 @@ pub fn both_queries() -> [ModelConfig; 2] {
             ..tiny
         },
     ]
+}
+
+/// [`tiny8`] with tied embeddings: the decoder's (input and output), and all three.
+pub fn tied() -> [ModelConfig; 2] {
+    [TieEmbeddings::Decoder, TieEmbeddings::All].map(|tie_embeddings| ModelConfig {
+        tie_embeddings,
+        ..tiny8()
+    })
+}
+
+/// Every layout the gradient tests cover: [`both_queries`] and [`tied`].
+pub fn gradient_layouts() -> Vec<ModelConfig> {
+    both_queries().into_iter().chain(tied()).collect()
 }
 
 /// The `tiny` preset's layout at 64 units (32-unit embeddings and attention).

@@ -4,10 +4,11 @@ use crate::common::{inputs, model, nll};
 
 /// Analytic gradients (candle autograd through our LSTM, attention and masking) against
 /// central finite differences, in f64, for every parameter tensor of the tiny model: the
-/// entry with the largest gradient and two others with non-negligible gradients.
+/// entry with the largest gradient and two others with non-negligible gradients. Tied
+/// embeddings included: a shared matrix's gradient is the sum over its uses.
 #[test]
 fn analytic_gradients_match_finite_differences() {
-    for cfg in crate::common::both_queries() {
+    for cfg in crate::common::gradient_layouts() {
         let (m, varmap) = model(&cfg, DType::F64);
         let x = inputs(DType::F64);
         let loss = || -> f64 {
@@ -67,8 +68,8 @@ fn analytic_gradients_match_finite_differences() {
             }
         }
         eprintln!(
-            "{:?}: worst relative error {:e} at {}",
-            cfg.attention_query, worst.0, worst.1
+            "{:?}, tied {:?}: worst relative error {:e} at {}",
+            cfg.attention_query, cfg.tie_embeddings, worst.0, worst.1
         );
     }
 }
@@ -78,7 +79,7 @@ fn analytic_gradients_match_finite_differences() {
 /// every parameter: both attention layouts, f32 and f64, with dropout and label smoothing.
 #[test]
 fn collected_parameter_gradients_are_candles_own() {
-    for cfg in crate::common::both_queries() {
+    for cfg in crate::common::gradient_layouts() {
         for dtype in [DType::F32, DType::F64] {
             let (m, varmap) = model(&cfg, dtype);
             let batch = crate::common::pair_batch(dtype);
@@ -94,6 +95,7 @@ fn collected_parameter_gradients_are_candles_own() {
             let collected = gnmt_model::param_grads::backward(&loss()).unwrap();
             let vars = varmap.data().lock().unwrap().clone();
             assert!(vars.len() > 20, "{} parameters", vars.len());
+            assert_eq!(vars.len(), gnmt_model::parameter_specs(&cfg).unwrap().len());
             for (name, var) in &vars {
                 let values = |g: &candle::backprop::GradStore| -> Vec<f64> {
                     g.get(var)
@@ -107,7 +109,11 @@ fn collected_parameter_gradients_are_candles_own() {
                 };
                 let (a, b) = (values(&plain), values(&collected));
                 assert!(a.iter().any(|&v| v != 0.0), "{name}: zero gradient");
-                assert_eq!(a, b, "{name} ({dtype:?}, {:?})", cfg.attention_query);
+                assert_eq!(
+                    a, b,
+                    "{name} ({dtype:?}, {:?}, tied {:?})",
+                    cfg.attention_query, cfg.tie_embeddings
+                );
             }
         }
     }

@@ -370,6 +370,82 @@ fn parameter_names_are_pinned() {
     assert_eq!(parameter_count(&paper).unwrap(), 280_929_536);
 }
 
+/// Tied embeddings store one matrix where they share it: the decoder's output layer keeps
+/// only its bias, and with all tied the encoder has no table of its own.
+#[test]
+fn tied_embeddings_are_one_parameter() {
+    let names = |cfg: &ModelConfig| -> Vec<String> {
+        parameter_specs(cfg)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    let untied = names(&crate::common::tiny8());
+    let [decoder, all] = crate::common::tied().map(|c| names(&c));
+    let without = |gone: &[&str]| -> Vec<String> {
+        untied
+            .iter()
+            .filter(|n| !gone.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(decoder, without(&["decoder.output.weight"]));
+    assert_eq!(
+        all,
+        without(&["decoder.output.weight", "encoder.embedding.weight"])
+    );
+    assert_eq!(
+        parameter_count(&crate::common::tied()[1]).unwrap(),
+        parameter_count(&crate::common::tiny8()).unwrap() - 2 * 64 * 8
+    );
+    // The shared matrix is the output layer: scaling one row of it moves that word's logit.
+    let cfg = &crate::common::tied()[1];
+    let (m, varmap) = model(cfg, DType::F64);
+    let x = crate::common::inputs(DType::F64);
+    let logits = |m: &Gnmt| {
+        let (l, _) = m.forward(&x.src, &x.src_mask, &x.tgt_in, None).unwrap();
+        l
+    };
+    let before = logits(&m);
+    let table = varmap.data().lock().unwrap()["decoder.embedding.weight"].clone();
+    let rows: Vec<Vec<f64>> = table.as_tensor().to_vec2().unwrap();
+    let zeroed: Vec<f64> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.iter().map(move |&v| if i == 50 { 0.0 } else { v }))
+        .collect();
+    table
+        .set(&Tensor::from_vec(zeroed, (64, 8), &Device::Cpu).unwrap())
+        .unwrap();
+    let after = logits(&m);
+    let bias: Vec<f64> = varmap.data().lock().unwrap()["decoder.output.bias"]
+        .as_tensor()
+        .to_vec1()
+        .unwrap();
+    // Word 50 appears in no input, so zeroing its row changes the output layer alone: its
+    // logit is now the bias, and the other words' logits stay as they were.
+    let (after, before) = (
+        after.flatten_to(1).unwrap().to_vec2::<f64>().unwrap(),
+        before.flatten_to(1).unwrap().to_vec2::<f64>().unwrap(),
+    );
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a[50], bias[50]);
+        assert_ne!(b[50], bias[50]);
+        assert_eq!(a[..50], b[..50]);
+    }
+    let err = ModelConfig {
+        embedding_dim: 4,
+        ..cfg.clone()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(
+        err.contains("tie_embeddings = all needs embedding_dim = hidden_size"),
+        "{err}"
+    );
+}
+
 #[test]
 fn f32_decoding_does_not_depend_on_the_batch() {
     for cfg in [crate::common::tiny8(), crate::common::tiny64()] {

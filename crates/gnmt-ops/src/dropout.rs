@@ -16,6 +16,15 @@ use crate::Kernels;
 pub struct Dropout {
     p: f32,
     rng: ChaCha20Rng,
+    /// Probabilities of dropping a whole source / target token's embedding.
+    words: [f32; 2],
+}
+
+/// Which side's embeddings [`Dropout::drop_words`] drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source = 0,
+    Target = 1,
 }
 
 impl Dropout {
@@ -24,15 +33,30 @@ impl Dropout {
             (0.0..1.0).contains(&p),
             "dropout probability must be in [0, 1)"
         );
-        Self {
-            p,
-            rng: ChaCha20Rng::seed_from_u64(seed),
-        }
+        Self::from_rng(p, ChaCha20Rng::seed_from_u64(seed))
     }
 
     /// Resumes from a saved generator.
     pub fn from_rng(p: f32, rng: ChaCha20Rng) -> Self {
-        Self { p, rng }
+        Self {
+            p,
+            rng,
+            words: [0.0; 2],
+        }
+    }
+
+    /// Also drops whole tokens' embeddings, with probability `source` on the source side and
+    /// `target` on the decoder's input (Gal & Ghahramani 2016; Marian's `--dropout-src` and
+    /// `--dropout-trg`). Their masks come from the same stream.
+    pub fn with_word_dropout(mut self, source: f32, target: f32) -> Self {
+        for p in [source, target] {
+            assert!(
+                (0.0..1.0).contains(&p),
+                "word dropout probability must be in [0, 1)"
+            );
+        }
+        self.words = [source, target];
+        self
     }
 
     pub fn rng(&self) -> &ChaCha20Rng {
@@ -68,6 +92,25 @@ impl Dropout {
                     None => Ok(ab),
                 }
             }
+        }
+    }
+
+    /// Word dropout of the embeddings `x [.., E]` of `side`: each token's whole vector is
+    /// zeroed with that side's probability, the kept ones scaled by `1 / (1 - p)`.
+    pub fn drop_words(&mut self, x: &Tensor, side: Side, kernels: Kernels) -> Result<Tensor> {
+        let p = self.words[side as usize];
+        if p == 0.0 {
+            return Ok(x.clone());
+        }
+        let dim = x.dims().last().copied().unwrap_or(1).max(1);
+        let tokens = gnmt_kernels::dropout::draw_mask(&mut self.rng, p, x.elem_count() / dim);
+        let mask: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, dim))
+            .collect();
+        match kernels {
+            Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(Arc::new(mask))),
+            Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
         }
     }
 
@@ -123,6 +166,19 @@ pub fn maybe(dropout: &mut Option<&mut Dropout>, x: &Tensor, kernels: Kernels) -
     }
 }
 
+/// Word dropout of `side`'s embeddings when training ([`Dropout::drop_words`]).
+pub fn maybe_words(
+    dropout: &mut Option<&mut Dropout>,
+    x: &Tensor,
+    side: Side,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.drop_words(x, side, kernels),
+        None => Ok(x.clone()),
+    }
+}
+
 /// [`maybe`] of `a` and `b` side by side (last dimension), in one operation when fused.
 pub fn maybe_cat(
     dropout: &mut Option<&mut Dropout>,
@@ -163,5 +219,59 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0, "{dtype:?}");
         }
+    }
+
+    /// Word dropout zeroes whole rows (tokens), about `p` of them, scales the rest by
+    /// `1 / (1 - p)`, touches only its side, and gives the same rows with either kernels.
+    #[test]
+    fn word_dropout_drops_whole_tokens_of_its_side() {
+        let (tokens, dim) = (2000, 6);
+        let x = Tensor::ones((4, tokens / 4, dim), DType::F32, &Device::Cpu).unwrap();
+        let mut fused = Dropout::new(0.0, 9).with_word_dropout(0.25, 0.0);
+        let mut reference = fused.clone();
+        assert_eq!(
+            fused
+                .drop_words(&x, Side::Target, Kernels::default())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![1.0; tokens * dim],
+            "the target side has no word dropout here"
+        );
+        let got = fused
+            .drop_words(&x, Side::Source, Kernels::default())
+            .unwrap();
+        let want = reference
+            .drop_words(&x, Side::Source, Kernels::Reference)
+            .unwrap();
+        let rows = got
+            .reshape((tokens, dim))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            want.reshape((tokens, dim))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
+        let mut dropped = 0;
+        for row in &rows {
+            assert!(
+                row.iter().all(|&v| v == row[0]),
+                "a token is dropped whole: {row:?}"
+            );
+            match row[0] {
+                0.0 => dropped += 1,
+                v => assert!((v - 1.0 / 0.75).abs() < 1e-6, "{v}"),
+            }
+        }
+        assert!(
+            (400..600).contains(&dropped),
+            "{dropped} of {tokens} dropped"
+        );
     }
 }

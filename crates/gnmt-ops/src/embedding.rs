@@ -34,6 +34,10 @@ impl TokenEmbedding {
         Ok(Self { table })
     }
 
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+
     /// `ids [..]` (u32) -> `[.., dim]`.
     pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();

@@ -4,21 +4,29 @@
 
 use std::path::{Path, PathBuf};
 
-use candle::DType;
-use candle_nn::VarMap;
-use gnmt_model::checkpoint::{self, tensors_of};
+use std::collections::HashMap;
+
+use candle::{DType, Tensor};
+use gnmt_model::checkpoint;
 
 use crate::config::TrainConfig;
 use crate::optim::Optimizer;
 use crate::state::TrainState;
 use crate::{Error, Result};
 
+/// Where a checkpoint of a run with a weight average keeps the weights being trained (a
+/// model folder of its own); the checkpoint's model is the average.
+pub(crate) const RAW_WEIGHTS_DIR: &str = "raw";
+
 /// Writes `checkpoints/step-N` (via a temporary folder and a rename), updates the top-level
-/// model, and prunes old checkpoints.
+/// model, and prunes old checkpoints. `weights` are the model's; `raw`, when the model is a
+/// moving average, the weights being trained, saved beside it for resuming.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn save_checkpoint(
     out: &Path,
     config: &TrainConfig,
-    varmap: &VarMap,
+    weights: &HashMap<String, Tensor>,
+    raw: Option<&HashMap<String, Tensor>>,
     vocab_json: &[u8],
     optimizer: &Optimizer,
     state: &TrainState,
@@ -33,16 +41,21 @@ pub(crate) fn save_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    let tensors = tensors_of(varmap);
-    checkpoint::save(
-        &tmp,
-        &config.model,
-        &tensors,
-        vocab_json,
-        &config.generation,
-        state.step,
-        DType::F32,
-    )?;
+    let save_model = |dir: &Path, tensors| {
+        checkpoint::save(
+            dir,
+            &config.model,
+            tensors,
+            vocab_json,
+            &config.generation,
+            state.step,
+            DType::F32,
+        )
+    };
+    save_model(&tmp, weights)?;
+    if let Some(raw) = raw {
+        save_model(&tmp.join(RAW_WEIGHTS_DIR), raw)?;
+    }
     optimizer.save(&tmp.join("optimizer.safetensors"))?;
     state.save(&tmp.join("state.json"))?;
     if dest.exists() {
@@ -52,15 +65,7 @@ pub(crate) fn save_checkpoint(
     if let Ok(d) = std::fs::File::open(&checkpoints) {
         let _ = d.sync_all();
     }
-    checkpoint::save(
-        out,
-        &config.model,
-        &tensors,
-        vocab_json,
-        &config.generation,
-        state.step,
-        DType::F32,
-    )?;
+    save_model(out, weights)?;
     let mut steps = checkpoint_steps(out)?;
     steps.sort_unstable();
     let excess = steps.len().saturating_sub(config.log.keep_last);

@@ -20,7 +20,17 @@ pub struct TrainConfig {
     pub init_scale: f64,
     /// Dropout on the input of every LSTM layer and before the output projection.
     pub dropout: f32,
+    /// Probability of dropping a whole source token's embedding (word dropout).
+    pub word_dropout_src: f32,
+    /// The same for the decoder's input tokens.
+    pub word_dropout_tgt: f32,
     pub label_smoothing: f64,
+    /// Keep an exponential moving average of the weights with this decay (0.9999 is
+    /// common), updated after every update; validation, `best/` and every saved model use
+    /// the average (Marian's `--exponential-smoothing`). Early on the decay is
+    /// `min(ema_decay, (1 + t) / (10 + t))` at update `t`, so the average follows the young
+    /// model instead of its random start.
+    pub ema_decay: Option<f64>,
     pub optim: OptimConfig,
     pub data: DataConfig,
     pub stop: StopConfig,
@@ -42,7 +52,10 @@ impl Default for TrainConfig {
             seed: 1,
             init_scale: 0.1,
             dropout: 0.2,
+            word_dropout_src: 0.0,
+            word_dropout_tgt: 0.0,
             label_smoothing: 0.1,
+            ema_decay: None,
             optim: OptimConfig::default(),
             data: DataConfig::default(),
             stop: StopConfig::default(),
@@ -213,6 +226,17 @@ impl TrainConfig {
             .map_err(|e| Error::Config(format!("generation: {e}")))?;
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        for (name, p) in [
+            ("word_dropout_src", self.word_dropout_src),
+            ("word_dropout_tgt", self.word_dropout_tgt),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} = {p} must be in [0, 1)"));
+            }
+        }
+        if let Some(d) = self.ema_decay.filter(|d| !(*d > 0.0 && *d < 1.0)) {
+            return bad(format!("ema_decay = {d} must be in (0, 1)"));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!(

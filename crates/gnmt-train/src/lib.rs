@@ -15,6 +15,7 @@
 mod checkpoints;
 pub mod config;
 pub mod corpora;
+mod ema;
 pub mod grads;
 pub mod init_from;
 pub mod loss;

@@ -224,7 +224,7 @@ impl AdamStep {
 }
 
 /// Runs `f` on the contiguous f32 data of `t`, lent mutably by an in-place op.
-fn with_f32_mut(
+pub(crate) fn with_f32_mut(
     t: &Tensor,
     f: impl FnOnce(&mut [f32]) -> candle::Result<()>,
 ) -> candle::Result<()> {

@@ -37,10 +37,13 @@ use gnmt_tokenizer::batch::Mix;
 use gnmt_tokenizer::{
     Batch, BatchOptions, Batcher, Dataset, FilterOptions, FolderLock, Vocab, VocabOptions,
 };
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 
-use crate::checkpoints::{latest_checkpoint, save_checkpoint};
+use crate::checkpoints::{latest_checkpoint, save_checkpoint, RAW_WEIGHTS_DIR};
 use crate::config::TrainConfig;
 use crate::corpora::{self, ValidSet};
+use crate::ema::Ema;
 use crate::init_from::{self, InitFrom};
 use crate::metrics_log::{MetricsLog, Window};
 use crate::optim::Optimizer;
@@ -228,6 +231,8 @@ struct Session {
     optimizer: Optimizer,
     state: TrainState,
     dropout: Dropout,
+    /// The moving average of the weights (`ema_decay`), kept by rank 0, which saves it.
+    ema: Option<Ema>,
 }
 
 impl Session {
@@ -250,18 +255,26 @@ impl Session {
             Some(init) => model_with(init.weights(device)?, config, device)?,
         };
         let mut optimizer = Optimizer::new(&varmap)?;
-        let dropout = Dropout::new(config.dropout, config.seed ^ DROPOUT_SEED_SALT);
+        let dropout = dropout_from(
+            config,
+            ChaCha20Rng::seed_from_u64(config.seed ^ DROPOUT_SEED_SALT),
+        );
         let dropout = rank_dropout(dropout, config, group, 0, &[])?;
         let mut state = TrainState::fresh(dropout.rng());
         if let Some(init) = init.filter(|i| i.keep_optimizer) {
             state.schedule_offset = init.restore_optimizer(&mut optimizer)?;
         }
+        let ema = match config.ema_decay.filter(|_| group.is_root()) {
+            Some(decay) => Some(Ema::start(decay, &optimizer)?),
+            None => None,
+        };
         Ok(Self {
             model: model.with_kernels(config.step_kernels()?),
             state,
             varmap,
             optimizer,
             dropout,
+            ema,
         })
     }
 
@@ -275,17 +288,45 @@ impl Session {
         say: &dyn Fn(&str),
     ) -> Result<Self> {
         let folder = checkpoint::load(dir, DType::F32, device)?;
-        let (model, varmap) = model_with(folder.tensors, config, device)?;
+        // With a weight average, the model folder holds the average and `raw/` the weights
+        // being trained.
+        let (trained, average) = match config.ema_decay {
+            Some(_) => {
+                let raw = dir.join(RAW_WEIGHTS_DIR);
+                if !raw.is_dir() {
+                    return Err(Error::Checkpoint(format!(
+                        "{}: no {RAW_WEIGHTS_DIR}/ with the trained weights beside their average",
+                        dir.display()
+                    )));
+                }
+                let raw = checkpoint::load(&raw, DType::F32, device)?;
+                if raw.step != step {
+                    return Err(Error::Checkpoint(format!(
+                        "{}: the weights and their average disagree on the step",
+                        dir.display()
+                    )));
+                }
+                (raw.tensors, Some(folder.tensors))
+            }
+            None => (folder.tensors, None),
+        };
+        let (model, varmap) = model_with(trained, config, device)?;
         let mut optimizer = Optimizer::new(&varmap)?;
         optimizer.load(&dir.join("optimizer.safetensors"))?;
         let state = TrainState::load(&dir.join("state.json"))?;
+        let ema = match (config.ema_decay, average) {
+            (Some(decay), Some(average)) if group.is_root() => {
+                Some(Ema::restore(decay, &optimizer, average)?)
+            }
+            _ => None,
+        };
         if state.step != step || folder.step != step {
             return Err(Error::Checkpoint(format!(
                 "{}: state and model disagree on the step",
                 dir.display()
             )));
         }
-        let dropout = Dropout::from_rng(config.dropout, state.dropout_rng.restore()?);
+        let dropout = dropout_from(config, state.dropout_rng.restore()?);
         let dropout = rank_dropout(dropout, config, group, step, &state.rank_dropout_rngs)?;
         say(&format!("resuming from {} (update {step})", dir.display()));
         Ok(Self {
@@ -294,8 +335,34 @@ impl Session {
             optimizer,
             state,
             dropout,
+            ema,
         })
     }
+}
+
+impl Session {
+    /// The weights a saved model gets: the moving average when there is one, else the
+    /// trained weights.
+    fn model_weights(&self) -> std::collections::HashMap<String, candle::Tensor> {
+        match &self.ema {
+            Some(ema) => ema.tensors(),
+            None => tensors_of(&self.varmap),
+        }
+    }
+}
+
+/// A model of `config.model` with the weights `tensors`, on the run's kernels (for
+/// validating the moving average).
+fn model_of(
+    tensors: std::collections::HashMap<String, candle::Tensor>,
+    config: &TrainConfig,
+    device: &Device,
+) -> Result<Gnmt> {
+    let model = Gnmt::new(
+        &config.model,
+        VarBuilder::from_tensors(tensors, DType::F32, device),
+    )?;
+    Ok(model.with_kernels(config.step_kernels()?))
 }
 
 /// A model of `config.model` training the parameters `tensors` (checked against it).
@@ -333,16 +400,19 @@ fn rank_dropout(
         return Ok(rank0);
     }
     if saved.len() + 1 == group.size() {
-        return Ok(Dropout::from_rng(
-            config.dropout,
-            saved[group.rank() - 1].restore()?,
-        ));
+        return Ok(dropout_from(config, saved[group.rank() - 1].restore()?));
     }
     let mix = (group.rank() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32);
-    Ok(Dropout::new(
-        config.dropout,
-        config.seed ^ DROPOUT_SEED_SALT ^ mix,
+    Ok(dropout_from(
+        config,
+        ChaCha20Rng::seed_from_u64(config.seed ^ DROPOUT_SEED_SALT ^ mix),
     ))
+}
+
+/// The run's dropout (of LSTM inputs, and of whole words) drawing from `rng`.
+fn dropout_from(config: &TrainConfig, rng: ChaCha20Rng) -> Dropout {
+    Dropout::from_rng(config.dropout, rng)
+        .with_word_dropout(config.word_dropout_src, config.word_dropout_tgt)
 }
 
 /// The checkpoint every rank resumes from: rank 0's newest, which the others must find in the
@@ -519,6 +589,9 @@ impl Trainer<'_> {
         let (lr, rule) = lr_at(s.state.step + s.state.schedule_offset, &self.config.optim);
         step::update(&mut s.optimizer, &g, lr, rule, &self.config.optim).map_err(whole_update)?;
         s.state.step += 1;
+        if let Some(ema) = &mut s.ema {
+            ema.update(&s.optimizer, s.state.step)?;
+        }
         s.state.target_tokens += g.tokens as u64;
         window.add(&g);
         self.progress
@@ -555,8 +628,15 @@ impl Trainer<'_> {
     /// Validation loss and greedy BLEU/chrF; the best model so far is kept in `best/`.
     fn validate(&mut self) -> Result<()> {
         let t = Instant::now();
-        let v = self.validator.run(&self.session.model)?;
+        let averaged = match &self.session.ema {
+            Some(ema) => Some(model_of(ema.tensors(), &self.config, &self.args.device)?),
+            None => None,
+        };
+        let v = self
+            .validator
+            .run(averaged.as_ref().unwrap_or(&self.session.model))?;
         let out = &self.args.out_dir;
+        let weights = self.session.model_weights();
         let state = &mut self.session.state;
         let dir = out.join("valid");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
@@ -577,7 +657,7 @@ impl Trainer<'_> {
             checkpoint::save(
                 &out.join("best"),
                 &self.config.model,
-                &tensors_of(&self.session.varmap),
+                &weights,
                 &self.vocab_json,
                 &self.config.generation,
                 state.step,
@@ -644,7 +724,8 @@ impl Trainer<'_> {
         save_checkpoint(
             &self.args.out_dir,
             &self.config,
-            &s.varmap,
+            &s.model_weights(),
+            s.ema.is_some().then(|| tensors_of(&s.varmap)).as_ref(),
             &self.vocab_json,
             &s.optimizer,
             &s.state,

@@ -6,7 +6,7 @@ use candle::Device;
 use clap::Args;
 
 use crate::checked::{self, real, whole, Interval};
-use gnmt_model::ModelConfig;
+use gnmt_model::{ModelConfig, TieEmbeddings};
 use gnmt_train::{train, CorpusSpec, InitFrom, TrainArgs as LibArgs, TrainConfig};
 
 /// The training and validation corpora of a run (`gnmt train`, `gnmt study`).
@@ -43,6 +43,24 @@ pub struct RunCorpora {
 }
 
 type Corpora = Vec<CorpusSpec>;
+
+/// `--tie-embeddings`: which embedding matrices are one.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Tie {
+    None,
+    Decoder,
+    All,
+}
+
+impl From<Tie> for TieEmbeddings {
+    fn from(t: Tie) -> Self {
+        match t {
+            Tie::None => Self::None,
+            Tie::Decoder => Self::Decoder,
+            Tie::All => Self::All,
+        }
+    }
+}
 
 impl RunCorpora {
     /// The corpora the flags name, or `None` where they name none (the config file's then).
@@ -143,6 +161,20 @@ pub struct TrainArgs {
     /// Dropout on the input of every LSTM layer and before the output projection, in [0, 1).
     #[arg(long, value_parser = real::<f32>(Interval::below(0.0, 1.0)))]
     pub dropout: Option<f32>,
+    /// Word dropout: the probability of dropping a whole source token's embedding, in [0, 1).
+    #[arg(long, value_name = "P", value_parser = real::<f32>(Interval::below(0.0, 1.0)))]
+    pub word_dropout_src: Option<f32>,
+    /// The same for the decoder's input tokens, in [0, 1).
+    #[arg(long, value_name = "P", value_parser = real::<f32>(Interval::below(0.0, 1.0)))]
+    pub word_dropout_tgt: Option<f32>,
+    /// Keep an exponential moving average of the weights with this decay, in (0, 1) (0.9999
+    /// is common); validation and every saved model use the average.
+    #[arg(long, value_name = "DECAY", value_parser = real::<f64>(Interval::open(0.0, 1.0)))]
+    pub ema_decay: Option<f64>,
+    /// Share embedding matrices: `decoder` (its input embedding is its output layer) or `all`
+    /// (the encoder's embedding too). Needs embedding_dim = hidden_size.
+    #[arg(long, value_name = "WHICH", conflicts_with = "init_from")]
+    pub tie_embeddings: Option<Tie>,
     /// Label smoothing of the training loss, in [0, 1).
     #[arg(long, value_parser = real::<f64>(Interval::below(0.0, 1.0)))]
     pub label_smoothing: Option<f64>,
@@ -173,6 +205,9 @@ impl TrainArgs {
         if let Some(p) = &self.preset {
             c.model = ModelConfig::preset(p).map_err(anyhow::Error::msg)?;
         }
+        if let Some(tie) = self.tie_embeddings {
+            c.model.tie_embeddings = tie.into();
+        }
         if let Some(init) = self.init() {
             self.take_model_settings(&init, &mut c)?;
         }
@@ -186,8 +221,12 @@ impl TrainArgs {
             patience => stop.patience, save_every => log.save_every, valid_every => log.valid_every,
             log_every => log.log_every, keep_last => log.keep_last, seed => seed, lr => optim.lr,
             dropout => dropout, label_smoothing => label_smoothing, max_tokens => data.max_tokens,
-            accumulate => data.accumulate,
+            accumulate => data.accumulate, word_dropout_src => word_dropout_src,
+            word_dropout_tgt => word_dropout_tgt,
         );
+        if self.ema_decay.is_some() {
+            c.ema_decay = self.ema_decay;
+        }
         let (train, valid) = self.corpus.specs()?;
         c.data.train = train.unwrap_or(c.data.train);
         c.data.valid = valid.unwrap_or(c.data.valid);
