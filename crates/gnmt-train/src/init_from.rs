@@ -106,8 +106,15 @@ impl InitFrom {
     }
 
     /// The model's parameters, as f32 on `device` (a folder saved in f16 or bf16 converts).
+    /// Continuing a checkpoint's optimizer continues its training, so a checkpoint whose
+    /// model is a moving average gives the weights that optimizer was training (`raw/`).
     pub(crate) fn weights(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        Ok(checkpoint::load(&self.dir, DType::F32, device)?.tensors)
+        let raw = self.dir.join(crate::checkpoints::RAW_WEIGHTS_DIR);
+        let dir = match self.keep_optimizer && raw.is_dir() {
+            true => &raw,
+            false => &self.dir,
+        };
+        Ok(checkpoint::load(dir, DType::F32, device)?.tensors)
     }
 
     /// Loads the optimiser saved with the model into `optimizer`, and returns the update the
