@@ -68,12 +68,9 @@ impl Dropout {
     }
 
     pub fn apply(&mut self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let Some(mask) = self.draw_mask(x.elem_count()) else {
-            return Ok(x.clone());
-        };
-        match kernels {
-            Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(mask)),
-            Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
+        match self.draw_mask(x.elem_count()) {
+            Some(mask) => times_mask(x, mask, kernels),
+            None => Ok(x.clone()),
         }
     }
 
@@ -108,16 +105,21 @@ impl Dropout {
             .iter()
             .flat_map(|&m| std::iter::repeat_n(m, dim))
             .collect();
-        match kernels {
-            Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(Arc::new(mask))),
-            Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
-        }
+        times_mask(x, Arc::new(mask), kernels)
     }
 
     /// The next `n` mask elements (`None` when nothing is dropped).
     fn draw_mask(&mut self, n: usize) -> Option<Arc<Vec<f32>>> {
         (self.p != 0.0)
             .then(|| Arc::new(gnmt_kernels::dropout::draw_mask(&mut self.rng, self.p, n)))
+    }
+}
+
+/// `x * mask` elementwise: the fused op, or candle's product for the reference.
+fn times_mask(x: &Tensor, mask: Arc<Vec<f32>>, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(mask)),
+        Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
     }
 }
 
