@@ -152,6 +152,8 @@ pub enum Command {
     Score(cmd::score::ScoreArgs),
     /// Write a model folder to ship: average checkpoints, store as f16, set decoding defaults.
     Export(cmd::export::ExportArgs),
+    /// Learn a lexical table (lex.s2t) from a parallel corpus, for translate --shortlist.
+    Shortlist(cmd::shortlist::ShortlistArgs),
     /// Draw a run folder's training curves (loss, BLEU, per-layer gradient norms) as PNG.
     Plot(cmd::plot::PlotArgs),
     /// Experiments on the architecture, with a written report.
@@ -204,6 +206,7 @@ impl Cli {
             Command::Eval(a) => a.run(compute),
             Command::Train(a) => (*a).run(compute),
             Command::Export(a) => a.run(),
+            Command::Shortlist(a) => a.run(),
             Command::Plot(a) => a.run(),
             Command::Study(a) => a.run(),
             Command::Bench(a) => a.run(compute),

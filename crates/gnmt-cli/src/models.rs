@@ -1,15 +1,15 @@
 //! The model flags `translate` and `eval` share: `-m` (repeated for an ensemble),
-//! `--weights`, `--ensemble` and `--target-lang`, and the loading they imply.
+//! `--weights`, `--ensemble`, `--target-lang` and `--shortlist`, and the loading they imply.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use candle::Device;
 use clap::{Args, ValueEnum};
-use gnmt_infer::{Combination, Translator};
+use gnmt_infer::{Combination, ShortlistOptions, Translator};
 use gnmt_model::Kernels;
 
-use crate::checked::{real, Interval};
+use crate::checked::{real, whole, Interval};
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelFlags {
@@ -30,6 +30,58 @@ pub struct ModelFlags {
     /// model has several.
     #[arg(long, value_name = "LANG", value_parser = crate::checked::language)]
     pub target_lang: Option<String>,
+    #[command(flatten)]
+    pub shortlist: ShortlistFlags,
+}
+
+/// `--shortlist` and how much of its table to take.
+#[derive(Debug, Clone, Args)]
+pub struct ShortlistFlags {
+    /// Decode over vocabulary shortlists from this lexical table (Marian's lex.s2t format,
+    /// made by `gnmt shortlist`): each sentence chooses among the most frequent target
+    /// pieces, its source pieces' likely translations and its own pieces only. Faster;
+    /// translations may differ slightly from the full vocabulary's.
+    #[arg(long, value_name = "LEX")]
+    pub shortlist: Option<PathBuf>,
+    /// With --shortlist: the most frequent target pieces in every shortlist.
+    #[arg(long, default_value_t = ShortlistOptions::default().first,
+          value_parser = whole::<usize>(0, 1_000_000))]
+    pub shortlist_first: usize,
+    /// With --shortlist: translations per source piece in a shortlist, most probable first.
+    #[arg(long, default_value_t = ShortlistOptions::default().best,
+          value_parser = whole::<usize>(1, 1_000_000))]
+    pub shortlist_best: usize,
+}
+
+impl ShortlistFlags {
+    /// Sets `translator` to decode over the shortlists these flags ask for, if any.
+    pub fn apply(&self, translator: &mut Translator) -> anyhow::Result<()> {
+        if let Some(path) = &self.shortlist {
+            let options = ShortlistOptions {
+                first: self.shortlist_first,
+                best: self.shortlist_best,
+            };
+            translator
+                .use_shortlist(path, options)
+                .with_context(|| format!("loading the shortlist {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The flags as given, to pass on to another gnmt process.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(path) = &self.shortlist else {
+            return Vec::new();
+        };
+        vec![
+            "--shortlist".into(),
+            path.into(),
+            "--shortlist-first".into(),
+            self.shortlist_first.to_string().into(),
+            "--shortlist-best".into(),
+            self.shortlist_best.to_string().into(),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +108,7 @@ impl ModelFlags {
             Some(language) => translator.set_target_language(language)?,
             None => translator.check_target_chosen()?,
         }
+        self.shortlist.apply(&mut translator)?;
         Ok(translator)
     }
 

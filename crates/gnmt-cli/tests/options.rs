@@ -46,6 +46,11 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt eval", "alpha", "[0, 10]"),
     ("gnmt eval", "beta", "[0, 10]"),
     ("gnmt eval", "batch-size", "1..=65536"),
+    ("gnmt eval", "shortlist-first", "0..=1000000"),
+    ("gnmt eval", "shortlist-best", "1..=1000000"),
+    ("gnmt shortlist", "iterations", "1..=100"),
+    ("gnmt shortlist", "keep", "1..=100000"),
+    ("gnmt shortlist", "min-probability", "[0, 1)"),
     ("gnmt bleu", "word-order", "0..=6"),
     ("gnmt chrf", "word-order", "0..=6"),
     ("gnmt score", "chrf-word-order", "0..=6"),
@@ -86,6 +91,8 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("gnmt bench translate", "batch-size", "1..=65536"),
     ("gnmt bench translate", "rounds", "1..=1000"),
     ("gnmt bench translate", "single", "1..=256"),
+    ("gnmt bench translate", "shortlist-first", "0..=1000000"),
+    ("gnmt bench translate", "shortlist-best", "1..=1000000"),
     ("translate", "beam-size", "1..=256"),
     ("translate", "alpha", "[0, 10]"),
     ("translate", "beta", "[0, 10]"),
@@ -96,6 +103,8 @@ const RANGES: &[(&str, &str, &str)] = &[
     ("translate", "window", "1..=10000000"),
     ("translate", "max-input-len", "1..=100000"),
     ("translate", "threads", "1..=1024"),
+    ("translate", "shortlist-first", "0..=1000000"),
+    ("translate", "shortlist-best", "1..=1000000"),
 ];
 
 /// Every command with its path ("gnmt bench train"), the two programs and their subcommands.

@@ -518,3 +518,95 @@ fn an_ensemble_of_a_model_with_itself_is_the_model() {
     let e = err(translate(&["-m", "model", "--weights", "1,-2"], b"x\n", d));
     assert!(e.contains("--weights"), "{e}");
 }
+
+/// `gnmt shortlist` learns a lexical table from the training corpus (with the target pieces'
+/// frequencies on `NULL` lines). Translating over shortlists that hold every piece the corpus
+/// has gives the full vocabulary's translations; short lists still give one line per line, and
+/// `eval` takes them too. A table with a malformed line or a piece the model lacks is refused,
+/// naming the file and the line.
+#[test]
+fn shortlists_learned_from_the_corpus_translate_and_bad_tables_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let out = ok(gnmt(
+        &[
+            "shortlist",
+            "-m",
+            "model",
+            "--train",
+            "train.src",
+            "train.tgt",
+            "-o",
+            "lex.s2t",
+        ],
+        d,
+    ));
+    assert!(out.contains("wrote lex.s2t"), "{out}");
+    let table = std::fs::read_to_string(d.join("lex.s2t")).unwrap();
+    let sources: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert!(sources.contains(&"NULL"), "{table}");
+    assert!(sources.iter().any(|&s| s != "NULL"), "{table}");
+
+    let input = b"ba ko mi tu\nre sa ni po le du\nfi\nmi tu re mi tu re\n";
+    let full = ok(translate(
+        &["-m", "model", "-q", "--beam-size", "3"],
+        input,
+        d,
+    ));
+    let run = |first: &str, best: &str| {
+        ok(translate(
+            &[
+                "-m",
+                "model",
+                "-q",
+                "--beam-size",
+                "3",
+                "--shortlist",
+                "lex.s2t",
+                "--shortlist-first",
+                first,
+                "--shortlist-best",
+                best,
+            ],
+            input,
+            d,
+        ))
+    };
+    assert_eq!(run("1000000", "1000000"), full);
+    assert_eq!(run("0", "1").lines().count(), full.lines().count());
+    let eval = ok(gnmt(
+        &[
+            "eval",
+            "-m",
+            "model",
+            "--src",
+            "valid.src",
+            "--ref",
+            "valid.tgt",
+            "--shortlist",
+            "lex.s2t",
+        ],
+        d,
+    ));
+    assert!(eval.contains("BLEU"), "{eval}");
+
+    std::fs::write(d.join("short.s2t"), "x 0.5\n").unwrap();
+    let e = err(translate(
+        &["-m", "model", "--shortlist", "short.s2t"],
+        b"x\n",
+        d,
+    ));
+    assert!(e.contains("short.s2t:1: expected 3 fields"), "{e}");
+    std::fs::write(d.join("bad.s2t"), "\n▁no-such-piece-here NULL 0.5\n").unwrap();
+    let e = err(translate(
+        &["-m", "model", "--shortlist", "bad.s2t"],
+        b"x\n",
+        d,
+    ));
+    assert!(e.contains("bad.s2t:2:"), "{e}");
+    assert!(e.contains("not in the model's vocabulary"), "{e}");
+}

@@ -17,6 +17,7 @@ use gnmt_tokenizer::{BOS_ID, EOS_ID};
 
 use crate::ensemble::Ensemble;
 use crate::greedy::source_batch;
+use crate::shortlist::Shortlist;
 use crate::{Error, LengthLimit, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +103,9 @@ pub struct Work {
     row_steps: AtomicU64,
     /// Sum over row steps of the (padded) source length each row attends over.
     attended_positions: AtomicU64,
+    /// Sum over row steps of the output layer's columns computed: the vocabulary, or the
+    /// row's shortlist.
+    output_columns: AtomicU64,
 }
 
 impl Work {
@@ -110,8 +114,11 @@ impl Work {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         let steps = get(&self.row_steps);
         let mean_src = get(&self.attended_positions) / steps.max(1.0);
+        // The per-step count has the whole output layer; shortlists computed less of it.
+        let skipped_columns = cfg.vocab_size as f64 * steps - get(&self.output_columns);
         cfg.encoder_flops_per_source_token() * get(&self.source_positions)
             + cfg.decoder_flops_per_step(mean_src) * steps
+            - 2.0 * cfg.hidden_size as f64 * skipped_columns
     }
 
     /// Decoder rows stepped (hypothesis steps).
@@ -148,6 +155,20 @@ pub fn beam_search_ensemble(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    beam_search_shortlisted(ensemble, work, sources, o, None, dtype, device)
+}
+
+/// [`beam_search_ensemble`], each sentence choosing among the target pieces of its
+/// [`Shortlist`] only when one is given.
+pub fn beam_search_shortlisted(
+    ensemble: &Ensemble,
+    work: &Work,
+    sources: &[Vec<u32>],
+    o: &BeamOptions,
+    shortlist: Option<&Shortlist>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Vec<Hypothesis>>> {
     check_inputs(sources, o, ensemble.first().config().vocab_size)?;
     if sources.is_empty() {
         return Ok(Vec::new());
@@ -157,16 +178,36 @@ pub fn beam_search_ensemble(
     let members = ensemble.members().len();
     Work::add(&work.source_positions, members * sources.len() * width);
     let mut states = ensemble.start(&src, &mask)?;
+    // Per member, per sentence: the output layer over the sentence's list.
+    let columns = match shortlist {
+        Some(list) => Some(ensemble.output_columns(sources, list)?),
+        None => None,
+    };
     let mut search = Search::start(sources, o);
     while !search.rows.is_empty() {
+        let tokens = Tensor::new(search.inputs.as_slice(), device)?;
         // A row never needs more than `beam_size` candidates: its sentence keeps at most
         // that many hypotheses.
-        let (top, attention, next) = ensemble.step(
-            &Tensor::new(search.inputs.as_slice(), device)?,
-            &states,
-            o.beam_size,
-        )?;
+        let (top, attention, next) = match &columns {
+            None => ensemble.step(&tokens, &states, o.beam_size)?,
+            Some(columns) => ensemble.step_shortlisted(
+                &tokens,
+                &states,
+                o.beam_size,
+                &search.sentence_runs(),
+                columns,
+            )?,
+        };
         Work::add(&work.row_steps, members * search.rows.len());
+        let columns_computed = match &columns {
+            None => search.rows.len() * ensemble.first().config().vocab_size,
+            Some(columns) => search
+                .sentence_runs()
+                .iter()
+                .map(|&(sent, rows)| rows * columns[0][sent].ids().len())
+                .sum(),
+        };
+        Work::add(&work.output_columns, members * columns_computed);
         Work::add(
             &work.attended_positions,
             members * search.rows.len() * width,
@@ -244,6 +285,18 @@ impl<'o> Search<'o> {
             rows: (0..n).map(|i| (i, 0)).collect(),
             inputs: vec![BOS_ID; n],
         }
+    }
+
+    /// The decoder rows as runs of one sentence each, in row order: `(sentence, rows)`.
+    fn sentence_runs(&self) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &(sent, _) in &self.rows {
+            match runs.last_mut() {
+                Some((last, n)) if *last == sent => *n += 1,
+                _ => runs.push((sent, 1)),
+            }
+        }
+        runs
     }
 
     /// Takes one decoder step's best tokens and attention: keeps each sentence's best

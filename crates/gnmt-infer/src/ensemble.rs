@@ -12,10 +12,17 @@
 //! does, bit for bit (the mean of equal values is that value).
 
 use candle::Tensor;
-use gnmt_model::{top_scores, DecoderState, DecodingWeights, Gnmt, TopTokens};
+use gnmt_model::{
+    log_softmax_row, top_scores, DecoderState, DecodingWeights, Gnmt, OutputColumns, TopTokens,
+};
 use rayon::prelude::*;
 
+use crate::shortlist::Shortlist;
 use crate::Result;
+
+/// For each member, for each sentence of a batch: the member's output layer over the
+/// sentence's shortlist.
+pub(crate) type Columns = Vec<Vec<OutputColumns>>;
 
 /// How an ensemble combines its members' next-token distributions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,6 +146,80 @@ impl Ensemble {
         let vocab = self.first().config().vocab_size;
         let attention = (attention.expect("two or more members") / self.members.len() as f64)?;
         Ok((top_scores(&combined, vocab, k), attention, next))
+    }
+
+    /// Every member's output layer over each of `sources`' shortlists.
+    pub(crate) fn output_columns(
+        &self,
+        sources: &[Vec<u32>],
+        shortlist: &Shortlist,
+    ) -> Result<Columns> {
+        let lists: Vec<Vec<u32>> = sources.iter().map(|s| shortlist.for_sentence(s)).collect();
+        self.members
+            .iter()
+            .map(|m| {
+                lists
+                    .par_iter()
+                    .map(|ids| Ok(m.model.output_columns(ids)?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect()
+    }
+
+    /// [`Ensemble::step`] over shortlists: the decoder rows come as `runs` of `(sentence,
+    /// rows)`, and each row chooses among its sentence's `columns` only (at most the shortest
+    /// list's length of them).
+    pub(crate) fn step_shortlisted(
+        &self,
+        tokens: &Tensor,
+        states: &[DecoderState],
+        k: usize,
+        runs: &[(usize, usize)],
+        columns: &Columns,
+    ) -> Result<(TopTokens, Tensor, Vec<DecoderState>)> {
+        let groups = |m: usize| {
+            runs.iter()
+                .map(|&(sent, rows)| (rows, &columns[m][sent]))
+                .collect::<Vec<_>>()
+        };
+        if let [only] = self.members.as_slice() {
+            let (top, attention, next) =
+                only.model
+                    .step_shortlisted(tokens, &states[0], k, &groups(0))?;
+            return Ok((top, attention, vec![next]));
+        }
+        let total: f64 = self.members.iter().map(|m| m.weight).sum();
+        // Per member, per run: row-major log-probabilities over the run's list.
+        let mut log_probs: Vec<Vec<Vec<f32>>> = Vec::with_capacity(self.members.len());
+        let mut attention: Option<Tensor> = None;
+        let mut next = Vec::with_capacity(self.members.len());
+        for (i, (m, state)) in self.members.iter().zip(states).enumerate() {
+            let groups = groups(i);
+            let (mut logits, att, n) = m.model.step_shortlist_logits(tokens, state, &groups)?;
+            for (l, (_, cols)) in logits.iter_mut().zip(&groups) {
+                l.chunks_mut(cols.ids().len()).for_each(log_softmax_row);
+            }
+            log_probs.push(logits);
+            attention = Some(match attention {
+                None => att,
+                Some(sum) => (sum + att)?,
+            });
+            next.push(n);
+        }
+        let share: Vec<f64> = self.members.iter().map(|m| m.weight / total).collect();
+        let first = groups(0);
+        let k = first.iter().map(|g| g.1.ids().len()).fold(k, usize::min);
+        let parts = first
+            .iter()
+            .enumerate()
+            .map(|(g, (_, cols))| {
+                let member_rows: Vec<Vec<f32>> = log_probs.iter().map(|lp| lp[g].clone()).collect();
+                let combined = combine(&member_rows, &share, self.combination);
+                top_scores(&combined, cols.ids().len(), k).renamed(cols.ids())
+            })
+            .collect();
+        let attention = (attention.expect("two or more members") / self.members.len() as f64)?;
+        Ok((TopTokens::concat(parts), attention, next))
     }
 
     /// Every member's state reordered to the rows `parents` (beam search's survivors).

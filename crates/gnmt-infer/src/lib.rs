@@ -1,20 +1,25 @@
 //! Decoding with a trained GNMT model: batched greedy search, and batched beam search with
 //! GNMT's length normalisation and coverage penalty.
 //!
-//! Works on token ids only; turning text into ids and back is the caller's business. This
-//! crate never sees an optimiser.
+//! Works on token ids only; turning text into ids and back is the caller's business (the
+//! [`Translator`] does both). Decoding over vocabulary shortlists ([`shortlist`]) and the
+//! lexical tables they come from ([`lexicon`]) live here too. This crate never sees an
+//! optimiser.
 
 mod beam;
 mod ensemble;
 mod greedy;
+pub mod lexicon;
+pub mod shortlist;
 mod translator;
 
 pub use beam::{
-    beam_search, beam_search_ensemble, coverage_penalty, length_penalty, BeamOptions, Hypothesis,
-    Work,
+    beam_search, beam_search_ensemble, beam_search_shortlisted, coverage_penalty, length_penalty,
+    BeamOptions, Hypothesis, Work,
 };
 pub use ensemble::{Combination, Ensemble, Member};
 pub use greedy::{greedy_decode, source_batch, LengthLimit};
+pub use shortlist::{Shortlist, ShortlistOptions};
 pub use translator::{LineResult, Translation, Translator};
 
 /// Errors from decoding.

@@ -3,6 +3,7 @@
 //! A multilingual model's sources start with the tag of the chosen target language.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
@@ -12,8 +13,8 @@ use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
 
 use crate::{
-    beam_search_ensemble, BeamOptions, Combination, Ensemble, Error, Hypothesis, LengthLimit,
-    Member, Result, Work,
+    beam_search_shortlisted, BeamOptions, Combination, Ensemble, Error, Hypothesis, LengthLimit,
+    Member, Result, Shortlist, ShortlistOptions, Work,
 };
 
 /// One translated hypothesis with its text.
@@ -47,6 +48,8 @@ pub struct Translator {
     device: Device,
     /// The target language's tag (multilingual models), put before every source sentence.
     target: Option<u32>,
+    /// Each sentence chooses among its shortlist's target pieces only, when set.
+    shortlist: Option<Arc<Shortlist>>,
 }
 
 impl Translator {
@@ -99,7 +102,15 @@ impl Translator {
             generation: folder.generation,
             device: device.clone(),
             target,
+            shortlist: None,
         })
+    }
+
+    /// Decodes over shortlists from the lexical table `path` (Marian's `lex.s2t`, pieces of
+    /// this model's vocabulary; see [`crate::shortlist`]).
+    pub fn use_shortlist(&mut self, path: &Path, options: ShortlistOptions) -> Result<()> {
+        self.shortlist = Some(Arc::new(Shortlist::read(path, &self.vocab, options)?));
+        Ok(())
     }
 
     /// Chooses the language a multilingual model translates into; refused, naming the
@@ -279,11 +290,12 @@ impl Translator {
             .par_iter()
             .map(|chunk| {
                 let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
-                beam_search_ensemble(
+                beam_search_shortlisted(
                     &self.models,
                     &self.work,
                     &batch,
                     options,
+                    self.shortlist.as_deref(),
                     DType::F32,
                     &self.device,
                 )

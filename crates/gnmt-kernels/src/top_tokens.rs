@@ -43,6 +43,32 @@ impl TopTokens {
     pub fn best(&self) -> Vec<u32> {
         self.tokens.iter().step_by(self.k.max(1)).copied().collect()
     }
+
+    /// Tokens renamed through `ids`: token `t` becomes `ids[t]`. For rows scored over a
+    /// subset of the vocabulary (a shortlist), whose positions `ids` names.
+    pub fn renamed(mut self, ids: &[u32]) -> Self {
+        for t in &mut self.tokens {
+            *t = ids[*t as usize];
+        }
+        self
+    }
+
+    /// The rows of `parts`, in order, as one; every part must keep the same `k`.
+    pub fn concat(parts: Vec<TopTokens>) -> TopTokens {
+        let k = parts.first().map_or(0, |p| p.k);
+        let mut tokens = Vec::new();
+        let mut log_probs = Vec::new();
+        for p in parts {
+            assert_eq!(p.k, k, "top tokens of different widths");
+            tokens.extend(p.tokens);
+            log_probs.extend(p.log_probs);
+        }
+        TopTokens {
+            k,
+            tokens,
+            log_probs,
+        }
+    }
 }
 
 /// Rows below this many logits are handled on the calling thread.
@@ -226,6 +252,17 @@ mod tests {
                 top_tokens(&logits, vocab, k)
             );
         }
+    }
+
+    #[test]
+    fn renamed_and_joined_rows_keep_their_order_and_values() {
+        let a = top_tokens(&[0.0, 3.0, 1.0, 2.0], 2, 1);
+        let b = top_tokens(&[5.0, 4.0], 2, 1);
+        let joined = TopTokens::concat(vec![a.clone().renamed(&[10, 20]), b.renamed(&[7, 9])]);
+        assert_eq!(joined.rows(), 3);
+        assert_eq!(joined.best(), vec![20, 20, 7]);
+        let first: Vec<(u32, f32)> = joined.row(0).collect();
+        assert_eq!(first[0].1, a.row(0).next().unwrap().1);
     }
 
     #[test]

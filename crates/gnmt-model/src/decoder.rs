@@ -62,6 +62,23 @@ struct StepLayout {
     output_t: StepMatrix,
 }
 
+/// The output layer cut down to some target ids (a sentence's shortlist), laid out for
+/// stepping. With the fused kernels every logit is computed exactly as by the whole layer
+/// (each column's products are summed alone, in the same order): a shortlist changes which
+/// tokens compete, never their logits.
+#[derive(Debug)]
+pub struct OutputColumns {
+    ids: Vec<u32>,
+    matrix: StepMatrix,
+}
+
+impl OutputColumns {
+    /// The vocabulary ids of the columns, in column order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
 impl DecoderState {
     /// Keeps batch rows `indices` (a `u32` tensor of row numbers), in that order; each keeps
     /// attending over its sentence's source memory.
@@ -181,6 +198,36 @@ impl Decoder {
                 self.kernels,
             )?,
         })))
+    }
+
+    /// The output layer's columns for `ids` (distinct, within the vocabulary), for decoding
+    /// over a shortlist.
+    pub fn output_columns(&self, ids: &[u32]) -> Result<OutputColumns> {
+        let weight = self.output.weight();
+        let vocab = weight.dims2()?.0;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            candle::bail!("output columns: id {bad} is outside the vocabulary of {vocab}")
+        }
+        let index = Tensor::new(ids, weight.device())?;
+        let bias = self
+            .output
+            .bias()
+            .expect("the output layer has a bias")
+            .index_select(&index, 0)?;
+        let rows = weight.index_select(&index, 0)?;
+        Ok(OutputColumns {
+            ids: ids.to_vec(),
+            matrix: StepMatrix::new(rows.t()?, Some(bias), self.kernels)?,
+        })
+    }
+
+    /// The logits of `hidden [B, H]` (top-layer outputs from [`Decoder::step_top`]) over
+    /// `columns`, as a row-major `[B, columns]` f32 vector.
+    pub fn column_logits(&self, hidden: &Tensor, columns: &OutputColumns) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        columns.matrix.apply_into(hidden, &mut logits)?;
+        logits.truncate(hidden.dims2()?.0 * columns.ids.len());
+        Ok(logits)
     }
 
     /// The state before the first target token, stepping with `weights` (from
@@ -308,8 +355,9 @@ impl Decoder {
         Ok((weights, next))
     }
 
-    /// One step up to the top layer's output `[B, H]`, before the output projection.
-    fn step_top(
+    /// One step up to the top layer's output `[B, H]`, before the output projection: (that
+    /// output, attention `[B, S]`, next state).
+    pub fn step_top(
         &self,
         tokens: &Tensor,
         state: &DecoderState,

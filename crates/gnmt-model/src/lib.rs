@@ -35,7 +35,8 @@ mod model;
 pub mod params;
 
 pub use config::{AttentionQuery, ModelConfig, TieEmbeddings};
-pub use decoder::{DecoderState, DecodingWeights};
+pub use decoder::{DecoderState, DecodingWeights, OutputColumns};
+pub use gnmt_kernels::softmax::log_softmax_row;
 pub use gnmt_kernels::top_tokens::{top_scores, top_tokens, TopTokens};
 pub use gnmt_ops::{param_grads, Dropout, KernelChoice, Kernels, Precision};
 pub use model::{

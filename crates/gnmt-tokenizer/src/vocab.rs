@@ -318,6 +318,22 @@ impl Vocab {
             .collect()
     }
 
+    /// The piece with id `id`, if the vocabulary has one.
+    pub fn piece(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// The id of the piece `piece` (special tokens and tags included), if any.
+    pub fn piece_id(&self, piece: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(piece)
+    }
+
+    /// True for the ids that no text encodes to and no translation should contain: the
+    /// special tokens and the language tags.
+    pub fn is_reserved(&self, id: u32) -> bool {
+        (id as usize) < SPECIAL_TOKENS.len() + self.languages.len()
+    }
+
     /// True for the 256 byte-fallback pieces.
     pub fn is_byte_piece(&self, id: u32) -> bool {
         (self.byte_piece_start..self.byte_piece_start + BYTE_PIECES as u32).contains(&id)

@@ -38,9 +38,21 @@ pub struct BenchTranslateArgs {
     /// from one run to the next on a shared machine).
     #[arg(long, default_value_t = 1, value_parser = checked::rounds())]
     pub rounds: usize,
+    /// With --shortlist, every configuration is measured twice, over the whole vocabulary and
+    /// over shortlists, and the speed-ups are reported.
+    #[command(flatten)]
+    pub shortlist: crate::models::ShortlistFlags,
     /// Measure one configuration in this process (used by the parent run).
     #[arg(long, hide = true, value_parser = checked::beam_size())]
     pub single: Option<usize>,
+}
+
+/// One measured configuration: beam size, thread count, over shortlists or not.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    beam: usize,
+    threads: usize,
+    shortlisted: bool,
 }
 
 impl BenchTranslateArgs {
@@ -57,18 +69,36 @@ impl BenchTranslateArgs {
             src.display()
         );
         let exe = std::env::current_exe()?;
-        // Configuration i: beam `i / per_beam`, thread count `i % per_beam` of the lists.
-        let per_beam = self.threads_list.len();
-        let configs: Vec<(usize, usize)> = self
+        let variants: &[bool] = match self.shortlist.shortlist {
+            Some(_) => &[false, true],
+            None => &[false],
+        };
+        let configs: Vec<Config> = self
             .beams
             .iter()
-            .flat_map(|&b| self.threads_list.iter().map(move |&t| (b, t)))
+            .flat_map(|&beam| {
+                self.threads_list.iter().flat_map(move |&threads| {
+                    variants.iter().map(move |&shortlisted| Config {
+                        beam,
+                        threads,
+                        shortlisted,
+                    })
+                })
+            })
             .collect();
         let rounds = Rounds::run(self.rounds, configs.len(), |round, i| {
             if self.rounds > 1 && i == 0 {
                 println!("round {}:", round + 1);
             }
-            let (beam, threads) = configs[i];
+            let Config {
+                beam,
+                threads,
+                shortlisted,
+            } = configs[i];
+            let shortlist_args = match shortlisted {
+                true => self.shortlist.to_args(),
+                false => Vec::new(),
+            };
             let text = measurement_output(
                 std::process::Command::new(&exe)
                     .args(["--threads", &threads.to_string()])
@@ -85,7 +115,8 @@ impl BenchTranslateArgs {
                         &self.batch_size.to_string(),
                         "--single",
                         &beam.to_string(),
-                    ]),
+                    ])
+                    .args(shortlist_args),
             )?;
             print!("{text}");
             text.lines()
@@ -93,20 +124,39 @@ impl BenchTranslateArgs {
                 .and_then(|r| r.trim().parse().ok())
                 .context("the measurement printed no rate")
         })?;
-        for (i, &(beam, t)) in configs.iter().enumerate() {
+        // Configuration i is (beam, thread count, variant), the variant varying fastest.
+        let per_beam = self.threads_list.len() * variants.len();
+        for (i, c) in configs.iter().enumerate() {
+            let what = match c.shortlisted {
+                true => "over shortlists",
+                false => "over the vocabulary",
+            };
             if self.rounds > 1 {
                 println!(
-                    "beam {beam}, threads {t}: median of {} rounds {:.1} sentences/s",
+                    "beam {}, threads {} {what}: median of {} rounds {:.1} sentences/s",
+                    c.beam,
+                    c.threads,
                     self.rounds,
                     rounds.median_rate(i)
                 );
             }
-            let first = i - i % per_beam;
+            let first = i - i % per_beam + i % variants.len();
             if i != first {
                 println!(
-                    "beam {beam}: {t} threads vs {}: {:.2}x{}",
-                    configs[first].1,
+                    "beam {} {what}: {} threads vs {}: {:.2}x{}",
+                    c.beam,
+                    c.threads,
+                    configs[first].threads,
                     rounds.median_ratio(i, first),
+                    rounds_note(&rounds)
+                );
+            }
+            if c.shortlisted {
+                println!(
+                    "beam {}, threads {}: shortlists vs the whole vocabulary: {:.2}x{}",
+                    c.beam,
+                    c.threads,
+                    rounds.median_ratio(i, i - 1),
                     rounds_note(&rounds)
                 );
             }
@@ -122,7 +172,8 @@ impl BenchTranslateArgs {
         device: &Device,
     ) -> anyhow::Result<()> {
         let load = Instant::now();
-        let t = Translator::load(&self.model, device, kernels)?;
+        let mut t = Translator::load(&self.model, device, kernels)?;
+        self.shortlist.apply(&mut t)?;
         let load_s = load.elapsed().as_secs_f64();
         let mut o = t.default_options();
         o.beam_size = beam;
@@ -154,9 +205,13 @@ impl BenchTranslateArgs {
             );
         }
         println!(
-            "beam {beam}, threads {}, {}: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
+            "beam {beam}, threads {}, {}{}: {} sentences in {secs:.2}s: {:.1} sentences/s, {:.0} target tokens/s, {} hypothesis steps, {rate}; model load {load_s:.2}s; peak memory {memory}",
             rayon::current_num_threads(),
             kernels,
+            match self.shortlist.shortlist {
+                Some(_) => ", shortlists",
+                None => "",
+            },
             lines.len(),
             lines.len() as f64 / secs,
             tokens as f64 / secs,

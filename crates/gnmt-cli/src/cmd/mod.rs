@@ -9,6 +9,7 @@ pub mod plot;
 pub mod prepare;
 pub mod score;
 pub mod serve;
+pub mod shortlist;
 pub mod synth;
 pub mod train;
 pub mod translate;
