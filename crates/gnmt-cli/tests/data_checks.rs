@@ -80,6 +80,48 @@ fn the_shipped_model_scores_on_test_2016() {
     );
 }
 
+/// The same guard for the shipped multilingual model, one direction at a time: at least 33
+/// BLEU into German and 50 into French on the first 300 lines of test_2016_flickr (its model
+/// card reports the full test set).
+#[test]
+fn the_multilingual_model_scores_on_test_2016() {
+    let model = repo_root().join("models/multi30k-multilingual");
+    let data = multi30k();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let head = |name: &str| first_lines(&data.join(name), 300);
+    std::fs::write(d.join("src.en"), head("test_2016_flickr.en")).unwrap();
+    for (language, floor) in [("de", 33.0), ("fr", 50.0)] {
+        let reference = format!("ref.{language}");
+        std::fs::write(
+            d.join(&reference),
+            head(&format!("test_2016_flickr.{language}")),
+        )
+        .unwrap();
+        let report = ok(gnmt(
+            &[
+                "eval",
+                "-m",
+                model.to_str().unwrap(),
+                "--target-lang",
+                language,
+                "--src",
+                "src.en",
+                "--ref",
+                &reference,
+            ],
+            d,
+        ));
+        let bleu: f64 = report
+            .split_whitespace()
+            .skip_while(|w| *w != "=")
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no BLEU in {report}"));
+        assert!(bleu >= floor, "en-{language}: BLEU {bleu}:\n{report}");
+    }
+}
+
 /// The same on Multi30k, as the study is meant to be run.
 #[test]
 fn the_quick_residual_study_runs_on_multi30k() {

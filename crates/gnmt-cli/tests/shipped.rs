@@ -60,3 +60,68 @@ fn the_built_in_model_translates_from_any_folder() {
         .collect();
     assert_eq!(from_folder, lines);
 }
+
+/// The shipped multilingual model (models/multi30k-multilingual) translates the same captions
+/// into German and into French as `--target-lang` chooses, and without it is refused, naming
+/// both languages.
+#[test]
+fn the_multilingual_model_translates_into_the_language_chosen() {
+    let model = repo_root().join("models/multi30k-multilingual");
+    let size: u64 = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(size < 30 << 20, "the model folder is {size} bytes");
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_translate"));
+        c.args(["-q", "-m", model.to_str().unwrap()]).args(extra);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(CAPTIONS.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let lines = |out: std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_german(CAPTIONS, &lines(run(&["--target-lang", "de"])));
+    let french = lines(run(&["--target-lang", "fr"]));
+    assert_eq!(french.len(), CAPTIONS.lines().count());
+    let articles = [
+        "Un",
+        "Une",
+        "Deux",
+        "Trois",
+        "Des",
+        "Le",
+        "La",
+        "Les",
+        "Plusieurs",
+    ];
+    let starts_french = french
+        .iter()
+        .filter(|l| articles.contains(&l.split_whitespace().next().unwrap_or("")))
+        .count();
+    assert!(starts_french * 10 >= french.len() * 6, "{french:?}");
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(e.contains("de, fr") && e.contains("--target-lang"), "{e}");
+}
