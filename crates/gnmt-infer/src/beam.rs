@@ -104,7 +104,7 @@ pub struct Work {
     /// Sum over row steps of the (padded) source length each row attends over.
     attended_positions: AtomicU64,
     /// Sum over row steps of the output layer's columns computed: the vocabulary, or the
-    /// row's shortlist.
+    /// union of the batch's shortlists.
     output_columns: AtomicU64,
 }
 
@@ -178,9 +178,9 @@ pub fn beam_search_shortlisted(
     let members = ensemble.members().len();
     Work::add(&work.source_positions, members * sources.len() * width);
     let mut states = ensemble.start(&src, &mask)?;
-    // Per member, per sentence: the output layer over the sentence's list.
-    let columns = match shortlist {
-        Some(list) => Some(ensemble.output_columns(sources, list)?),
+    // Every member's output layer over the batch's lists, and each sentence's place in it.
+    let lists = match shortlist {
+        Some(list) => Some(ensemble.batch_lists(sources, list)?),
         None => None,
     };
     let mut search = Search::start(sources, o);
@@ -188,26 +188,22 @@ pub fn beam_search_shortlisted(
         let tokens = Tensor::new(search.inputs.as_slice(), device)?;
         // A row never needs more than `beam_size` candidates: its sentence keeps at most
         // that many hypotheses.
-        let (top, attention, next) = match &columns {
+        let (top, attention, next) = match &lists {
             None => ensemble.step(&tokens, &states, o.beam_size)?,
-            Some(columns) => ensemble.step_shortlisted(
+            Some(lists) => ensemble.step_shortlisted(
                 &tokens,
                 &states,
                 o.beam_size,
                 &search.sentence_runs(),
-                columns,
+                lists,
             )?,
         };
         Work::add(&work.row_steps, members * search.rows.len());
-        let columns_computed = match &columns {
-            None => search.rows.len() * ensemble.first().config().vocab_size,
-            Some(columns) => search
-                .sentence_runs()
-                .iter()
-                .map(|&(sent, rows)| rows * columns[0][sent].ids().len())
-                .sum(),
+        let width = match &lists {
+            None => ensemble.first().config().vocab_size,
+            Some(lists) => lists.width(),
         };
-        Work::add(&work.output_columns, members * columns_computed);
+        Work::add(&work.output_columns, members * search.rows.len() * width);
         Work::add(
             &work.attended_positions,
             members * search.rows.len() * width,

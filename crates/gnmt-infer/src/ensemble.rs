@@ -13,16 +13,51 @@
 
 use candle::Tensor;
 use gnmt_model::{
-    log_softmax_row, top_scores, DecoderState, DecodingWeights, Gnmt, OutputColumns, TopTokens,
+    log_softmax_row, top_scores, top_tokens, DecoderState, DecodingWeights, Gnmt, OutputColumns,
+    TopTokens,
 };
 use rayon::prelude::*;
 
 use crate::shortlist::Shortlist;
 use crate::Result;
 
-/// For each member, for each sentence of a batch: the member's output layer over the
-/// sentence's shortlist.
-pub(crate) type Columns = Vec<Vec<OutputColumns>>;
+/// A batch's shortlists, laid out for stepping: every member's output layer over the union
+/// of the sentences' lists (one product per step for the whole batch), and where each
+/// sentence's own list lies in it.
+pub(crate) struct BatchLists {
+    /// Per member: its output layer's columns for the union, ascending ids.
+    columns: Vec<OutputColumns>,
+    /// Per sentence: its list's vocabulary ids, ascending.
+    ids: Vec<Vec<u32>>,
+    /// Per sentence: the positions of its ids in the union.
+    positions: Vec<Vec<u32>>,
+}
+
+impl BatchLists {
+    /// Output-layer columns computed per decoder row.
+    pub(crate) fn width(&self) -> usize {
+        self.columns[0].ids().len()
+    }
+
+    /// The logits of each row of `runs` at its sentence's positions, run by run: row-major
+    /// `[rows, list]` per run, read out of `logits [B, union]`.
+    fn gather(&self, logits: &[f32], runs: &[(usize, usize)]) -> Vec<Vec<f32>> {
+        let width = self.width();
+        let mut row = 0;
+        runs.iter()
+            .map(|&(sent, rows)| {
+                let positions = &self.positions[sent];
+                let mut out = Vec::with_capacity(rows * positions.len());
+                for r in row..row + rows {
+                    let logits = &logits[r * width..(r + 1) * width];
+                    out.extend(positions.iter().map(|&p| logits[p as usize]));
+                }
+                row += rows;
+                out
+            })
+            .collect()
+    }
+}
 
 /// How an ensemble combines its members' next-token distributions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -148,58 +183,90 @@ impl Ensemble {
         Ok((top_scores(&combined, vocab, k), attention, next))
     }
 
-    /// Every member's output layer over each of `sources`' shortlists.
-    pub(crate) fn output_columns(
+    /// The shortlists of `sources` laid out for every member.
+    pub(crate) fn batch_lists(
         &self,
         sources: &[Vec<u32>],
         shortlist: &Shortlist,
-    ) -> Result<Columns> {
-        let lists: Vec<Vec<u32>> = sources.iter().map(|s| shortlist.for_sentence(s)).collect();
-        self.members
+    ) -> Result<BatchLists> {
+        let ids: Vec<Vec<u32>> = sources.iter().map(|s| shortlist.for_sentence(s)).collect();
+        let mut union: Vec<u32> = ids.iter().flatten().copied().collect();
+        union.sort_unstable();
+        union.dedup();
+        let positions = ids
             .iter()
-            .map(|m| {
-                lists
-                    .par_iter()
-                    .map(|ids| Ok(m.model.output_columns(ids)?))
-                    .collect::<Result<Vec<_>>>()
+            .map(|list| {
+                list.iter()
+                    .map(|id| union.binary_search(id).expect("in the union") as u32)
+                    .collect()
             })
-            .collect()
+            .collect();
+        let columns = self
+            .members
+            .iter()
+            .map(|m| Ok(m.model.output_columns(&union)?))
+            .collect::<Result<_>>()?;
+        Ok(BatchLists {
+            columns,
+            ids,
+            positions,
+        })
     }
 
     /// [`Ensemble::step`] over shortlists: the decoder rows come as `runs` of `(sentence,
-    /// rows)`, and each row chooses among its sentence's `columns` only (at most the shortest
-    /// list's length of them).
+    /// rows)`, and each row chooses among its own sentence's list only (at most the shortest
+    /// list's length of them), normalised over that list. A sentence's scores are computed
+    /// from its own list alone, whatever else the batch holds.
     pub(crate) fn step_shortlisted(
         &self,
         tokens: &Tensor,
         states: &[DecoderState],
         k: usize,
         runs: &[(usize, usize)],
-        columns: &Columns,
+        lists: &BatchLists,
     ) -> Result<(TopTokens, Tensor, Vec<DecoderState>)> {
-        let groups = |m: usize| {
-            runs.iter()
-                .map(|&(sent, rows)| (rows, &columns[m][sent]))
-                .collect::<Vec<_>>()
+        let k = runs
+            .iter()
+            .map(|&(sent, _)| lists.ids[sent].len())
+            .fold(k, usize::min);
+        let ranked = |scores: Vec<Vec<f32>>, final_scores: bool| {
+            let parts = scores
+                .iter()
+                .zip(runs)
+                .map(|(rows, &(sent, _))| {
+                    let ids = &lists.ids[sent];
+                    let top = match final_scores {
+                        true => top_scores(rows, ids.len(), k),
+                        false => top_tokens(rows, ids.len(), k),
+                    };
+                    top.renamed(ids)
+                })
+                .collect();
+            TopTokens::concat(parts)
         };
         if let [only] = self.members.as_slice() {
-            let (top, attention, next) =
+            let (logits, attention, next) =
                 only.model
-                    .step_shortlisted(tokens, &states[0], k, &groups(0))?;
-            return Ok((top, attention, vec![next]));
+                    .step_column_logits(tokens, &states[0], &lists.columns[0])?;
+            return Ok((
+                ranked(lists.gather(&logits, runs), false),
+                attention,
+                vec![next],
+            ));
         }
         let total: f64 = self.members.iter().map(|m| m.weight).sum();
         // Per member, per run: row-major log-probabilities over the run's list.
         let mut log_probs: Vec<Vec<Vec<f32>>> = Vec::with_capacity(self.members.len());
         let mut attention: Option<Tensor> = None;
         let mut next = Vec::with_capacity(self.members.len());
-        for (i, (m, state)) in self.members.iter().zip(states).enumerate() {
-            let groups = groups(i);
-            let (mut logits, att, n) = m.model.step_shortlist_logits(tokens, state, &groups)?;
-            for (l, (_, cols)) in logits.iter_mut().zip(&groups) {
-                l.chunks_mut(cols.ids().len()).for_each(log_softmax_row);
+        for ((m, state), columns) in self.members.iter().zip(states).zip(&lists.columns) {
+            let (logits, att, n) = m.model.step_column_logits(tokens, state, columns)?;
+            let mut runs_lp = lists.gather(&logits, runs);
+            for (rows, &(sent, _)) in runs_lp.iter_mut().zip(runs) {
+                rows.chunks_mut(lists.ids[sent].len())
+                    .for_each(log_softmax_row);
             }
-            log_probs.push(logits);
+            log_probs.push(runs_lp);
             attention = Some(match attention {
                 None => att,
                 Some(sum) => (sum + att)?,
@@ -207,19 +274,14 @@ impl Ensemble {
             next.push(n);
         }
         let share: Vec<f64> = self.members.iter().map(|m| m.weight / total).collect();
-        let first = groups(0);
-        let k = first.iter().map(|g| g.1.ids().len()).fold(k, usize::min);
-        let parts = first
-            .iter()
-            .enumerate()
-            .map(|(g, (_, cols))| {
-                let member_rows: Vec<Vec<f32>> = log_probs.iter().map(|lp| lp[g].clone()).collect();
-                let combined = combine(&member_rows, &share, self.combination);
-                top_scores(&combined, cols.ids().len(), k).renamed(cols.ids())
+        let combined = (0..runs.len())
+            .map(|g| {
+                let members: Vec<&[f32]> = log_probs.iter().map(|lp| lp[g].as_slice()).collect();
+                combine(&members, &share, self.combination)
             })
             .collect();
         let attention = (attention.expect("two or more members") / self.members.len() as f64)?;
-        Ok((TopTokens::concat(parts), attention, next))
+        Ok((ranked(combined, true), attention, next))
     }
 
     /// Every member's state reordered to the rows `parents` (beam search's survivors).
@@ -231,13 +293,17 @@ impl Ensemble {
 /// The members' log-probabilities (`share`: their normalised weights) combined element by
 /// element, in f64 (on several threads: each element alone, so the result does not depend on
 /// how they split).
-fn combine(log_probs: &[Vec<f32>], share: &[f64], combination: Combination) -> Vec<f32> {
-    let n = log_probs[0].len();
+fn combine<L: AsRef<[f32]> + Sync>(
+    log_probs: &[L],
+    share: &[f64],
+    combination: Combination,
+) -> Vec<f32> {
+    let n = log_probs[0].as_ref().len();
     (0..n)
         .into_par_iter()
         .with_min_len(1 << 14)
         .map(|j| {
-            let values = log_probs.iter().map(|lp| lp[j] as f64);
+            let values = log_probs.iter().map(|lp| lp.as_ref()[j] as f64);
             let value = match combination {
                 Combination::LogLinear => values.zip(share).map(|(v, w)| w * v).sum::<f64>(),
                 Combination::Linear => {

@@ -163,58 +163,25 @@ impl Gnmt {
         })
     }
 
-    /// The output layer's columns for `ids` (distinct vocabulary ids), for decoding a
-    /// sentence over a shortlist with [`Gnmt::step_shortlisted`].
+    /// The output layer's columns for `ids` (distinct vocabulary ids), for decoding over
+    /// shortlists with [`Gnmt::step_column_logits`].
     pub fn output_columns(&self, ids: &[u32]) -> Result<OutputColumns> {
         self.decoder.output_columns(ids)
     }
 
-    /// One decoding step over shortlists: the decoder rows come in runs, one run per sentence,
-    /// `groups[i] = (rows, columns)` in row order. Each run's logits cover only its columns:
-    /// `(logits per group, row-major [rows, columns]; attention [B, S]; next state)`.
-    pub fn step_shortlist_logits(
+    /// One decoding step whose logits cover only `columns` (a batch's shortlists): (logits,
+    /// row-major `[B, columns]`; attention `[B, S]`; next state). Each logit is the full
+    /// layer's (see [`OutputColumns`]); normalising them is the caller's business.
+    pub fn step_column_logits(
         &self,
         tokens: &Tensor,
         state: &DecoderState,
-        groups: &[(usize, &OutputColumns)],
-    ) -> Result<(Vec<Vec<f32>>, Tensor, DecoderState)> {
+        columns: &OutputColumns,
+    ) -> Result<(Vec<f32>, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
         let (hidden, attention, next) = self.decoder.step_top(tokens, state)?;
-        let rows = hidden.dims2()?.0;
-        let covered: usize = groups.iter().map(|g| g.0).sum();
-        if covered != rows {
-            bail!("shortlist groups cover {covered} decoder rows of {rows}")
-        }
-        let mut start = 0;
-        let mut logits = Vec::with_capacity(groups.len());
-        for &(n, columns) in groups {
-            logits.push(
-                self.decoder
-                    .column_logits(&hidden.narrow(0, start, n)?, columns)?,
-            );
-            start += n;
-        }
+        let logits = self.decoder.column_logits(&hidden, columns)?;
         Ok((logits, attention, next))
-    }
-
-    /// [`Gnmt::step_top_tokens`] over shortlists (see [`Gnmt::step_shortlist_logits`]): each
-    /// row's log-probabilities are normalised over its sentence's columns only, and its `k`
-    /// best (at most the shortest list's length) come back as vocabulary ids.
-    pub fn step_shortlisted(
-        &self,
-        tokens: &Tensor,
-        state: &DecoderState,
-        k: usize,
-        groups: &[(usize, &OutputColumns)],
-    ) -> Result<(TopTokens, Tensor, DecoderState)> {
-        let (logits, attention, next) = self.step_shortlist_logits(tokens, state, groups)?;
-        let k = groups.iter().map(|g| g.1.ids().len()).fold(k, usize::min);
-        let parts = logits
-            .iter()
-            .zip(groups)
-            .map(|(l, (_, columns))| top_tokens(l, columns.ids().len(), k).renamed(columns.ids()))
-            .collect();
-        Ok((TopTokens::concat(parts), attention, next))
     }
 
     /// Teacher-forced training pass: (logits `[B, T, V]`, attention `[B, T, S]`) for decoder
