@@ -345,7 +345,9 @@ impl<'o> Search<'o> {
         for (r, &(sent, h)) in self.rows.iter().enumerate() {
             let hyp = &self.live[sent][h];
             let width = self.o.beam_size - self.finished[sent].len();
-            for (token, lp) in top.row(r).take(width) {
+            // A -inf entry pads a row whose shortlist is shorter than the beam.
+            let real = top.row(r).filter(|&(_, lp)| lp > f32::NEG_INFINITY);
+            for (token, lp) in real.take(width) {
                 let log_prob = hyp.log_prob + lp as f64;
                 let len = hyp.tokens.len() + 1;
                 candidates[sent].push(Candidate {

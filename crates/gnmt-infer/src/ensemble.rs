@@ -214,8 +214,8 @@ impl Ensemble {
     }
 
     /// [`Ensemble::step`] over shortlists: the decoder rows come as `runs` of `(sentence,
-    /// rows)`, and each row chooses among its own sentence's list only (at most the shortest
-    /// list's length of them), normalised over that list. A sentence's scores are computed
+    /// rows)`, and each row chooses among its own sentence's list only (at most `k` of it),
+    /// normalised over that list. A sentence's scores are computed
     /// from its own list alone, whatever else the batch holds.
     pub(crate) fn step_shortlisted(
         &self,
@@ -225,10 +225,8 @@ impl Ensemble {
         runs: &[(usize, usize)],
         lists: &BatchLists,
     ) -> Result<(TopTokens, Tensor, Vec<DecoderState>)> {
-        let k = runs
-            .iter()
-            .map(|&(sent, _)| lists.ids[sent].len())
-            .fold(k, usize::min);
+        // A list shorter than `k` gives its rows fewer candidates, padded with none (-inf), so
+        // no sentence's width depends on another's list.
         let ranked = |scores: Vec<Vec<f32>>, final_scores: bool| {
             let parts = scores
                 .iter()
@@ -239,7 +237,7 @@ impl Ensemble {
                         true => top_scores(rows, ids.len(), k),
                         false => top_tokens(rows, ids.len(), k),
                     };
-                    top.renamed(ids)
+                    top.renamed(ids).padded_to(k)
                 })
                 .collect();
             TopTokens::concat(parts)

@@ -134,3 +134,24 @@ fn an_ensemble_of_a_model_with_itself_decodes_as_the_model_over_shortlists() {
         }
     }
 }
+
+/// A list shorter than the beam (no frequent pieces, no table: `</s>` and the sentence's own
+/// pieces) gives its sentence fewer candidates, without narrowing the other sentences' beams:
+/// each decodes as it does alone.
+#[test]
+fn a_list_shorter_than_the_beam_narrows_only_its_own_sentence() {
+    let m = model(6);
+    let tiny = Shortlist::from_lists(Vec::new(), Vec::new(), VOCAB, 4);
+    assert!(tiny.for_sentence(&[11]).len() < options().beam_size);
+    let e = single(&m);
+    let mixed = [vec![11], vec![5, 6, 7, 8, 9, 10]];
+    let all = decode(&e, &mixed, Some(&tiny));
+    for (i, s) in mixed.iter().enumerate() {
+        let alone = decode(&e, std::slice::from_ref(s), Some(&tiny));
+        assert_eq!(alone[0], all[i], "sentence {i}");
+        let allowed = tiny.for_sentence(s);
+        assert!(all[i]
+            .iter()
+            .all(|h| h.tokens.iter().all(|t| allowed.contains(t))));
+    }
+}

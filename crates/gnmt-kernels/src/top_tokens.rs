@@ -53,6 +53,29 @@ impl TopTokens {
         self
     }
 
+    /// Every row widened to `k` entries, the added ones `(0, -inf)`: rows ranked over lists
+    /// shorter than `k` then share one width with the rest. A `-inf` entry is no candidate.
+    pub fn padded_to(self, k: usize) -> Self {
+        if k <= self.k || self.k == 0 {
+            return self;
+        }
+        let rows = self.rows();
+        let mut tokens = Vec::with_capacity(rows * k);
+        let mut log_probs = Vec::with_capacity(rows * k);
+        for r in 0..rows {
+            let span = r * self.k..(r + 1) * self.k;
+            tokens.extend_from_slice(&self.tokens[span.clone()]);
+            tokens.resize((r + 1) * k, 0);
+            log_probs.extend_from_slice(&self.log_probs[span]);
+            log_probs.resize((r + 1) * k, f32::NEG_INFINITY);
+        }
+        TopTokens {
+            k,
+            tokens,
+            log_probs,
+        }
+    }
+
     /// The rows of `parts`, in order, as one; every part must keep the same `k`.
     pub fn concat(parts: Vec<TopTokens>) -> TopTokens {
         let k = parts.first().map_or(0, |p| p.k);
@@ -263,6 +286,11 @@ mod tests {
         assert_eq!(joined.best(), vec![20, 20, 7]);
         let first: Vec<(u32, f32)> = joined.row(0).collect();
         assert_eq!(first[0].1, a.row(0).next().unwrap().1);
+        let wide = a.clone().padded_to(3);
+        assert_eq!(wide.k(), 3);
+        let second: Vec<(u32, f32)> = wide.row(1).collect();
+        assert_eq!(second[0], a.row(1).next().unwrap());
+        assert_eq!(second[1..], [(0, f32::NEG_INFINITY); 2]);
     }
 
     #[test]
