@@ -59,12 +59,7 @@ fn the_shipped_model_scores_on_test_2016() {
             ],
             d,
         ));
-        let bleu: f64 = report
-            .split_whitespace()
-            .skip_while(|w| *w != "=")
-            .nth(1)
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no BLEU in {report}"));
+        let bleu = report_bleu(&report);
         (bleu, report)
     };
     let (bleu, report) = eval("fused");
@@ -112,12 +107,7 @@ fn the_multilingual_model_scores_on_test_2016() {
             ],
             d,
         ));
-        let bleu: f64 = report
-            .split_whitespace()
-            .skip_while(|w| *w != "=")
-            .nth(1)
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no BLEU in {report}"));
+        let bleu = report_bleu(&report);
         assert!(bleu >= floor, "en-{language}: BLEU {bleu}:\n{report}");
     }
 }

@@ -5,7 +5,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::{assert_german, repo_root, translate_lines};
+use std::path::Path;
+
+use crate::{assert_german, output_lines, repo_root, run_translate, translate_lines};
 
 /// Image captions written for this test, in the style of the model's training data.
 const CAPTIONS: &str = "\
@@ -72,35 +74,13 @@ fn the_multilingual_model_translates_into_the_language_chosen() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     assert!(size < 30 << 20, "the model folder is {size} bytes");
+    let program = Path::new(env!("CARGO_BIN_EXE_translate"));
     let run = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_translate"));
-        c.args(["-q", "-m", model.to_str().unwrap()]).args(extra);
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(CAPTIONS.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut args = vec!["-q", "-m", model.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_translate(program, &args, &repo_root(), CAPTIONS)
     };
-    let lines = |out: std::process::Output| -> Vec<String> {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = output_lines;
     assert_german(CAPTIONS, &lines(run(&["--target-lang", "de"])));
     let french = lines(run(&["--target-lang", "fr"]));
     assert_eq!(french.len(), CAPTIONS.lines().count());

@@ -82,8 +82,13 @@ pub fn first_lines(path: &Path, n: usize) -> String {
 
 /// `translate` reading `input` from `cwd`, its stdout lines.
 pub fn translate_lines(program: &Path, cwd: &Path, input: &str) -> Vec<String> {
+    output_lines(run_translate(program, &["-q"], cwd, input))
+}
+
+/// `program` (a `translate`) run in `cwd` with `args`, `input` on its stdin.
+pub fn run_translate(program: &Path, args: &[&str], cwd: &Path, input: &str) -> Output {
     let mut child = Command::new(program)
-        .arg("-q")
+        .args(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -96,7 +101,11 @@ pub fn translate_lines(program: &Path, cwd: &Path, input: &str) -> Vec<String> {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The stdout lines of a run that must have succeeded (its stderr shown if not).
+pub fn output_lines(out: Output) -> Vec<String> {
     assert!(
         out.status.success(),
         "{}",
@@ -107,6 +116,16 @@ pub fn translate_lines(program: &Path, cwd: &Path, input: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The BLEU score in a `gnmt eval` report (the number after the signature's `=`).
+pub fn report_bleu(report: &str) -> f64 {
+    report
+        .split_whitespace()
+        .skip_while(|w| *w != "=")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no BLEU in {report}"))
 }
 
 /// German, not a copy of the input: most captions start with an article or a number.

@@ -226,7 +226,6 @@ impl Decoder {
     pub fn column_logits(&self, hidden: &Tensor, columns: &OutputColumns) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         columns.matrix.apply_into(hidden, &mut logits)?;
-        logits.truncate(hidden.dims2()?.0 * columns.ids.len());
         Ok(logits)
     }
 
