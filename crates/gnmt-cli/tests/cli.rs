@@ -115,6 +115,41 @@ fn broken_corpora_are_reported_with_file_and_line() {
 /// Nonsense is refused where it is parsed, naming the range; what is legal but costly runs
 /// with a warning.
 #[test]
+fn vocab_can_split_punctuation_from_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let en = "A dog runs on the beach.\nTwo men, a woman and a dog.\nA man's hat.\n".repeat(20);
+    let de =
+        "Ein Hund rennt am Strand.\nZwei Männer, eine Frau und ein Hund.\nDer Hut.\n".repeat(20);
+    std::fs::write(d.join("c.en"), en).unwrap();
+    std::fs::write(d.join("c.de"), de).unwrap();
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_gnmt"));
+    let run = |args: &[&str], input: &str| {
+        crate::support::output_lines(crate::support::run_translate(program, args, d, input))
+    };
+    for (folder, split) in [("joined", false), ("split", true)] {
+        let mut args = vec![
+            "vocab", "--train", "c.en", "c.de", "--size", "500", "-o", folder,
+        ];
+        if split {
+            args.push("--split-punctuation");
+        }
+        ok(gnmt(&args, d));
+        let vocab = format!("{folder}/tokenizer.json");
+        let pieces = run(
+            &["encode", "--vocab", &vocab, "--pieces"],
+            "Zwei Männer, am Strand.",
+        );
+        let pieces = pieces.join(" ");
+        let marks_alone = pieces.ends_with(" .") && pieces.contains(" , ");
+        assert_eq!(marks_alone, split, "{folder}: {pieces}");
+        let text = "Zwei Männer, ein Hund (am \"Strand\")...";
+        let ids = run(&["encode", "--vocab", &vocab], text).join("\n");
+        assert_eq!(run(&["decode", "--vocab", &vocab], &ids), [text]);
+    }
+}
+
+#[test]
 fn options_are_checked_when_parsed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -544,3 +544,56 @@ fn accumulating_batches_makes_one_update_of_several() {
     let e = err(gnmt(&other, d));
     assert!(e.contains("data.accumulate"), "{e}");
 }
+
+/// `--split-punctuation` reaches the vocabulary the run trains (and its saved config, so that
+/// resuming compares it); a run given its vocabulary refuses it, from the flag or the config.
+#[test]
+fn split_punctuation_trains_the_vocabulary_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    let mut args = TRAIN_TINY.to_vec();
+    args.extend([
+        "-o",
+        "run",
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--split-punctuation",
+    ]);
+    ok(gnmt(&args, d));
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/tokenizer.json")).unwrap())
+            .unwrap();
+    let pre = tokenizer["pre_tokenizer"].to_string();
+    assert!(
+        pre.contains("Metaspace") && pre.contains("Punctuation"),
+        "{pre}"
+    );
+    let saved = std::fs::read_to_string(d.join("run/train_config.json")).unwrap();
+    assert!(saved.contains("\"split_punctuation\": true"), "{saved}");
+
+    let mut given = TRAIN_TINY.to_vec();
+    given.extend(["-o", "run2", "--tokenizer", "run/tokenizer.json"]);
+    let e = err(gnmt(
+        &[given.as_slice(), &["--split-punctuation"]].concat(),
+        d,
+    ));
+    assert!(
+        e.contains("--split-punctuation") && e.contains("--tokenizer"),
+        "{e}"
+    );
+    std::fs::write(
+        d.join("config.json"),
+        TINY_CONFIG.replace(
+            "\"max_tokens\": 300",
+            "\"max_tokens\": 300, \"split_punctuation\": true",
+        ),
+    )
+    .unwrap();
+    let e = err(gnmt(&given, d));
+    assert!(
+        e.contains("data.split_punctuation applies when the run trains its vocabulary"),
+        "{e}"
+    );
+}

@@ -31,6 +31,8 @@ use tokenizers::models::unigram::{Unigram, UnigramTrainer};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::{Replace, Sequence as NormalizerSequence, Strip, NFKC};
 use tokenizers::pre_tokenizers::metaspace::Metaspace;
+use tokenizers::pre_tokenizers::punctuation::Punctuation;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::io::CheckedLines;
@@ -87,6 +89,10 @@ pub struct VocabOptions {
     /// Target languages of a multilingual model: each gets a reserved tag (`<2de>`) with
     /// the id `4 + its position here`. Empty for a bilingual model.
     pub languages: Vec<String>,
+    /// Split punctuation from words before learning pieces (`liegt.` becomes `▁liegt` `.`), as
+    /// Moses tokenization before BPE does: no piece then joins a word to its punctuation, so
+    /// `▁Straße` and `▁Straße.` are one piece, not two. Decoding is unchanged and lossless.
+    pub split_punctuation: bool,
 }
 
 impl Default for VocabOptions {
@@ -96,6 +102,7 @@ impl Default for VocabOptions {
             model: SubwordModel::Bpe,
             min_frequency: 2,
             languages: Vec::new(),
+            split_punctuation: false,
         }
     }
 }
@@ -204,7 +211,7 @@ impl Vocab {
                     .into(),
             ),
         };
-        configure_pipeline(&mut tk)?;
+        configure_pipeline(&mut tk, options.split_punctuation)?;
         run(&mut tk, &mut trainer).map_err(tk_err)?;
         let tk = add_byte_fallback(&tk)?;
         Self::from_tokenizer(tk)
@@ -378,8 +385,9 @@ fn reserved_languages(tk: &Tokenizer) -> Result<Vec<String>> {
     Ok(languages)
 }
 
-/// NFKC, whitespace folding, Metaspace pieces, and the matching decoder.
-fn configure_pipeline(tk: &mut Tokenizer) -> Result<()> {
+/// NFKC, whitespace folding, Metaspace pieces (each punctuation mark its own piece when
+/// `split_punctuation`), and the matching decoder.
+fn configure_pipeline(tk: &mut Tokenizer, split_punctuation: bool) -> Result<()> {
     let fold = Replace::new(
         tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
         " ",
@@ -391,7 +399,16 @@ fn configure_pipeline(tk: &mut Tokenizer) -> Result<()> {
         Strip::new(true, true).into(),
     ])))
     .map_err(tk_err)?;
-    tk.with_pre_tokenizer(Some(Metaspace::default()));
+    if split_punctuation {
+        // Metaspace first, so a word keeps its `▁` and the marks after it have none: the
+        // Metaspace decoder then joins them back without a space.
+        tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
+            Metaspace::default().into(),
+            Punctuation::default().into(),
+        ])));
+    } else {
+        tk.with_pre_tokenizer(Some(Metaspace::default()));
+    }
     tk.with_decoder(Some(DecoderSequence::new(vec![
         ByteFallback::new().into(),
         MetaspaceDecoder::default().into(),
@@ -519,6 +536,48 @@ mod tests {
         .unwrap();
         let s = "The dog runs across the snowy field 🐕.";
         assert_eq!(v.decode(&v.encode(s).unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn split_punctuation_keeps_marks_apart_and_round_trips() {
+        let sents = crate::synthetic::toy_sentences();
+        let options = |split_punctuation| VocabOptions {
+            size: 600,
+            split_punctuation,
+            ..Default::default()
+        };
+        let attached = |v: &Vocab| {
+            let learned =
+                (0..v.size() as u32).filter(|&id| !v.is_reserved(id) && !v.is_byte_piece(id));
+            let pieces: Vec<String> = learned.filter_map(|id| v.piece(id)).collect();
+            pieces
+                .iter()
+                .filter(|p| p.chars().any(char::is_alphanumeric))
+                .filter(|p| p.chars().any(|c| c.is_ascii_punctuation()))
+                .count()
+        };
+        let joined = Vocab::train_from_sentences(&sents, &options(false)).unwrap();
+        let split = Vocab::train_from_sentences(&sents, &options(true)).unwrap();
+        assert!(
+            attached(&joined) > 0,
+            "the toy corpus must have pieces like `field.`"
+        );
+        assert_eq!(attached(&split), 0);
+        for s in [
+            "A dog, a cat (and a \"bird\") run... across the field.",
+            "T-Shirt's 🐕!",
+        ] {
+            let ids = split.encode(s).unwrap();
+            assert_eq!(split.decode(&ids).unwrap(), s);
+            let reloaded = Vocab::from_json(&split.to_json().unwrap()).unwrap();
+            assert_eq!(
+                reloaded.encode(s).unwrap(),
+                ids,
+                "the split is saved with the vocabulary"
+            );
+        }
+        let ids = split.encode("the field.").unwrap();
+        assert_eq!(split.pieces(&ids).last().map(String::as_str), Some("."));
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub struct DataConfig {
     /// Several training corpora are sampled in proportion to `size ^ (1 / temperature)`:
     /// 1 samples by size, larger values up-sample the small corpora (5 is common).
     pub temperature: f64,
+    /// When the run trains its vocabulary: split punctuation from words first, so that no
+    /// piece joins a word to its punctuation (see `gnmt_tokenizer::VocabOptions`).
+    pub split_punctuation: bool,
     /// The training corpora (`--train`, or `--pair` for each of a multilingual model's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub train: Vec<CorpusSpec>,
@@ -140,6 +143,7 @@ impl Default for DataConfig {
             max_ratio: 9.0,
             accumulate: 1,
             temperature: 1.0,
+            split_punctuation: false,
             train: Vec::new(),
             valid: Vec::new(),
         }

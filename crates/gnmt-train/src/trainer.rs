@@ -781,6 +781,14 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
         }
         return Ok((config, vocab));
     }
+    let given_vocabulary = args.init_from.is_some() || args.tokenizer.is_some();
+    if given_vocabulary && config.data.split_punctuation {
+        return Err(Error::Config(
+            "data.split_punctuation applies when the run trains its vocabulary: \
+             a --tokenizer or --init-from model brings its own"
+                .into(),
+        ));
+    }
     let vocab = match (&args.init_from, &args.tokenizer) {
         (Some(init), tokenizer) => {
             say(&format!("fine-tuning {}", init.dir.display()));
@@ -809,6 +817,7 @@ fn prepare_run(args: &TrainArgs, say: &dyn Fn(&str)) -> Result<(TrainConfig, Voc
                 &VocabOptions {
                     size: config.model.vocab_size,
                     languages,
+                    split_punctuation: config.data.split_punctuation,
                     ..Default::default()
                 },
             )?

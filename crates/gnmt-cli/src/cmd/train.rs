@@ -119,6 +119,10 @@ pub struct TrainArgs {
     /// Use this vocabulary (tokenizer.json) instead of training one on the training files.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Train the vocabulary with punctuation split from words (`dog.` becomes `▁dog` `.`), as
+    /// `gnmt vocab --split-punctuation` does; config key data.split_punctuation.
+    #[arg(long, conflicts_with_all = ["tokenizer", "init_from"])]
+    pub split_punctuation: bool,
     /// Fine-tune: start from this model folder's weights, with its vocabulary, architecture
     /// and decoding defaults (a --preset, --tokenizer or config `model` that differs is
     /// refused). The optimizer and learning-rate schedule start afresh.
@@ -230,6 +234,9 @@ impl TrainArgs {
         let (train, valid) = self.corpus.specs()?;
         c.data.train = train.unwrap_or(c.data.train);
         c.data.valid = valid.unwrap_or(c.data.valid);
+        if self.split_punctuation {
+            c.data.split_punctuation = true;
+        }
         if let Some(t) = self.corpus.temperature {
             c.data.temperature = t;
         }

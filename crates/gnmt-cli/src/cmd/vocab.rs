@@ -25,6 +25,11 @@ pub struct VocabArgs {
     /// Minimum pair frequency for a BPE merge.
     #[arg(long, default_value_t = 2, value_parser = whole::<u64>(1, 1_000_000_000))]
     pub min_frequency: u64,
+    /// Split punctuation from words before learning pieces (`dog.` becomes `▁dog` `.`, as
+    /// Moses tokenization before BPE does), so no piece spends the vocabulary on a word with
+    /// its punctuation. Saved in tokenizer.json; decoding restores the text exactly.
+    #[arg(long)]
+    pub split_punctuation: bool,
     /// Output directory; `tokenizer.json` is written there.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -38,6 +43,7 @@ impl VocabArgs {
             model: self.model,
             min_frequency: self.min_frequency,
             languages: self.languages.clone(),
+            split_punctuation: self.split_punctuation,
         };
         let _lock = FolderLock::acquire(&self.output, "vocabulary folder")?;
         let vocab =
