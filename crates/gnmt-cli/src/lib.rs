@@ -22,10 +22,12 @@ pub struct Cli {
     /// Worker threads for parallel work (default: all cores).
     #[arg(long, global = true, value_parser = checked::threads())]
     pub threads: Option<usize>,
-    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (twice the
-    /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere).
-    /// [default: f32, or the training config's `matmul`]
-    #[arg(long, global = true, value_enum)]
+    /// Precision of the matrix products: f32; bf16 operands with f32 sums (twice the
+    /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere); or, for
+    /// decoding only, int8 operands quantized per row with exact integer sums (four times, on
+    /// CPUs with AVX512-VNNI; `--quantize int8` says the same). [default: f32, or the
+    /// training config's `matmul`]
+    #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast, CPU), or reference (their composite candle
     /// references, f32 only: the correctness baseline, several times slower).
@@ -108,6 +110,7 @@ impl From<KernelsArg> for gnmt_model::KernelChoice {
 pub enum Matmul {
     F32,
     Bf16,
+    Int8,
 }
 
 impl From<Matmul> for gnmt_model::Precision {
@@ -115,6 +118,7 @@ impl From<Matmul> for gnmt_model::Precision {
         match m {
             Matmul::F32 => gnmt_model::Precision::F32,
             Matmul::Bf16 => gnmt_model::Precision::Bf16,
+            Matmul::Int8 => gnmt_model::Precision::Int8,
         }
     }
 }
@@ -124,6 +128,11 @@ pub fn warn_if_slow(precision: gnmt_model::Precision) {
     if precision == gnmt_model::Precision::Bf16 && !gnmt_kernels::gemm::accelerated() {
         eprintln!(
             "warning: this CPU lacks AVX512-BF16: bf16 products run a portable version, slower than f32"
+        );
+    }
+    if precision == gnmt_model::Precision::Int8 && !gnmt_kernels::gemm::accelerated_int8() {
+        eprintln!(
+            "warning: this CPU lacks AVX512-VNNI: int8 products run a portable version, slower than f32"
         );
     }
 }

@@ -392,6 +392,87 @@ fn export_averages_converts_and_sets_defaults() {
     );
 }
 
+/// int8: `export --quantize int8` writes a file about half of f16's that translates every
+/// line; int8 products (`--quantize int8`) on it or on the f32 model translate every line, the
+/// same whatever the batch size or thread count; training refuses int8 products.
+#[test]
+fn int8_export_and_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d);
+    let m = m.to_str().unwrap();
+    let out = ok(gnmt(&["export", m, "-o", "q8", "--quantize", "int8"], d));
+    assert!(out.contains("Int8"), "{out}");
+    ok(gnmt(&["export", m, "-o", "half", "--storage", "f16"], d));
+    let size = |p: &str| {
+        std::fs::metadata(d.join(p).join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size("q8") < size("half"),
+        "{} vs {}",
+        size("q8"),
+        size("half")
+    );
+    let input = hostile_input();
+    let lines = input.split(|&b| b == b'\n').count();
+    for model in ["q8", m] {
+        let one = ok(translate(
+            &[
+                "-m",
+                model,
+                "-q",
+                "--quantize",
+                "int8",
+                "--batch-size",
+                "1",
+                "--threads",
+                "1",
+            ],
+            &input,
+            d,
+        ));
+        assert_eq!(one.lines().count(), lines, "{model}");
+        let many = ok(translate(
+            &[
+                "-m",
+                model,
+                "-q",
+                "--matmul",
+                "int8",
+                "--batch-size",
+                "16",
+                "--threads",
+                "3",
+            ],
+            &input,
+            d,
+        ));
+        assert_eq!(one, many, "{model}: int8 translations depend on the batch");
+    }
+    let plain = ok(translate(&["-m", "q8", "-q"], &input, d));
+    assert_eq!(plain.lines().count(), lines, "f32 products on int8 weights");
+    let e = err(gnmt(
+        &[
+            "--matmul",
+            "int8",
+            "train",
+            "--train",
+            "train.src",
+            "train.tgt",
+            "--config",
+            "config.json",
+            "-o",
+            "r8",
+            "--max-steps",
+            "1",
+        ],
+        d,
+    ));
+    assert!(e.contains("int8 is for decoding"), "{e}");
+}
+
 /// `--shard I/N` translates the I-th of N contiguous parts of the file: the parts joined in
 /// order are byte for byte the whole file's translation; a finished part is skipped when run
 /// again (its marker); a Slurm array task finds its part in the environment; bad shards are

@@ -1,8 +1,10 @@
 //! GFLOP/s of the packed GEMM on the products a training step of `gnmt-v2-4x1024` makes
 //! (batch 64, 32 steps: 2048 rows), or with `SMALL` set in the environment those of `small`
-//! (1,536 real target tokens); packing included, best of five; and the time packing `B` takes.
+//! (1,536 real target tokens), or with `DECODE` set those of one decoding step of `small`
+//! (a batch of 32 sentences, greedy or beam 5); packing included, best of five; and the time
+//! packing `B` takes.
 //!
-//! `[SMALL=1] cargo run --release -p gnmt-kernels --example gemm_shapes [threads] [f32|bf16]`
+//! `[SMALL=1|DECODE=1] cargo run --release -p gnmt-kernels --example gemm_shapes [threads] [f32|bf16|int8]`
 use std::time::Instant;
 
 use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
@@ -12,6 +14,7 @@ fn main() {
     let threads: usize = args.next().map_or(1, |t| t.parse().expect("threads"));
     let format = match args.next().as_deref() {
         Some("bf16") => Format::Bf16,
+        Some("int8") => Format::Int8,
         _ => Format::F32,
     };
     rayon::ThreadPoolBuilder::new()
@@ -20,6 +23,7 @@ fn main() {
         .expect("thread pool");
     // (what, m, n, k, A transposed, B transposed)
     let small = std::env::var("SMALL").is_ok();
+    let decode = std::env::var("DECODE").is_ok();
     let small_shapes = [
         ("input projection x W^T", 1536, 1024, 512, false, true),
         ("its dX = dG W", 1536, 512, 1024, false, false),
@@ -30,6 +34,15 @@ fn main() {
         ("logits x W^T", 1536, 8000, 256, false, true),
         ("their dX = dZ W", 1536, 256, 8000, false, false),
         ("their dW = dZ^T X", 8000, 256, 1536, true, false),
+    ];
+    let decode_shapes = [
+        ("square 2048^3", 2048, 2048, 2048, false, false),
+        ("LSTM step, greedy", 32, 1024, 512, false, true),
+        ("LSTM step, beam 5", 160, 1024, 512, false, true),
+        ("attention query, beam 5", 160, 256, 256, false, true),
+        ("logits, greedy", 32, 8000, 256, false, true),
+        ("logits, beam 5", 160, 8000, 256, false, true),
+        ("square 2048^3, again", 2048, 2048, 2048, false, false),
     ];
     let shapes = [
         ("square 2048^3", 2048, 2048, 2048, false, false),
@@ -42,7 +55,14 @@ fn main() {
         ("their dX = dZ W", 2048, 1024, 32000, false, false),
         ("their dW = dZ^T X", 32000, 1024, 2048, true, false),
     ];
-    for (what, m, n, k, at, bt) in if small { small_shapes } else { shapes } {
+    let chosen: &[(&str, usize, usize, usize, bool, bool)] = if decode {
+        &decode_shapes
+    } else if small {
+        &small_shapes
+    } else {
+        &shapes
+    };
+    for &(what, m, n, k, at, bt) in chosen {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i % 97) as f32 - 48.0) / 64.0)
             .collect();

@@ -52,6 +52,7 @@ pub fn packed_format(precision: Precision) -> Option<Format> {
     match precision {
         Precision::F32 => crate::gemm::f32_is_fast().then_some(Format::F32),
         Precision::Bf16 => Some(Format::Bf16),
+        Precision::Int8 => Some(Format::Int8),
     }
 }
 

@@ -13,14 +13,19 @@ pub enum Precision {
     /// with AVX512-BF16 ([`crate::gemm::accelerated`]); elsewhere a portable version of the
     /// same arithmetic, slower than f32.
     Bf16,
+    /// Operands quantized to int8 with a scale per row (activations, at every product) and per
+    /// output (weights), exact integer sums: four times the multiply-adds per instruction on
+    /// CPUs with AVX512-VNNI (see [`crate::gemm`]). For decoding: training refuses it.
+    Int8,
 }
 
 impl Precision {
-    /// "f32" or "bf16", as the `--matmul` option and config files spell it.
+    /// "f32", "bf16" or "int8", as the `--matmul` option and config files spell it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::quantized::{self, RawTensor, ROW_SCALES};
 use crate::ModelConfig;
 use crate::{parameter_specs, ParamSpec};
 
@@ -111,8 +112,23 @@ pub struct ModelFolder {
     pub step: u64,
 }
 
+/// How `model.safetensors` stores the parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Every parameter in this float dtype: F32, or F16/BF16 to halve the size.
+    Float(DType),
+    /// Matrices as int8 rows with a scale each (see [`crate::quantized`]), vectors as F32.
+    Int8,
+}
+
+impl From<DType> for Storage {
+    fn from(dtype: DType) -> Self {
+        Storage::Float(dtype)
+    }
+}
+
 /// Writes a model folder. `tensors` must be exactly the parameters `config` implies; they are
-/// stored as `storage` (F32, or F16/BF16 to halve the size; loading converts back).
+/// stored as `storage` (loading converts back to f32).
 pub fn save(
     dir: &Path,
     config: &ModelConfig,
@@ -120,14 +136,14 @@ pub fn save(
     tokenizer_json: &[u8],
     generation: &GenerationConfig,
     step: u64,
-    storage: DType,
+    storage: impl Into<Storage>,
 ) -> Result<()> {
+    let storage = storage.into();
     let model_path = dir.join(MODEL_FILE);
-    if !matches!(storage, DType::F32 | DType::F16 | DType::BF16) {
-        return fail(
-            &model_path,
-            format!("cannot store parameters as {storage:?}"),
-        );
+    if let Storage::Float(dtype) = storage {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return fail(&model_path, format!("cannot store parameters as {dtype:?}"));
+        }
     }
     let specs = parameter_specs(config).or_else(|e| fail(&dir.join(CONFIG_FILE), e.to_string()))?;
     check_tensor_set(&model_path, &specs, tensors)?;
@@ -143,18 +159,20 @@ pub fn save(
         ("tokenizer_sha256".to_string(), sha256_hex(tokenizer_json)),
         ("step".to_string(), step.to_string()),
     ]);
-    let stored = specs
-        .iter()
-        .map(|s| {
-            Ok((
-                s.name.clone(),
-                tensors[&s.name]
-                    .to_dtype(storage)?
-                    .to_device(&Device::Cpu)?,
-            ))
-        })
-        .collect::<candle::Result<Vec<_>>>()
-        .or_else(|e| fail(&model_path, e.to_string()))?;
+    let mut stored = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let t = &tensors[&spec.name];
+        let raw = match storage {
+            Storage::Int8 if spec.shape.len() == 2 => RawTensor::int8_rows(t).map(|(q, scales)| {
+                stored.push((format!("{}{ROW_SCALES}", spec.name), scales));
+                q
+            }),
+            Storage::Int8 => RawTensor::float(t, DType::F32),
+            Storage::Float(dtype) => RawTensor::float(t, dtype),
+        };
+        let raw = raw.or_else(|e| fail(&model_path, e.to_string()))?;
+        stored.push((spec.name.clone(), raw));
+    }
     let bytes = serialize_safetensors(&stored, metadata).or_else(|e| fail(&model_path, e))?;
     let generation_json = serde_json::to_string_pretty(generation).expect("plain struct");
 
@@ -170,7 +188,7 @@ pub fn save(
 /// run to run. The header is re-serialised with sorted keys (data offsets are relative to the
 /// end of the header, so the data block is unchanged).
 pub fn serialize_safetensors(
-    tensors: &[(String, Tensor)],
+    tensors: &[(String, RawTensor)],
     metadata: HashMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
     let bytes =
@@ -361,12 +379,7 @@ fn load_from(files: &Files<'_>, dtype: DType, device: &Device) -> Result<ModelFo
         .or_else(|_| fail(&model_path, format!("bad step {:?}", meta("step"))))?;
 
     let bytes = files.read_capped(MODEL_FILE, header.file_len)?;
-    let loaded = candle::safetensors::load_buffer(&bytes, device)
-        .or_else(|e| fail(&model_path, e.to_string()))?;
-    let tensors = loaded
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
-        .collect::<candle::Result<HashMap<_, _>>>()
+    let tensors = read_tensors(&bytes, &specs, dtype, device)
         .or_else(|e| fail(&model_path, e.to_string()))?;
     Ok(ModelFolder {
         config,
@@ -375,6 +388,33 @@ fn load_from(files: &Files<'_>, dtype: DType, device: &Device) -> Result<ModelFo
         tensors,
         step,
     })
+}
+
+/// The parameters `specs` from the bytes of a checked `model.safetensors`, in `dtype` on
+/// `device`: float tensors converted, int8 ones multiplied by their row scales.
+fn read_tensors(
+    bytes: &[u8],
+    specs: &[ParamSpec],
+    dtype: DType,
+    device: &Device,
+) -> std::result::Result<HashMap<String, Tensor>, String> {
+    use candle::safetensors::Load;
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut tensors = HashMap::with_capacity(specs.len());
+    for spec in specs {
+        let view = file.tensor(&spec.name).map_err(|e| e.to_string())?;
+        let t = if view.dtype() == safetensors::Dtype::I8 {
+            let scales = file
+                .tensor(&format!("{}{ROW_SCALES}", spec.name))
+                .map_err(|e| e.to_string())?;
+            let shape = (spec.shape[0], spec.shape[1]);
+            quantized::dequantize(view.data(), scales.data(), shape, dtype, device)
+        } else {
+            view.load(device).and_then(|t| t.to_dtype(dtype))
+        };
+        tensors.insert(spec.name.clone(), t.map_err(|e| e.to_string())?);
+    }
+    Ok(tensors)
 }
 
 /// The parameters of a `VarMap`, by name (what [`save`] takes).
@@ -488,15 +528,43 @@ fn read_safetensors_header(files: &Files<'_>, specs: &[ParamSpec]) -> Result<Hea
         None => return fail(path, "has no __metadata__: not written by gnmt"),
     };
     let expected: HashMap<&str, &ParamSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let is_int8 = |name: &str| {
+        entries
+            .get(name)
+            .and_then(|e| e.get("dtype"))
+            .and_then(Value::as_str)
+            == Some("I8")
+    };
     let mut data_end = 0u64;
     for (name, entry) in &entries {
-        let Some(spec) = expected.get(name.as_str()) else {
+        let scales_of = name.strip_suffix(ROW_SCALES).filter(|m| is_int8(m));
+        let spec = match (expected.get(name.as_str()), scales_of) {
+            (Some(spec), _) => (*spec).clone(),
+            (None, Some(matrix)) => ParamSpec {
+                name: name.clone(),
+                shape: vec![expected[matrix].shape[0]],
+            },
+            (None, None) => {
+                return fail(
+                    path,
+                    format!("unexpected tensor {name}: config.json implies no such parameter"),
+                )
+            }
+        };
+        let scales_dtype = entry.get("dtype").and_then(Value::as_str);
+        if scales_of.is_some() && scales_dtype != Some("F32") {
             return fail(
                 path,
-                format!("unexpected tensor {name}: config.json implies no such parameter"),
+                format!("tensor {name} must be F32, not {scales_dtype:?}"),
             );
-        };
-        data_end = data_end.max(check_entry(name, entry, spec, path)?);
+        }
+        data_end = data_end.max(check_entry(name, entry, &spec, path)?);
+        if is_int8(name) && !entries.contains_key(&format!("{name}{ROW_SCALES}")) {
+            return fail(
+                path,
+                format!("int8 tensor {name} has no {name}{ROW_SCALES}"),
+            );
+        }
     }
     if let Some(missing) = specs.iter().find(|s| !entries.contains_key(&s.name)) {
         return fail(
@@ -569,10 +637,14 @@ fn check_entry(name: &str, entry: &Value, spec: &ParamSpec, path: &Path) -> Resu
     let width = match dtype {
         "F32" => 4,
         "F16" | "BF16" => 2,
+        // Quantized rows: only matrices (their scales are per row).
+        "I8" if spec.shape.len() == 2 => 1,
         other => {
             return fail(
                 path,
-                format!("tensor {name} has dtype {other}; expected F32, F16 or BF16"),
+                format!(
+                "tensor {name} has dtype {other}; expected F32, F16 or BF16 (or I8 for a matrix)"
+            ),
             )
         }
     };

@@ -33,6 +33,7 @@ pub mod lstm;
 pub mod memory;
 mod model;
 pub mod params;
+pub mod quantized;
 
 pub use config::{AttentionQuery, ModelConfig, TieEmbeddings};
 pub use decoder::{DecoderState, DecodingWeights, OutputColumns};

@@ -1,5 +1,5 @@
-//! bf16 matrix products through the whole model: a precision each model carries, so these run
-//! beside the f32 tests.
+//! bf16 and int8 matrix products through the whole model: a precision each model carries, so
+//! these run beside the f32 tests.
 
 use candle::{DType, Tensor};
 use gnmt_model::{Gnmt, Kernels, Precision};
@@ -72,4 +72,27 @@ fn bf16_decoding_does_not_depend_on_the_batch() {
     let cfg = tiny64();
     let (m, _) = model(&cfg, DType::F32);
     assert_decoding_ignores_batch_mates(&m.with_kernels(Kernels::Fused(Precision::Bf16)));
+}
+
+/// int8 products (decoding only): a decoding step's log-probabilities stay close to f32's
+/// (127 levels per row), and a sentence decodes to the same bits alone and in a padded batch
+/// (each row of activations has its own scale; integer sums are exact).
+#[test]
+fn int8_decoding_tracks_f32_and_does_not_depend_on_the_batch() {
+    let cfg = tiny64();
+    let (m, _) = model(&cfg, DType::F32);
+    let x = inputs(DType::F32);
+    let step = |m: &Gnmt| {
+        let memory = m.encode(&x.src, &x.src_mask).unwrap();
+        let state = m.start_state(&memory).unwrap();
+        let bos = Tensor::new(&[2u32, 2, 2], &candle::Device::Cpu).unwrap();
+        m.step(&bos, &state).unwrap().0
+    };
+    let int8 = m.clone().with_kernels(Kernels::Fused(Precision::Int8));
+    let diff = max_abs_diff(&step(&int8), &step(&m));
+    assert!(
+        diff > 0.0 && diff < 0.05,
+        "decoding log-probabilities differ by {diff}"
+    );
+    assert_decoding_ignores_batch_mates(&int8);
 }

@@ -321,3 +321,88 @@ fn saving_the_wrong_tensor_set_is_refused() {
         "{err}"
     );
 }
+
+/// int8 storage: matrices come back within half a quantization step of each row (its largest
+/// magnitude / 254), vectors exactly; the file is smaller than an f16 one. A forged file with an
+/// int8 vector or an int8 matrix without its scales is refused.
+#[test]
+fn int8_storage_loads_back_within_half_a_step_and_is_checked() {
+    use gnmt_model::quantized::{RawTensor, ROW_SCALES};
+    let (_, cfg, tensors) = saved();
+    let save = |storage: checkpoint::Storage| {
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint::save(
+            dir.path(),
+            &cfg,
+            &tensors,
+            &tokenizer_json(64),
+            &GenerationConfig::default(),
+            7,
+            storage,
+        )
+        .unwrap();
+        dir
+    };
+    let (int8, f16) = (save(checkpoint::Storage::Int8), save(DType::F16.into()));
+    let size = |d: &tempfile::TempDir| std::fs::metadata(d.path().join(MODEL_FILE)).unwrap().len();
+    // (Half of f16 for real models; here the 8-wide rows make the scales a third of it.)
+    assert!(
+        size(&int8) < size(&f16),
+        "{} vs {}",
+        size(&int8),
+        size(&f16)
+    );
+    let loaded = checkpoint::load(int8.path(), DType::F32, &Device::Cpu).unwrap();
+    for (name, t) in &tensors {
+        let back = &loaded.tensors[name];
+        if t.dims().len() != 2 {
+            assert_eq!(max_abs_diff(t, back), 0.0, "{name}");
+            continue;
+        }
+        let (rows, original) = (t.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
+        for (row, got) in rows.iter().zip(&original) {
+            let step = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            for (x, y) in row.iter().zip(got) {
+                assert!(
+                    (x - y).abs() <= step * 0.5001,
+                    "{name}: {x} vs {y} (step {step})"
+                );
+            }
+        }
+    }
+
+    let forge = |drop: &str, int8_vector: Option<&str>| {
+        let mut raw: Vec<(String, RawTensor)> = Vec::new();
+        for (name, t) in &tensors {
+            if Some(name.as_str()) == int8_vector {
+                let t = t.unsqueeze(0).unwrap();
+                let (mut q, _) = RawTensor::int8_rows(&t).unwrap();
+                q.shape.remove(0);
+                raw.push((name.clone(), q));
+            } else if t.dims().len() == 2 {
+                let (q, scales) = RawTensor::int8_rows(t).unwrap();
+                raw.push((name.clone(), q));
+                raw.push((format!("{name}{ROW_SCALES}"), scales));
+            } else {
+                raw.push((name.clone(), RawTensor::float(t, DType::F32).unwrap()));
+            }
+        }
+        raw.retain(|(name, _)| name != drop);
+        let bytes = checkpoint::serialize_safetensors(&raw, metadata_of(int8.path())).unwrap();
+        std::fs::write(int8.path().join(MODEL_FILE), bytes).unwrap();
+    };
+    forge("decoder.output.weight.row_scales", None);
+    assert_refused(
+        int8.path(),
+        MODEL_FILE,
+        "int8 tensor decoder.output.weight has no decoder.output.weight.row_scales",
+    );
+    forge("", Some("decoder.output.bias"));
+    assert_refused(
+        int8.path(),
+        MODEL_FILE,
+        "tensor decoder.output.bias has dtype I8; expected F32, F16 or BF16 (or I8 for a matrix)",
+    );
+    forge("", None);
+    assert!(checkpoint::load(int8.path(), DType::F32, &Device::Cpu).is_ok());
+}

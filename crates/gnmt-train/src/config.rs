@@ -228,6 +228,13 @@ impl TrainConfig {
         self.generation
             .validate()
             .map_err(|e| Error::Config(format!("generation: {e}")))?;
+        if self.matmul == gnmt_model::Precision::Int8 {
+            return bad(
+                "matmul = int8 is for decoding (translate, eval, serve): training computes in \
+                 f32 or bf16"
+                    .into(),
+            );
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
         }

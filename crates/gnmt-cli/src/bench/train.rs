@@ -88,6 +88,10 @@ impl BenchTrainArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
         let kernels = compute.kernels_on(&device)?;
+        anyhow::ensure!(
+            kernels.precision() != gnmt_model::Precision::Int8,
+            "--matmul int8 is for decoding: training computes in f32 or bf16"
+        );
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             1 <= self.min_len && self.min_len <= self.max_len,
@@ -201,6 +205,7 @@ impl BenchTrainArgs {
             amps.push(match kernels.precision() {
                 gnmt_model::Precision::Bf16 => "bf16".to_string(),
                 gnmt_model::Precision::F32 => "none".to_string(),
+                gnmt_model::Precision::Int8 => unreachable!("refused above"),
             });
         }
         let runs = ours

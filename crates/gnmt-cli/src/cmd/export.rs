@@ -22,8 +22,11 @@ pub struct ExportArgs {
     /// The model folder to write.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Storage precision of the parameters.
-    #[arg(long, value_enum, default_value_t = Storage::F32)]
+    /// Storage precision of the parameters: f32, f16 or bf16 (half the size), or int8
+    /// (matrices as 8-bit rows with a scale each, vectors f32: half of f16; decode it with
+    /// `--matmul int8`, which multiplies exactly the stored integers). `--quantize int8` is
+    /// the same option.
+    #[arg(long, alias = "quantize", value_enum, default_value_t = Storage::F32)]
     pub storage: Storage,
     // The decoding settings written to generation.json (default: the first model's).
     #[command(flatten)]
@@ -35,6 +38,7 @@ pub enum Storage {
     F32,
     F16,
     Bf16,
+    Int8,
 }
 
 impl ExportArgs {
@@ -86,9 +90,10 @@ impl ExportArgs {
             .validate()
             .map_err(|e| anyhow::anyhow!("generation settings: {e}"))?;
         let storage = match self.storage {
-            Storage::F32 => DType::F32,
-            Storage::F16 => DType::F16,
-            Storage::Bf16 => DType::BF16,
+            Storage::F32 => checkpoint::Storage::Float(DType::F32),
+            Storage::F16 => checkpoint::Storage::Float(DType::F16),
+            Storage::Bf16 => checkpoint::Storage::Float(DType::BF16),
+            Storage::Int8 => checkpoint::Storage::Int8,
         };
         checkpoint::save(
             &self.output,

@@ -125,3 +125,62 @@ pub(super) unsafe fn kernel_f32<const R: usize>(k: usize, a: ABlock, b: &[u32], 
 pub(super) unsafe fn kernel_f32<const R: usize>(_: usize, _: ABlock, _: &[u32], _: TileOut) {
     unreachable!("accelerated_f32() is false off x86_64")
 }
+
+/// The first `R` rows of one `MR x NR` tile over all `quads` in int8: four byte products per
+/// lane and instruction (`vpdpbusd`: unsigned `A` bytes times signed `B` bytes), summed
+/// exactly in i32, then dequantized as [`dequantize`] does.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-VNNI; `a` holds `quads * MR` words, `b` `quads * NR`;
+/// `scales` `MR` rows and `NR` columns; `out` as for [`put_tile!`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn kernel_int8<const R: usize>(
+    quads: usize,
+    a: &[u32],
+    b: &[u32],
+    scales: TileScales,
+    out: TileOut,
+) {
+    use std::arch::x86_64::*;
+    assert!(R <= MR && a.len() >= quads * MR && b.len() >= quads * NR);
+    assert!(scales.rows.len() >= R && scales.columns.len() >= NR && scales.offsets.len() >= NR);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for p in 0..quads {
+        let b0 = _mm512_loadu_si512(b.add(p * NR) as *const _);
+        let b1 = _mm512_loadu_si512(b.add(p * NR + 16) as *const _);
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_epi32(*a.add(p * MR + i) as i32);
+            acc_row[0] = _mm512_dpbusd_epi32(acc_row[0], ai, b0);
+            acc_row[1] = _mm512_dpbusd_epi32(acc_row[1], ai, b1);
+        }
+    }
+    let offsets = scales.offsets.as_ptr();
+    let (off0, off1) = (
+        _mm512_loadu_si512(offsets as *const _),
+        _mm512_loadu_si512(offsets.add(16) as *const _),
+    );
+    let columns = scales.columns.as_ptr();
+    let (col0, col1) = (_mm512_loadu_ps(columns), _mm512_loadu_ps(columns.add(16)));
+    let values: [[__m512; 2]; R] = std::array::from_fn(|i| {
+        let row = _mm512_set1_ps(scales.rows[i]);
+        let value = |sum, offset, column| {
+            let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
+            _mm512_mul_ps(_mm512_mul_ps(exact, row), column)
+        };
+        [value(acc[i][0], off0, col0), value(acc[i][1], off1, col1)]
+    });
+    put_tile!(values, out)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn kernel_int8<const R: usize>(
+    _: usize,
+    _: &[u32],
+    _: &[u32],
+    _: TileScales,
+    _: TileOut,
+) {
+    unreachable!("accelerated_int8() is false off x86_64")
+}

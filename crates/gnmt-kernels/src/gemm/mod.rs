@@ -5,6 +5,9 @@
 //!   of two bf16 pairs to an f32 accumulator: twice the multiply-adds of an f32 FMA). The mixed
 //!   precision of TPUs and PyTorch's autocast: 8 bits of mantissa in the products.
 //! - **f32**: plain f32 fused multiply-adds (AVX-512F).
+//! - **int8**: operands quantized to 8-bit integers with a scale per row of `A` and per column
+//!   of `B`, exact integer sums on AVX512-VNNI's `vpdpbusd` (four products per lane: four times
+//!   an f32 FMA); for decoding only ([`int8`] says how).
 //!
 //! Layout. `B [k, n]` is packed into panels of [`NR`] columns; within a panel, depth word `p`
 //! is `NR` 32-bit words, word `j` holding column `j`'s depth `p` (f32) or depths `2p, 2p+1`
@@ -22,16 +25,19 @@
 use std::mem::MaybeUninit;
 
 mod avx512;
+mod int8;
 mod pack;
 mod portable;
 #[cfg(test)]
 mod tests;
 mod tile;
 
-use avx512::{kernel, kernel_f32};
+use avx512::{kernel, kernel_f32, kernel_int8};
+pub use int8::{accelerated_int8, quantize_row};
+use int8::{dequantize, TileScales};
 use pack::pack_a;
 pub use pack::{PackedB, View};
-use portable::{portable_kernel, portable_kernel_f32};
+use portable::{portable_kernel, portable_kernel_f32, portable_kernel_int8};
 use tile::{gemm_reading_a, ABlock, Dst, TileOut, Write};
 
 /// Rows of a micro-tile.
@@ -50,6 +56,8 @@ pub enum Format {
     Bf16,
     /// One depth per word, as f32.
     F32,
+    /// Four depths per word, as bytes quantized per line (see [`int8`]).
+    Int8,
 }
 
 impl Format {
@@ -57,6 +65,7 @@ impl Format {
         match self {
             Format::Bf16 => 2,
             Format::F32 => 1,
+            Format::Int8 => int8::QUAD,
         }
     }
 }

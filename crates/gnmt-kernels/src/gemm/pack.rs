@@ -229,6 +229,7 @@ pub(super) fn pack_depth_runs_by_line(
                     dst[twos.len() * width] = MaybeUninit::new(pair(*last, 0.0));
                 }
             }
+            Format::Int8 => unreachable!("int8 lines are packed by int8::quantize_lines"),
         }
     }
 }
@@ -254,6 +255,7 @@ pub(super) fn convert(format: Format, run: &[f32], words: &mut [u32]) {
                 words[twos.len()] = pair(*last, 0.0);
             }
         }
+        Format::Int8 => unreachable!("int8 lines are packed by int8::quantize_lines"),
     }
 }
 
@@ -282,6 +284,7 @@ pub(super) fn pack_line_runs(
             Format::F32 => (at(p), &[][..]),
             Format::Bf16 if 2 * p + 1 < l.depth => (at(2 * p), at(2 * p + 1)),
             Format::Bf16 => (at(2 * p), &zeros[..]),
+            Format::Int8 => unreachable!("int8 lines are packed by int8::quantize_lines"),
         };
         for (block, lo) in lo.chunks(width).enumerate() {
             let dst = &mut out[block * words * width + p * width..][..lo.len()];
@@ -297,6 +300,7 @@ pub(super) fn pack_line_runs(
                         *w = MaybeUninit::new(pair(l, h));
                     }
                 }
+                Format::Int8 => unreachable!("int8 lines are packed by int8::quantize_lines"),
             }
         }
     }
@@ -332,9 +336,11 @@ pub struct PackedB {
     pub(super) format: Format,
     pub(super) k: usize,
     pub(super) n: usize,
-    /// Depth words: `k` in f32, `ceil(k / 2)` in bf16.
+    /// Depth words: `k` in f32, `ceil(k / 2)` in bf16, `ceil(k / 4)` in int8.
     pub(super) pairs: usize,
     pub(super) data: Vec<u32>,
+    /// int8 only: the columns' scales and offsets.
+    pub(super) int8: super::int8::ColumnScales,
 }
 
 impl PackedB {
@@ -342,6 +348,17 @@ impl PackedB {
         let (k, n) = (b.rows, b.cols);
         let pairs = k.div_ceil(format.depth_per_word());
         let panels = n.div_ceil(NR);
+        if format == Format::Int8 {
+            let (data, int8) = super::int8::pack_b(b);
+            return Self {
+                format,
+                k,
+                n,
+                pairs,
+                data,
+                int8,
+            };
+        }
         let lines = b.cols_as_lines();
         // A row-major `B` is read along its rows, so a task packs several panels in one sweep
         // (see `pack_line_runs`); as long as there are a few tasks per thread.
@@ -357,6 +374,7 @@ impl PackedB {
             n,
             pairs,
             data,
+            int8: Default::default(),
         }
     }
 
@@ -374,6 +392,14 @@ impl PackedB {
 
     pub(super) fn panel(&self, panel: usize) -> &[u32] {
         &self.data[panel * self.pairs * NR..][..self.pairs * NR]
+    }
+
+    /// int8: the scales and offsets of a panel's `NR` columns.
+    pub(super) fn panel_scales(&self, panel: usize) -> (&[f32], &[i32]) {
+        (
+            &self.int8.scales[panel * NR..][..NR],
+            &self.int8.offsets[panel * NR..][..NR],
+        )
     }
 }
 

@@ -39,3 +39,29 @@ pub(super) fn portable_kernel_f32(k: usize, a: ABlock, b: &[u32], tile: &mut [[f
         }
     }
 }
+
+/// [`kernel_int8`] in plain Rust: the same exact integer sums and the same dequantization, so
+/// the same bits.
+pub(super) fn portable_kernel_int8(
+    quads: usize,
+    a: &[u32],
+    b: &[u32],
+    scales: TileScales,
+    tile: &mut [[f32; NR]; MR],
+) {
+    let bytes = |w: u32| w.to_le_bytes();
+    for (i, row) in tile.iter_mut().enumerate() {
+        let mut sums = [0i32; NR];
+        for p in 0..quads {
+            let a_bytes = bytes(a[p * MR + i]);
+            for (sum, &w) in sums.iter_mut().zip(&b[p * NR..][..NR]) {
+                for (&x, y) in a_bytes.iter().zip(bytes(w)) {
+                    *sum += x as i32 * y as i8 as i32;
+                }
+            }
+        }
+        for (j, (out, sum)) in row.iter_mut().zip(sums).enumerate() {
+            *out = dequantize(sum, scales.offsets[j], scales.rows[i], scales.columns[j]);
+        }
+    }
+}

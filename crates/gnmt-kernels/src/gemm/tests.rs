@@ -63,6 +63,7 @@ fn packing_writes_the_words_of_the_definition() {
                             let want = match format {
                                 Format::F32 => at(line, p).to_bits(),
                                 Format::Bf16 => pair(at(line, 2 * p), at(line, 2 * p + 1)),
+                                Format::Int8 => unreachable!("not packed by Lines::pack"),
                             };
                             assert_eq!(
                                 word, want,
@@ -178,7 +179,7 @@ fn an_operand_read_in_place_gives_the_packed_bits() {
 fn results_do_not_depend_on_the_thread_count() {
     let (m, n, k) = (300, 700, 256);
     let (a, b) = (random(m * k, 3), random(k * n, 4));
-    for format in [Format::F32, Format::Bf16] {
+    for format in [Format::F32, Format::Bf16, Format::Int8] {
         let packed = PackedB::new(View::new(&b, k, n, false), format);
         let run = |threads| {
             let mut out = vec![0f32; m * n];
@@ -254,7 +255,7 @@ fn f32_products_are_exact_up_to_f32_rounding_for_every_layout_and_edge() {
 fn a_row_of_the_product_does_not_depend_on_the_other_rows() {
     let (k, n) = (300, 77);
     let (a, b) = (random(200 * k, 13), random(k * n, 14));
-    for format in [Format::F32, Format::Bf16] {
+    for format in [Format::F32, Format::Bf16, Format::Int8] {
         let packed = PackedB::new(View::new(&b, k, n, false), format);
         let product = |rows: &[f32], m: usize| {
             let mut out = vec![0f32; m * n];
@@ -335,4 +336,153 @@ fn bf16_products_stay_close_to_f32() {
             );
         }
     }
+}
+
+/// The int8 product by its definition, in f64: each row of `A` and column of `B` scaled to
+/// `[-127, 127]` by its largest magnitude and rounded (ties to even), the integer products
+/// summed, the sum scaled back.
+fn quantized_product(a: View, b: View) -> Vec<f64> {
+    let quantize = |line: Vec<f32>| {
+        let max = line.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let q: Vec<i64> = line
+            .iter()
+            .map(|&x| {
+                if max == 0.0 {
+                    0
+                } else {
+                    (x * (127.0 / max)).round_ties_even() as i64
+                }
+            })
+            .collect();
+        (q, max as f64 / 127.0)
+    };
+    let rows: Vec<_> = (0..a.rows)
+        .map(|i| quantize((0..a.cols).map(|p| a.at(i, p)).collect()))
+        .collect();
+    let cols: Vec<_> = (0..b.cols)
+        .map(|j| quantize((0..b.rows).map(|p| b.at(p, j)).collect()))
+        .collect();
+    let mut out = vec![0.0; a.rows * b.cols];
+    for (i, (qa, sa)) in rows.iter().enumerate() {
+        for (j, (qb, sb)) in cols.iter().enumerate() {
+            let sum: i64 = qa.iter().zip(qb).map(|(x, y)| x * y).sum();
+            out[i * b.cols + j] = sum as f64 * sa * sb;
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_products_match_their_definition_for_every_layout_and_edge() {
+    check_every_layout_and_edge(Format::Int8, quantized_product, 1e-6, 21);
+}
+
+#[test]
+fn int8_products_stay_close_to_f32() {
+    // 127 levels per line: a rounding error up to 1/254 of the line's largest magnitude per
+    // operand, and random signs make a k-term sum's error grow like sqrt(k): a standard
+    // deviation of about 0.04 here, where the sums themselves spread about 7.
+    let (m, n, k) = (16, 40, 512);
+    let (a, b) = (random(m * k, 22), random(k * n, 23));
+    let packed = PackedB::new(View::new(&b, k, n, true), Format::Int8);
+    let mut got = vec![0f32; m * n];
+    gemm(&mut got, false, View::new(&a, m, k, false), &packed, 1);
+    let want = exact_product(View::new(&a, m, k, false), View::new(&b, k, n, true));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 0.25, "{g} vs {w}");
+    }
+}
+
+/// A row of zeros gives zeros; a row or column holding an infinity or NaN gives NaN, as an
+/// f32 product would, not a silently finite number.
+#[test]
+fn int8_zero_and_non_finite_lines() {
+    let (m, n, k) = (3, 4, 9);
+    let mut a = random(m * k, 24);
+    a[..k].fill(0.0);
+    a[k + 2] = f32::INFINITY;
+    let mut b = random(k * n, 25);
+    b[3 * n + 1] = f32::NAN;
+    let packed = PackedB::new(View::new(&b, k, n, false), Format::Int8);
+    let mut got = vec![1f32; m * n];
+    gemm(&mut got, false, View::new(&a, m, k, false), &packed, 1);
+    for j in 0..n {
+        let (zero_row, inf_row, plain_row) = (got[j], got[n + j], got[2 * n + j]);
+        assert!(zero_row == 0.0 || j == 1 && zero_row.is_nan(), "{zero_row}");
+        assert!(inf_row.is_nan());
+        assert_eq!(plain_row.is_nan(), j == 1, "{plain_row}");
+    }
+}
+
+#[test]
+fn the_portable_int8_kernel_gives_the_same_bits_as_the_instruction() {
+    if !accelerated_int8() {
+        // Every other int8 test here ran the portable kernel.
+        eprintln!(
+            "skipped: this CPU lacks AVX512-VNNI, so there is no instruction to compare with"
+        );
+        return;
+    }
+    let (m, n, k) = (MR, NR, 149);
+    let (a, b) = (random(m * k, 26), random(k * n, 27));
+    let (a_words, row_scales) = super::int8::pack_a(View::new(&a, m, k, false));
+    let packed = PackedB::new(View::new(&b, k, n, false), Format::Int8);
+    let (columns, offsets) = packed.panel_scales(0);
+    let scales = TileScales {
+        rows: &row_scales,
+        columns,
+        offsets,
+    };
+    let quads = k.div_ceil(4);
+    let (mut fast, mut portable) = ([[7f32; NR]; MR], [[1f32; NR]; MR]);
+    // SAFETY: accelerated_int8() checked; the words hold `quads` depth words of MR rows and NR
+    // columns, the scales one tile's.
+    unsafe {
+        kernel_int8::<MR>(
+            quads,
+            &a_words,
+            packed.panel(0),
+            scales,
+            TileOut::Buffer(&mut fast),
+        )
+    };
+    portable_kernel_int8(quads, &a_words, packed.panel(0), scales, &mut portable);
+    assert_eq!(fast, portable);
+    let mut two = [[7f32; NR]; MR];
+    // SAFETY: as above.
+    unsafe {
+        kernel_int8::<2>(
+            quads,
+            &a_words,
+            packed.panel(0),
+            scales,
+            TileOut::Buffer(&mut two),
+        )
+    };
+    assert_eq!(two[..2], fast[..2]);
+    assert!(two[2..].iter().flatten().all(|&x| x == 7.0));
+}
+
+/// Weights stored as `quantize_row`'s integers and scales, multiplied back into f32 and packed
+/// for an int8 product, give the same integers: a model stored in int8 decodes with exactly
+/// the stored numbers (the scales may differ in the last bit).
+#[test]
+fn int8_weights_stored_and_loaded_pack_to_the_same_integers() {
+    let (n, k) = (45, 70);
+    let w = random(n * k, 28); // [n, k]: row j is column j of B
+    let mut loaded = vec![0f32; n * k];
+    for (row, out) in w.chunks(k).zip(loaded.chunks_mut(k)) {
+        let mut q = vec![0i8; k];
+        let scale = quantize_row(row, &mut q);
+        for (x, &q) in out.iter_mut().zip(&q) {
+            *x = q as f32 * scale;
+        }
+    }
+    let original = PackedB::new(View::new(&w, k, n, true), Format::Int8);
+    let again = PackedB::new(View::new(&loaded, k, n, true), Format::Int8);
+    assert_eq!(original.data, again.data);
+    for (a, b) in original.int8.scales.iter().zip(&again.int8.scales) {
+        assert!((a - b).abs() <= a.abs() * 2.0 * f32::EPSILON, "{a} vs {b}");
+    }
+    assert_eq!(original.int8.offsets, again.int8.offsets);
 }

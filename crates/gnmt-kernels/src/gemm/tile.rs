@@ -47,6 +47,7 @@ pub(super) fn gemm_reading_a(
         fast: match b.format {
             Format::Bf16 => accelerated(),
             Format::F32 => accelerated_f32(),
+            Format::Int8 => accelerated_int8(),
         },
     };
     let tiles = Tiles::new(m, n, threads);
@@ -75,6 +76,8 @@ struct LeftOperand<'a> {
     in_place: usize,
     /// The other blocks, packed.
     packed: Vec<u32>,
+    /// int8: each row's scale (padded to whole blocks).
+    row_scales: Vec<f32>,
 }
 
 impl<'a> LeftOperand<'a> {
@@ -87,7 +90,12 @@ impl<'a> LeftOperand<'a> {
         let read_in_place =
             allow_in_place && b.format == Format::F32 && m >= MR && a.in_place_layout();
         let in_place = if read_in_place { m / MR } else { 0 };
-        let packed = if read_in_place {
+        let mut row_scales = Vec::new();
+        let packed = if b.format == Format::Int8 {
+            let (words, scales) = super::int8::pack_a(a);
+            row_scales = scales;
+            words
+        } else if read_in_place {
             let start = in_place * MR;
             let tail = View {
                 data: &a.data[start * a.row_stride..],
@@ -109,6 +117,7 @@ impl<'a> LeftOperand<'a> {
             pairs: b.pairs,
             in_place,
             packed,
+            row_scales,
         }
     }
 
@@ -173,6 +182,16 @@ struct Product<'a> {
 }
 
 impl Product<'_> {
+    /// int8: the scales of a block's rows and a panel's columns.
+    fn tile_scales(&self, block: usize, panel: usize) -> TileScales<'_> {
+        let (columns, offsets) = self.b.panel_scales(panel);
+        TileScales {
+            rows: &self.a.row_scales[block * MR..][..MR],
+            columns,
+            offsets,
+        }
+    }
+
     /// Rows `group` of the product, in the columns of `panels`.
     fn run_tile(&self, group: usize, panels: std::ops::Range<usize>) {
         let rows = group * ROW_GROUP..((group + 1) * ROW_GROUP).min(self.m);
@@ -231,8 +250,21 @@ impl Product<'_> {
             // this tile alone.
             (Format::Bf16, true) => unsafe { rows!(kernel, pairs, a.words, b, out) },
             (Format::F32, true) => unsafe { rows!(kernel_f32, pairs, a, b, out) },
+            (Format::Int8, true) => unsafe {
+                rows!(
+                    kernel_int8,
+                    pairs,
+                    a.words,
+                    b,
+                    self.tile_scales(block, panel),
+                    out
+                )
+            },
             (Format::Bf16, false) => portable_kernel(pairs, a.words, b, tile),
             (Format::F32, false) => portable_kernel_f32(pairs, a, b, tile),
+            (Format::Int8, false) => {
+                portable_kernel_int8(pairs, a.words, b, self.tile_scales(block, panel), tile)
+            }
         }
         if direct {
             return;
