@@ -62,7 +62,7 @@ pub struct Rhs<'a, T> {
     data: &'a [T],
     /// Element `(r, c)` of `b [k, n]` is `data[r * strides.0 + c * strides.1]`.
     strides: (usize, usize),
-    packed: Option<PackedB>,
+    packed: Option<std::borrow::Cow<'a, PackedB>>,
 }
 
 impl<'a, T: 'static> Rhs<'a, T> {
@@ -104,12 +104,40 @@ impl<'a, T: 'static> Rhs<'a, T> {
                 row_stride,
                 col_stride,
             };
-            packed_format(precision).map(|format| PackedB::new(view, format))
+            packed_format(precision)
+                .map(|format| std::borrow::Cow::Owned(PackedB::new(view, format)))
         });
         Self {
             data,
             strides: (row_stride, col_stride),
             packed,
+        }
+    }
+}
+
+impl<'a, T: 'static> Rhs<'a, T> {
+    /// [`Rhs::strided`], reusing `prepacked` (made by [`PackedB::new`] from the same matrix) when
+    /// it is f32's operand in the format of `precision`, instead of packing `data` again: a
+    /// weight used by many products in a row (the encoder's, batch after batch) is packed once.
+    pub fn strided_prepacked(
+        data: &'a [T],
+        (k, n): (usize, usize),
+        strides: (usize, usize),
+        precision: Precision,
+        prepacked: Option<&'a PackedB>,
+    ) -> Self {
+        let usable = prepacked.filter(|p| {
+            as_f32(data).is_some()
+                && packed_format(precision) == Some(p.format())
+                && (p.k(), p.n()) == (k, n)
+        });
+        match usable {
+            Some(p) => Self {
+                data,
+                strides,
+                packed: Some(std::borrow::Cow::Borrowed(p)),
+            },
+            None => Self::strided(data, (k, n), strides, precision),
         }
     }
 }

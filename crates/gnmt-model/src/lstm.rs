@@ -7,10 +7,13 @@
 //!
 //! Padding: a step whose mask is 0 leaves `(h, c)` unchanged (see [`gnmt_ops::lstm`]).
 
+use std::sync::{Arc, OnceLock};
+
 use candle::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use gnmt_ops::lstm::cell::{lstm_cell, lstm_cell_step};
+use gnmt_ops::lstm::layer::LstmPacks;
 use gnmt_ops::lstm::{lstm_layer, reference, LstmWeights};
 use gnmt_ops::step_matrix::StepMatrix;
 use gnmt_ops::Kernels;
@@ -55,6 +58,10 @@ pub struct Lstm {
     hidden: usize,
     /// Of the sequence, the cell and the decoding weights.
     kernels: Kernels,
+    /// The weights packed for the fused sequence, made at the first forward pass of a layer
+    /// whose weights are constants (a loaded model, not a training one: a `Var` changes at
+    /// every update) and kept for the layer's life; cleared when the kernels change.
+    packs: OnceLock<Option<Arc<LstmPacks>>>,
 }
 
 impl Lstm {
@@ -67,11 +74,34 @@ impl Lstm {
             b_hh: vb.get(4 * hidden, &format!("bias_hh_{name}"))?,
             hidden,
             kernels: Kernels::default(),
+            packs: OnceLock::new(),
         })
     }
 
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
+        self.packs = OnceLock::new();
+    }
+
+    /// Whether a forward pass has packed this layer's weights and kept them (a loaded layer
+    /// on the fused kernels; never a training one).
+    pub fn keeps_packed_weights(&self) -> bool {
+        matches!(self.packs.get(), Some(Some(_)))
+    }
+
+    /// The packed weights for the fused sequence, when they can be kept (see `packs`).
+    fn packs(&self) -> Result<Option<Arc<LstmPacks>>> {
+        let Kernels::Fused(precision) = self.kernels else {
+            return Ok(None);
+        };
+        if self.w_ih.is_variable() || self.w_hh.is_variable() {
+            return Ok(None);
+        }
+        if let Some(packs) = self.packs.get() {
+            return Ok(packs.clone());
+        }
+        let packs = LstmPacks::new(&self.weights(), precision)?.map(Arc::new);
+        Ok(self.packs.get_or_init(|| packs).clone())
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -114,7 +144,14 @@ impl Lstm {
     /// freezes the state on padded steps. `reverse` reads time backwards; outputs `[B, T, H]`
     /// are returned in the original time order ([`gnmt_ops::lstm::lstm_layer`]).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, reverse: bool) -> Result<Tensor> {
-        lstm_layer(x, &self.weights(), mask, reverse, self.kernels)
+        lstm_layer(
+            x,
+            &self.weights(),
+            mask,
+            reverse,
+            self.kernels,
+            self.packs()?,
+        )
     }
 
     /// [`Lstm::forward`] through the composite reference, one step at a time, also returning

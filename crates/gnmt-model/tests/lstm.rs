@@ -140,3 +140,60 @@ fn fused_sequence_matches_the_stepwise_reference_with_gradients() {
         }
     });
 }
+
+/// A loaded (constant) layer keeps its weights packed between calls; a training one (`Var`s)
+/// packs them at every call. Both give the same bits, in every precision, padded or not, both
+/// directions, also after the kernels change (the kept packing is then remade).
+#[test]
+fn a_loaded_layer_keeps_its_packed_weights_and_gives_the_same_bits() {
+    use gnmt_model::{Kernels, Precision};
+    let (input, hidden) = (40, 24);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    candle_nn::lstm(input, hidden, Default::default(), vb.clone()).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        var.set(&random(var.dims(), name.len() as u64)).unwrap();
+    }
+    let mut training = Lstm::new(input, hidden, "l0", &vb).unwrap();
+    // The same values as constants, as a loaded model holds them.
+    let constants = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(constants, DType::F32, &Device::Cpu);
+    let mut loaded = Lstm::new(input, hidden, "l0", &vb).unwrap();
+    let x = random(&[3, 7, input], 9);
+    let mask = gnmt_model::mask_from_lengths(&[7, 4, 1], 7, DType::F32, &Device::Cpu).unwrap();
+    for precision in [
+        Precision::F32,
+        Precision::Bf16,
+        Precision::Int8,
+        Precision::F32,
+    ] {
+        training.set_kernels(Kernels::Fused(precision));
+        loaded.set_kernels(Kernels::Fused(precision));
+        assert!(
+            !loaded.keeps_packed_weights(),
+            "a change of kernels drops them"
+        );
+        for reverse in [false, true] {
+            for mask in [None, Some(&mask)] {
+                let want = training.forward(&x, mask, reverse).unwrap();
+                // Twice: the first call packs and keeps the weights, the second reuses them.
+                for _ in 0..2 {
+                    let got = loaded.forward(&x, mask, reverse).unwrap();
+                    assert!(loaded.keeps_packed_weights() && !training.keeps_packed_weights());
+                    assert_eq!(
+                        max_abs_diff(&got, &want),
+                        0.0,
+                        "{precision:?}, reverse {reverse}, mask {}",
+                        mask.is_some()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -437,7 +437,14 @@ pub fn cases() -> Vec<Case> {
                     b_ih: &x[3],
                     b_hh: &x[4],
                 };
-                Ok(vec![lstm_layer(&x[0], &weights, Some(&x[5]), reverse, k)?])
+                Ok(vec![lstm_layer(
+                    &x[0],
+                    &weights,
+                    Some(&x[5]),
+                    reverse,
+                    k,
+                    None,
+                )?])
             },
         ));
     }

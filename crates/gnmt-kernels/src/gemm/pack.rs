@@ -332,6 +332,7 @@ impl<'a> View<'a> {
 
 /// The right-hand operand `B [k, n]`, packed once and usable for many products (the
 /// recurrent weight of an LSTM is packed once per sequence, not once per step).
+#[derive(Clone)]
 pub struct PackedB {
     pub(super) format: Format,
     pub(super) k: usize,

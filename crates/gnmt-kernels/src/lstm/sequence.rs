@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::{lstm_cell_row, lstm_cell_row_backward};
 use crate::buffers::{column_sums, zeros};
+use crate::gemm::PackedB;
 use crate::matmul::{matmul_rhs, product, Rhs};
 use crate::{Compute, Precision, Real};
 
@@ -279,9 +280,10 @@ pub struct RecurrentWeight<'a, T> {
 /// Runs the recurrence over `x_gates`, the input projection of the real `(step, row)` pairs in
 /// the compact layout ([`Compact`]: `[real pairs, 4H]`); returns the hidden states and cell
 /// states, time-major `[T, B, H]`, and the real pairs' gate activations, compact.
-pub fn forward<T: 'static + Real>(
+pub fn forward<'w, T: 'static + Real>(
     x_gates: &[T],
-    w_hh: RecurrentWeight<T>,
+    w_hh: RecurrentWeight<'w, T>,
+    w_hh_t_packed: Option<&'w PackedB>,
     bias: &[T],
     keep: Option<&[bool]>,
     d: Dims,
@@ -294,8 +296,14 @@ pub fn forward<T: 'static + Real>(
         "lstm: input gates of other pairs"
     );
     // W_hh^T [H, 4H], read from W_hh's storage: f32 is packed once here for every step (a
-    // transposed copy first was serial work on the calling thread).
-    let w_hh_t = Rhs::strided(w_hh.data, (d.h, 4 * d.h), (1, w_hh.row_stride), d.precision);
+    // transposed copy first was serial work on the calling thread), unless it comes packed.
+    let w_hh_t = Rhs::strided_prepacked(
+        w_hh.data,
+        (d.h, 4 * d.h),
+        (1, w_hh.row_stride),
+        d.precision,
+        w_hh_t_packed,
+    );
     let (mut h, mut acts, mut cells) = (
         zeros(d.t * d.b * d.h),
         zeros(compact.total * 4 * d.h),

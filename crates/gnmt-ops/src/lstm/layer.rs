@@ -11,12 +11,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use gnmt_kernels::buffers::{gather_rows, zeros};
+use gnmt_kernels::gemm::{PackedB, View};
 use gnmt_kernels::lstm::sequence::{self, Dims, RecurrentWeight};
-use gnmt_kernels::matmul::product;
+use gnmt_kernels::matmul::{packed_format, product_rhs, Rhs};
 use gnmt_kernels::{Compute, Precision};
 
 use super::LstmWeights;
@@ -24,6 +25,39 @@ use crate::dispatch::{self, Float, Kernel};
 use crate::matmul::product_no_bwd;
 use crate::storage::{read, split};
 use crate::{concat, rows};
+
+/// A layer's weights packed once for the fused forward pass, in the format of one precision:
+/// for a model whose weights do not change (translation), so the encoder's `W_ih^T` and
+/// `W_hh^T` are not packed again for every batch. The same words as packing them per call.
+#[derive(Debug)]
+pub struct LstmPacks {
+    precision: Precision,
+    input: PackedB,
+    recurrent: PackedB,
+}
+
+impl LstmPacks {
+    /// `weights` packed for `precision`; `None` where its products are not packed (f64
+    /// weights, or f32 on a CPU without AVX-512F or FMA).
+    pub fn new(weights: &LstmWeights, precision: Precision) -> Result<Option<Self>> {
+        let Some(format) = packed_format(precision) else {
+            return Ok(None);
+        };
+        if weights.w_ih.dtype() != DType::F32 || weights.w_hh.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (h4, input) = weights.w_ih.dims2()?;
+        let h = weights.w_hh.dims2()?.1;
+        let w_ih = weights.w_ih.flatten_all()?.to_vec1::<f32>()?;
+        let w_hh = weights.w_hh.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(Self {
+            precision,
+            // `W^T [in, 4H]` read from the `[4H, in]` storage, as the forward pass reads it.
+            input: PackedB::new(View::new(&w_ih, input, h4, true), format),
+            recurrent: PackedB::new(View::new(&w_hh, h, h4, true), format),
+        }))
+    }
+}
 
 /// Runs one layer from the zero state over `x [B, T, in]` with `weights`. `keep` holds one
 /// flag per `(step, row)`, time-major (`keep[s * B + b]`, see [`super::time_major_keep`]); a
@@ -35,6 +69,7 @@ pub fn lstm_layer(
     keep: Option<Vec<bool>>,
     reverse: bool,
     precision: Precision,
+    packs: Option<Arc<LstmPacks>>,
 ) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     weights.check(x)?;
@@ -59,6 +94,7 @@ pub fn lstm_layer(
         keep: keep.map(Arc::new),
         input_rows: Arc::new(input_rows),
         gate_rows: Arc::new(gate_rows),
+        packs: packs.filter(|p| p.precision == precision),
         saved: Mutex::new(None),
     };
     x.contiguous()?
@@ -73,6 +109,8 @@ struct LstmLayer {
     /// The real `(step, row)` pairs, see [`real_rows`].
     input_rows: Arc<Vec<usize>>,
     gate_rows: Arc<Vec<usize>>,
+    /// The weights packed beforehand, in this op's precision.
+    packs: Option<Arc<LstmPacks>>,
     /// What the backward pass needs from the forward pass: the hidden states and cell states,
     /// time-major, and the real pairs' gate activations (compact, see `sequence`).
     saved: Mutex<Option<Saved>>,
@@ -166,10 +204,17 @@ impl Kernel<3> for LstmLayer {
     ) -> Result<(Vec<T>, Shape)> {
         let (d, i) = self.dims(sx, sw, swb)?;
         let compute = Compute::all_threads(d.precision);
-        let projected = product(
+        let packs = self.packs.as_deref();
+        let projected = product_rhs(
             (self.gate_rows.len(), 4 * d.h, i),
             (&gather_rows(x, i, &self.input_rows), false),
-            (w_ih, true),
+            &Rhs::strided_prepacked(
+                w_ih,
+                (i, 4 * d.h),
+                (1, i),
+                d.precision,
+                packs.map(|p| &p.input),
+            ),
             None,
             compute,
         );
@@ -177,8 +222,14 @@ impl Kernel<3> for LstmLayer {
         // the recurrence reads its input gates in.
         let bias = bias_column(wb, d.h);
         let keep = self.keep.as_deref().map(Vec::as_slice);
-        let (h, acts, cells) =
-            sequence::forward(&projected, recurrent_weight(wb, d.h), &bias, keep, d);
+        let (h, acts, cells) = sequence::forward(
+            &projected,
+            recurrent_weight(wb, d.h),
+            packs.map(|p| &p.recurrent),
+            &bias,
+            keep,
+            d,
+        );
         let out = reorder(&h, (d.t, d.b, d.h), false);
         let (cpu, n_acts) = (Device::Cpu, acts.len());
         let saved = Saved {

@@ -78,7 +78,8 @@ impl LstmWeights<'_> {
 ///
 /// Fused, the whole recurrence is one op ([`layer::lstm_layer`]) and padded steps cost
 /// nothing: the input projection multiplies out only the real `(step, row)` pairs, and the
-/// recurrence only the rows still running at each step. The reference runs
+/// recurrence only the rows still running at each step; `packs` (from
+/// [`layer::LstmPacks::new`]) saves packing the weights again. The reference runs
 /// [`reference::layer`].
 pub fn lstm_layer(
     x: &Tensor,
@@ -86,6 +87,7 @@ pub fn lstm_layer(
     mask: Option<&Tensor>,
     reverse: bool,
     kernels: Kernels,
+    packs: Option<std::sync::Arc<layer::LstmPacks>>,
 ) -> Result<Tensor> {
     match kernels {
         Kernels::Reference => Ok(reference::layer(x, weights, mask, reverse)?.0),
@@ -95,7 +97,7 @@ pub fn lstm_layer(
                 None => None,
                 Some(m) => Some(time_major_keep(m, t, b)?),
             };
-            layer::lstm_layer(x, weights, keep, reverse, precision)
+            layer::lstm_layer(x, weights, keep, reverse, precision, packs)
         }
     }
 }
