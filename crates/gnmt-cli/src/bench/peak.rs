@@ -20,13 +20,17 @@ fn best_of_three(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<
     Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
 }
 
-/// bf16 product rate at 2048^3 ([`gnmt_kernels::gemm`]), in GFLOP/s.
-pub(crate) fn bf16_peak_gflops() -> anyhow::Result<f64> {
-    use gnmt_kernels::gemm::{gemm, Format, PackedB, View};
+/// The rate of our packed product ([`gnmt_kernels::gemm`]) at 2048^3 with operands in the
+/// format of `precision`, `B` packed beforehand, in GFLOP/s: the peak of that precision
+/// (bf16 or int8) that a benchmark's products are measured against.
+pub(crate) fn packed_peak_gflops(precision: gnmt_model::Precision) -> anyhow::Result<f64> {
+    use gnmt_kernels::gemm::{gemm, PackedB, View};
+    let format = gnmt_kernels::matmul::packed_format(precision)
+        .ok_or_else(|| anyhow::anyhow!("{precision:?} products are not packed on this CPU"))?;
     let n = PEAK_N;
     let (a, b) = (vec![1f32; n * n], vec![1f32; n * n]);
     let mut c = vec![0f32; n * n];
-    let packed = PackedB::new(View::new(&b, n, n, false), Format::Bf16);
+    let packed = PackedB::new(View::new(&b, n, n, false), format);
     let threads = rayon::current_num_threads();
     best_of_three(|| {
         gemm(&mut c, false, View::new(&a, n, n, false), &packed, threads);

@@ -12,7 +12,7 @@ use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use clap::Args;
 
-use super::peak::{bf16_peak_gflops, peak_gflops};
+use super::peak::{packed_peak_gflops, peak_gflops};
 use super::rounds::{measurement_output, rounds_note, Rounds};
 use gnmt_model::{
     init_model, mask_from_lengths, parameter_count, Kernels, ModelConfig, PairBatch, Precision,
@@ -314,7 +314,7 @@ impl BenchTrainArgs {
             ms(phases[2])
         );
         if kernels == Kernels::Fused(Precision::Bf16) {
-            let bf16_peak = bf16_peak_gflops()?;
+            let bf16_peak = packed_peak_gflops(Precision::Bf16)?;
             println!(
                 "bf16 products: {:.0}% of the {:.0} GFLOP/s a 2048^3 bf16 product reaches",
                 100.0 * rate * flops / 1e9 / bf16_peak,

@@ -13,7 +13,7 @@ use gnmt_infer::Translator;
 use gnmt_model::{Kernels, Precision};
 use gnmt_tokenizer::Lines;
 
-use super::peak::{bf16_peak_gflops, peak_gflops};
+use super::peak::{packed_peak_gflops, peak_gflops};
 use super::rounds::{measurement_output, rounds_note, Rounds};
 
 #[derive(Debug, Args)]
@@ -197,11 +197,11 @@ impl BenchTranslateArgs {
             "{gflops:.1} GFLOP/s = {:.0}% of the {peak:.0} GFLOP/s a 2048^3 matmul reaches",
             100.0 * gflops / peak
         );
-        if kernels == Kernels::Fused(Precision::Bf16) {
-            let bf16_peak = bf16_peak_gflops()?;
+        if let Kernels::Fused(precision @ (Precision::Bf16 | Precision::Int8)) = kernels {
+            let own_peak = packed_peak_gflops(precision)?;
             rate += &format!(
-                " ({:.0}% of the bf16 product's {bf16_peak:.0})",
-                100.0 * gflops / bf16_peak
+                " ({:.0}% of the {precision} product's {own_peak:.0})",
+                100.0 * gflops / own_peak
             );
         }
         println!(
