@@ -23,10 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, value_parser = checked::threads())]
     pub threads: Option<usize>,
     /// Precision of the matrix products: f32; bf16 operands with f32 sums (twice the
-    /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere); or, for
-    /// decoding only, int8 operands quantized per row with exact integer sums (four times, on
-    /// CPUs with AVX512-VNNI; `--quantize int8` says the same). [default: f32, or the
-    /// training config's `matmul`]
+    /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere); for decoding
+    /// only, int8 operands quantized per row with exact integer sums (four times, on CPUs with
+    /// AVX512-VNNI; `--quantize int8` says the same); or auto: the fastest of these that was
+    /// measured to train (decode) as well as f32 on this kind of CPU, named in the log.
+    /// [default: auto for `train`, unless its config file sets `matmul`; f32 elsewhere]
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast, CPU), or reference (their composite candle
@@ -56,12 +57,35 @@ impl ComputeFlags {
         self.device.open()
     }
 
-    /// The kernels a command's models run on `device`: `--kernels` (default: fused on the
-    /// CPU, reference elsewhere) with products in `--matmul` (default f32). Warns when bf16
-    /// will be slow on this CPU.
+    /// The kernels a decoding command's models run on `device`: `--kernels` (default: fused
+    /// on the CPU, reference elsewhere) with products in `--matmul` (default f32; `auto` as
+    /// [`Matmul::for_decoding`] decides). Warns when bf16 or int8 will be slow on this CPU.
     pub fn kernels_on(self, device: &candle::Device) -> anyhow::Result<gnmt_model::Kernels> {
+        self.kernels_with(device, Matmul::for_decoding)
+    }
+
+    /// [`ComputeFlags::kernels_on`] for training (`auto` as [`Matmul::for_training`] decides).
+    pub fn training_kernels_on(
+        self,
+        device: &candle::Device,
+    ) -> anyhow::Result<gnmt_model::Kernels> {
+        self.kernels_with(device, |m| m.for_training(false))
+    }
+
+    fn kernels_with(
+        self,
+        device: &candle::Device,
+        resolve: fn(Matmul) -> gnmt_model::Precision,
+    ) -> anyhow::Result<gnmt_model::Kernels> {
         let choice = kernel_choice(self.kernels.map(Into::into), device)?;
-        let precision = self.matmul.map_or(gnmt_model::Precision::F32, Into::into);
+        let precision = match self.matmul {
+            // The reference kernels and GPUs compute in f32.
+            Some(Matmul::Auto) if choice != gnmt_model::KernelChoice::Fused || !device.is_cpu() => {
+                gnmt_model::Precision::F32
+            }
+            Some(m) => resolve(m),
+            None => gnmt_model::Precision::F32,
+        };
         if device.is_cpu() {
             warn_if_slow(precision);
         }
@@ -105,22 +129,49 @@ impl From<KernelsArg> for gnmt_model::KernelChoice {
     }
 }
 
-/// `--matmul`: see [`gnmt_model::Precision`].
+/// `--matmul`: see [`gnmt_model::Precision`]; `auto` picks one by the CPU's features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Matmul {
     F32,
     Bf16,
     Int8,
+    Auto,
 }
 
-impl From<Matmul> for gnmt_model::Precision {
-    fn from(m: Matmul) -> Self {
-        match m {
-            Matmul::F32 => gnmt_model::Precision::F32,
-            Matmul::Bf16 => gnmt_model::Precision::Bf16,
-            Matmul::Int8 => gnmt_model::Precision::Int8,
+impl Matmul {
+    /// The precision to train in: `auto` as [`gnmt_model::Precision::auto_for_training`]
+    /// decides, said on stderr unless `quiet`.
+    pub fn for_training(self, quiet: bool) -> gnmt_model::Precision {
+        self.fixed()
+            .unwrap_or_else(|| announce(gnmt_model::Precision::auto_for_training(), quiet))
+    }
+
+    /// The precision to decode in: `auto` as [`gnmt_model::Precision::auto_for_decoding`]
+    /// decides, said on stderr.
+    pub fn for_decoding(self) -> gnmt_model::Precision {
+        self.fixed()
+            .unwrap_or_else(|| announce(gnmt_model::Precision::auto_for_decoding(), false))
+    }
+
+    fn fixed(self) -> Option<gnmt_model::Precision> {
+        match self {
+            Matmul::F32 => Some(gnmt_model::Precision::F32),
+            Matmul::Bf16 => Some(gnmt_model::Precision::Bf16),
+            Matmul::Int8 => Some(gnmt_model::Precision::Int8),
+            Matmul::Auto => None,
         }
     }
+}
+
+/// Says what `--matmul auto` chose and why.
+fn announce(choice: gnmt_kernels::precision::AutoChoice, quiet: bool) -> gnmt_model::Precision {
+    if !quiet {
+        eprintln!(
+            "matrix products in {} (--matmul auto: {})",
+            choice.precision, choice.reason
+        );
+    }
+    choice.precision
 }
 
 /// Warns when products in `precision` will be slow on this CPU.

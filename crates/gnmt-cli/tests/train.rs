@@ -290,7 +290,11 @@ fn reference_kernels_train_like_the_fused_ones() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     tiny_run_setup(d);
-    ok(train_tiny(d, "fused", "20"));
+    // In f32, which `--matmul auto` may not pick for the fused kernels on this CPU.
+    let mut args = vec!["--matmul", "f32"];
+    args.extend(TRAIN_TINY);
+    args.extend(["-o", "fused", "--max-steps", "20", "--quiet"]);
+    ok(gnmt(&args, d));
     let mut args = vec!["--kernels", "reference"];
     args.extend(TRAIN_TINY);
     args.extend(["-o", "reference", "--max-steps", "20", "--quiet"]);
@@ -310,6 +314,56 @@ fn reference_kernels_train_like_the_fused_ones() {
     args.extend(["-o", "refused", "--max-steps", "20", "--quiet"]);
     let e = err(gnmt(&args, d));
     assert!(e.contains("f32 only"), "{e}");
+}
+
+/// Training's products default to `--matmul auto` unless the config file sets `matmul`: the
+/// choice (this CPU's, by the kernels crate's rule) and its reason go to stderr, and every
+/// metrics record names the precision the run computed in; the config file's key and the flag
+/// win over auto.
+#[test]
+fn training_products_default_to_auto_and_say_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_run_setup(d);
+    let mut config: serde_json::Value = serde_json::from_str(TINY_CONFIG).unwrap();
+    config["matmul"] = "f32".into();
+    std::fs::write(d.join("f32.json"), config.to_string()).unwrap();
+    let run = |extra: &[&str], config: &str, out: &str| {
+        let mut args = extra.to_vec();
+        args.extend(&TRAIN_TINY[..TRAIN_TINY.len() - 1]);
+        args.extend([config, "-o", out, "--max-steps", "10"]);
+        let output = gnmt(&args, d);
+        let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+        ok(output);
+        let logged: Vec<String> = std::fs::read_to_string(d.join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let record: serde_json::Value = serde_json::from_str(l).unwrap();
+                record.get("loss")?;
+                Some(record["matmul"].as_str().expect("a precision").to_string())
+            })
+            .collect();
+        assert_eq!(logged.len(), 2, "{out}: {logged:?}");
+        (stderr, logged)
+    };
+    let auto = gnmt_kernels::Precision::auto_for_training();
+    let (stderr, logged) = run(&[], "config.json", "auto");
+    let said = format!(
+        "matrix products in {} (--matmul auto: {})",
+        auto.precision, auto.reason
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(
+        logged.iter().all(|p| p == auto.precision.name()),
+        "{logged:?}"
+    );
+    let (stderr, logged) = run(&[], "f32.json", "from-file");
+    assert!(!stderr.contains("--matmul auto"), "{stderr}");
+    assert!(logged.iter().all(|p| p == "f32"), "{logged:?}");
+    let (stderr, logged) = run(&["--matmul", "bf16"], "f32.json", "flag");
+    assert!(!stderr.contains("--matmul auto"), "{stderr}");
+    assert!(logged.iter().all(|p| p == "bf16"), "{logged:?}");
 }
 
 /// SIGKILL at an arbitrary moment loses at most the updates since the last checkpoint: the

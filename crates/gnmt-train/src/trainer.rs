@@ -516,7 +516,9 @@ impl Trainer<'_> {
         let step = state.step;
         if step.is_multiple_of(self.config.log.log_every) {
             let epoch = state.cursor.epoch as f64 + state.cursor.batch as f64 / per_epoch as f64;
-            let record = window.record(step, epoch, lr, state.elapsed_secs);
+            let mut record = window.record(step, epoch, lr, state.elapsed_secs);
+            // The products' precision beside their speed (`--matmul auto` picks it per CPU).
+            record["matmul"] = self.config.matmul.name().into();
             self.say(&window.line(step, epoch, lr));
             self.metrics.write(&record)?;
             *window = Window::new();

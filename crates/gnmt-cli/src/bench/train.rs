@@ -87,7 +87,7 @@ fn rate_of(text: &str) -> Option<f64> {
 impl BenchTrainArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let kernels = compute.kernels_on(&device)?;
+        let kernels = compute.training_kernels_on(&device)?;
         anyhow::ensure!(
             kernels.precision() != gnmt_model::Precision::Int8,
             "--matmul int8 is for decoding: training computes in f32 or bf16"

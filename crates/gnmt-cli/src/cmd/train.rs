@@ -240,12 +240,29 @@ impl TrainArgs {
         if let Some(t) = self.corpus.temperature {
             c.data.temperature = t;
         }
-        if let Some(m) = compute.matmul {
-            c.matmul = m.into();
-        }
         let given = compute.kernels.map(Into::into);
         if given.is_some() || !device.is_cpu() {
             c.kernels = crate::kernel_choice(given, device)?;
+        }
+        // auto unless chosen, by the flag or by the config file's `matmul` key; the reference
+        // kernels and GPUs compute in f32.
+        let file_sets_matmul = match &self.config {
+            Some(p) => TrainConfig::sections_in_file(p)?
+                .iter()
+                .any(|s| s == "matmul"),
+            None => false,
+        };
+        let matmul = compute
+            .matmul
+            .or((!file_sets_matmul).then_some(crate::Matmul::Auto));
+        match matmul {
+            Some(crate::Matmul::Auto)
+                if c.kernels != gnmt_model::KernelChoice::Fused || !device.is_cpu() =>
+            {
+                c.matmul = gnmt_model::Precision::F32
+            }
+            Some(m) => c.matmul = m.for_training(self.quiet),
+            None => {}
         }
         if device.is_cpu() {
             crate::warn_if_slow(c.matmul);

@@ -87,7 +87,7 @@ fn line_scale(line: &[f32]) -> (f32, f32) {
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl",
     "x86_64+avx2+fma"
 ))]
-fn quantize_into(line: &[f32], out: &mut [i8]) -> (f32, i32) {
+pub(super) fn quantize_into(line: &[f32], out: &mut [i8]) -> (f32, i32) {
     let (scale, inverse) = line_scale(line);
     let mut sum = 0i32;
     for (q, &x) in out.iter_mut().zip(line) {

@@ -24,6 +24,7 @@
 
 use std::mem::MaybeUninit;
 
+mod amx;
 mod avx512;
 mod int8;
 mod pack;
@@ -32,6 +33,7 @@ mod portable;
 mod tests;
 mod tile;
 
+pub use amx::available as amx_available;
 use avx512::{kernel, kernel_f32, kernel_int8};
 pub use int8::{accelerated_int8, quantize_row};
 use int8::{dequantize, TileScales};

@@ -6,14 +6,14 @@ fn gemm_unpacked(dst: &mut [f32], accumulate: bool, a: View, b: View, threads: u
     gemm(dst, accumulate, a, &PackedB::new(b, Format::Bf16), threads)
 }
 
-fn random(len: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// The product of the bf16-rounded operands in f64: what the kernel computes, up to
 /// the order of its f32 sums.
-fn rounded_product(a: View, b: View) -> Vec<f64> {
+pub(super) fn rounded_product(a: View, b: View) -> Vec<f64> {
     let r = |x: f32| from_bf16(to_bf16(x)) as f64;
     let mut out = vec![0.0; a.rows * b.cols];
     for i in 0..a.rows {

@@ -15,7 +15,7 @@ pub(super) enum Write<'a> {
 
 /// The product into `dst`, which holds at least `m * n` elements (initialised unless `write`
 /// is `Store` or `Bias`, which only write); `in_place` false packs every block of `A` (the
-/// tests compare both ways).
+/// tests compare both ways). On a CPU with AMX, bf16 and int8 products run on its tiles.
 pub(super) fn gemm_reading_a(
     dst: Dst,
     write: Write,
@@ -37,6 +37,24 @@ pub(super) fn gemm_reading_a(
         }
         return;
     }
+    if b.format != Format::F32 && amx::available(b.format) {
+        // SAFETY: available() checked; dst as this function's contract says.
+        return unsafe { amx::gemm_on_tiles::<amx::Hardware>(dst, write, a, b, threads) };
+    }
+    gemm_on_micro_tiles(dst, write, a, b, threads, in_place)
+}
+
+/// [`gemm_reading_a`] on the AVX-512 (or portable) micro-kernels, whatever the CPU: for
+/// `0 < m, n, k`.
+pub(super) fn gemm_on_micro_tiles(
+    dst: Dst,
+    write: Write,
+    a: View,
+    b: &PackedB,
+    threads: usize,
+    in_place: bool,
+) {
+    let (m, n) = (a.rows, b.n);
     let product = Product {
         a: LeftOperand::new(a, b, in_place),
         b,
