@@ -174,7 +174,8 @@ fn fine_tuning_refuses_another_vocabulary_or_architecture() {
     std::fs::write(
         d.join("same.json"),
         r#"{"model": {"vocab_size": 8000, "embedding_dim": 256, "hidden_size": 256,
-            "encoder_layers": 4, "decoder_layers": 4, "attention_size": 256}}"#,
+            "encoder_layers": 4, "decoder_layers": 4, "attention_size": 256,
+            "tie_embeddings": "all"}}"#,
     )
     .unwrap();
     let shipped = repo_root().join("models/multi30k-en-de");
