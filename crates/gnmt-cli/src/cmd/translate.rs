@@ -89,8 +89,9 @@ pub struct TranslateArgs {
     /// Precision of the matrix products: f32; bf16 operands with f32 sums (faster on CPUs
     /// with AVX512-BF16, slow elsewhere); or int8 operands quantized per row with exact integer
     /// sums (fastest on CPUs with AVX512-VNNI; the products a model exported with
-    /// `--storage int8` was stored for). Translations may differ slightly from f32's.
-    /// `--quantize int8` is the same option.
+    /// `--storage int8` was stored for); or auto: int8 where the CPU has AVX512-VNNI, else the
+    /// precision `gnmt train --matmul auto` picks (named on stderr). Translations may differ
+    /// slightly from f32's. `--quantize int8` is the same option.
     #[arg(long, alias = "quantize", value_enum, default_value_t = crate::Matmul::F32)]
     pub matmul: crate::Matmul,
     /// The operations the model runs on: fused (fast, CPU), or reference (composite candle
