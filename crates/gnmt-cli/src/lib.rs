@@ -69,23 +69,21 @@ impl ComputeFlags {
         self,
         device: &candle::Device,
     ) -> anyhow::Result<gnmt_model::Kernels> {
-        self.kernels_with(device, |m| m.for_training(false))
+        self.kernels_with(device, |m, fused_on_cpu| {
+            m.for_training(fused_on_cpu, false)
+        })
     }
 
     fn kernels_with(
         self,
         device: &candle::Device,
-        resolve: fn(Matmul) -> gnmt_model::Precision,
+        resolve: fn(Matmul, bool) -> gnmt_model::Precision,
     ) -> anyhow::Result<gnmt_model::Kernels> {
         let choice = kernel_choice(self.kernels.map(Into::into), device)?;
-        let precision = match self.matmul {
-            // The reference kernels and GPUs compute in f32.
-            Some(Matmul::Auto) if choice != gnmt_model::KernelChoice::Fused || !device.is_cpu() => {
-                gnmt_model::Precision::F32
-            }
-            Some(m) => resolve(m),
-            None => gnmt_model::Precision::F32,
-        };
+        let fused_on_cpu = choice == gnmt_model::KernelChoice::Fused && device.is_cpu();
+        let precision = self
+            .matmul
+            .map_or(gnmt_model::Precision::F32, |m| resolve(m, fused_on_cpu));
         if device.is_cpu() {
             warn_if_slow(precision);
         }
@@ -140,17 +138,32 @@ pub enum Matmul {
 
 impl Matmul {
     /// The precision to train in: `auto` as [`gnmt_model::Precision::auto_for_training`]
-    /// decides, said on stderr unless `quiet`.
-    pub fn for_training(self, quiet: bool) -> gnmt_model::Precision {
-        self.fixed()
-            .unwrap_or_else(|| announce(gnmt_model::Precision::auto_for_training(), quiet))
+    /// decides where the fused kernels run on the CPU (the reference kernels and GPUs compute
+    /// in f32), said on stderr unless `quiet`.
+    pub fn for_training(self, fused_on_cpu: bool, quiet: bool) -> gnmt_model::Precision {
+        self.resolve(fused_on_cpu, || {
+            announce(gnmt_model::Precision::auto_for_training(), quiet)
+        })
     }
 
     /// The precision to decode in: `auto` as [`gnmt_model::Precision::auto_for_decoding`]
-    /// decides, said on stderr.
-    pub fn for_decoding(self) -> gnmt_model::Precision {
-        self.fixed()
-            .unwrap_or_else(|| announce(gnmt_model::Precision::auto_for_decoding(), false))
+    /// decides, as for training, said on stderr.
+    pub fn for_decoding(self, fused_on_cpu: bool) -> gnmt_model::Precision {
+        self.resolve(fused_on_cpu, || {
+            announce(gnmt_model::Precision::auto_for_decoding(), false)
+        })
+    }
+
+    fn resolve(
+        self,
+        fused_on_cpu: bool,
+        auto: impl FnOnce() -> gnmt_model::Precision,
+    ) -> gnmt_model::Precision {
+        match self.fixed() {
+            Some(precision) => precision,
+            None if fused_on_cpu => auto(),
+            None => gnmt_model::Precision::F32,
+        }
     }
 
     fn fixed(self) -> Option<gnmt_model::Precision> {

@@ -255,14 +255,9 @@ impl TrainArgs {
         let matmul = compute
             .matmul
             .or((!file_sets_matmul).then_some(crate::Matmul::Auto));
-        match matmul {
-            Some(crate::Matmul::Auto)
-                if c.kernels != gnmt_model::KernelChoice::Fused || !device.is_cpu() =>
-            {
-                c.matmul = gnmt_model::Precision::F32
-            }
-            Some(m) => c.matmul = m.for_training(self.quiet),
-            None => {}
+        let fused_on_cpu = c.kernels == gnmt_model::KernelChoice::Fused && device.is_cpu();
+        if let Some(m) = matmul {
+            c.matmul = m.for_training(fused_on_cpu, self.quiet);
         }
         if device.is_cpu() {
             crate::warn_if_slow(c.matmul);

@@ -25,8 +25,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::int8::{dequantize, quantize_into, OFFSET, QUAD};
+use super::int8::{dequantize, quad_words, quantize_into, OFFSET, QUAD};
 use super::pack::convert;
+use super::tile::Tiles;
 use super::*;
 
 /// Rows of a tile, and depth words a tile row holds (64 bytes).
@@ -44,6 +45,13 @@ pub(super) enum Kind {
 }
 
 impl Kind {
+    fn format(self) -> Format {
+        match self {
+            Kind::Bf16 => Format::Bf16,
+            Kind::Int8 => Format::Int8,
+        }
+    }
+
     fn of(format: Format) -> Option<Self> {
         match format {
             Format::Bf16 => Some(Kind::Bf16),
@@ -386,24 +394,22 @@ pub(super) struct RowMajorA {
 impl RowMajorA {
     pub(super) fn new(a: View, kind: Kind, threads: usize) -> Self {
         let depth = a.cols;
-        let per_word = match kind {
-            Kind::Bf16 => 2,
-            Kind::Int8 => QUAD,
-        };
-        let row_words = depth.div_ceil(per_word);
+        let row_words = depth.div_ceil(kind.format().depth_per_word());
         let stride = row_words.div_ceil(TILE) * TILE;
         let rows = a.rows.div_ceil(TILE) * TILE;
         let mut words = vec![0u32; rows * stride];
-        let mut row_scales = vec![0f32; if kind == Kind::Int8 { rows } else { 0 }];
-        let pack_row = |r: usize, out: &mut [u32]| -> f32 {
-            let gathered: Vec<f32>;
+        // The scales of int8 rows (0 for bf16 and for the padding rows).
+        let mut row_scales = vec![0f32; rows];
+        // A row into its words, through scratch buffers reused from row to row: the row
+        // gathered when its values are strided, and its quantized bytes.
+        let pack_row = |scratch: &mut (Vec<f32>, Vec<i8>), r: usize, out: &mut [u32]| -> f32 {
+            let (gathered, bytes) = scratch;
             let values = if a.col_stride == 1 {
                 &a.data[r * a.row_stride..][..depth]
             } else {
-                gathered = (0..depth)
-                    .map(|c| a.data[r * a.row_stride + c * a.col_stride])
-                    .collect();
-                &gathered
+                gathered.clear();
+                gathered.extend((0..depth).map(|c| a.data[r * a.row_stride + c * a.col_stride]));
+                &gathered[..]
             };
             match kind {
                 Kind::Bf16 => {
@@ -411,33 +417,26 @@ impl RowMajorA {
                     0.0
                 }
                 Kind::Int8 => {
-                    let mut bytes = vec![0i8; row_words * QUAD];
+                    bytes.resize(row_words * QUAD, 0);
                     let (scale, _) = quantize_into(values, &mut bytes[..depth]);
-                    let flip = (OFFSET as u32 & 0xff) * 0x0101_0101;
-                    for (w, quad) in out.iter_mut().zip(bytes.chunks_exact(QUAD)) {
-                        let quad = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
-                        *w = u32::from_le_bytes(quad) ^ flip;
+                    for (w, word) in out.iter_mut().zip(quad_words(bytes, OFFSET)) {
+                        *w = word;
                     }
                     scale
                 }
             }
         };
-        let real = &mut words[..a.rows * stride];
+        let (real, scales) = (&mut words[..a.rows * stride], &mut row_scales[..a.rows]);
+        let scratch = || (Vec::new(), Vec::new());
         if threads > 1 && a.rows * depth >= 1 << 16 {
-            let scales: Vec<f32> = real
-                .par_chunks_mut(stride)
+            real.par_chunks_mut(stride)
+                .zip(scales.par_iter_mut())
                 .enumerate()
-                .map(|(r, out)| pack_row(r, out))
-                .collect();
-            if kind == Kind::Int8 {
-                row_scales[..a.rows].copy_from_slice(&scales);
-            }
+                .for_each_init(scratch, |s, (r, (out, scale))| *scale = pack_row(s, r, out));
         } else {
-            for (r, out) in real.chunks_mut(stride).enumerate() {
-                let scale = pack_row(r, out);
-                if kind == Kind::Int8 {
-                    row_scales[r] = scale;
-                }
+            let mut s = scratch();
+            for (r, (out, scale)) in real.chunks_mut(stride).zip(scales).enumerate() {
+                *scale = pack_row(&mut s, r, out);
             }
         }
         Self {
@@ -468,25 +467,16 @@ pub(super) unsafe fn gemm_on_tiles<U: TileUnit>(
         return;
     }
     let left = RowMajorA::new(a, kind, threads);
-    let panels = n.div_ceil(NR);
-    let groups = m.div_ceil(BLOCK_ROWS);
-    let panel_chunk = if threads > 1 {
-        panels.div_ceil((4 * threads).div_ceil(groups)).max(1)
-    } else {
-        panels
-    };
-    let tasks: Vec<(usize, usize)> = (0..groups)
-        .flat_map(|g| (0..panels).step_by(panel_chunk).map(move |p| (g, p)))
-        .collect();
+    let tiles = Tiles::new(m, n, threads, BLOCK_ROWS);
     let run = |&(group, first): &(usize, usize)| {
-        let panels = first..(first + panel_chunk).min(panels);
-        // SAFETY: the caller's contract; tasks write disjoint (rows, panels) of dst.
+        // SAFETY: the caller's contract; tiles write disjoint (rows, panels) of dst.
+        let panels = tiles.panels_from(first);
         unsafe { multiply_group::<U>(kind, &left, b, group, panels, m, dst, write) }
     };
-    if threads > 1 && tasks.len() > 1 {
-        tasks.par_iter().for_each(run);
+    if threads > 1 && tiles.list.len() > 1 {
+        tiles.list.par_iter().for_each(run);
     } else {
-        tasks.iter().for_each(run);
+        tiles.list.iter().for_each(run);
     }
 }
 
@@ -564,8 +554,8 @@ mod tests {
     use super::*;
 
     /// Shapes with partial tiles of rows, columns and depth, one row, one block of 16 rows,
-    /// several blocks.
-    const SHAPES: [(usize, usize, usize); 7] = [
+    /// several blocks, and one large enough for `A` to be packed on several threads.
+    const SHAPES: [(usize, usize, usize); 8] = [
         (1, 1, 1),
         (3, 5, 7),
         (16, 32, 64),
@@ -573,6 +563,7 @@ mod tests {
         (32, 64, 128),
         (40, 70, 129),
         (70, 100, 300),
+        (300, 40, 256),
     ];
 
     /// A product of the operands made by `make(len, seed)`, in every layout, thread count and

@@ -148,10 +148,8 @@ pub(super) fn quantize_lines(lines: &pack::Lines, width: usize, offset: i32) -> 
         scales[line] = scale;
         sums[line] = sum;
         let out = &mut words[(line / width) * quads * width + line % width..];
-        for (p, quad) in bytes.chunks_exact(QUAD).enumerate() {
-            let word =
-                u32::from_le_bytes([quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8]);
-            out[p * width] = word ^ flip;
+        for (p, word) in quad_words(&bytes, offset).enumerate() {
+            out[p * width] = word;
         }
     }
     Quantized {
@@ -159,6 +157,15 @@ pub(super) fn quantize_lines(lines: &pack::Lines, width: usize, offset: i32) -> 
         scales,
         sums,
     }
+}
+
+/// Quantized values (a whole number of words) as words, four to a word, lowest first, each
+/// byte plus `offset` (128 for `A`: `(q + 128) as u8` is `q as u8 ^ 0x80`).
+pub(super) fn quad_words(bytes: &[i8], offset: i32) -> impl Iterator<Item = u32> + '_ {
+    let flip = (offset as u32 & 0xff) * 0x0101_0101;
+    bytes
+        .chunks_exact(QUAD)
+        .map(move |q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]) ^ flip)
 }
 
 /// The int8 parts of a packed `B`: its columns' scales, and `128 Σ_p q_pj` for each column

@@ -68,12 +68,9 @@ pub(super) fn gemm_on_micro_tiles(
             Format::Int8 => accelerated_int8(),
         },
     };
-    let tiles = Tiles::new(m, n, threads);
+    let tiles = Tiles::new(m, n, threads, ROW_GROUP);
     let run = |&(group, first_panel): &(usize, usize)| {
-        product.run_tile(
-            group,
-            first_panel..(first_panel + tiles.panel_chunk).min(tiles.panels),
-        )
+        product.run_tile(group, tiles.panels_from(first_panel))
     };
     if threads > 1 && tiles.list.len() > 1 {
         tiles.list.par_iter().for_each(run);
@@ -161,16 +158,18 @@ impl<'a> LeftOperand<'a> {
 
 /// The product's work in tiles of (row group, run of panels), each writing its own part of
 /// the destination.
-struct Tiles {
-    list: Vec<(usize, usize)>,
+pub(super) struct Tiles {
+    pub(super) list: Vec<(usize, usize)>,
     panels: usize,
     panel_chunk: usize,
 }
 
 impl Tiles {
-    fn new(m: usize, n: usize, threads: usize) -> Self {
+    /// Rows in groups of `group_rows`; with several threads, runs of panels short enough for
+    /// about four tiles per thread.
+    pub(super) fn new(m: usize, n: usize, threads: usize, group_rows: usize) -> Self {
         let panels = n.div_ceil(NR);
-        let groups = m.div_ceil(ROW_GROUP);
+        let groups = m.div_ceil(group_rows);
         let panel_chunk = if threads > 1 {
             panels.div_ceil((4 * threads).div_ceil(groups)).max(1)
         } else {
@@ -184,6 +183,11 @@ impl Tiles {
             panels,
             panel_chunk,
         }
+    }
+
+    /// The panels of the tile starting at panel `first`.
+    pub(super) fn panels_from(&self, first: usize) -> std::ops::Range<usize> {
+        first..(first + self.panel_chunk).min(self.panels)
     }
 }
 
