@@ -30,8 +30,9 @@ pub struct Cli {
     /// [default: auto for `train`, unless its config file sets `matmul`; f32 elsewhere]
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
-    /// The operations models run on: fused (fast, CPU), or reference (their composite candle
-    /// references, f32 only: the correctness baseline, several times slower).
+    /// The operations models run on: fused (fast; on a GPU the CUDA kernels of the LSTM cell
+    /// and the loss, the references elsewhere), or reference (their composite candle
+    /// references, f32 only: the correctness baseline, several times slower on the CPU).
     /// [default: fused on the CPU, reference on a GPU; or the training config's `kernels`]
     #[arg(long, global = true, value_enum)]
     pub kernels: Option<KernelsArg>,
@@ -87,13 +88,30 @@ impl ComputeFlags {
         if device.is_cpu() {
             warn_if_slow(precision);
         }
+        products_fit(device, precision)?;
         choice.with(precision).map_err(anyhow::Error::msg)
     }
 }
 
-/// The kernels to run on `device`, `given` by `--kernels` or the training config: the fused
-/// operations are CPU code, so a GPU runs the reference unless fused is asked for, which is
-/// refused.
+/// Refuses products other than f32 off the CPU: a GPU multiplies through cuBLAS in f32 so far.
+pub fn products_fit(
+    device: &candle::Device,
+    precision: gnmt_model::Precision,
+) -> anyhow::Result<()> {
+    if !device.is_cpu() && precision != gnmt_model::Precision::F32 {
+        anyhow::bail!(
+            "--matmul {precision}: on {} the products are f32 (cuBLAS) so far; drop --matmul \
+             or give --matmul f32",
+            device::name(device)
+        )
+    }
+    Ok(())
+}
+
+/// The kernels to run on `device`, `given` by `--kernels` or the training config: fused on the
+/// CPU; on a GPU the reference unless fused is asked for (the CUDA kernels of
+/// `gnmt-cuda-kernels` where they exist, the composites elsewhere: not yet the default there,
+/// as no GPU has run them).
 pub fn kernel_choice(
     given: Option<gnmt_model::KernelChoice>,
     device: &candle::Device,
@@ -102,11 +120,6 @@ pub fn kernel_choice(
     match (given, device.is_cpu()) {
         (None, true) => Ok(KernelChoice::Fused),
         (None, false) => Ok(KernelChoice::Reference),
-        (Some(KernelChoice::Fused), false) => anyhow::bail!(
-            "--kernels fused: the fused operations run on the CPU only so far; on {} use \
-             --kernels reference",
-            device::name(device)
-        ),
         (Some(k), _) => Ok(k),
     }
 }

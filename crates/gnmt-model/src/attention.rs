@@ -101,7 +101,7 @@ impl Attention {
         memory_rows: Option<&[u32]>,
     ) -> Result<(Tensor, Tensor)> {
         let q = query_weight_t.apply(query)?;
-        if self.kernels.is_reference() {
+        if self.kernels.fused_on(q.device()).is_none() {
             let (context, weights) = match memory_rows {
                 None => self.attend(&q.unsqueeze(1)?, memory)?,
                 Some(rows) => self.attend(&q.unsqueeze(1)?, &memory.select_rows(rows)?)?,

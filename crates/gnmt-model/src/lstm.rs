@@ -91,7 +91,7 @@ impl Lstm {
 
     /// The packed weights for the fused sequence, when they can be kept (see `packs`).
     fn packs(&self) -> Result<Option<Arc<LstmPacks>>> {
-        let Kernels::Fused(precision) = self.kernels else {
+        let Some(precision) = self.kernels.fused_on(self.w_ih.device()) else {
             return Ok(None);
         };
         if self.w_ih.is_variable() || self.w_hh.is_variable() {
@@ -162,6 +162,6 @@ impl Lstm {
         mask: Option<&Tensor>,
         reverse: bool,
     ) -> Result<(Tensor, LstmState)> {
-        reference::layer(x, &self.weights(), mask, reverse)
+        reference::layer(x, &self.weights(), mask, reverse, Kernels::Reference)
     }
 }

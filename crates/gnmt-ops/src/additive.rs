@@ -21,9 +21,9 @@ use crate::Kernels;
 
 /// `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Reference => reference_scores(q, k, v),
-        Kernels::Fused(_) => {
+    match kernels.fused_on(q.device()) {
+        None => reference_scores(q, k, v),
+        Some(_) => {
             let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
             q.apply_op3(&k, &v, AdditiveScores)
         }

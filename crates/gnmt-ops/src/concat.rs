@@ -21,9 +21,9 @@ use crate::Kernels;
 
 /// `[a | b]` along the last dimension; `a` and `b` agree on every other dimension.
 pub fn cat_last(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Fused(_) => apply(a, b, None),
-        Kernels::Reference => {
+    match kernels.fused_on(a.device()) {
+        Some(_) => apply(a, b, None),
+        None => {
             dims(a.shape(), b.shape())?;
             Tensor::cat(&[a, b], D::Minus1)
         }

@@ -79,10 +79,10 @@ impl Dropout {
     pub fn apply_cat(&mut self, a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let n = a.elem_count() + b.elem_count();
         let mask = self.draw_mask(n);
-        match (kernels, mask) {
-            (Kernels::Fused(_), Some(mask)) => crate::concat::cat_last_masked(a, b, mask),
-            (Kernels::Fused(_), None) => crate::concat::cat_last(a, b, kernels),
-            (Kernels::Reference, mask) => {
+        match (kernels.fused_on(a.device()), mask) {
+            (Some(_), Some(mask)) => crate::concat::cat_last_masked(a, b, mask),
+            (Some(_), None) => crate::concat::cat_last(a, b, kernels),
+            (None, mask) => {
                 let ab = crate::concat::cat_last(a, b, kernels)?;
                 match mask {
                     Some(mask) => ab.mul(&mask_tensor(&mask, &ab)?),
@@ -117,9 +117,9 @@ impl Dropout {
 
 /// `x * mask` elementwise: the fused op, or candle's product for the reference.
 fn times_mask(x: &Tensor, mask: Arc<Vec<f32>>, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Fused(_) => x.contiguous()?.apply_op1(Masked(mask)),
-        Kernels::Reference => x.mul(&mask_tensor(&mask, x)?),
+    match kernels.fused_on(x.device()) {
+        Some(_) => x.contiguous()?.apply_op1(Masked(mask)),
+        None => x.mul(&mask_tensor(&mask, x)?),
     }
 }
 

@@ -43,8 +43,8 @@ impl TokenEmbedding {
         let mut dims = ids.dims().to_vec();
         dims.push(self.table.dim(1)?);
         let ids = ids.flatten_all()?;
-        let fused =
-            !kernels.is_reference() && matches!(self.table.dtype(), DType::F32 | DType::F64);
+        let fused = kernels.fused_on(self.table.device()).is_some()
+            && matches!(self.table.dtype(), DType::F32 | DType::F64);
         let rows = if fused {
             self.table.contiguous()?.apply_op2(&ids, Lookup)?
         } else {

@@ -11,7 +11,9 @@ use gnmt_kernels::Precision;
 /// translator) and carried by its layers: never a process-wide setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// The fused operations of this crate (CPU), their matrix products in `Precision`.
+    /// The fused operations of this crate, their matrix products in `Precision`: on the CPU
+    /// every operation; on a GPU those with a CUDA kernel (the LSTM cell and the output
+    /// layer's loss so far), the composites elsewhere, products in f32.
     Fused(Precision),
     /// Each operation's composite reference: plain candle operations, products in f32 through
     /// candle's matmul, on any candle device. The correctness baseline of every backend.
@@ -35,6 +37,17 @@ impl Kernels {
 
     pub fn is_reference(self) -> bool {
         self == Self::Reference
+    }
+
+    /// The precision of the fused CPU kernels, when these are the fused kernels and `device`
+    /// is the CPU; `None` where an operation runs its composite: with the reference kernels,
+    /// and on a GPU for the operations that have no CUDA kernel (there, the fused kernels
+    /// are `gnmt-cuda-kernels`' where they exist and the composites elsewhere).
+    pub fn fused_on(self, device: &candle::Device) -> Option<Precision> {
+        match self {
+            Self::Fused(p) if device.is_cpu() => Some(p),
+            _ => None,
+        }
     }
 
     /// `fused` or `reference`, as the command line spells it.

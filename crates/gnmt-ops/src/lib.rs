@@ -7,9 +7,12 @@
 //! candle ops) to tensors and never reads storage, and what it keeps from the forward pass
 //! are tensors. So a backend adds kernels to the ops, not a second autograd.
 
+pub mod adam;
 pub mod additive;
 pub mod attention_step;
 pub mod concat;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod device_check;
 mod dispatch;
 pub mod dropout;
@@ -18,6 +21,7 @@ mod kernels;
 pub mod lstm;
 pub mod matmul;
 pub mod param_grads;
+mod row_losses;
 mod rows;
 pub mod softmax_loss;
 pub mod step_matrix;

@@ -32,9 +32,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kernels: Kernels) -
 
 /// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
 pub fn matmul_t(x: &Tensor, w: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Reference => x.matmul(&w.t()?),
-        Kernels::Fused(precision) => x
+    match kernels.fused_on(x.device()) {
+        None => x.matmul(&w.t()?),
+        Some(precision) => x
             .contiguous()?
             .apply_op2(&w.contiguous()?, Product::new(false, true, precision)),
     }
@@ -42,9 +42,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor, kernels: Kernels) -> Result<Tensor> {
 
 /// `a [B, M, K]` times `b [B, K, N]` -> `[B, M, N]`, one product per batch row.
 pub fn batched_matmul(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Reference => a.matmul(b),
-        Kernels::Fused(precision) => a
+    match kernels.fused_on(a.device()) {
+        None => a.matmul(b),
+        Some(precision) => a
             .contiguous()?
             .apply_op2(&b.contiguous()?, Product::new(false, false, precision)),
     }

@@ -66,6 +66,10 @@ pub fn token_losses(
     }
     let precision = match kernels {
         Kernels::Reference => return reference_token_losses(x, weight, bias, &targets, keep, eps),
+        // Off the CPU: the product through candle (cuBLAS), the rows in the device's kernels.
+        Kernels::Fused(_) if !x.device().is_cpu() => {
+            return crate::row_losses::token_losses_by_rows(x, weight, bias, &targets, keep, eps)
+        }
         Kernels::Fused(precision) => precision,
     };
     let keep = keep.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -87,7 +91,7 @@ pub fn token_losses(
 /// candle's op.
 pub fn log_softmax_rows(logits: &Tensor, kernels: Kernels) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    if logits.dtype() != DType::F32 || kernels.is_reference() {
+    if logits.dtype() != DType::F32 || kernels.fused_on(logits.device()).is_none() {
         return candle_nn::ops::log_softmax(logits, D::Minus1);
     }
     let mut z = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -165,15 +169,36 @@ impl TokenLosses {
             .zip(z.par_chunks(v))
             .enumerate()
             .for_each(|(n, ((o, l), row))| {
-                let (lse, sum) = row_logsumexp(row);
-                let y = self.targets[n] as usize;
-                let nll = lse - row[y];
-                o[0] = (<T as Real>::ONE - eps) * nll + eps * (lse - sum * inv_v);
+                let (smoothed, nll, lse) = row_losses(row, self.targets[n] as usize, eps, inv_v);
+                o[0] = smoothed;
                 o[1] = nll;
                 *l = lse;
             });
         (out, lse)
     }
+}
+
+/// `(smoothed, nll, logsumexp)` of one row of logits with target `y`, smoothing `eps` and
+/// `inv_v = 1 / V` (both rounded from f64 by the caller).
+pub(crate) fn row_losses<T: Float>(row: &[T], y: usize, eps: T, inv_v: T) -> (T, T, T) {
+    let (lse, sum) = row_logsumexp(row);
+    let nll = lse - row[y];
+    let smoothed = (<T as Real>::ONE - eps) * nll + eps * (lse - sum * inv_v);
+    (smoothed, nll, lse)
+}
+
+/// One row of logits turned into the gradient of `g0 smoothed + g1 nll` in place, given its
+/// log-sum-exp; `uniform` is `eps / V`.
+pub(crate) fn logit_gradient_row<T: Float>(
+    row: &mut [T],
+    lse: T,
+    (g0, g1): (T, T),
+    y: usize,
+    eps: T,
+    uniform: T,
+) {
+    softmax_gradient_row(row, lse, g0 + g1, g0 * uniform);
+    row[y] = row[y] - g0 * (<T as Real>::ONE - eps) - g1;
 }
 
 impl CustomOp3 for TokenLosses {
@@ -246,10 +271,8 @@ impl KernelInPlace<2> for LogitGradients {
         let uniform = <T as Real>::from_f64(self.eps / v as f64);
         z.par_chunks_mut(v).enumerate().for_each(|(n, row)| {
             let r = self.rows[n];
-            let (g0, g1) = (g[2 * r], g[2 * r + 1]);
-            softmax_gradient_row(row, lse[n], g0 + g1, g0 * uniform);
             let y = self.targets[n] as usize;
-            row[y] = row[y] - g0 * (<T as Real>::ONE - eps) - g1;
+            logit_gradient_row(row, lse[n], (g[2 * r], g[2 * r + 1]), y, eps, uniform);
         });
         Ok(())
     }

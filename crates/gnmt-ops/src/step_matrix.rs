@@ -36,10 +36,7 @@ impl StepMatrix {
                 candle::bail!("step matrix: bias of {} for {n} outputs", b.dims1()?)
             }
         }
-        let format = match kernels {
-            Kernels::Fused(precision) => packed_format(precision),
-            Kernels::Reference => None,
-        };
+        let format = kernels.fused_on(w.device()).and_then(packed_format);
         let Some(format) = format.filter(|_| w.dtype() == DType::F32) else {
             return Ok(Self {
                 w: w.contiguous()?,

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use candle::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::optim::{with_f32_mut, Optimizer};
+use crate::optim::Optimizer;
 use crate::Result;
+use gnmt_ops::adam::with_f32_mut;
 
 /// Elements one parallel task of the update owns.
 const CHUNK: usize = 1 << 15;

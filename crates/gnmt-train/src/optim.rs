@@ -1,14 +1,13 @@
 //! Adam (Kingma & Ba 2015) and plain SGD over the model's variables, with state we can save:
 //! candle's AdamW keeps its moments private, so exact resume needs our own.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle::backprop::GradStore;
-use candle::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use gnmt_kernels::adam::AdamConstants;
+use gnmt_ops::adam::{self, AdamConstants};
 
 use crate::config::OptimConfig;
 use crate::schedule::Rule;
@@ -21,6 +20,10 @@ pub struct Optimizer {
     v: Vec<Tensor>,
     /// Adam updates taken (for bias correction).
     adam_steps: u64,
+    /// Whether a GPU's variables take the one-pass CUDA update (the fused kernels) rather
+    /// than the tensor-by-tensor one (the reference). CPU variables always take the one-pass
+    /// update.
+    gpu_kernels: bool,
 }
 
 impl Optimizer {
@@ -47,7 +50,13 @@ impl Optimizer {
             m,
             v,
             adam_steps: 0,
+            gpu_kernels: false,
         })
+    }
+
+    /// Lets variables on a GPU take the one-pass CUDA update (with the fused kernels).
+    pub fn use_gpu_kernels(&mut self, yes: bool) {
+        self.gpu_kernels = yes;
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&str, &Var)> {
@@ -72,8 +81,11 @@ impl Optimizer {
             let g = grads
                 .get(var)
                 .ok_or_else(|| Error::Config(format!("parameter {name} received no gradient")))?;
-            // The one-pass update reads CPU storage; other devices take the tensor-op path.
-            if rule == Rule::Adam && var.dtype() == DType::F32 && var.device().is_cpu() {
+            // The one-pass update where it runs (and on a GPU only with the fused kernels);
+            // elsewhere the tensor-by-tensor path.
+            let device = var.device();
+            let one_pass = adam::runs_on(device) && (device.is_cpu() || self.gpu_kernels);
+            if rule == Rule::Adam && var.dtype() == DType::F32 && one_pass {
                 let step = AdamStep {
                     lr,
                     grad_scale,
@@ -179,32 +191,12 @@ struct AdamStep {
 }
 
 impl AdamStep {
-    /// Updates `var`, `m` and `v` in place (each an f32 tensor of one shape): one parallel pass
-    /// that reads the gradient once and each of the three once, no copies. The per-element
-    /// arithmetic is fixed ([`AdamConstants::element`]), so results do not depend on the
-    /// thread count.
+    /// Updates `var`, `m` and `v` in place (each an f32 tensor of one shape): one pass that
+    /// reads the gradient once and each of the three once, no copies
+    /// ([`gnmt_ops::adam::update`]). The per-element arithmetic is fixed
+    /// ([`AdamConstants::element`]), so results do not depend on the thread count.
     fn apply(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
-        let g = g.contiguous()?;
-        let (g_storage, g_layout) = g.storage_and_layout();
-        let g = match (&*g_storage, g_layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => &d[a..b],
-            _ => return Err(candle::Error::Msg("adam: f32 CPU gradients only".into()).into()),
-        };
-        let k = self.constants();
-        // candle lends a tensor's storage mutably only inside an in-place op, one tensor per
-        // op: three nested ops hold the moments and the parameter at once.
-        with_f32_mut(m, |m| {
-            with_f32_mut(v, |v| {
-                with_f32_mut(var.as_tensor(), |p| {
-                    if [m.len(), v.len(), g.len()] != [p.len(); 3] {
-                        candle::bail!("adam: parameter, gradient and moments differ in size")
-                    }
-                    k.update(p, m, v, g);
-                    Ok(())
-                })
-            })
-        })?;
-        Ok(())
+        Ok(adam::update(var.as_tensor(), m, v, g, &self.constants())?)
     }
 
     fn constants(&self) -> AdamConstants {
@@ -219,31 +211,6 @@ impl AdamStep {
             c2: f(self.c2),
             eps: f(self.eps),
             lr: f(self.lr),
-        }
-    }
-}
-
-/// Runs `f` on the contiguous f32 data of `t`, lent mutably by an in-place op.
-pub(crate) fn with_f32_mut(
-    t: &Tensor,
-    f: impl FnOnce(&mut [f32]) -> candle::Result<()>,
-) -> candle::Result<()> {
-    t.inplace_op1(&LendF32(Cell::new(Some(f))))
-}
-
-/// An in-place op that hands its tensor's data to a closure (run once).
-struct LendF32<F>(Cell<Option<F>>);
-
-impl<F: FnOnce(&mut [f32]) -> candle::Result<()>> InplaceOp1 for LendF32<F> {
-    fn name(&self) -> &'static str {
-        "adam"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle::Result<()> {
-        let f = self.0.take().expect("candle runs an in-place op once");
-        match (storage, layout.contiguous_offsets()) {
-            (CpuStorage::F32(d), Some((a, b))) => f(&mut d[a..b]),
-            _ => candle::bail!("adam: contiguous f32 CPU tensors only"),
         }
     }
 }

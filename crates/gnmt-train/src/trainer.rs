@@ -255,6 +255,7 @@ impl Session {
             Some(init) => model_with(init.weights(device)?, config, device)?,
         };
         let mut optimizer = Optimizer::new(&varmap)?;
+        optimizer.use_gpu_kernels(!config.step_kernels()?.is_reference());
         let dropout = dropout_from(
             config,
             ChaCha20Rng::seed_from_u64(config.seed ^ DROPOUT_SEED_SALT),
@@ -312,6 +313,7 @@ impl Session {
         };
         let (model, varmap) = model_with(trained, config, device)?;
         let mut optimizer = Optimizer::new(&varmap)?;
+        optimizer.use_gpu_kernels(!config.step_kernels()?.is_reference());
         optimizer.load(&dir.join("optimizer.safetensors"))?;
         let state = TrainState::load(&dir.join("state.json"))?;
         let ema = match (config.ema_decay, average) {

@@ -240,6 +240,7 @@ impl BenchTrainArgs {
         let (model, params) = init_model(cfg, 1, 0.04, DType::F32, &device)?;
         let model = model.with_kernels(kernels);
         let mut optimizer = gnmt_train::optim::Optimizer::new(&params)?;
+        optimizer.use_gpu_kernels(!kernels.is_reference());
         let optim = gnmt_train::config::OptimConfig::default();
         let (src_len, tgt_len) = lengths(self);
         let (s, t) = (

@@ -262,6 +262,7 @@ impl TrainArgs {
         if device.is_cpu() {
             crate::warn_if_slow(c.matmul);
         }
+        crate::products_fit(device, c.matmul)?;
         c.validate()?;
         Ok(c)
     }

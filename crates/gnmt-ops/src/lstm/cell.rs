@@ -6,6 +6,8 @@
 //! backward pass recomputes the gate activations from the saved pre-activations. The composite
 //! cell in [`super::reference`] stays the reference the tests compare against.
 
+#[cfg(feature = "cuda")]
+use candle::cuda_backend::CudaStorage;
 use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use gnmt_kernels::lstm::lstm_cell_row;
@@ -43,6 +45,10 @@ pub fn lstm_cell_step(
 ) -> Result<(Tensor, Tensor)> {
     if kernels.is_reference() {
         return super::reference::lstm_cell(gates, c_prev);
+    }
+    if !gates.device().is_cpu() {
+        // A GPU's fused cell: the same kernel as training's.
+        return lstm_cell(gates, c_prev, kernels);
     }
     let (b, h) = rows_and_units(gates.shape(), c_prev.shape())?;
     let (gates, c_prev) = (gates.contiguous()?, c_prev.contiguous()?);
@@ -143,6 +149,17 @@ impl CustomOp2 for LstmCell {
         dispatch::run(self, [(s1, l1), (s2, l2)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        on_gpu::forward((s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         gates: &Tensor,
@@ -195,6 +212,91 @@ impl CustomOp3 for CellGradients {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        on_gpu::backward(&self.out, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// The cell on a GPU: `gnmt-cuda-kernels`' `lstm_cell_forward` and `lstm_cell_backward`, the
+/// arithmetic of [`lstm_cell_row`] and [`backward`] (f32).
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle::cuda_backend::{CudaStorage, WrapErr};
+    use candle::{Layout, Result, Shape, Tensor};
+    use gnmt_cuda_kernels::{lstm, Launch};
+
+    use crate::cuda::{config, dim, function, output, read_tensor, view};
+
+    const OP: &str = "lstm cell";
+
+    /// `(gates, c_prev)` -> `[h | c]`.
+    pub(super) fn forward(
+        (gates, lg): (&CudaStorage, &Layout),
+        (c_prev, lc): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, h) = super::rows_and_units(lg.shape(), lc.shape())?;
+        let device = &c_prev.device;
+        let (gates, c_prev) = (view::<f32>(gates, lg, OP)?, view::<f32>(c_prev, lc, OP)?);
+        let mut out = output::<f32>(device, b * 2 * h)?;
+        let (rows, hidden) = (dim(b, OP)?, dim(h, OP)?);
+        let func = function(device, lstm::MODULE, lstm::FORWARD)?;
+        let stream = device.cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        args.arg(&rows)
+            .arg(&hidden)
+            .arg(&gates)
+            .arg(&c_prev)
+            .arg(&mut out);
+        // SAFETY: the buffers hold what the kernel reads and writes for `rows` x `hidden`.
+        unsafe { args.launch(config(Launch::elements(b * h))) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, device.clone()),
+            Shape::from((b, 2 * h)),
+        ))
+    }
+
+    /// `(grad, gates, c_prev)` and the forward's `[h | c]` -> `[dgates | dc_prev]` joined.
+    pub(super) fn backward(
+        out: &Tensor,
+        (grad, lgrad): (&CudaStorage, &Layout),
+        (gates, lg): (&CudaStorage, &Layout),
+        (c_prev, lc): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, h) = super::rows_and_units(lg.shape(), lc.shape())?;
+        let device = grad.device.clone();
+        let grad = view::<f32>(grad, lgrad, OP)?;
+        let (gates, c_prev) = (view::<f32>(gates, lg, OP)?, view::<f32>(c_prev, lc, OP)?);
+        let mut joined = output::<f32>(&device, b * 5 * h)?;
+        let (rows, hidden) = (dim(b, OP)?, dim(h, OP)?);
+        read_tensor::<f32, _>(out, OP, |out| {
+            let func = function(&device, lstm::MODULE, lstm::BACKWARD)?;
+            let stream = device.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&rows)
+                .arg(&hidden)
+                .arg(&grad)
+                .arg(&gates)
+                .arg(&c_prev)
+                .arg(&out);
+            args.arg(&mut joined);
+            // SAFETY: as in `forward`; `joined` holds [dgates | dc_prev].
+            unsafe { args.launch(config(Launch::elements(b * h))) }.w()?;
+            Ok(())
+        })?;
+        let n = joined.len();
+        Ok((CudaStorage::wrap_cuda_slice(joined, device), Shape::from(n)))
     }
 }
 

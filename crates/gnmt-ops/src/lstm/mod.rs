@@ -89,9 +89,10 @@ pub fn lstm_layer(
     kernels: Kernels,
     packs: Option<std::sync::Arc<layer::LstmPacks>>,
 ) -> Result<Tensor> {
-    match kernels {
-        Kernels::Reference => Ok(reference::layer(x, weights, mask, reverse)?.0),
-        Kernels::Fused(precision) => {
+    match kernels.fused_on(x.device()) {
+        // The composite layer, with the device's fused cell where it has one.
+        None => Ok(reference::layer(x, weights, mask, reverse, kernels)?.0),
+        Some(precision) => {
             let (b, t, _) = x.dims3()?;
             let keep = match mask {
                 None => None,

@@ -4,6 +4,7 @@
 use candle::{Result, Tensor, D};
 
 use super::{LstmState, LstmWeights};
+use crate::Kernels;
 
 /// One LSTM cell update from pre-activation gates `[B, 4H]` (order i, f, g, o, as PyTorch and
 /// `candle_nn::LSTM`) and the previous cell state `[B, H]`. Returns `(h, c)`.
@@ -19,12 +20,14 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// A layer over `x [B, T, in]` one step at a time (see [`super::lstm_layer`]), also returning
-/// the final state.
+/// the final state. Its cell is `cell`'s ([`super::cell::lstm_cell`]): the composite for the
+/// reference, a GPU's fused cell for the fused kernels there.
 pub fn layer(
     x: &Tensor,
     weights: &LstmWeights,
     mask: Option<&Tensor>,
     reverse: bool,
+    cell: Kernels,
 ) -> Result<(Tensor, LstmState)> {
     weights.check(x)?;
     let (b, t, i) = x.dims3()?;
@@ -50,7 +53,7 @@ pub fn layer(
     for step in 0..t {
         let s = if reverse { t - 1 - step } else { step };
         let gates = (gates.narrow(1, s, 1)?.squeeze(1)? + state.h.matmul(&weights.w_hh.t()?)?)?;
-        let (h, c) = lstm_cell(&gates, &state.c)?;
+        let (h, c) = super::cell::lstm_cell(&gates, &state.c, cell)?;
         state = match &mask {
             None => LstmState { h, c },
             Some(m) => {

@@ -1,0 +1,115 @@
+// One C entry point per kernel for the Rust tests, `emu_NAME(grid, block, the kernel's
+// parameters...)`: packs the parameters and launches the kernel on the host emulator. The
+// kernels are this crate's .cu files, compiled here as C.
+#include "cuda_host.h"
+
+#include "../kernels/adam.cu"
+#include "../kernels/lstm.cu"
+#include "../kernels/softmax.cu"
+
+struct lstm_cell_forward_args {
+    unsigned int rows, hidden;
+    const float *gates, *c_prev;
+    float* out;
+};
+
+static void lstm_cell_forward_body(void* p) {
+    struct lstm_cell_forward_args* a = p;
+    lstm_cell_forward(a->rows, a->hidden, a->gates, a->c_prev, a->out);
+}
+
+void emu_lstm_cell_forward(unsigned int grid, unsigned int block, unsigned int rows,
+                           unsigned int hidden, const float* gates, const float* c_prev,
+                           float* out) {
+    struct lstm_cell_forward_args a = {rows, hidden, gates, c_prev, out};
+    emu_launch(grid, block, lstm_cell_forward_body, &a);
+}
+
+struct lstm_cell_backward_args {
+    unsigned int rows, hidden;
+    const float *grad, *gates, *c_prev, *out;
+    float* joined;
+};
+
+static void lstm_cell_backward_body(void* p) {
+    struct lstm_cell_backward_args* a = p;
+    lstm_cell_backward(a->rows, a->hidden, a->grad, a->gates, a->c_prev, a->out, a->joined);
+}
+
+void emu_lstm_cell_backward(unsigned int grid, unsigned int block, unsigned int rows,
+                            unsigned int hidden, const float* grad, const float* gates,
+                            const float* c_prev, const float* out, float* joined) {
+    struct lstm_cell_backward_args a = {rows, hidden, grad, gates, c_prev, out, joined};
+    emu_launch(grid, block, lstm_cell_backward_body, &a);
+}
+
+// Adam's constants in the order of the kernel's parameters.
+struct adam_constants {
+    float scale, beta1, beta2, one_minus_beta1, one_minus_beta2, c1, c2, eps, lr;
+};
+
+struct adam_update_args {
+    unsigned long long n;
+    float *p, *m, *v;
+    const float* g;
+    struct adam_constants k;
+};
+
+static void adam_update_body(void* p) {
+    struct adam_update_args* a = p;
+    struct adam_constants k = a->k;
+    adam_update(a->n, a->p, a->m, a->v, a->g, k.scale, k.beta1, k.beta2, k.one_minus_beta1,
+                k.one_minus_beta2, k.c1, k.c2, k.eps, k.lr);
+}
+
+void emu_adam_update(unsigned int grid, unsigned int block, unsigned long long n, float* p,
+                     float* m, float* v, const float* g, const struct adam_constants* k) {
+    struct adam_update_args a = {n, p, m, v, g, *k};
+    emu_launch(grid, block, adam_update_body, &a);
+}
+
+struct token_losses_forward_args {
+    unsigned int rows, vocab;
+    const float* logits;
+    const unsigned int* targets;
+    const float* keep;
+    float eps, inv_vocab;
+    float* out;
+};
+
+static void token_losses_forward_body(void* p) {
+    struct token_losses_forward_args* a = p;
+    token_losses_forward(a->rows, a->vocab, a->logits, a->targets, a->keep, a->eps,
+                         a->inv_vocab, a->out);
+}
+
+void emu_token_losses_forward(unsigned int grid, unsigned int block, unsigned int rows,
+                              unsigned int vocab, const float* logits,
+                              const unsigned int* targets, const float* keep, float eps,
+                              float inv_vocab, float* out) {
+    struct token_losses_forward_args a = {rows, vocab, logits, targets, keep, eps, inv_vocab, out};
+    emu_launch(grid, block, token_losses_forward_body, &a);
+}
+
+struct token_losses_backward_args {
+    unsigned int rows, vocab;
+    const float* logits;
+    const unsigned int* targets;
+    const float* g;
+    float eps, uniform;
+    float* dlogits;
+};
+
+static void token_losses_backward_body(void* p) {
+    struct token_losses_backward_args* a = p;
+    token_losses_backward(a->rows, a->vocab, a->logits, a->targets, a->g, a->eps, a->uniform,
+                          a->dlogits);
+}
+
+void emu_token_losses_backward(unsigned int grid, unsigned int block, unsigned int rows,
+                               unsigned int vocab, const float* logits,
+                               const unsigned int* targets, const float* g, float eps,
+                               float uniform, float* dlogits) {
+    struct token_losses_backward_args a = {rows, vocab, logits, targets, g, eps, uniform, dlogits};
+    emu_launch(grid, block, token_losses_backward_body, &a);
+}

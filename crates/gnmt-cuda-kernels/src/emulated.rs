@@ -1,0 +1,410 @@
+//! The kernels run on the host emulator (`emulate/`), checked against gnmt-kernels' CPU
+//! kernels: bit for bit where the arithmetic is element-wise, to rounding where a row is
+//! reduced in another order; and, for every kernel, the same bits on any grid (a row's result
+//! does not depend on the batch or the launch).
+
+use crate::Launch;
+use gnmt_kernels::adam::AdamConstants;
+use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
+use gnmt_kernels::softmax::{row_logsumexp, softmax_gradient_row};
+
+/// `AdamConstants` in the order `emulate/launchers.c`'s `struct adam_constants` has them.
+#[repr(C)]
+struct CAdam {
+    scale: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    lr: f32,
+}
+
+extern "C" {
+    fn emu_lstm_cell_forward(
+        grid: u32,
+        block: u32,
+        rows: u32,
+        hidden: u32,
+        gates: *const f32,
+        c_prev: *const f32,
+        out: *mut f32,
+    );
+    fn emu_lstm_cell_backward(
+        grid: u32,
+        block: u32,
+        rows: u32,
+        hidden: u32,
+        grad: *const f32,
+        gates: *const f32,
+        c_prev: *const f32,
+        out: *const f32,
+        joined: *mut f32,
+    );
+    fn emu_adam_update(
+        grid: u32,
+        block: u32,
+        n: u64,
+        p: *mut f32,
+        m: *mut f32,
+        v: *mut f32,
+        g: *const f32,
+        k: *const CAdam,
+    );
+    fn emu_token_losses_forward(
+        grid: u32,
+        block: u32,
+        rows: u32,
+        vocab: u32,
+        logits: *const f32,
+        targets: *const u32,
+        keep: *const f32,
+        eps: f32,
+        inv_vocab: f32,
+        out: *mut f32,
+    );
+    fn emu_token_losses_backward(
+        grid: u32,
+        block: u32,
+        rows: u32,
+        vocab: u32,
+        logits: *const f32,
+        targets: *const u32,
+        g: *const f32,
+        eps: f32,
+        uniform: f32,
+        dlogits: *mut f32,
+    );
+}
+
+fn lstm_forward(launch: Launch, hidden: usize, gates: &[f32], c_prev: &[f32]) -> Vec<f32> {
+    let rows = c_prev.len() / hidden;
+    assert_eq!(gates.len(), rows * 4 * hidden);
+    let mut out = vec![f32::NAN; rows * 2 * hidden];
+    // SAFETY: the buffers hold what the kernel reads and writes for `rows` x `hidden`.
+    unsafe {
+        emu_lstm_cell_forward(
+            launch.grid,
+            launch.block,
+            rows as u32,
+            hidden as u32,
+            gates.as_ptr(),
+            c_prev.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    out
+}
+
+fn lstm_backward(
+    launch: Launch,
+    hidden: usize,
+    grad: &[f32],
+    gates: &[f32],
+    c_prev: &[f32],
+    out: &[f32],
+) -> Vec<f32> {
+    let rows = c_prev.len() / hidden;
+    assert_eq!(grad.len(), rows * 2 * hidden);
+    assert_eq!(out.len(), rows * 2 * hidden);
+    let mut joined = vec![f32::NAN; rows * 5 * hidden];
+    // SAFETY: as in `lstm_forward`; `joined` holds [dgates | dc_prev].
+    unsafe {
+        emu_lstm_cell_backward(
+            launch.grid,
+            launch.block,
+            rows as u32,
+            hidden as u32,
+            grad.as_ptr(),
+            gates.as_ptr(),
+            c_prev.as_ptr(),
+            out.as_ptr(),
+            joined.as_mut_ptr(),
+        )
+    };
+    joined
+}
+
+fn token_losses(
+    launch: Launch,
+    vocab: usize,
+    logits: &[f32],
+    targets: &[u32],
+    keep: &[f32],
+    eps: f64,
+) -> Vec<f32> {
+    let rows = targets.len();
+    assert_eq!(logits.len(), rows * vocab);
+    let mut out = vec![f32::NAN; rows * 2];
+    // SAFETY: every buffer holds `rows` rows; targets are below `vocab`.
+    unsafe {
+        emu_token_losses_forward(
+            launch.grid,
+            launch.block,
+            rows as u32,
+            vocab as u32,
+            logits.as_ptr(),
+            targets.as_ptr(),
+            keep.as_ptr(),
+            eps as f32,
+            (1.0 / vocab as f64) as f32,
+            out.as_mut_ptr(),
+        )
+    };
+    out
+}
+
+fn token_losses_backward(
+    launch: Launch,
+    vocab: usize,
+    logits: &[f32],
+    targets: &[u32],
+    g: &[f32],
+    eps: f64,
+) -> Vec<f32> {
+    let rows = targets.len();
+    let mut dz = vec![f32::NAN; rows * vocab];
+    // SAFETY: as in `token_losses`.
+    unsafe {
+        emu_token_losses_backward(
+            launch.grid,
+            launch.block,
+            rows as u32,
+            vocab as u32,
+            logits.as_ptr(),
+            targets.as_ptr(),
+            g.as_ptr(),
+            eps as f32,
+            (eps / vocab as f64) as f32,
+            dz.as_mut_ptr(),
+        )
+    };
+    dz
+}
+
+/// `n` values in `[-scale, scale)` from a fixed integer hash: every test sees the same data.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed.wrapping_mul(0xbf58_476d);
+            let h = h.wrapping_mul(0x94d0_49bb_1331_11eb) >> 40;
+            (h as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn bits(xs: &[f32]) -> Vec<u32> {
+    xs.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A launch far smaller than the data: every thread takes several items (or rows).
+const SMALL: Launch = Launch { grid: 2, block: 32 };
+
+#[test]
+fn the_cell_gives_the_cpu_kernels_bits() {
+    let (rows, hidden) = (5, 37);
+    // Pre-activations past the clamps of tanh and exp, too.
+    let gates = values(rows * 4 * hidden, 1, 12.0);
+    let c_prev = values(rows * hidden, 2, 3.0);
+    let out = lstm_forward(Launch::elements(rows * hidden), hidden, &gates, &c_prev);
+    let mut want = vec![0f32; rows * 2 * hidden];
+    let mut acts = vec![0f32; 4 * hidden];
+    for r in 0..rows {
+        let (h, c) = want[r * 2 * hidden..][..2 * hidden].split_at_mut(hidden);
+        c.copy_from_slice(&c_prev[r * hidden..][..hidden]);
+        lstm_cell_row(&gates[r * 4 * hidden..][..4 * hidden], &mut acts, c, h);
+    }
+    assert_eq!(bits(&out), bits(&want));
+    let small = lstm_forward(SMALL, hidden, &gates, &c_prev);
+    assert_eq!(bits(&small), bits(&out), "the grid changed the results");
+}
+
+#[test]
+fn the_cells_gradient_gives_the_cpu_kernels_bits() {
+    let (rows, hidden) = (4, 29);
+    let gates = values(rows * 4 * hidden, 3, 6.0);
+    let c_prev = values(rows * hidden, 4, 2.0);
+    let grad = values(rows * 2 * hidden, 5, 1.0);
+    let out = lstm_forward(Launch::elements(rows * hidden), hidden, &gates, &c_prev);
+    let joined = lstm_backward(
+        Launch::elements(rows * hidden),
+        hidden,
+        &grad,
+        &gates,
+        &c_prev,
+        &out,
+    );
+    let (dgates, dc_prev) = joined.split_at(rows * 4 * hidden);
+    let mut acts = vec![0f32; 4 * hidden];
+    for r in 0..rows {
+        let (mut c, mut h) = (c_prev[r * hidden..][..hidden].to_vec(), vec![0f32; hidden]);
+        lstm_cell_row(
+            &gates[r * 4 * hidden..][..4 * hidden],
+            &mut acts,
+            &mut c,
+            &mut h,
+        );
+        let (dh, dc_in) = grad[r * 2 * hidden..][..2 * hidden].split_at(hidden);
+        let mut dc = dc_in.to_vec();
+        let mut dg = vec![0f32; 4 * hidden];
+        let cp = &c_prev[r * hidden..][..hidden];
+        lstm_cell_row_backward(&acts, &c, cp, dh, &mut dc, &mut dg);
+        assert_eq!(
+            bits(&dgates[r * 4 * hidden..][..4 * hidden]),
+            bits(&dg),
+            "row {r}"
+        );
+        assert_eq!(bits(&dc_prev[r * hidden..][..hidden]), bits(&dc), "row {r}");
+    }
+    let small = lstm_backward(SMALL, hidden, &grad, &gates, &c_prev, &out);
+    assert_eq!(bits(&small), bits(&joined), "the grid changed the results");
+}
+
+#[test]
+fn adam_gives_the_cpu_updates_bits() {
+    let n = 3 * 256 + 37;
+    let k = AdamConstants {
+        scale: 0.8,
+        beta1: 0.9,
+        beta2: 0.999,
+        one_minus_beta1: 0.1,
+        one_minus_beta2: 0.001,
+        c1: 0.271,
+        c2: 0.003,
+        eps: 1e-8,
+        lr: 0.002,
+    };
+    let c = CAdam {
+        scale: k.scale,
+        beta1: k.beta1,
+        beta2: k.beta2,
+        one_minus_beta1: k.one_minus_beta1,
+        one_minus_beta2: k.one_minus_beta2,
+        c1: k.c1,
+        c2: k.c2,
+        eps: k.eps,
+        lr: k.lr,
+    };
+    let (p0, m0, g) = (values(n, 6, 1.0), values(n, 7, 0.1), values(n, 8, 2.0));
+    let v0: Vec<f32> = values(n, 9, 0.1).iter().map(|x| x * x).collect();
+    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+    k.update(&mut p, &mut m, &mut v, &g);
+    for launch in [Launch::elements(n), SMALL] {
+        let (mut gp, mut gm, mut gv) = (p0.clone(), m0.clone(), v0.clone());
+        // SAFETY: four buffers of n elements.
+        unsafe {
+            emu_adam_update(
+                launch.grid,
+                launch.block,
+                n as u64,
+                gp.as_mut_ptr(),
+                gm.as_mut_ptr(),
+                gv.as_mut_ptr(),
+                g.as_ptr(),
+                &c,
+            )
+        };
+        assert_eq!(bits(&gp), bits(&p), "parameters, {launch:?}");
+        assert_eq!(bits(&gm), bits(&m), "first moments, {launch:?}");
+        assert_eq!(bits(&gv), bits(&v), "second moments, {launch:?}");
+    }
+}
+
+/// The CPU's losses of one row: `[smoothed, nll]` and the log-sum-exp.
+fn cpu_row_losses(row: &[f32], y: usize, eps: f64) -> [f32; 2] {
+    let (lse, sum) = row_logsumexp(row);
+    let (eps, inv_v) = (eps as f32, (1.0 / row.len() as f64) as f32);
+    let nll = lse - row[y];
+    [(1.0 - eps) * nll + eps * (lse - sum * inv_v), nll]
+}
+
+/// Rows of logits with a vocabulary that is not a multiple of the block, one row far from 0
+/// (the shift by the maximum matters) and one padded row.
+fn loss_case() -> (usize, Vec<f32>, Vec<u32>, Vec<f32>) {
+    let (rows, vocab) = (6, 1000);
+    let mut logits = values(rows * vocab, 10, 8.0);
+    for z in &mut logits[2 * vocab..3 * vocab] {
+        *z += 60.0;
+    }
+    let targets = vec![3, 999, 0, 512, 7, 255];
+    let keep = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0];
+    (vocab, logits, targets, keep)
+}
+
+#[test]
+fn token_losses_agree_with_the_cpu_and_do_not_depend_on_the_grid() {
+    let (vocab, logits, targets, keep) = loss_case();
+    for eps in [0.0, 0.1] {
+        let out = token_losses(
+            Launch::rows(targets.len()),
+            vocab,
+            &logits,
+            &targets,
+            &keep,
+            eps,
+        );
+        for (r, &y) in targets.iter().enumerate() {
+            let got = [out[2 * r], out[2 * r + 1]];
+            if keep[r] == 0.0 {
+                assert_eq!(got, [0.0, 0.0], "padded row {r}");
+                continue;
+            }
+            let want = cpu_row_losses(&logits[r * vocab..][..vocab], y as usize, eps);
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 2e-6 * w.abs().max(1.0),
+                    "row {r}: {got:?} {want:?}"
+                );
+            }
+        }
+        let one_block = Launch {
+            grid: 1,
+            ..Launch::rows(1)
+        };
+        let again = token_losses(one_block, vocab, &logits, &targets, &keep, eps);
+        assert_eq!(bits(&again), bits(&out), "the grid changed the losses");
+    }
+}
+
+#[test]
+fn the_logit_gradient_agrees_with_the_cpu_and_does_not_depend_on_the_grid() {
+    let (vocab, logits, targets, keep) = loss_case();
+    let rows = targets.len();
+    // The output's gradient, zero on the padded row as the caller makes it.
+    let g: Vec<f32> = values(rows * 2, 11, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x * keep[i / 2])
+        .collect();
+    let eps = 0.1;
+    let dz = token_losses_backward(Launch::rows(rows), vocab, &logits, &targets, &g, eps);
+    let (eps32, uniform) = (eps as f32, (eps / vocab as f64) as f32);
+    for (r, &y) in targets.iter().enumerate() {
+        let mut want = logits[r * vocab..][..vocab].to_vec();
+        let (lse, _) = row_logsumexp(&want);
+        let (g0, g1) = (g[2 * r], g[2 * r + 1]);
+        softmax_gradient_row(&mut want, lse, g0 + g1, g0 * uniform);
+        want[y as usize] = want[y as usize] - g0 * (1.0 - eps32) - g1;
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+        for (j, (d, w)) in dz[r * vocab..][..vocab].iter().zip(&want).enumerate() {
+            assert!(
+                (d - w).abs() <= 1e-6 * scale,
+                "row {r}, logit {j}: {d} against {w}"
+            );
+        }
+        // The gradient of a softmax row sums to g0 + g1 - g0 (1 - eps) - eps g0 - g1 = 0.
+        let total: f32 = dz[r * vocab..][..vocab].iter().sum();
+        assert!(
+            total.abs() <= 1e-5 * (g0.abs() + g1.abs()).max(1e-3),
+            "row {r}: {total}"
+        );
+    }
+    let one_block = Launch {
+        grid: 1,
+        ..Launch::rows(1)
+    };
+    let again = token_losses_backward(one_block, vocab, &logits, &targets, &g, eps);
+    assert_eq!(bits(&again), bits(&dz), "the grid changed the gradient");
+}

@@ -1,0 +1,130 @@
+//! GNMT's CUDA kernels, without candle: the counterpart on NVIDIA GPUs of `gnmt-kernels`,
+//! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `softmax.cu` ~
+//! `softmax.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
+//! device; this crate only names them, embeds their PTX (with the `cuda` feature) and says how
+//! each is launched ([`Launch`]).
+//!
+//! The same sources, compiled as C on the host with a small emulator of CUDA's blocks and
+//! threads (`emulate/`), run in this crate's tests on every CPU against the CPU kernels. The
+//! element-wise kernels give the CPU's bits (same operations, no FMA contraction, IEEE
+//! division and square root on both sides); the row reductions agree to rounding.
+
+/// Threads per block of the kernels that reduce a row: one block per row. `kernels/common.cuh`
+/// has the same number as `ROW_BLOCK`, and those kernels stop on any other block size.
+pub const ROW_BLOCK: u32 = 256;
+
+/// Threads per block of the element-wise kernels.
+pub const ELEMENT_BLOCK: u32 = 256;
+
+/// At most this many blocks: beyond it, each thread's grid-stride loop takes several items.
+const MAX_BLOCKS: usize = 65_535;
+
+/// A one-dimensional launch: `grid` blocks of `block` threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: u32,
+    pub block: u32,
+}
+
+impl Launch {
+    /// An element-wise kernel over `n` items (one thread each, up to [`MAX_BLOCKS`] blocks).
+    pub fn elements(n: usize) -> Self {
+        Self {
+            grid: blocks(n.div_ceil(ELEMENT_BLOCK as usize)),
+            block: ELEMENT_BLOCK,
+        }
+    }
+
+    /// A row kernel over `rows` rows: a block of [`ROW_BLOCK`] threads per row.
+    pub fn rows(rows: usize) -> Self {
+        Self {
+            grid: blocks(rows),
+            block: ROW_BLOCK,
+        }
+    }
+}
+
+fn blocks(n: usize) -> u32 {
+    n.clamp(1, MAX_BLOCKS) as u32
+}
+
+/// A compiled kernel file: the name candle's device caches it under, and its PTX.
+#[derive(Debug, Clone, Copy)]
+pub struct Module {
+    pub name: &'static str,
+    pub ptx: &'static str,
+}
+
+/// PTX of `kernels/NAME.cu`, built by build.rs with the `cuda` feature.
+macro_rules! module {
+    ($name:literal) => {
+        #[cfg(feature = "cuda")]
+        pub const MODULE: crate::Module = crate::Module {
+            name: concat!("gnmt_", $name),
+            ptx: include_str!(concat!(env!("OUT_DIR"), "/", $name, ".ptx")),
+        };
+    };
+}
+
+/// The LSTM cell (`kernels/lstm.cu`).
+pub mod lstm {
+    module!("lstm");
+    /// `(rows, hidden, gates [rows, 4H], c_prev [rows, H], out [rows, 2H])`:
+    /// `out = [h | c]`. Launch: [`crate::Launch::elements`]`(rows * hidden)`.
+    pub const FORWARD: &str = "lstm_cell_forward";
+    /// `(rows, hidden, grad [rows, 2H], gates, c_prev, out, joined [rows * 5H])`:
+    /// `joined = [dgates | dc_prev]`. Launch: [`crate::Launch::elements`]`(rows * hidden)`.
+    pub const BACKWARD: &str = "lstm_cell_backward";
+}
+
+/// The output layer's loss over rows of logits (`kernels/softmax.cu`).
+pub mod softmax {
+    module!("softmax");
+    /// `(rows, vocab, logits, targets (u32), keep, eps, inv_vocab, out [rows, 2])`.
+    /// Launch: [`crate::Launch::rows`]`(rows)`.
+    pub const TOKEN_LOSSES: &str = "token_losses_forward";
+    /// `(rows, vocab, logits, targets (u32), g [rows, 2], eps, uniform, dlogits)`.
+    /// Launch: [`crate::Launch::rows`]`(rows)`.
+    pub const TOKEN_LOSSES_BACKWARD: &str = "token_losses_backward";
+}
+
+/// Adam (`kernels/adam.cu`).
+pub mod adam {
+    module!("adam");
+    /// `(n (u64), p, m, v, g, scale, beta1, beta2, 1 - beta1, 1 - beta2, c1, c2, eps, lr)`.
+    /// Launch: [`crate::Launch::elements`]`(n)`.
+    pub const UPDATE: &str = "adam_update";
+}
+
+#[cfg(test)]
+mod emulated;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launches_cover_every_item_with_bounded_grids() {
+        assert_eq!(
+            Launch::elements(0),
+            Launch {
+                grid: 1,
+                block: 256
+            }
+        );
+        assert_eq!(Launch::elements(257).grid, 2);
+        assert_eq!(Launch::elements(usize::MAX / 2).grid, 65_535);
+        assert_eq!(
+            Launch::rows(7),
+            Launch {
+                grid: 7,
+                block: ROW_BLOCK
+            }
+        );
+        let common = include_str!("../kernels/common.cuh");
+        assert!(
+            common.contains(&format!("#define ROW_BLOCK {ROW_BLOCK}\n")),
+            "kernels/common.cuh and src/lib.rs disagree on ROW_BLOCK"
+        );
+    }
+}
