@@ -4,6 +4,7 @@
 #include "cuda_host.h"
 
 #include "../kernels/adam.cu"
+#include "../kernels/attention.cu"
 #include "../kernels/lstm.cu"
 #include "../kernels/softmax.cu"
 
@@ -112,4 +113,46 @@ void emu_token_losses_backward(unsigned int grid, unsigned int block, unsigned i
                                float uniform, float* dlogits) {
     struct token_losses_backward_args a = {rows, vocab, logits, targets, g, eps, uniform, dlogits};
     emu_launch(grid, block, token_losses_backward_body, &a);
+}
+
+// The attention kernels share their leading dimensions.
+struct attention_args {
+    unsigned int batch, steps, sources, width;
+    const float *g, *q, *k, *v, *partials;
+    float* out;
+    int which;
+};
+
+static void attention_body(void* p) {
+    struct attention_args* a = p;
+    switch (a->which) {
+        case 0:
+            additive_scores_forward(a->batch, a->steps, a->sources, a->width, a->q, a->k, a->v,
+                                    a->out);
+            break;
+        case 1:
+            additive_scores_dq(a->batch, a->steps, a->sources, a->width, a->g, a->q, a->k, a->v,
+                               a->out);
+            break;
+        case 2:
+            additive_scores_dk(a->batch, a->steps, a->sources, a->width, a->g, a->q, a->k, a->v,
+                               a->out);
+            break;
+        case 3:
+            additive_scores_dv_rows(a->batch, a->steps, a->sources, a->width, a->g, a->q, a->k,
+                                    a->out);
+            break;
+        default:
+            additive_scores_dv_sum(a->batch, a->steps, a->sources, a->width, a->partials, a->out);
+    }
+}
+
+// Kernel `which` of attention.cu: 0 forward (q, k, v -> out), 1 dq and 2 dk (g, q, k, v ->
+// joined), 3 dv's rows (g, q, k -> partials, as `out`), 4 dv's sum (partials -> joined).
+void emu_attention(unsigned int grid, unsigned int block, int which, unsigned int batch,
+                   unsigned int steps, unsigned int sources, unsigned int width, const float* g,
+                   const float* q, const float* k, const float* v, const float* partials,
+                   float* out) {
+    struct attention_args a = {batch, steps, sources, width, g, q, k, v, partials, out, which};
+    emu_launch(grid, block, attention_body, &a);
 }

@@ -5,6 +5,7 @@
 
 use crate::Launch;
 use gnmt_kernels::adam::AdamConstants;
+use gnmt_kernels::attention::{additive_row, additive_row_backward};
 use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
 use gnmt_kernels::softmax::{row_logsumexp, softmax_gradient_row};
 
@@ -52,6 +53,21 @@ extern "C" {
         v: *mut f32,
         g: *const f32,
         k: *const CAdam,
+    );
+    fn emu_attention(
+        grid: u32,
+        block: u32,
+        which: i32,
+        batch: u32,
+        steps: u32,
+        sources: u32,
+        width: u32,
+        g: *const f32,
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        partials: *const f32,
+        out: *mut f32,
     );
     fn emu_token_losses_forward(
         grid: u32,
@@ -407,4 +423,151 @@ fn the_logit_gradient_agrees_with_the_cpu_and_does_not_depend_on_the_grid() {
     };
     let again = token_losses_backward(one_block, vocab, &logits, &targets, &g, eps);
     assert_eq!(bits(&again), bits(&dz), "the grid changed the gradient");
+}
+
+/// The sizes of an attention case: `q [B, T, A]`, `k [B, S, A]`, `g [B, T, S]`.
+#[derive(Clone, Copy)]
+struct Attention {
+    b: usize,
+    t: usize,
+    s: usize,
+    a: usize,
+}
+
+impl Attention {
+    /// Runs kernel `which` of attention.cu (see emulate/launchers.c) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        self,
+        which: i32,
+        launch: Launch,
+        g: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        partials: &[f32],
+        out: &mut [f32],
+    ) {
+        let d = |n: usize| n as u32;
+        // SAFETY: every buffer has the size its kernel reads or writes for these dimensions
+        // (checked by the callers below); unused ones are not read.
+        unsafe {
+            emu_attention(
+                launch.grid,
+                launch.block,
+                which,
+                d(self.b),
+                d(self.t),
+                d(self.s),
+                d(self.a),
+                g.as_ptr(),
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                partials.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn scores(self, launch: Launch, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.b * self.t * self.s];
+        self.run(0, launch, &[], q, k, v, &[], &mut out);
+        out
+    }
+
+    /// `[dq | dk | dv]`, the four launches in order, each with `launch` or its own shape.
+    fn gradients(self, small: bool, g: &[f32], q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let Attention { b, t, s, a } = self;
+        let shape = |n: usize| if small { SMALL } else { Launch::elements(n) };
+        let mut joined = vec![f32::NAN; b * (t + s) * a + a];
+        let mut partials = vec![f32::NAN; b * a];
+        self.run(1, shape(b * t * a), g, q, k, v, &[], &mut joined);
+        self.run(2, shape(b * s * a), g, q, k, v, &[], &mut joined);
+        self.run(3, shape(b * a), g, q, k, v, &[], &mut partials);
+        self.run(4, shape(a), &[], &[], &[], &[], &partials, &mut joined);
+        joined
+    }
+}
+
+/// Sizes with a width that is not a multiple of 16 lanes and more than one lane group.
+const ATTENTION: Attention = Attention {
+    b: 3,
+    t: 4,
+    s: 5,
+    a: 37,
+};
+
+#[test]
+fn attention_scores_give_the_cpu_kernels_bits() {
+    let Attention { b, t, s, a } = ATTENTION;
+    let (q, k, v) = (
+        values(b * t * a, 12, 2.0),
+        values(b * s * a, 13, 2.0),
+        values(a, 14, 1.0),
+    );
+    let out = ATTENTION.scores(Launch::elements(b * t * s), &q, &k, &v);
+    let mut want = vec![0f32; b * t * s];
+    for bi in 0..b {
+        for ti in 0..t {
+            let row = &mut want[(bi * t + ti) * s..][..s];
+            additive_row(
+                &q[(bi * t + ti) * a..][..a],
+                &k[bi * s * a..][..s * a],
+                &v,
+                row,
+            );
+        }
+    }
+    assert_eq!(bits(&out), bits(&want));
+    assert_eq!(
+        bits(&ATTENTION.scores(SMALL, &q, &k, &v)),
+        bits(&out),
+        "the grid changed the scores"
+    );
+}
+
+#[test]
+fn attention_gradients_give_the_cpu_kernels_bits() {
+    let Attention { b, t, s, a } = ATTENTION;
+    let (q, k, v) = (
+        values(b * t * a, 15, 2.0),
+        values(b * s * a, 16, 2.0),
+        values(a, 17, 1.0),
+    );
+    // The upstream gradient, 0 on the last source position of every row (padding).
+    let g: Vec<f32> = values(b * t * s, 18, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| if i % s == s - 1 { 0.0 } else { x })
+        .collect();
+    let joined = ATTENTION.gradients(false, &g, &q, &k, &v);
+    // gnmt-ops' ScoreGradients: each batch row in t, s order, dv summed in batch order.
+    let (mut dq, mut dk, mut dv) = (vec![0f32; b * t * a], vec![0f32; b * s * a], vec![0f32; a]);
+    for bi in 0..b {
+        let mut dv_b = vec![0f32; a];
+        for ti in 0..t {
+            for si in 0..s {
+                let gg = g[(bi * t + ti) * s + si];
+                if gg == 0.0 {
+                    continue;
+                }
+                let (qr, kr) = (&q[(bi * t + ti) * a..][..a], &k[(bi * s + si) * a..][..a]);
+                let dqr = &mut dq[(bi * t + ti) * a..][..a];
+                let dkr = &mut dk[(bi * s + si) * a..][..a];
+                additive_row_backward(qr, kr, &v, gg, dqr, dkr, &mut dv_b);
+            }
+        }
+        for (acc, x) in dv.iter_mut().zip(dv_b) {
+            *acc += x;
+        }
+    }
+    let want: Vec<f32> = dq.into_iter().chain(dk).chain(dv).collect();
+    assert_eq!(bits(&joined), bits(&want));
+    let small = ATTENTION.gradients(true, &g, &q, &k, &v);
+    assert_eq!(
+        bits(&small),
+        bits(&joined),
+        "the grid changed the gradients"
+    );
 }

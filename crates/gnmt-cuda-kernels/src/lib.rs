@@ -1,13 +1,14 @@
 //! GNMT's CUDA kernels, without candle: the counterpart on NVIDIA GPUs of `gnmt-kernels`,
-//! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `softmax.cu` ~
-//! `softmax.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
+//! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `attention.cu` ~
+//! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
 //! device; this crate only names them, embeds their PTX (with the `cuda` feature) and says how
 //! each is launched ([`Launch`]).
 //!
 //! The same sources, compiled as C on the host with a small emulator of CUDA's blocks and
-//! threads (`emulate/`), run in this crate's tests on every CPU against the CPU kernels. The
-//! element-wise kernels give the CPU's bits (same operations, no FMA contraction, IEEE
-//! division and square root on both sides); the row reductions agree to rounding.
+//! threads (`emulate/`), run in this crate's tests on every CPU against the CPU kernels. Those
+//! whose sums run in the CPU's order give the CPU's bits (same operations, no FMA
+//! contraction, IEEE division and square root on both sides); the loss's row reductions (a
+//! tree over a block) agree to rounding.
 
 /// Threads per block of the kernels that reduce a row: one block per row. `kernels/common.cuh`
 /// has the same number as `ROW_BLOCK`, and those kernels stop on any other block size.
@@ -86,6 +87,25 @@ pub mod softmax {
     /// `(rows, vocab, logits, targets (u32), g [rows, 2], eps, uniform, dlogits)`.
     /// Launch: [`crate::Launch::rows`]`(rows)`.
     pub const TOKEN_LOSSES_BACKWARD: &str = "token_losses_backward";
+}
+
+/// Additive attention scores (`kernels/attention.cu`); every kernel takes `(batch, steps,
+/// sources, width)` first: `q [B, T, A]`, `k [B, S, A]`, `v [A]`, `g [B, T, S]`.
+pub mod attention {
+    module!("attention");
+    /// `(.., q, k, v, out [B, T, S])`. Launch: [`crate::Launch::elements`]`(B T S)`.
+    pub const FORWARD: &str = "additive_scores_forward";
+    /// `(.., g, q, k, v, joined)`: `dq` into `joined = [dq | dk | dv]`.
+    /// Launch: [`crate::Launch::elements`]`(B T A)`.
+    pub const DQ: &str = "additive_scores_dq";
+    /// `(.., g, q, k, v, joined)`: `dk`. Launch: [`crate::Launch::elements`]`(B S A)`.
+    pub const DK: &str = "additive_scores_dk";
+    /// `(.., g, q, k, partials [B, A])`: each batch row's part of `dv`.
+    /// Launch: [`crate::Launch::elements`]`(B A)`.
+    pub const DV_ROWS: &str = "additive_scores_dv_rows";
+    /// `(.., partials, joined)`: `dv`, the parts summed in batch order.
+    /// Launch: [`crate::Launch::elements`]`(A)`.
+    pub const DV_SUM: &str = "additive_scores_dv_sum";
 }
 
 /// Adam (`kernels/adam.cu`).

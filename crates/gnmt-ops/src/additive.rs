@@ -18,16 +18,18 @@ use gnmt_kernels::attention::{additive_row, additive_row_backward};
 use crate::dispatch::{self, Float, Kernel};
 use crate::storage::{read, split};
 use crate::Kernels;
+#[cfg(feature = "cuda")]
+use candle::cuda_backend::CudaStorage;
 
-/// `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`.
+/// `sum_a v_a tanh(q + k)`: `q [B, T, A]`, `k [B, S, A]`, `v [A]` -> `[B, T, S]`. Fused, on
+/// the CPU or a GPU (f32 there), the `[B, T, S, A]` hidden layer the reference builds is
+/// never written.
 pub fn additive_scores(q: &Tensor, k: &Tensor, v: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels.fused_on(q.device()) {
-        None => reference_scores(q, k, v),
-        Some(_) => {
-            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-            q.apply_op3(&k, &v, AdditiveScores)
-        }
+    if kernels.is_reference() {
+        return reference_scores(q, k, v);
     }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    q.apply_op3(&k, &v, AdditiveScores)
 }
 
 /// The same computation from candle ops (the reference).
@@ -94,6 +96,20 @@ impl CustomOp3 for AdditiveScores {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = dims(l1.shape(), l2.shape(), l3.shape())?;
+        on_gpu::scores(d, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -194,6 +210,172 @@ impl CustomOp3 for ScoreGradients {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = dims(l2.shape(), l3.shape(), self.v.shape())?;
+        if l1.shape().dims3()? != (d.b, d.t, d.s) {
+            candle::bail!(
+                "additive scores: gradient {:?} for q {:?}",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        on_gpu::gradients(d, &self.v, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// The scores and their gradients on a GPU: `gnmt-cuda-kernels`' `attention.cu`, the
+/// arithmetic of [`additive_row`] and [`gradients`] in the same order (f32).
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
+    use candle::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+    use candle::{Layout, Result, Shape, Tensor};
+    use gnmt_cuda_kernels::{attention, Launch};
+
+    use super::Dims;
+    use crate::cuda::{config, dim, function, output, read_tensor, view};
+
+    const OP: &str = "additive scores";
+
+    /// The four dimensions as the kernels take them.
+    fn sizes(d: Dims) -> Result<[u32; 4]> {
+        Ok([dim(d.b, OP)?, dim(d.t, OP)?, dim(d.s, OP)?, dim(d.a, OP)?])
+    }
+
+    pub(super) fn scores(
+        d: Dims,
+        (q, lq): (&CudaStorage, &Layout),
+        (k, lk): (&CudaStorage, &Layout),
+        (v, lv): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let device = q.device.clone();
+        let (q, k, v) = (
+            view::<f32>(q, lq, OP)?,
+            view::<f32>(k, lk, OP)?,
+            view::<f32>(v, lv, OP)?,
+        );
+        let mut out = output::<f32>(&device, d.b * d.t * d.s)?;
+        let [b, t, s, a] = sizes(d)?;
+        let func = function(&device, attention::MODULE, attention::FORWARD)?;
+        let stream = device.cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        args.arg(&b)
+            .arg(&t)
+            .arg(&s)
+            .arg(&a)
+            .arg(&q)
+            .arg(&k)
+            .arg(&v)
+            .arg(&mut out);
+        // SAFETY: q [B, T, A], k [B, S, A], v [A] and out [B, T, S] as the kernel reads them.
+        unsafe { args.launch(config(Launch::elements(d.b * d.t * d.s))) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, device),
+            Shape::from((d.b, d.t, d.s)),
+        ))
+    }
+
+    /// `[dq | dk | dv]` of the upstream gradient `g [B, T, S]`: four launches in order.
+    pub(super) fn gradients(
+        d: Dims,
+        v: &Tensor,
+        (g, lg): (&CudaStorage, &Layout),
+        (q, lq): (&CudaStorage, &Layout),
+        (k, lk): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let device = g.device.clone();
+        let (g, q, k) = (
+            view::<f32>(g, lg, OP)?,
+            view::<f32>(q, lq, OP)?,
+            view::<f32>(k, lk, OP)?,
+        );
+        let n = d.b * (d.t + d.s) * d.a + d.a;
+        let mut joined = output::<f32>(&device, n)?;
+        let mut partials = output::<f32>(&device, d.b * d.a)?;
+        read_tensor::<f32, _>(v, OP, |v| {
+            let inputs = Inputs {
+                device: &device,
+                d,
+                g: &g,
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            inputs.launch(attention::DQ, d.b * d.t * d.a, &mut joined)?;
+            inputs.launch(attention::DK, d.b * d.s * d.a, &mut joined)?;
+            let [b, t, s, a] = sizes(d)?;
+            let func = function(&device, attention::MODULE, attention::DV_ROWS)?;
+            let stream = device.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&b)
+                .arg(&t)
+                .arg(&s)
+                .arg(&a)
+                .arg(&g)
+                .arg(&q)
+                .arg(&k)
+                .arg(&mut partials);
+            // SAFETY: g, q, k as above; partials [B, A].
+            unsafe { args.launch(config(Launch::elements(d.b * d.a))) }.w()?;
+            let func = function(&device, attention::MODULE, attention::DV_SUM)?;
+            let mut args = stream.launch_builder(&func);
+            args.arg(&b)
+                .arg(&t)
+                .arg(&s)
+                .arg(&a)
+                .arg(&partials)
+                .arg(&mut joined);
+            // SAFETY: partials [B, A] written above; dv at the end of joined.
+            unsafe { args.launch(config(Launch::elements(d.a))) }.w()?;
+            Ok(())
+        })?;
+        Ok((CudaStorage::wrap_cuda_slice(joined, device), Shape::from(n)))
+    }
+
+    /// What the dq and dk kernels both read.
+    struct Inputs<'a> {
+        device: &'a CudaDevice,
+        d: Dims,
+        g: &'a CudaView<'a, f32>,
+        q: &'a CudaView<'a, f32>,
+        k: &'a CudaView<'a, f32>,
+        v: &'a CudaView<'a, f32>,
+    }
+
+    impl Inputs<'_> {
+        /// Launches `kernel` (dq or dk) over `items` threads' worth of work into `joined`.
+        fn launch(
+            &self,
+            kernel: &str,
+            items: usize,
+            joined: &mut candle::cuda_backend::cudarc::driver::CudaSlice<f32>,
+        ) -> Result<()> {
+            let [b, t, s, a] = sizes(self.d)?;
+            let func = function(self.device, attention::MODULE, kernel)?;
+            let stream = self.device.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&b).arg(&t).arg(&s).arg(&a);
+            args.arg(self.g)
+                .arg(self.q)
+                .arg(self.k)
+                .arg(self.v)
+                .arg(joined);
+            // SAFETY: g [B, T, S], q [B, T, A], k [B, S, A], v [A], and `joined` of
+            // B (T + S) A + A values, as both kernels read and write.
+            unsafe { args.launch(config(Launch::elements(items))) }.w()?;
+            Ok(())
+        }
     }
 }
 

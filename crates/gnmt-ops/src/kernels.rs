@@ -12,8 +12,8 @@ use gnmt_kernels::Precision;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     /// The fused operations of this crate, their matrix products in `Precision`: on the CPU
-    /// every operation; on a GPU those with a CUDA kernel (the LSTM cell and the output
-    /// layer's loss so far), the composites elsewhere, products in f32.
+    /// every operation; on a GPU those with a CUDA kernel (the LSTM cell, the attention
+    /// scores and the output layer's loss so far), the composites elsewhere, products in f32.
     Fused(Precision),
     /// Each operation's composite reference: plain candle operations, products in f32 through
     /// candle's matmul, on any candle device. The correctness baseline of every backend.

@@ -94,8 +94,9 @@ pub struct TranslateArgs {
     /// slightly from f32's. `--quantize int8` is the same option.
     #[arg(long, alias = "quantize", value_enum, default_value_t = crate::Matmul::F32)]
     pub matmul: crate::Matmul,
-    /// The operations the model runs on: fused (fast, CPU), or reference (composite candle
-    /// operations, f32 only: the correctness baseline, several times slower).
+    /// The operations the model runs on: fused (fast; on a GPU the CUDA kernels where an
+    /// operation has one, the references elsewhere), or reference (composite candle
+    /// operations, f32 only: the correctness baseline, several times slower on the CPU).
     /// [default: fused on the CPU, reference on a GPU]
     #[arg(long, value_enum)]
     pub kernels: Option<crate::KernelsArg>,

@@ -1,0 +1,101 @@
+// Additive attention scores (gnmt-kernels' attention.rs and gnmt-ops' additive.rs):
+// out[b, t, s] = sum_a v[a] tanh(q[b, t, a] + k[b, s, a]), q [B, T, A], k [B, S, A], and the
+// gradients of sum(g * out) with respect to q, k and v. Every sum runs in the CPU kernels'
+// order (the forward's over 16 lanes as `lane_sum`, the gradients' over positions in order),
+// so each result has the CPU's bits, and no thread's result depends on the batch.
+#include "common.cuh"
+
+// One thread per score: out[(b T + t) S + s].
+KERNEL additive_scores_forward(unsigned int batch, unsigned int steps, unsigned int sources,
+                               unsigned int width, const float* q, const float* k,
+                               const float* v, float* out) {
+    unsigned long long n = (unsigned long long)batch * steps * sources;
+    for (unsigned long long i = GLOBAL_INDEX; i < n; i += GLOBAL_STRIDE) {
+        unsigned long long s = i % sources, bt = i / sources, b = bt / steps;
+        const float* qr = q + bt * width;
+        const float* kr = k + (b * sources + s) * width;
+        // lane_sum: 16 lanes over whole chunks, the tail first into the total, then the lanes.
+        float lanes[16];
+        for (int l = 0; l < 16; l++) lanes[l] = 0.0f;
+        unsigned int full = width / 16 * 16;
+        for (unsigned int a = 0; a < full; a += 16)
+            for (int l = 0; l < 16; l++)
+                lanes[l] = lanes[l] + v[a + l] * fast_tanh(qr[a + l] + kr[a + l]);
+        float total = 0.0f;
+        for (unsigned int a = full; a < width; a++) total = total + v[a] * fast_tanh(qr[a] + kr[a]);
+        for (int l = 0; l < 16; l++) total = total + lanes[l];
+        out[i] = total;
+    }
+}
+
+// The gradients of sum(g * out), g [B, T, S], into `joined` = [dq [B, T, A] | dk [B, S, A] |
+// dv [A]]; `partials [B, A]` is scratch for dv. Four launches, in this order: dq, dk, the
+// per-batch-row parts of dv, their sum. Positions whose g is exactly 0 (padding) add nothing.
+
+// One thread per (b, t, a): the sum over s in order.
+KERNEL additive_scores_dq(unsigned int batch, unsigned int steps, unsigned int sources,
+                          unsigned int width, const float* g, const float* q, const float* k,
+                          const float* v, float* joined) {
+    unsigned long long n = (unsigned long long)batch * steps * width;
+    for (unsigned long long i = GLOBAL_INDEX; i < n; i += GLOBAL_STRIDE) {
+        unsigned long long a = i % width, bt = i / width, b = bt / steps;
+        float qa = q[i], va = v[a], dq = 0.0f;
+        for (unsigned int s = 0; s < sources; s++) {
+            float gg = g[bt * sources + s];
+            if (gg == 0.0f) continue;
+            float th = fast_tanh(qa + k[(b * sources + s) * width + a]);
+            dq = dq + gg * va * (1.0f - th * th);
+        }
+        joined[i] = dq;
+    }
+}
+
+// One thread per (b, s, a): the sum over t in order.
+KERNEL additive_scores_dk(unsigned int batch, unsigned int steps, unsigned int sources,
+                          unsigned int width, const float* g, const float* q, const float* k,
+                          const float* v, float* joined) {
+    unsigned long long n = (unsigned long long)batch * sources * width;
+    float* dk = joined + (unsigned long long)batch * steps * width;
+    for (unsigned long long i = GLOBAL_INDEX; i < n; i += GLOBAL_STRIDE) {
+        unsigned long long a = i % width, bs = i / width, b = bs / sources, s = bs % sources;
+        float ka = k[i], va = v[a], d = 0.0f;
+        for (unsigned int t = 0; t < steps; t++) {
+            float gg = g[(b * steps + t) * sources + s];
+            if (gg == 0.0f) continue;
+            float th = fast_tanh(q[(b * steps + t) * width + a] + ka);
+            d = d + gg * va * (1.0f - th * th);
+        }
+        dk[i] = d;
+    }
+}
+
+// One thread per (b, a): batch row b's part of dv[a], over t then s in order.
+KERNEL additive_scores_dv_rows(unsigned int batch, unsigned int steps, unsigned int sources,
+                               unsigned int width, const float* g, const float* q,
+                               const float* k, float* partials) {
+    unsigned long long n = (unsigned long long)batch * width;
+    for (unsigned long long i = GLOBAL_INDEX; i < n; i += GLOBAL_STRIDE) {
+        unsigned long long a = i % width, b = i / width;
+        float d = 0.0f;
+        for (unsigned int t = 0; t < steps; t++) {
+            float qa = q[(b * steps + t) * width + a];
+            for (unsigned int s = 0; s < sources; s++) {
+                float gg = g[(b * steps + t) * sources + s];
+                if (gg == 0.0f) continue;
+                d = d + gg * fast_tanh(qa + k[(b * sources + s) * width + a]);
+            }
+        }
+        partials[i] = d;
+    }
+}
+
+// One thread per a: dv[a], the batch rows' parts summed in batch order.
+KERNEL additive_scores_dv_sum(unsigned int batch, unsigned int steps, unsigned int sources,
+                              unsigned int width, const float* partials, float* joined) {
+    float* dv = joined + (unsigned long long)batch * (steps + sources) * width;
+    for (unsigned long long a = GLOBAL_INDEX; a < width; a += GLOBAL_STRIDE) {
+        float d = 0.0f;
+        for (unsigned int b = 0; b < batch; b++) d = d + partials[(unsigned long long)b * width + a];
+        dv[a] = d;
+    }
+}
