@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel files, `kernels/NAME.cu`.
-const KERNELS: [&str; 4] = ["adam", "attention", "lstm", "softmax"];
+const KERNELS: [&str; 5] = ["adam", "attention", "lstm", "softmax", "top_tokens"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

@@ -31,8 +31,9 @@ pub struct Cli {
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast; on a GPU the CUDA kernels of the LSTM cell,
-    /// attention scores, loss and Adam, the references elsewhere), or reference (their composite candle
-    /// references, f32 only: the correctness baseline, several times slower on the CPU).
+    /// attention scores, loss, top-k and Adam, the references elsewhere), or reference (their
+    /// composite candle references, f32 only: the correctness baseline, several times slower
+    /// on the CPU).
     /// [default: fused on the CPU, reference on a GPU; or the training config's `kernels`]
     #[arg(long, global = true, value_enum)]
     pub kernels: Option<KernelsArg>,

@@ -7,6 +7,7 @@
 #include "../kernels/attention.cu"
 #include "../kernels/lstm.cu"
 #include "../kernels/softmax.cu"
+#include "../kernels/top_tokens.cu"
 
 struct lstm_cell_forward_args {
     unsigned int rows, hidden;
@@ -155,4 +156,24 @@ void emu_attention(unsigned int grid, unsigned int block, int which, unsigned in
                    float* out) {
     struct attention_args a = {batch, steps, sources, width, g, q, k, v, partials, out, which};
     emu_launch(grid, block, attention_body, &a);
+}
+
+struct top_tokens_args {
+    unsigned int rows, vocab, k;
+    int normalise;
+    const float* logits;
+    unsigned int* tokens;
+    float* log_probs;
+};
+
+static void top_tokens_body(void* p) {
+    struct top_tokens_args* a = p;
+    top_tokens(a->rows, a->vocab, a->k, a->normalise, a->logits, a->tokens, a->log_probs);
+}
+
+void emu_top_tokens(unsigned int grid, unsigned int block, unsigned int rows, unsigned int vocab,
+                    unsigned int k, int normalise, const float* logits, unsigned int* tokens,
+                    float* log_probs) {
+    struct top_tokens_args a = {rows, vocab, k, normalise, logits, tokens, log_probs};
+    emu_launch(grid, block, top_tokens_body, &a);
 }

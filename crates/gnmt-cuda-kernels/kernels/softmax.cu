@@ -5,48 +5,7 @@
 // and sums are trees over the block's threads in a fixed order, so a row's result depends on
 // nothing but the row: not on the batch, the grid or the other rows.
 #include "common.cuh"
-
-// The maximum of every thread's `x` over the block, in every thread.
-DEVICE float block_max(float x, float* scratch) {
-    unsigned int t = threadIdx.x;
-    scratch[t] = x;
-    __syncthreads();
-    for (unsigned int s = ROW_BLOCK / 2; s > 0; s >>= 1) {
-        if (t < s) scratch[t] = fmaxf(scratch[t], scratch[t + s]);
-        __syncthreads();
-    }
-    float all = scratch[0];
-    __syncthreads();
-    return all;
-}
-
-// The sum of every thread's `x` over the block (a fixed tree), in every thread.
-DEVICE float block_sum(float x, float* scratch) {
-    unsigned int t = threadIdx.x;
-    scratch[t] = x;
-    __syncthreads();
-    for (unsigned int s = ROW_BLOCK / 2; s > 0; s >>= 1) {
-        if (t < s) scratch[t] = scratch[t] + scratch[t + s];
-        __syncthreads();
-    }
-    float all = scratch[0];
-    __syncthreads();
-    return all;
-}
-
-// logsumexp(z) of a row of `vocab` logits, in every thread of the block; `*sum` gets sum(z).
-DEVICE float row_logsumexp(const float* z, unsigned int vocab, float* scratch, float* sum) {
-    float m = NEG_INFINITY;
-    for (unsigned int j = threadIdx.x; j < vocab; j += ROW_BLOCK) m = fmaxf(m, z[j]);
-    m = block_max(m, scratch);
-    float s = 0.0f, total = 0.0f;
-    for (unsigned int j = threadIdx.x; j < vocab; j += ROW_BLOCK) {
-        s = s + z[j];
-        total = total + fast_exp(z[j] - m);
-    }
-    *sum = block_sum(s, scratch);
-    return m + logf(block_sum(total, scratch));
-}
+#include "rows.cuh"
 
 // logits [rows, vocab], targets [rows], keep [rows] (1 real, 0 padding) -> out [rows, 2] =
 // [smoothed, nll] (0 for padding). `inv_vocab` is 1 / vocab and `eps` the smoothing, both

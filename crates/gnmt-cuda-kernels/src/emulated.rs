@@ -8,6 +8,7 @@ use gnmt_kernels::adam::AdamConstants;
 use gnmt_kernels::attention::{additive_row, additive_row_backward};
 use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
 use gnmt_kernels::softmax::{row_logsumexp, softmax_gradient_row};
+use gnmt_kernels::top_tokens::{top_scores, top_tokens};
 
 /// `AdamConstants` in the order `emulate/launchers.c`'s `struct adam_constants` has them.
 #[repr(C)]
@@ -68,6 +69,17 @@ extern "C" {
         v: *const f32,
         partials: *const f32,
         out: *mut f32,
+    );
+    fn emu_top_tokens(
+        grid: u32,
+        block: u32,
+        rows: u32,
+        vocab: u32,
+        k: u32,
+        normalise: i32,
+        logits: *const f32,
+        tokens: *mut u32,
+        log_probs: *mut f32,
     );
     fn emu_token_losses_forward(
         grid: u32,
@@ -570,4 +582,85 @@ fn attention_gradients_give_the_cpu_kernels_bits() {
         bits(&joined),
         "the grid changed the gradients"
     );
+}
+
+/// `(tokens, log_probs)` of the top-k kernel.
+fn top_k(
+    launch: Launch,
+    vocab: usize,
+    k: usize,
+    normalise: bool,
+    logits: &[f32],
+) -> (Vec<u32>, Vec<f32>) {
+    let rows = logits.len() / vocab;
+    let (mut tokens, mut log_probs) = (vec![u32::MAX; rows * k], vec![f32::NAN; rows * k]);
+    // SAFETY: `rows` rows of `vocab` logits; `rows * k` outputs each; k <= MAX_TOP, vocab.
+    unsafe {
+        emu_top_tokens(
+            launch.grid,
+            launch.block,
+            rows as u32,
+            vocab as u32,
+            k as u32,
+            i32::from(normalise),
+            logits.as_ptr(),
+            tokens.as_mut_ptr(),
+            log_probs.as_mut_ptr(),
+        )
+    };
+    (tokens, log_probs)
+}
+
+/// Rows of logits on a grid of 1/64 with many exact ties, so ranking and tie-breaking (lower
+/// id first) are checked exactly; vocabularies below, at and far above the block.
+#[test]
+fn top_tokens_rank_as_the_cpu_does_and_do_not_depend_on_the_grid() {
+    for (vocab, k) in [
+        (7, 7),
+        (256, 5),
+        (1000, 1),
+        (3001, 12),
+        (3001, crate::top_tokens::MAX_TOP),
+    ] {
+        let rows = 4;
+        let logits: Vec<f32> = values(rows * vocab, vocab as u64, 6.0)
+            .iter()
+            .map(|x| (x * 4.0).round() / 64.0)
+            .collect();
+        let (tokens, log_probs) = top_k(Launch::rows(rows), vocab, k, true, &logits);
+        let cpu = top_tokens(&logits, vocab, k);
+        for r in 0..rows {
+            let (want_t, want_l): (Vec<u32>, Vec<f32>) = cpu.row(r).unzip();
+            assert_eq!(
+                &tokens[r * k..][..k],
+                &want_t[..],
+                "vocab {vocab}, k {k}, row {r}"
+            );
+            for (g, w) in log_probs[r * k..][..k].iter().zip(&want_l) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "vocab {vocab}, row {r}: {g} {w}"
+                );
+            }
+        }
+        let one_block = Launch {
+            grid: 1,
+            ..Launch::rows(1)
+        };
+        let again = top_k(one_block, vocab, k, true, &logits);
+        assert_eq!(
+            (bits(&again.1), &again.0),
+            (bits(&log_probs), &tokens),
+            "the grid changed them"
+        );
+        // Scores ranked as they are: the CPU's values exactly.
+        let (tokens, scores) = top_k(Launch::rows(rows), vocab, k, false, &logits);
+        let cpu = top_scores(&logits, vocab, k);
+        let (want_t, want_s): (Vec<u32>, Vec<f32>) = (0..rows).flat_map(|r| cpu.row(r)).unzip();
+        assert_eq!(
+            (tokens, bits(&scores)),
+            (want_t, bits(&want_s)),
+            "vocab {vocab}, k {k}"
+        );
+    }
 }

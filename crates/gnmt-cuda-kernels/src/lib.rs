@@ -1,6 +1,7 @@
 //! GNMT's CUDA kernels, without candle: the counterpart on NVIDIA GPUs of `gnmt-kernels`,
 //! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `attention.cu` ~
-//! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
+//! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `top_tokens.cu` ~ `top_tokens.rs`, `adam.cu`
+//! ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
 //! device; this crate only names them, embeds their PTX (with the `cuda` feature) and says how
 //! each is launched ([`Launch`]).
 //!
@@ -108,6 +109,17 @@ pub mod attention {
     pub const DV_SUM: &str = "additive_scores_dv_sum";
 }
 
+/// The `k` best tokens of each decoder row (`kernels/top_tokens.cu`).
+pub mod top_tokens {
+    module!("top_tokens");
+    /// `(rows, vocab, k, normalise (i32), logits [rows, V], tokens [rows, k] (u32),
+    /// log_probs [rows, k])`, `k <= MAX_TOP` and `k <= vocab`.
+    /// Launch: [`crate::Launch::rows`]`(rows)`.
+    pub const TOP_TOKENS: &str = "top_tokens";
+    /// The largest `k` the kernel ranks (`MAX_TOP` in the kernel); beyond it, the host does.
+    pub const MAX_TOP: usize = 32;
+}
+
 /// Adam (`kernels/adam.cu`).
 pub mod adam {
     module!("adam");
@@ -145,6 +157,11 @@ mod tests {
         assert!(
             common.contains(&format!("#define ROW_BLOCK {ROW_BLOCK}\n")),
             "kernels/common.cuh and src/lib.rs disagree on ROW_BLOCK"
+        );
+        let top = include_str!("../kernels/top_tokens.cu");
+        assert!(
+            top.contains(&format!("#define MAX_TOP {}\n", top_tokens::MAX_TOP)),
+            "kernels/top_tokens.cu and src/lib.rs disagree on MAX_TOP"
         );
     }
 }

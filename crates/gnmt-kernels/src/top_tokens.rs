@@ -20,6 +20,27 @@ pub struct TopTokens {
 }
 
 impl TopTokens {
+    /// Rows of `k` tokens and their log-probabilities, best first (ranked elsewhere: a GPU).
+    ///
+    /// Panics if the two differ in length or are not whole rows.
+    pub fn from_rows(k: usize, tokens: Vec<u32>, log_probs: Vec<f32>) -> Self {
+        assert_eq!(
+            tokens.len(),
+            log_probs.len(),
+            "top tokens: one value per token"
+        );
+        assert!(
+            k > 0 || tokens.is_empty(),
+            "top tokens: rows of 0 tokens hold none"
+        );
+        assert_eq!(tokens.len() % k.max(1), 0, "top tokens: not whole rows");
+        Self {
+            k,
+            tokens,
+            log_probs,
+        }
+    }
+
     /// Rows (decoder batch size).
     pub fn rows(&self) -> usize {
         self.tokens.len().checked_div(self.k).unwrap_or(0)
@@ -305,5 +326,20 @@ mod tests {
             let got: Vec<(u32, f32)> = top.row(r).collect();
             assert_eq!(got, reference(&logits[r * vocab..][..vocab], 5));
         }
+    }
+
+    #[test]
+    fn rows_ranked_elsewhere_read_back_as_ranked_here() {
+        let logits = pseudo_random_row(9, 3 * 40);
+        let here = top_tokens(&logits, 40, 4);
+        let (tokens, log_probs): (Vec<u32>, Vec<f32>) = (0..3).flat_map(|r| here.row(r)).unzip();
+        assert_eq!(TopTokens::from_rows(4, tokens, log_probs), here);
+        assert_eq!(TopTokens::from_rows(0, Vec::new(), Vec::new()).rows(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not whole rows")]
+    fn rows_ranked_elsewhere_must_be_whole() {
+        TopTokens::from_rows(4, vec![1, 2, 3], vec![0.0; 3]);
     }
 }

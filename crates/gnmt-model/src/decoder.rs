@@ -354,6 +354,17 @@ impl Decoder {
         Ok((weights, next))
     }
 
+    /// [`Decoder::step_logits`] with the logits `[B, V]` left where they were computed (a
+    /// GPU's memory): (logits, attention `[B, S]`, next state).
+    pub fn step_logits_tensor(
+        &self,
+        tokens: &Tensor,
+        state: &DecoderState,
+    ) -> Result<(Tensor, Tensor, DecoderState)> {
+        let (top, weights, next) = self.step_top(tokens, state)?;
+        Ok((state.weights.0.output_t.apply(&top)?, weights, next))
+    }
+
     /// One step up to the top layer's output `[B, H]`, before the output projection: (that
     /// output, attention `[B, S]`, next state).
     pub fn step_top(

@@ -143,6 +143,15 @@ impl Gnmt {
         k: usize,
     ) -> Result<(TopTokens, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
+        if !tokens.device().is_cpu() && !self.kernels.is_reference() {
+            // On a GPU with the fused kernels: ranked there, rows x k values copied back.
+            let (logits, attention, next) = self.decoder.step_logits_tensor(tokens, state)?;
+            let top = match gnmt_ops::top_tokens::on_device(&logits, k, true)? {
+                Some(top) => top,
+                None => top_tokens(&logits.flatten_all()?.to_vec1()?, self.config.vocab_size, k),
+            };
+            return Ok((top, attention, next));
+        }
         let run = |logits: &mut Vec<f32>| {
             let (attention, next) = self.decoder.step_logits(tokens, state, logits)?;
             Ok((
