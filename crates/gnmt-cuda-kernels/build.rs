@@ -6,7 +6,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel files, `kernels/NAME.cu`.
-const KERNELS: [&str; 5] = ["adam", "attention", "lstm", "softmax", "top_tokens"];
+const KERNELS: [&str; 6] = [
+    "adam",
+    "attention",
+    "dropout",
+    "lstm",
+    "softmax",
+    "top_tokens",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

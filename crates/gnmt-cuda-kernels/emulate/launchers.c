@@ -5,6 +5,7 @@
 
 #include "../kernels/adam.cu"
 #include "../kernels/attention.cu"
+#include "../kernels/dropout.cu"
 #include "../kernels/lstm.cu"
 #include "../kernels/softmax.cu"
 #include "../kernels/top_tokens.cu"
@@ -176,4 +177,32 @@ void emu_top_tokens(unsigned int grid, unsigned int block, unsigned int rows, un
                     float* log_probs) {
     struct top_tokens_args a = {rows, vocab, k, normalise, logits, tokens, log_probs};
     emu_launch(grid, block, top_tokens_body, &a);
+}
+
+// The dropout kernel's stream position and constants.
+struct dropout_stream {
+    unsigned int key[8];
+    unsigned long long stream, first_block;
+    unsigned int offset;
+    float threshold, scale;
+};
+
+struct dropout_args {
+    unsigned long long n;
+    const float* x;
+    float* out;
+    struct dropout_stream s;
+};
+
+static void dropout_body(void* p) {
+    struct dropout_args* a = p;
+    const unsigned int* k = a->s.key;
+    dropout(a->n, a->x, a->out, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], a->s.stream,
+            a->s.first_block, a->s.offset, a->s.threshold, a->s.scale);
+}
+
+void emu_dropout(unsigned int grid, unsigned int block, unsigned long long n, const float* x,
+                 float* out, const struct dropout_stream* s) {
+    struct dropout_args a = {n, x, out, *s};
+    emu_launch(grid, block, dropout_body, &a);
 }

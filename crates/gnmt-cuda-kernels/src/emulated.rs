@@ -6,9 +6,23 @@
 use crate::Launch;
 use gnmt_kernels::adam::AdamConstants;
 use gnmt_kernels::attention::{additive_row, additive_row_backward};
+use gnmt_kernels::dropout::{draw_mask, times_mask};
 use gnmt_kernels::lstm::{lstm_cell_row, lstm_cell_row_backward};
 use gnmt_kernels::softmax::{row_logsumexp, softmax_gradient_row};
 use gnmt_kernels::top_tokens::{top_scores, top_tokens};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+/// `emulate/launchers.c`'s `struct dropout_stream`.
+#[repr(C)]
+struct CDropout {
+    key: [u32; 8],
+    stream: u64,
+    first_block: u64,
+    offset: u32,
+    threshold: f32,
+    scale: f32,
+}
 
 /// `AdamConstants` in the order `emulate/launchers.c`'s `struct adam_constants` has them.
 #[repr(C)]
@@ -81,6 +95,7 @@ extern "C" {
         tokens: *mut u32,
         log_probs: *mut f32,
     );
+    fn emu_dropout(grid: u32, block: u32, n: u64, x: *const f32, out: *mut f32, s: *const CDropout);
     fn emu_token_losses_forward(
         grid: u32,
         block: u32,
@@ -663,4 +678,46 @@ fn top_tokens_rank_as_the_cpu_does_and_do_not_depend_on_the_grid() {
             "vocab {vocab}, k {k}"
         );
     }
+}
+
+/// The kernel drops what the CPU drops: the same ChaCha20 words (a generator with a stream id,
+/// part-way through a block), the same products, on any grid; and the generator's state
+/// says all it needs.
+#[test]
+fn dropout_gives_the_cpu_masks_bits() {
+    let n = 16 * 40 + 7;
+    let x = values(n, 19, 3.0);
+    let mut rng = ChaCha20Rng::seed_from_u64(1234);
+    rng.set_stream(5);
+    rng.set_word_pos(16 * 1000 + 9);
+    let p = 0.3f32;
+    let (keep, start) = (1.0 - p, rng.get_word_pos());
+    let seed = rng.get_seed();
+    let want = times_mask(&x, &draw_mask(&mut rng, p, n));
+    let s = CDropout {
+        key: std::array::from_fn(|i| u32::from_le_bytes(seed[4 * i..][..4].try_into().unwrap())),
+        stream: rng.get_stream(),
+        first_block: (start / 16) as u64,
+        offset: (start % 16) as u32,
+        threshold: keep * (1u32 << 24) as f32,
+        scale: 1.0 / keep,
+    };
+    let blocks = crate::dropout::blocks(n, s.offset);
+    for launch in [Launch::elements(blocks), SMALL] {
+        let mut out = vec![f32::NAN; n];
+        // SAFETY: n values in and out.
+        unsafe {
+            emu_dropout(
+                launch.grid,
+                launch.block,
+                n as u64,
+                x.as_ptr(),
+                out.as_mut_ptr(),
+                &s,
+            )
+        };
+        assert_eq!(bits(&out), bits(&want), "{launch:?}");
+    }
+    let dropped = want.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    assert!((dropped - 0.3).abs() < 0.06, "dropped {dropped}");
 }

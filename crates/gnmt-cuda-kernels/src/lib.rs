@@ -1,7 +1,7 @@
 //! GNMT's CUDA kernels, without candle: the counterpart on NVIDIA GPUs of `gnmt-kernels`,
 //! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `attention.cu` ~
-//! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `top_tokens.cu` ~ `top_tokens.rs`, `adam.cu`
-//! ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
+//! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `top_tokens.cu` ~ `top_tokens.rs`,
+//! `dropout.cu` ~ `dropout.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
 //! device; this crate only names them, embeds their PTX (with the `cuda` feature) and says how
 //! each is launched ([`Launch`]).
 //!
@@ -118,6 +118,20 @@ pub mod top_tokens {
     pub const TOP_TOKENS: &str = "top_tokens";
     /// The largest `k` the kernel ranks (`MAX_TOP` in the kernel); beyond it, the host does.
     pub const MAX_TOP: usize = 32;
+}
+
+/// Inverted dropout with the CPU's ChaCha20 masks (`kernels/dropout.cu`).
+pub mod dropout {
+    module!("dropout");
+    /// `(n (u64), x, out, key (8 x u32), stream (u64), first_block (u64), offset (u32),
+    /// threshold, scale)`. Launch: [`crate::Launch::elements`]`(blocks(n, offset))`.
+    pub const DROPOUT: &str = "dropout";
+
+    /// The 16-word stream blocks `n` elements read from word `offset` of a block on: one
+    /// thread each.
+    pub fn blocks(n: usize, offset: u32) -> usize {
+        (offset as usize + n).div_ceil(16)
+    }
 }
 
 /// Adam (`kernels/adam.cu`).

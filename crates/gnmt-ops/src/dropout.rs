@@ -8,6 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use crate::dispatch::{self, Float, Kernel};
+use crate::stream_dropout::StreamSlice;
 use crate::Kernels;
 
 /// Inverted dropout with probability `p`: kept values are scaled by `1 / (1 - p)`, so nothing
@@ -68,6 +69,10 @@ impl Dropout {
     }
 
     pub fn apply(&mut self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        if self.p != 0.0 && masks_on_device(x, kernels) {
+            let slice = StreamSlice::take(&mut self.rng, self.p, x.elem_count());
+            return crate::stream_dropout::apply(x, slice);
+        }
         match self.draw_mask(x.elem_count()) {
             Some(mask) => times_mask(x, mask, kernels),
             None => Ok(x.clone()),
@@ -78,6 +83,11 @@ impl Dropout {
     /// ([`crate::concat`]): the same values, gradients and generator stream.
     pub fn apply_cat(&mut self, a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let n = a.elem_count() + b.elem_count();
+        if self.p != 0.0 && masks_on_device(a, kernels) {
+            let ab = crate::concat::cat_last(a, b, kernels)?;
+            let slice = StreamSlice::take(&mut self.rng, self.p, n);
+            return crate::stream_dropout::apply(&ab, slice);
+        }
         let mask = self.draw_mask(n);
         match (kernels.fused_on(a.device()), mask) {
             (Some(_), Some(mask)) => crate::concat::cat_last_masked(a, b, mask),
@@ -113,6 +123,12 @@ impl Dropout {
         (self.p != 0.0)
             .then(|| Arc::new(gnmt_kernels::dropout::draw_mask(&mut self.rng, self.p, n)))
     }
+}
+
+/// Whether `x`'s masks are generated where it is (a GPU, with the fused kernels) rather than
+/// drawn on the CPU and copied there.
+fn masks_on_device(x: &Tensor, kernels: Kernels) -> bool {
+    !x.device().is_cpu() && !kernels.is_reference()
 }
 
 /// `x * mask` elementwise: the fused op, or candle's product for the reference.

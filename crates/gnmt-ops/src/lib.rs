@@ -26,6 +26,7 @@ mod rows;
 pub mod softmax_loss;
 pub mod step_matrix;
 mod storage;
+mod stream_dropout;
 pub mod top_tokens;
 
 pub use dispatch::Float;
