@@ -3,11 +3,13 @@
 # Python wheels but no Rust and no network, which receives this repository and target/gpu/
 # (binaries and Multi30k, from bench/gpu/build.sh). In about 5 minutes:
 #   1. every operation and the network on the GPU against the CPU reference (check-device),
-#      with the reference kernels and with the fused ones (gnmt-cuda-kernels' where they exist);
+#      with the reference kernels and with the fused ones (gnmt-cuda-kernels' where they exist),
+#      in f32 and with bf16 products;
 #   2. gnmt-v2-4x1024 trained on Multi30k on the GPU; its first logged loss against the same
 #      seeded run's on the CPU, and the loss falling;
 #   3. training tokens/s on the GPU against PyTorch + cuDNN on the same GPU (f32/TF32 and bf16
-#      autocast), same model and batch (bench train --torch), and with the fused kernels;
+#      autocast), same model and batch (bench train --torch), and with the fused kernels
+#      (f32 and bf16 products);
 #   4. test_2016_flickr decoded on the GPU (beam 5 and greedy): BLEU, sentences/s against the
 #      CPU at 2 threads, and translations that do not depend on the batch size.
 # Each step's output goes to $OUT/<step>.log, and what matters to $OUT/summary.md.
@@ -89,6 +91,8 @@ quote '.' check-device
 # The same with the fused kernels: gnmt-cuda-kernels' LSTM cell and loss, composites elsewhere.
 step check-device-fused 90 "$gnmt" --device "$device" --kernels fused check-device --failures-only
 quote '.' check-device-fused
+step check-device-bf16 90 "$gnmt" --device "$device" --kernels fused --matmul bf16 check-device --failures-only
+quote '.' check-device-bf16
 
 # 2. Training: the same seeded run on the device and (first steps) on the CPU.
 train=(train --train "$data/train.en" "$data/train.de" --valid "$data/val.en" "$data/val.de"
@@ -127,6 +131,9 @@ quote 'tokens/s|vs PyTorch|torch' bench-train
 step bench-train-fused 90 "$gnmt" --device "$device" --kernels fused bench train \
     --preset "$preset" --batch "$bench_batch" --threads-list "$threads" --steps 10
 quote 'tokens/s' bench-train-fused
+step bench-train-bf16 90 "$gnmt" --device "$device" --kernels fused --matmul bf16 bench train \
+    --preset "$preset" --batch "$bench_batch" --threads-list "$threads" --steps 10
+quote 'tokens/s' bench-train-bf16
 
 # 4. Decoding: quality, speed against the CPU at 2 threads, and batch independence.
 head -n "$lines" "$data/test_2016_flickr.en" > "$work/test.en"

@@ -94,15 +94,16 @@ impl ComputeFlags {
     }
 }
 
-/// Refuses products other than f32 off the CPU: a GPU multiplies through cuBLAS in f32 so far.
+/// Refuses int8 products off the CPU: a GPU multiplies through cuBLAS in f32, or in bf16 with
+/// the fused kernels (mixed precision: f32 weights, bf16 operands, f32 sums).
 pub fn products_fit(
     device: &candle::Device,
     precision: gnmt_model::Precision,
 ) -> anyhow::Result<()> {
-    if !device.is_cpu() && precision != gnmt_model::Precision::F32 {
+    if !device.is_cpu() && precision == gnmt_model::Precision::Int8 {
         anyhow::bail!(
-            "--matmul {precision}: on {} the products are f32 (cuBLAS) so far; drop --matmul \
-             or give --matmul f32",
+            "--matmul int8: on {} the products are f32 or bf16 (cuBLAS); give --matmul f32 or \
+             --matmul bf16",
             device::name(device)
         )
     }

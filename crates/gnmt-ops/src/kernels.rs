@@ -13,7 +13,8 @@ use gnmt_kernels::Precision;
 pub enum Kernels {
     /// The fused operations of this crate, their matrix products in `Precision`: on the CPU
     /// every operation; on a GPU those with a CUDA kernel (the LSTM cell, the attention
-    /// scores and the output layer's loss so far), the composites elsewhere, products in f32.
+    /// scores and the output layer's loss so far), the composites elsewhere, products through
+    /// cuBLAS (bf16 operands with f32 sums for `Precision::Bf16`, else f32).
     Fused(Precision),
     /// Each operation's composite reference: plain candle operations, products in f32 through
     /// candle's matmul, on any candle device. The correctness baseline of every backend.

@@ -4,7 +4,7 @@
 //! batched products run their batch rows in parallel (candle ran them one after another on
 //! the calling thread). The reference is candle's `matmul`.
 
-use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use gnmt_kernels::buffers::zeros;
@@ -30,10 +30,24 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kernels: Kernels) -
     y.reshape(out_dims)
 }
 
+/// `a b` through candle's matmul (cuBLAS on a GPU), where the fused CPU kernels do not run:
+/// in bf16 when `kernels` are the fused ones with bf16 products (bf16 operands, f32 sums,
+/// the result rounded to bf16 as PyTorch's autocast has it, returned in f32: the weights and
+/// their gradients stay f32), else in the operands' dtype.
+pub fn candle_matmul(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    let bf16 = kernels == Kernels::Fused(Precision::Bf16) && a.dtype() == DType::F32;
+    if !bf16 {
+        return a.matmul(b);
+    }
+    a.to_dtype(DType::BF16)?
+        .matmul(&b.to_dtype(DType::BF16)?)?
+        .to_dtype(DType::F32)
+}
+
 /// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.
 pub fn matmul_t(x: &Tensor, w: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels.fused_on(x.device()) {
-        None => x.matmul(&w.t()?),
+        None => candle_matmul(x, &w.t()?, kernels),
         Some(precision) => x
             .contiguous()?
             .apply_op2(&w.contiguous()?, Product::new(false, true, precision)),
@@ -43,7 +57,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor, kernels: Kernels) -> Result<Tensor> {
 /// `a [B, M, K]` times `b [B, K, N]` -> `[B, M, N]`, one product per batch row.
 pub fn batched_matmul(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels.fused_on(a.device()) {
-        None => a.matmul(b),
+        None => candle_matmul(a, b, kernels),
         Some(precision) => a
             .contiguous()?
             .apply_op2(&b.contiguous()?, Product::new(false, false, precision)),
@@ -249,5 +263,40 @@ mod tests {
 
     fn x_of(dev: &Device) -> Result<Tensor> {
         Tensor::zeros((7, 5), candle::DType::F32, dev)
+    }
+
+    /// The device path's mixed precision (what a GPU runs with `--matmul bf16`): the product
+    /// of the operands rounded to bf16, its result rounded to bf16, returned in f32; the
+    /// gradients reach the f32 operands. Checked through candle's CPU matmul.
+    #[test]
+    fn bf16_candle_products_round_operands_and_result_and_keep_f32_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let wave = |n: usize, k: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + 1.0) * k).sin()).collect()
+        };
+        let a = Var::from_tensor(&Tensor::from_vec(wave(6 * 33, 0.37), (6, 33), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::from_vec(wave(33 * 5, 0.71), (33, 5), &dev)?)?;
+        let bf16 = Kernels::Fused(Precision::Bf16);
+        let got = candle_matmul(a.as_tensor(), b.as_tensor(), bf16)?;
+        assert_eq!(got.dtype(), DType::F32);
+        let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        let want = round(&round(a.as_tensor())?.matmul(&round(b.as_tensor())?)?)?;
+        let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err <= 1e-2, "{err}");
+        let exact = a.as_tensor().matmul(b.as_tensor())?;
+        let off = (&got - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            off > 0.0 && off < 0.1,
+            "bf16 should differ a little from f32: {off}"
+        );
+        let grads = got.sum_all()?.backward()?;
+        for v in [&a, &b] {
+            let g = grads.get(v).expect("a gradient");
+            assert_eq!((g.dtype(), g.dims()), (DType::F32, v.dims()));
+        }
+        // Other kernels multiply in f32.
+        let f32 = candle_matmul(a.as_tensor(), b.as_tensor(), FUSED)?;
+        assert_eq!((&f32 - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
     }
 }

@@ -15,11 +15,14 @@ use rayon::prelude::*;
 
 use gnmt_kernels::softmax::row_logsumexp;
 
+use crate::matmul::candle_matmul;
 use crate::softmax_loss::{logit_gradient_row, row_losses};
 use crate::storage::contiguous_slice;
+use crate::Kernels;
 
 /// `x [N, H]`, `weight [V, H]`, `bias [V]`, `targets [N]` (u32), `keep [N]` -> `[N, 2]`:
-/// label-smoothed loss and negative log-likelihood per token (f32).
+/// label-smoothed loss and negative log-likelihood per token (f32), the product in
+/// `kernels`' precision ([`candle_matmul`]).
 pub(crate) fn token_losses_by_rows(
     x: &Tensor,
     weight: &Tensor,
@@ -27,8 +30,11 @@ pub(crate) fn token_losses_by_rows(
     targets: &Tensor,
     keep: &Tensor,
     eps: f64,
+    kernels: Kernels,
 ) -> Result<Tensor> {
-    let logits = x.matmul(&weight.t()?)?.broadcast_add(bias)?.contiguous()?;
+    let logits = candle_matmul(x, &weight.t()?, kernels)?
+        .broadcast_add(bias)?
+        .contiguous()?;
     let device = logits.device();
     let targets = targets.to_dtype(DType::U32)?.to_device(device)?;
     let keep = keep.to_dtype(DType::F32)?.to_device(device)?;
@@ -301,7 +307,6 @@ mod tests {
     use candle::{Device, Var};
 
     use crate::softmax_loss::token_losses;
-    use crate::Kernels;
 
     /// The row structure gives the reference's losses and gradients (x, weight, bias), with
     /// padded rows and with and without smoothing.
@@ -329,7 +334,7 @@ mod tests {
             let run = |rows: bool| -> Vec<Vec<f32>> {
                 let (x, w, b) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
                 let out = if rows {
-                    token_losses_by_rows(x, w, b, &targets, &keep, eps).unwrap()
+                    token_losses_by_rows(x, w, b, &targets, &keep, eps, Kernels::default()).unwrap()
                 } else {
                     token_losses(x, w, b, &targets, &keep, eps, Kernels::Reference).unwrap()
                 };

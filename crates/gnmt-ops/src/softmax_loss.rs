@@ -68,7 +68,8 @@ pub fn token_losses(
         Kernels::Reference => return reference_token_losses(x, weight, bias, &targets, keep, eps),
         // Off the CPU: the product through candle (cuBLAS), the rows in the device's kernels.
         Kernels::Fused(_) if !x.device().is_cpu() => {
-            return crate::row_losses::token_losses_by_rows(x, weight, bias, &targets, keep, eps)
+            let by_rows = crate::row_losses::token_losses_by_rows;
+            return by_rows(x, weight, bias, &targets, keep, eps, kernels);
         }
         Kernels::Fused(precision) => precision,
     };

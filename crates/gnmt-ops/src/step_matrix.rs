@@ -17,6 +17,8 @@ pub struct StepMatrix {
     w: Tensor,
     bias: Option<Tensor>,
     packed: Option<Packed>,
+    /// The precision of candle's products when not packed (a GPU's bf16).
+    kernels: Kernels,
 }
 
 /// The packed weight with its bias as f32 (added as the product's tiles are written).
@@ -42,6 +44,7 @@ impl StepMatrix {
                 w: w.contiguous()?,
                 bias,
                 packed: None,
+                kernels,
             });
         };
         // `w` is usually the transpose of a stored `[out, in]` weight: read that storage.
@@ -61,6 +64,7 @@ impl StepMatrix {
             w,
             bias,
             packed: Some(packed),
+            kernels,
         })
     }
 
@@ -94,7 +98,7 @@ impl StepMatrix {
     }
 
     fn candle_product(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w)?;
+        let y = crate::matmul::candle_matmul(x, &self.w, self.kernels)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -4,6 +4,7 @@
 use candle::{Result, Tensor, D};
 
 use super::{LstmState, LstmWeights};
+use crate::matmul::candle_matmul;
 use crate::Kernels;
 
 /// One LSTM cell update from pre-activation gates `[B, 4H]` (order i, f, g, o, as PyTorch and
@@ -20,22 +21,21 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// A layer over `x [B, T, in]` one step at a time (see [`super::lstm_layer`]), also returning
-/// the final state. Its cell is `cell`'s ([`super::cell::lstm_cell`]): the composite for the
-/// reference, a GPU's fused cell for the fused kernels there.
+/// the final state. Its cell and products are `kernels`' ([`super::cell::lstm_cell`],
+/// [`crate::matmul::candle_matmul`]): the composites for the reference; a GPU's fused cell
+/// and its products' precision for the fused kernels there.
 pub fn layer(
     x: &Tensor,
     weights: &LstmWeights,
     mask: Option<&Tensor>,
     reverse: bool,
-    cell: Kernels,
+    kernels: Kernels,
 ) -> Result<(Tensor, LstmState)> {
     weights.check(x)?;
     let (b, t, i) = x.dims3()?;
     let hidden = weights.w_hh.dims2()?.1;
     let bias = (weights.b_ih + weights.b_hh)?;
-    let gates = x
-        .reshape((b * t, i))?
-        .matmul(&weights.w_ih.t()?)?
+    let gates = candle_matmul(&x.reshape((b * t, i))?, &weights.w_ih.t()?, kernels)?
         .broadcast_add(&bias)?
         .reshape((b, t, 4 * hidden))?;
     let mask = match mask {
@@ -52,8 +52,9 @@ pub fn layer(
     let mut outputs = vec![None; t];
     for step in 0..t {
         let s = if reverse { t - 1 - step } else { step };
-        let gates = (gates.narrow(1, s, 1)?.squeeze(1)? + state.h.matmul(&weights.w_hh.t()?)?)?;
-        let (h, c) = super::cell::lstm_cell(&gates, &state.c, cell)?;
+        let recurrent = candle_matmul(&state.h, &weights.w_hh.t()?, kernels)?;
+        let gates = (gates.narrow(1, s, 1)?.squeeze(1)? + recurrent)?;
+        let (h, c) = super::cell::lstm_cell(&gates, &state.c, kernels)?;
         state = match &mask {
             None => LstmState { h, c },
             Some(m) => {
