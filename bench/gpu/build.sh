@@ -29,14 +29,21 @@ if [ ! -x "$cuda/bin/nvcc" ]; then
         "nvidia-cuda-nvrtc==13.0.*" "nvidia-curand"
 fi
 test -x "$cuda/bin/nvcc" || { echo "build.sh: no nvcc in $cuda/bin" >&2; exit 1; }
+# NCCL, for the `nccl` feature's link step, in a folder of its own: pip --target replaces
+# the shared `nvidia/` folder of an earlier install.
+nccl=${GNMT_NCCL_DIR:-$tk-nccl}
+if ! find "$nccl" -name 'libnccl.so.*' -type f 2> /dev/null | grep -q .; then
+    "$tk-venv/bin/pip" install --quiet --disable-pip-version-check --target "$nccl" \
+        "nvidia-nccl-cu13==2.*"
+fi
 
 # 2. What the linker looks for: unversioned libX.so names (the wheels ship only libX.so.N),
 #    and a stub libcuda.so with one empty function per driver entry point of cuda.h.
 links=$tk/link
 stub=$tk/stub
 mkdir -p "$links" "$stub"
-for lib in cublas cublasLt cudart nvrtc curand; do
-    found=$(find "$tk/nvidia" -name "lib$lib.so.*" -type f | sort | head -n 1)
+for lib in cublas cublasLt cudart nvrtc curand nccl; do
+    found=$(find "$tk/nvidia" "$nccl" -name "lib$lib.so.*" -type f | sort | head -n 1)
     test -n "$found" || { echo "build.sh: lib$lib.so.* not found under $tk/nvidia" >&2; exit 1; }
     ln -sf "$found" "$links/lib$lib.so"
 done
@@ -58,6 +65,13 @@ features=(--no-default-features --features cuda)
 if [ "$mode" = --check ]; then
     cargo check --locked -p gnmt-cli "${features[@]}" --target-dir "$target"
     echo "build.sh: cargo check --features cuda passed"
+    # NCCL's all-reduce needs the mpi feature too, hence Open MPI's headers (as .ci/run installs).
+    if command -v mpicc > /dev/null; then
+        cargo check --locked -p gnmt-cli --no-default-features --features nccl --target-dir "$target"
+        echo "build.sh: cargo check --features nccl (cuda, mpi) passed"
+    else
+        echo "build.sh: cargo check --features nccl skipped: no Open MPI (mpicc) here"
+    fi
     exit 0
 fi
 cargo build --locked --release -p gnmt-cli --bins "${features[@]}" --target-dir "$target"

@@ -73,15 +73,13 @@ impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for LendF32<F> {
 /// The update on a GPU: the three tensors lent mutably by nested in-place ops, as on the CPU.
 #[cfg(feature = "cuda")]
 mod on_gpu {
-    use std::cell::Cell;
-
-    use candle::cuda_backend::cudarc::driver::{CudaViewMut, PushKernelArg};
-    use candle::cuda_backend::{CudaStorage, WrapErr};
-    use candle::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
+    use candle::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle::cuda_backend::WrapErr;
+    use candle::{Result, Tensor};
     use gnmt_cuda_kernels::{adam, Launch};
 
     use super::AdamConstants;
-    use crate::cuda::{config, function, read_tensor};
+    use crate::cuda::{config, function, read_tensor, with_f32_mut as lend};
 
     pub(super) fn update(
         p: &Tensor,
@@ -113,30 +111,5 @@ mod on_gpu {
                 })
             })
         })
-    }
-
-    /// Runs `f` on the contiguous f32 data of the GPU tensor `t`, lent mutably.
-    fn lend(t: &Tensor, f: impl FnOnce(CudaViewMut<'_, f32>) -> Result<()>) -> Result<()> {
-        t.inplace_op1(&LendGpu(Cell::new(Some(f))))
-    }
-
-    struct LendGpu<F>(Cell<Option<F>>);
-
-    impl<F: FnOnce(CudaViewMut<'_, f32>) -> Result<()>> InplaceOp1 for LendGpu<F> {
-        fn name(&self) -> &'static str {
-            "lend-f32"
-        }
-
-        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-            candle::bail!("a GPU tensor was expected")
-        }
-
-        fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
-            let f = self.0.take().expect("candle runs an in-place op once");
-            let Some((a, b)) = layout.contiguous_offsets() else {
-                candle::bail!("adam: contiguous GPU tensors only")
-            };
-            f(storage.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
-        }
     }
 }

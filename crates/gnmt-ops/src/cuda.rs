@@ -1,10 +1,15 @@
 //! Launching `gnmt-cuda-kernels`' kernels on candle's CUDA storages (the `cuda` feature): what
-//! an operation's `cuda_fwd` needs besides the kernel's own arguments.
+//! an operation's `cuda_fwd` needs besides the kernel's own arguments; and a GPU tensor's
+//! memory lent mutably ([`with_f32_mut`]) for in-place updates and collectives.
+
+use std::cell::Cell;
 
 use candle::backend::BackendStorage;
-use candle::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig};
+use candle::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig,
+};
 use candle::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
-use candle::{Layout, Result, Storage, Tensor};
+use candle::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
 use gnmt_cuda_kernels::{Launch, Module};
 
 /// The elements of a contiguous CUDA storage under `layout`, as type `T`; errors name `op`.
@@ -68,5 +73,31 @@ pub(crate) fn config(launch: Launch) -> LaunchConfig {
         grid_dim: (launch.grid, 1, 1),
         block_dim: (launch.block, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of the GPU tensor `t`, lent mutably (candle lends a
+/// tensor's storage only inside an in-place op). Nested calls hold several tensors at once.
+pub fn with_f32_mut(t: &Tensor, f: impl FnOnce(CudaViewMut<'_, f32>) -> Result<()>) -> Result<()> {
+    t.inplace_op1(&LendGpu(Cell::new(Some(f))))
+}
+
+struct LendGpu<F>(Cell<Option<F>>);
+
+impl<F: FnOnce(CudaViewMut<'_, f32>) -> Result<()>> InplaceOp1 for LendGpu<F> {
+    fn name(&self) -> &'static str {
+        "lend-f32"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        candle::bail!("a GPU tensor was expected")
+    }
+
+    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        let f = self.0.take().expect("candle runs an in-place op once");
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle::bail!("contiguous GPU tensors only")
+        };
+        f(storage.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
     }
 }

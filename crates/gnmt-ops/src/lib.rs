@@ -12,7 +12,7 @@ pub mod additive;
 pub mod attention_step;
 pub mod concat;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub mod cuda;
 pub mod device_check;
 mod dispatch;
 pub mod dropout;

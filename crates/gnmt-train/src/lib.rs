@@ -20,6 +20,8 @@ pub mod grads;
 pub mod init_from;
 pub mod loss;
 mod metrics_log;
+#[cfg(feature = "nccl")]
+mod nccl;
 pub mod optim;
 pub mod progress;
 pub mod schedule;

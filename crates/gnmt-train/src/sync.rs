@@ -24,15 +24,15 @@ pub fn all_reduce(
     group: &Group,
 ) -> Result<()> {
     let vars: Vec<&Var> = optimizer.vars().map(|(_, v)| v).collect();
+    #[cfg(feature = "nccl")]
+    if crate::nccl::all_reduce(grads, &vars, BUCKET, group)? {
+        group.all_reduce_sum_f64(extras);
+        return Ok(());
+    }
     let mut start = 0;
     while start < vars.len() {
-        // The parameters of this bucket: at least one, then as many as fit.
-        let mut end = start + 1;
-        let mut len = vars[start].elem_count();
-        while end < vars.len() && len + vars[end].elem_count() <= BUCKET {
-            len += vars[end].elem_count();
-            end += 1;
-        }
+        let end = bucket_end(&vars, start, BUCKET);
+        let len: usize = vars[start..end].iter().map(|v| v.elem_count()).sum();
         let last = end == vars.len();
         let mut bucket = Vec::with_capacity(len + if last { extras.len() } else { 0 });
         for var in &vars[start..end] {
@@ -65,6 +65,18 @@ pub fn all_reduce(
         start = end;
     }
     Ok(())
+}
+
+/// The end of the bucket of at most `bucket` values that starts at parameter `start`: at
+/// least one parameter, then as many as fit.
+pub(crate) fn bucket_end(vars: &[&Var], start: usize, bucket: usize) -> usize {
+    let mut end = start + 1;
+    let mut len = vars[start].elem_count();
+    while end < vars.len() && len + vars[end].elem_count() <= bucket {
+        len += vars[end].elem_count();
+        end += 1;
+    }
+    end
 }
 
 /// Gives every rank rank 0's parameters.
