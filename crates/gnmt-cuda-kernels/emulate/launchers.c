@@ -188,7 +188,7 @@ struct dropout_stream {
 };
 
 struct dropout_args {
-    unsigned long long n;
+    unsigned long long n, repeat;
     const float* x;
     float* out;
     struct dropout_stream s;
@@ -197,12 +197,13 @@ struct dropout_args {
 static void dropout_body(void* p) {
     struct dropout_args* a = p;
     const unsigned int* k = a->s.key;
-    dropout(a->n, a->x, a->out, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], a->s.stream,
+    dropout(a->n, a->repeat, a->x, a->out, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], a->s.stream,
             a->s.first_block, a->s.offset, a->s.threshold, a->s.scale);
 }
 
-void emu_dropout(unsigned int grid, unsigned int block, unsigned long long n, const float* x,
-                 float* out, const struct dropout_stream* s) {
-    struct dropout_args a = {n, x, out, *s};
+void emu_dropout(unsigned int grid, unsigned int block, unsigned long long n,
+                 unsigned long long repeat, const float* x, float* out,
+                 const struct dropout_stream* s) {
+    struct dropout_args a = {n, repeat, x, out, *s};
     emu_launch(grid, block, dropout_body, &a);
 }

@@ -40,25 +40,28 @@ DEVICE void chacha20_block(const unsigned int* key, unsigned long long counter,
     for (int i = 0; i < 16; i++) out[i] = x[i] + s[i];
 }
 
-// out[i] = x[i] * (kept ? scale : 0) for i < n, the stream read from word
-// first_block * 16 + offset on. One thread per 16-word block of the stream.
-KERNEL dropout(unsigned long long n, const float* x, float* out, unsigned int k0,
+// out[i] = x[i] * (kept ? scale : 0) for i < n, element i decided by word offset + i / repeat
+// of the stream from block first_block on (repeat 1: dropout of single values; the width of
+// a token's embedding: word dropout). One thread per 16-word block of the stream.
+KERNEL dropout(unsigned long long n, unsigned long long repeat, const float* x, float* out,
+               unsigned int k0,
                unsigned int k1, unsigned int k2, unsigned int k3, unsigned int k4,
                unsigned int k5, unsigned int k6, unsigned int k7, unsigned long long stream,
                unsigned long long first_block, unsigned int offset, float threshold,
                float scale) {
     unsigned int key[8] = {k0, k1, k2, k3, k4, k5, k6, k7};
-    unsigned long long blocks = (offset + n + 15) / 16;
+    unsigned long long decisions = n / repeat;
+    unsigned long long blocks = (offset + decisions + 15) / 16;
     for (unsigned long long b = GLOBAL_INDEX; b < blocks; b += GLOBAL_STRIDE) {
         unsigned int words[16];
         chacha20_block(key, first_block + b, stream, words);
         for (unsigned int w = 0; w < 16; w++) {
-            // Element i reads word offset + i of the stream: block b's word w.
+            // Decision d reads word offset + d of the stream: block b's word w.
             unsigned long long pos = b * 16 + w;
-            if (pos < offset || pos - offset >= n) continue;
-            unsigned long long i = pos - offset;
+            if (pos < offset || pos - offset >= decisions) continue;
+            unsigned long long d = pos - offset;
             float m = (float)(words[w] >> 8) < threshold ? scale : 0.0f;
-            out[i] = x[i] * m;
+            for (unsigned long long i = d * repeat; i < (d + 1) * repeat; i++) out[i] = x[i] * m;
         }
     }
 }

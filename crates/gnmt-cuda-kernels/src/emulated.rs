@@ -95,7 +95,15 @@ extern "C" {
         tokens: *mut u32,
         log_probs: *mut f32,
     );
-    fn emu_dropout(grid: u32, block: u32, n: u64, x: *const f32, out: *mut f32, s: *const CDropout);
+    fn emu_dropout(
+        grid: u32,
+        block: u32,
+        n: u64,
+        repeat: u64,
+        x: *const f32,
+        out: *mut f32,
+        s: *const CDropout,
+    );
     fn emu_token_losses_forward(
         grid: u32,
         block: u32,
@@ -681,43 +689,52 @@ fn top_tokens_rank_as_the_cpu_does_and_do_not_depend_on_the_grid() {
 }
 
 /// The kernel drops what the CPU drops: the same ChaCha20 words (a generator with a stream id,
-/// part-way through a block), the same products, on any grid; and the generator's state
-/// says all it needs.
+/// part-way through a block), the same products, on any grid; single values, and whole
+/// tokens' vectors (word dropout: one word per `repeat` values).
 #[test]
 fn dropout_gives_the_cpu_masks_bits() {
-    let n = 16 * 40 + 7;
-    let x = values(n, 19, 3.0);
-    let mut rng = ChaCha20Rng::seed_from_u64(1234);
-    rng.set_stream(5);
-    rng.set_word_pos(16 * 1000 + 9);
-    let p = 0.3f32;
-    let (keep, start) = (1.0 - p, rng.get_word_pos());
-    let seed = rng.get_seed();
-    let want = times_mask(&x, &draw_mask(&mut rng, p, n));
-    let s = CDropout {
-        key: std::array::from_fn(|i| u32::from_le_bytes(seed[4 * i..][..4].try_into().unwrap())),
-        stream: rng.get_stream(),
-        first_block: (start / 16) as u64,
-        offset: (start % 16) as u32,
-        threshold: keep * (1u32 << 24) as f32,
-        scale: 1.0 / keep,
-    };
-    let blocks = crate::dropout::blocks(n, s.offset);
-    for launch in [Launch::elements(blocks), SMALL] {
-        let mut out = vec![f32::NAN; n];
-        // SAFETY: n values in and out.
-        unsafe {
-            emu_dropout(
-                launch.grid,
-                launch.block,
-                n as u64,
-                x.as_ptr(),
-                out.as_mut_ptr(),
-                &s,
-            )
+    for repeat in [1, 5] {
+        let n = repeat * (16 * 40 + 7);
+        let x = values(n, 19, 3.0);
+        let mut rng = ChaCha20Rng::seed_from_u64(1234);
+        rng.set_stream(5);
+        rng.set_word_pos(16 * 1000 + 9);
+        let p = 0.3f32;
+        let (keep, start) = (1.0 - p, rng.get_word_pos());
+        let seed = rng.get_seed();
+        let mask: Vec<f32> = draw_mask(&mut rng, p, n / repeat)
+            .into_iter()
+            .flat_map(|m| std::iter::repeat_n(m, repeat))
+            .collect();
+        let want = times_mask(&x, &mask);
+        let s = CDropout {
+            key: std::array::from_fn(|i| {
+                u32::from_le_bytes(seed[4 * i..][..4].try_into().unwrap())
+            }),
+            stream: rng.get_stream(),
+            first_block: (start / 16) as u64,
+            offset: (start % 16) as u32,
+            threshold: keep * (1u32 << 24) as f32,
+            scale: 1.0 / keep,
         };
-        assert_eq!(bits(&out), bits(&want), "{launch:?}");
+        let blocks = crate::dropout::blocks(n / repeat, s.offset);
+        for launch in [Launch::elements(blocks), SMALL] {
+            let mut out = vec![f32::NAN; n];
+            // SAFETY: n values in and out, n a multiple of repeat.
+            unsafe {
+                emu_dropout(
+                    launch.grid,
+                    launch.block,
+                    n as u64,
+                    repeat as u64,
+                    x.as_ptr(),
+                    out.as_mut_ptr(),
+                    &s,
+                )
+            };
+            assert_eq!(bits(&out), bits(&want), "repeat {repeat}, {launch:?}");
+        }
+        let dropped = want.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.3).abs() < 0.06, "dropped {dropped}");
     }
-    let dropped = want.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
-    assert!((dropped - 0.3).abs() < 0.06, "dropped {dropped}");
 }

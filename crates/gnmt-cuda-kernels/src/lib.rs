@@ -123,14 +123,15 @@ pub mod top_tokens {
 /// Inverted dropout with the CPU's ChaCha20 masks (`kernels/dropout.cu`).
 pub mod dropout {
     module!("dropout");
-    /// `(n (u64), x, out, key (8 x u32), stream (u64), first_block (u64), offset (u32),
-    /// threshold, scale)`. Launch: [`crate::Launch::elements`]`(blocks(n, offset))`.
+    /// `(n (u64), repeat (u64), x, out, key (8 x u32), stream (u64), first_block (u64),
+    /// offset (u32), threshold, scale)`: element `i` decided by word `offset + i / repeat`.
+    /// Launch: [`crate::Launch::elements`]`(blocks(n / repeat, offset))`.
     pub const DROPOUT: &str = "dropout";
 
-    /// The 16-word stream blocks `n` elements read from word `offset` of a block on: one
+    /// The 16-word stream blocks `decisions` words read from word `offset` of a block on: one
     /// thread each.
-    pub fn blocks(n: usize, offset: u32) -> usize {
-        (offset as usize + n).div_ceil(16)
+    pub fn blocks(decisions: usize, offset: u32) -> usize {
+        (offset as usize + decisions).div_ceil(16)
     }
 }
 

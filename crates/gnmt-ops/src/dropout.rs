@@ -70,7 +70,7 @@ impl Dropout {
 
     pub fn apply(&mut self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         if self.p != 0.0 && masks_on_device(x, kernels) {
-            let slice = StreamSlice::take(&mut self.rng, self.p, x.elem_count());
+            let slice = StreamSlice::take(&mut self.rng, self.p, x.elem_count(), 1);
             return crate::stream_dropout::apply(x, slice);
         }
         match self.draw_mask(x.elem_count()) {
@@ -85,7 +85,7 @@ impl Dropout {
         let n = a.elem_count() + b.elem_count();
         if self.p != 0.0 && masks_on_device(a, kernels) {
             let ab = crate::concat::cat_last(a, b, kernels)?;
-            let slice = StreamSlice::take(&mut self.rng, self.p, n);
+            let slice = StreamSlice::take(&mut self.rng, self.p, n, 1);
             return crate::stream_dropout::apply(&ab, slice);
         }
         let mask = self.draw_mask(n);
@@ -110,6 +110,10 @@ impl Dropout {
             return Ok(x.clone());
         }
         let dim = x.dims().last().copied().unwrap_or(1).max(1);
+        if masks_on_device(x, kernels) {
+            let slice = StreamSlice::take(&mut self.rng, p, x.elem_count() / dim, dim);
+            return crate::stream_dropout::apply(x, slice);
+        }
         let tokens = gnmt_kernels::dropout::draw_mask(&mut self.rng, p, x.elem_count() / dim);
         let mask: Vec<f32> = tokens
             .iter()

@@ -15,27 +15,31 @@ use gnmt_kernels::dropout::{draw_mask, times_mask};
 
 use crate::dispatch::{self, Float, Kernel};
 
-/// The part of a generator's stream that decides the next `n` mask elements, and `p`.
+/// The part of a generator's stream that decides a mask, and `p`: one word per `repeat`
+/// consecutive elements (1 for dropout of single values; a token's embedding width for word
+/// dropout).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StreamSlice {
     seed: [u8; 32],
     stream: u64,
-    /// The stream's word position of the first element.
+    /// The stream's word position of the first decision.
     start: u128,
     p: f32,
+    repeat: usize,
 }
 
 impl StreamSlice {
-    /// The slice of the next `n` elements of `rng`'s stream, which moves past it exactly as
-    /// drawing the mask would move it.
-    pub(crate) fn take(rng: &mut ChaCha20Rng, p: f32, n: usize) -> Self {
+    /// The slice of the next `decisions` words of `rng`'s stream, each deciding `repeat`
+    /// elements; `rng` moves past them exactly as drawing the mask would move it.
+    pub(crate) fn take(rng: &mut ChaCha20Rng, p: f32, decisions: usize, repeat: usize) -> Self {
         let start = rng.get_word_pos();
-        rng.set_word_pos(start + n as u128);
+        rng.set_word_pos(start + decisions as u128);
         Self {
             seed: rng.get_seed(),
             stream: rng.get_stream(),
             start,
             p,
+            repeat: repeat.max(1),
         }
     }
 
@@ -44,7 +48,12 @@ impl StreamSlice {
         let mut rng = ChaCha20Rng::from_seed(self.seed);
         rng.set_stream(self.stream);
         rng.set_word_pos(self.start);
-        draw_mask(&mut rng, self.p, n)
+        let decisions = draw_mask(&mut rng, self.p, n / self.repeat);
+        if self.repeat == 1 {
+            return decisions;
+        }
+        let each = |m: f32| std::iter::repeat_n(m, self.repeat);
+        decisions.into_iter().flat_map(each).collect()
     }
 }
 
@@ -105,6 +114,9 @@ mod on_gpu {
         let device = x.device.clone();
         let x = view::<f32>(x, layout, OP)?;
         let n = layout.shape().elem_count();
+        if n % slice.repeat != 0 {
+            candle::bail!("{OP}: {n} values are not whole runs of {}", slice.repeat)
+        }
         let mut out = output::<f32>(&device, n)?;
         let key: [u32; 8] = std::array::from_fn(|i| {
             u32::from_le_bytes(slice.seed[4 * i..][..4].try_into().unwrap())
@@ -115,18 +127,20 @@ mod on_gpu {
         let offset = (slice.start % 16) as u32;
         let keep = 1.0 - slice.p;
         let (threshold, scale) = (keep * (1u32 << 24) as f32, 1.0 / keep);
-        let n64 = n as u64;
+        let (n64, repeat) = (n as u64, slice.repeat as u64);
         let func = function(&device, dropout::MODULE, dropout::DROPOUT)?;
         let stream = device.cuda_stream();
         let mut args = stream.launch_builder(&func);
-        args.arg(&n64).arg(&x).arg(&mut out);
+        args.arg(&n64).arg(&repeat).arg(&x).arg(&mut out);
         for k in &key {
             args.arg(k);
         }
         args.arg(&slice.stream).arg(&first_block).arg(&offset);
         args.arg(&threshold).arg(&scale);
-        // SAFETY: `n` values in and out; the kernel reads only its scalar arguments besides.
-        unsafe { args.launch(config(Launch::elements(dropout::blocks(n, offset)))) }.w()?;
+        let blocks = dropout::blocks(n / slice.repeat, offset);
+        // SAFETY: `n` values in and out, whole runs of `repeat`; besides them the kernel reads
+        // only its scalar arguments.
+        unsafe { args.launch(config(Launch::elements(blocks))) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
             layout.shape().clone(),
@@ -137,6 +151,7 @@ mod on_gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dropout::Side;
     use crate::{Dropout, Kernels};
     use candle::{Device, Var};
 
@@ -164,7 +179,7 @@ mod tests {
             .unwrap();
         let mut rng = drawn.rng().clone();
         let want = drawn.apply(x.as_tensor(), Kernels::default()).unwrap();
-        let got = apply(x.as_tensor(), StreamSlice::take(&mut rng, 0.3, 1000)).unwrap();
+        let got = apply(x.as_tensor(), StreamSlice::take(&mut rng, 0.3, 1000, 1)).unwrap();
         let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(values(&got), values(&want));
         assert_eq!(rng.get_word_pos(), drawn.rng().get_word_pos());
@@ -173,5 +188,33 @@ mod tests {
             values(g.get(&x).unwrap())
         };
         assert_eq!(grad(&got), grad(&want));
+    }
+
+    /// Word dropout from the stream (one word per token, its whole vector kept or dropped)
+    /// equals Dropout's own word dropout from the same generator.
+    #[test]
+    fn word_masks_from_the_stream_equal_the_drawn_ones() {
+        let x = Var::from_tensor(
+            &Tensor::arange(0f32, 1200.0, &Device::Cpu)
+                .unwrap()
+                .reshape((4, 30, 10))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut drawn = Dropout::new(0.0, 3).with_word_dropout(0.25, 0.0);
+        let mut rng = drawn.rng().clone();
+        let want = drawn
+            .drop_words(x.as_tensor(), Side::Source, Kernels::default())
+            .unwrap();
+        let got = apply(x.as_tensor(), StreamSlice::take(&mut rng, 0.25, 120, 10)).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&got), values(&want));
+        assert!(values(&got).chunks(10).any(|v| v.iter().all(|&x| x == 0.0)));
+        assert_eq!(rng.get_word_pos(), drawn.rng().get_word_pos());
+        let sum = |y: &Tensor| {
+            let g = y.sum_all().unwrap().backward().unwrap();
+            values(g.get(&x).unwrap())
+        };
+        assert_eq!(sum(&got), sum(&want));
     }
 }
