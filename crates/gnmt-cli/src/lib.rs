@@ -51,6 +51,8 @@ pub struct ComputeFlags {
     pub matmul: Option<Matmul>,
     pub kernels: Option<KernelsArg>,
     pub device: device::DeviceArg,
+    /// No line on stderr saying what `--matmul auto` picked (a command's `-q`).
+    pub quiet: bool,
 }
 
 impl ComputeFlags {
@@ -63,7 +65,10 @@ impl ComputeFlags {
     /// on the CPU, reference elsewhere) with products in `--matmul` (default f32; `auto` as
     /// [`Matmul::for_decoding`] decides). Warns when bf16 or int8 will be slow on this CPU.
     pub fn kernels_on(self, device: &candle::Device) -> anyhow::Result<gnmt_model::Kernels> {
-        self.kernels_with(device, Matmul::for_decoding)
+        let quiet = self.quiet;
+        self.kernels_with(device, |m, fused_on_cpu| {
+            m.for_decoding(fused_on_cpu, quiet)
+        })
     }
 
     /// [`ComputeFlags::kernels_on`] for training (`auto` as [`Matmul::for_training`] decides).
@@ -79,7 +84,7 @@ impl ComputeFlags {
     fn kernels_with(
         self,
         device: &candle::Device,
-        resolve: fn(Matmul, bool) -> gnmt_model::Precision,
+        resolve: impl FnOnce(Matmul, bool) -> gnmt_model::Precision,
     ) -> anyhow::Result<gnmt_model::Kernels> {
         let choice = kernel_choice(self.kernels.map(Into::into), device)?;
         let fused_on_cpu = choice == gnmt_model::KernelChoice::Fused && device.is_cpu();
@@ -162,10 +167,10 @@ impl Matmul {
     }
 
     /// The precision to decode in: `auto` as [`gnmt_model::Precision::auto_for_decoding`]
-    /// decides, as for training, said on stderr.
-    pub fn for_decoding(self, fused_on_cpu: bool) -> gnmt_model::Precision {
+    /// decides, as for training, said on stderr unless `quiet`.
+    pub fn for_decoding(self, fused_on_cpu: bool, quiet: bool) -> gnmt_model::Precision {
         self.resolve(fused_on_cpu, || {
-            announce(gnmt_model::Precision::auto_for_decoding(), false)
+            announce(gnmt_model::Precision::auto_for_decoding(), quiet)
         })
     }
 
@@ -274,6 +279,7 @@ impl Cli {
             matmul: self.matmul,
             kernels: self.kernels,
             device: self.device,
+            quiet: false,
         };
         // A server waits for its whole life: on a pool worker it would hold that worker, and
         // decoding (on the pool, from the server's decoding threads) would run one thread

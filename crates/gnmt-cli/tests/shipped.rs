@@ -105,3 +105,28 @@ fn the_multilingual_model_translates_into_the_language_chosen() {
     let e = String::from_utf8_lossy(&refused.stderr);
     assert!(e.contains("de, fr") && e.contains("--target-lang"), "{e}");
 }
+
+/// `-q` leaves stderr empty, also when `--matmul auto` picks a precision (which it otherwise
+/// names there), and the translations are those of the same precision given by name.
+#[test]
+fn quiet_translation_writes_nothing_to_stderr() {
+    let program = Path::new(env!("CARGO_BIN_EXE_translate"));
+    let quiet = |extra: &[&str]| {
+        let mut args = vec!["-q"];
+        args.extend_from_slice(extra);
+        let out = run_translate(program, &args, &repo_root(), CAPTIONS);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.is_empty(), "{extra:?}: {stderr}");
+        output_lines(out)
+    };
+    let auto = quiet(&["--matmul", "auto"]);
+    let loud = run_translate(program, &["--matmul", "auto"], &repo_root(), CAPTIONS);
+    let stderr = String::from_utf8_lossy(&loud.stderr).to_string();
+    let picked = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("matrix products in "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no --matmul auto line: {stderr}"))
+        .to_string();
+    assert_eq!(auto, quiet(&["--matmul", &picked]), "auto picked {picked}");
+}

@@ -199,6 +199,7 @@ impl TranslateArgs {
             matmul: Some(self.matmul),
             kernels: self.kernels,
             device: self.device,
+            quiet: self.quiet,
         };
         let device = compute.device()?;
         let kernels = compute.kernels_on(&device)?;
