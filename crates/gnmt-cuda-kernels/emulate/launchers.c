@@ -207,3 +207,32 @@ void emu_dropout(unsigned int grid, unsigned int block, unsigned long long n,
     struct dropout_args a = {n, repeat, x, out, *s};
     emu_launch(grid, block, dropout_body, &a);
 }
+
+struct lstm_carry_args {
+    unsigned int rows, hidden;
+    const float *grad, *gates, *c_prev, *h_prev, *out, *keep;
+    float* result;
+    int backward;
+};
+
+static void lstm_carry_body(void* p) {
+    struct lstm_carry_args* a = p;
+    if (a->backward) {
+        lstm_cell_carry_backward(a->rows, a->hidden, a->grad, a->gates, a->c_prev, a->out,
+                                 a->keep, a->result);
+    } else {
+        lstm_cell_carry_forward(a->rows, a->hidden, a->gates, a->c_prev, a->h_prev, a->keep,
+                                a->result);
+    }
+}
+
+// lstm_cell_carry_forward (backward 0: gates, c_prev, h_prev, keep -> result = [h | c]) or
+// lstm_cell_carry_backward (backward 1: grad, gates, c_prev, out, keep -> result = joined).
+void emu_lstm_cell_carry(unsigned int grid, unsigned int block, int backward, unsigned int rows,
+                         unsigned int hidden, const float* grad, const float* gates,
+                         const float* c_prev, const float* h_prev, const float* out,
+                         const float* keep, float* result) {
+    struct lstm_carry_args a = {rows, hidden, grad, gates, c_prev, h_prev, out, keep, result,
+                                backward};
+    emu_launch(grid, block, lstm_carry_body, &a);
+}

@@ -59,6 +59,20 @@ extern "C" {
         out: *const f32,
         joined: *mut f32,
     );
+    fn emu_lstm_cell_carry(
+        grid: u32,
+        block: u32,
+        backward: i32,
+        rows: u32,
+        hidden: u32,
+        grad: *const f32,
+        gates: *const f32,
+        c_prev: *const f32,
+        h_prev: *const f32,
+        out: *const f32,
+        keep: *const f32,
+        result: *mut f32,
+    );
     fn emu_adam_update(
         grid: u32,
         block: u32,
@@ -737,4 +751,103 @@ fn dropout_gives_the_cpu_masks_bits() {
         let dropped = want.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
         assert!((dropped - 0.3).abs() < 0.06, "dropped {dropped}");
     }
+}
+
+/// The carrying cell: stepped rows give the plain cell's bits (forward and backward), carried
+/// rows pass state and gradient through unchanged, on any grid.
+#[test]
+fn the_carrying_cell_steps_or_carries_each_row() {
+    let (rows, hidden) = (5, 23);
+    let n = rows * hidden;
+    let gates = values(rows * 4 * hidden, 20, 6.0);
+    let (c_prev, h_prev) = (values(n, 21, 2.0), values(n, 22, 1.0));
+    let grad = values(rows * 2 * hidden, 23, 1.0);
+    let keep = [1.0f32, 0.0, 1.0, 0.0, 0.0];
+    let carry = |launch: Launch, backward: bool, out: &[f32]| {
+        let len = if backward { 6 * n } else { 2 * n };
+        let mut result = vec![f32::NAN; len];
+        // SAFETY: every buffer holds `rows` rows of its width; `keep` one flag per row.
+        unsafe {
+            emu_lstm_cell_carry(
+                launch.grid,
+                launch.block,
+                i32::from(backward),
+                rows as u32,
+                hidden as u32,
+                grad.as_ptr(),
+                gates.as_ptr(),
+                c_prev.as_ptr(),
+                h_prev.as_ptr(),
+                out.as_ptr(),
+                keep.as_ptr(),
+                result.as_mut_ptr(),
+            )
+        };
+        result
+    };
+    let launch = Launch::elements(n);
+    let out = carry(launch, false, &[]);
+    let stepped = lstm_forward(launch, hidden, &gates, &c_prev);
+    let plain = lstm_backward(launch, hidden, &grad, &gates, &c_prev, &stepped);
+    let joined = carry(launch, true, &out);
+    let (dg, rest) = joined.split_at(4 * n);
+    let (dc, dh) = rest.split_at(n);
+    for (r, &k) in keep.iter().enumerate() {
+        let (o, s) = (
+            &out[r * 2 * hidden..][..2 * hidden],
+            &stepped[r * 2 * hidden..][..2 * hidden],
+        );
+        let row = |v: &[f32], width: usize| v[r * width..][..width].to_vec();
+        if k == 0.0 {
+            assert_eq!(
+                bits(&o[..hidden]),
+                bits(&row(&h_prev, hidden)),
+                "row {r}: h carried"
+            );
+            assert_eq!(
+                bits(&o[hidden..]),
+                bits(&row(&c_prev, hidden)),
+                "row {r}: c carried"
+            );
+            assert!(
+                row(dg, 4 * hidden).iter().all(|&x| x == 0.0),
+                "row {r}: no gate gradient"
+            );
+            let g = row(&grad, 2 * hidden);
+            assert_eq!(
+                bits(&row(dc, hidden)),
+                bits(&g[hidden..]),
+                "row {r}: dc passed"
+            );
+            assert_eq!(
+                bits(&row(dh, hidden)),
+                bits(&g[..hidden]),
+                "row {r}: dh passed"
+            );
+        } else {
+            assert_eq!(bits(o), bits(s), "row {r}: stepped");
+            assert_eq!(
+                bits(&row(dg, 4 * hidden)),
+                bits(&plain[r * 4 * hidden..][..4 * hidden])
+            );
+            assert_eq!(
+                bits(&row(dc, hidden)),
+                bits(&plain[4 * n + r * hidden..][..hidden])
+            );
+            assert!(
+                row(dh, hidden).iter().all(|&x| x == 0.0),
+                "row {r}: dh_prev"
+            );
+        }
+    }
+    assert_eq!(
+        bits(&carry(SMALL, false, &[])),
+        bits(&out),
+        "the grid changed the step"
+    );
+    assert_eq!(
+        bits(&carry(SMALL, true, &out)),
+        bits(&joined),
+        "the grid changed the gradient"
+    );
 }

@@ -77,6 +77,12 @@ pub mod lstm {
     /// `(rows, hidden, grad [rows, 2H], gates, c_prev, out, joined [rows * 5H])`:
     /// `joined = [dgates | dc_prev]`. Launch: [`crate::Launch::elements`]`(rows * hidden)`.
     pub const BACKWARD: &str = "lstm_cell_backward";
+    /// `(rows, hidden, gates, c_prev, h_prev, keep [rows], out [rows, 2H])`: rows whose
+    /// `keep` is 0 carry `[h_prev | c_prev]`. Launch: as [`FORWARD`].
+    pub const CARRY_FORWARD: &str = "lstm_cell_carry_forward";
+    /// `(rows, hidden, grad, gates, c_prev, out, keep, joined [rows * 6H])`:
+    /// `joined = [dgates | dc_prev | dh_prev]`. Launch: as [`FORWARD`].
+    pub const CARRY_BACKWARD: &str = "lstm_cell_carry_backward";
 }
 
 /// The output layer's loss over rows of logits (`kernels/softmax.cu`).

@@ -19,6 +19,7 @@ use crate::additive::additive_scores;
 use crate::attention_step::{self, Source};
 use crate::concat::cat_last;
 use crate::embedding::TokenEmbedding;
+use crate::lstm::carry::lstm_cell_carry;
 use crate::lstm::cell::{lstm_cell, lstm_cell_step};
 use crate::lstm::{lstm_layer, LstmWeights};
 use crate::matmul::{batched_matmul, linear};
@@ -351,6 +352,22 @@ pub fn cases() -> Vec<Case> {
             true,
             |x, k| {
                 let (h, c) = lstm_cell(&x[0], &x[1], k)?;
+                Ok(vec![h, c])
+            },
+        ),
+        Case::new(
+            "lstm_cell_carry",
+            vec![
+                float("gates", &[B, 4 * H]),
+                float("c_prev", &[B, H]),
+                float("h_prev", &[B, H]),
+                mask("keep", &[B, 2]),
+            ],
+            true,
+            |x, k| {
+                // The mask's second column: row 0 steps, the others carry their state.
+                let keep = x[3].narrow(1, 1, 1)?;
+                let (h, c) = lstm_cell_carry(&x[0], &x[1], &x[2], &keep, k)?;
                 Ok(vec![h, c])
             },
         ),

@@ -114,7 +114,7 @@ mod on_gpu {
         let device = x.device.clone();
         let x = view::<f32>(x, layout, OP)?;
         let n = layout.shape().elem_count();
-        if n % slice.repeat != 0 {
+        if !n.is_multiple_of(slice.repeat) {
             candle::bail!("{OP}: {n} values are not whole runs of {}", slice.repeat)
         }
         let mut out = output::<f32>(&device, n)?;

@@ -75,7 +75,7 @@ pub fn lstm_cell_step(
 }
 
 /// `(B, H)` of gates `[B, 4H]` and a cell state `[B, H]`, or an error if they do not fit.
-fn rows_and_units(gates: &Shape, c: &Shape) -> Result<(usize, usize)> {
+pub(super) fn rows_and_units(gates: &Shape, c: &Shape) -> Result<(usize, usize)> {
     let (b, h) = c.dims2()?;
     if gates.dims2()? != (b, 4 * h) {
         candle::bail!("lstm cell: gates {gates:?} and cell {c:?} do not fit")
@@ -302,7 +302,7 @@ mod on_gpu {
 
 /// Gradients with respect to the gates and the previous cell state, from the gradient of
 /// `[h | c]`.
-fn backward<T: Float>(
+pub(super) fn backward<T: Float>(
     gates: &[T],
     c_prev: &[T],
     out: &[T],

@@ -4,6 +4,7 @@
 //! Padding: a step whose mask is 0 leaves `(h, c)` unchanged. Running backwards over a padded
 //! batch therefore starts every sentence from the zero state at its own last real token.
 
+pub mod carry;
 pub mod cell;
 pub mod layer;
 pub mod reference;

@@ -54,17 +54,14 @@ pub fn layer(
         let s = if reverse { t - 1 - step } else { step };
         let recurrent = candle_matmul(&state.h, &weights.w_hh.t()?, kernels)?;
         let gates = (gates.narrow(1, s, 1)?.squeeze(1)? + recurrent)?;
-        let (h, c) = super::cell::lstm_cell(&gates, &state.c, kernels)?;
-        state = match &mask {
-            None => LstmState { h, c },
+        let (h, c) = match &mask {
+            None => super::cell::lstm_cell(&gates, &state.c, kernels)?,
             Some(m) => {
                 let m = m.narrow(1, s, 1)?.squeeze(1)?; // [B, 1]
-                LstmState {
-                    h: blend(&m, &h, &state.h)?,
-                    c: blend(&m, &c, &state.c)?,
-                }
+                super::carry::lstm_cell_carry(&gates, &state.c, &state.h, &m, kernels)?
             }
         };
+        state = LstmState { h, c };
         outputs[s] = Some(state.h.clone());
     }
     let outputs: Vec<Tensor> = outputs
@@ -75,6 +72,6 @@ pub fn layer(
 }
 
 /// `m * new + (1 - m) * old` for a 0/1 mask `[B, 1]`, written as `old + m * (new - old)`.
-fn blend(m: &Tensor, new: &Tensor, old: &Tensor) -> Result<Tensor> {
+pub(super) fn blend(m: &Tensor, new: &Tensor, old: &Tensor) -> Result<Tensor> {
     old + (new - old)?.broadcast_mul(m)?
 }
