@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need Multi30k (crates/gnmt-cli/tests/data_checks.rs: the shipped model's
+# The checks that need Multi30k (.ci/data_checks.rs: the shipped model's
 # BLEU, the quick study on real data, the tokenizer round trip over every line, sacreBLEU on a
 # Multi30k-sized corpus), built only with the `data-checks` feature so that the README's test
 # command passes on a bare clone. CI has the data; anywhere else this fails and says where to

@@ -1,6 +1,6 @@
 //! The default model shipped in models/multi30k-en-de and built into `translate`: a copy of the
 //! program moved to another folder and run from a third translates English into German without
-//! `-m`. Its BLEU on test_2016_flickr is a data check (`tests/data_checks.rs`).
+//! `-m`. Its BLEU on test_2016_flickr is a data check (`.ci/data_checks.rs`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};

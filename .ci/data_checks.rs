@@ -1,10 +1,12 @@
 //! The checks that need Multi30k: the shipped model's BLEU, the quick residual study on real
 //! data, the tokenizer round trip over every line, and sacreBLEU's scores on a Multi30k-sized
-//! corpus. Not part of the README's test command, which must pass on a bare clone: this target
-//! is built only with the `data-checks` feature, which `.ci/data-checks.sh` turns on. Without
-//! the data every check fails, saying where to put it.
+//! corpus. CI's checks, kept out of the crates' test folders: the README's test command must
+//! pass on a bare clone, and this target (a test of gnmt-cli, for its binaries and helpers) is
+//! built only with the `data-checks` feature, which `.ci/data-checks.sh` turns on. Without the
+//! data every check fails, saying where to put it.
 
-#[allow(dead_code)] // shared with tests.rs; not every helper is used here
+#[allow(dead_code)] // shared with gnmt-cli's tests; not every helper is used here
+#[path = "../crates/gnmt-cli/tests/support.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
