@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel files, `kernels/NAME.cu`.
-const KERNELS: [&str; 6] = [
+const KERNELS: [&str; 7] = [
     "adam",
     "attention",
     "dropout",
+    "embedding",
     "lstm",
     "softmax",
     "top_tokens",

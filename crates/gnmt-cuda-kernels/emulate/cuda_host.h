@@ -20,10 +20,15 @@ extern emu_dim3 gridDim;
 
 void emu_syncthreads(void);
 
+// __syncthreads_or: a barrier that returns non-zero to every thread when `predicate` is
+// non-zero for any thread of the block.
+int emu_syncthreads_or(int predicate);
+
 // Runs `body(args)` on a one-dimensional grid of `grid` blocks of `block` threads.
 void emu_launch(unsigned int grid, unsigned int block, void (*body)(void*), void* args);
 
 #define __shared__ static
 #define __syncthreads() emu_syncthreads()
+#define __syncthreads_or(p) emu_syncthreads_or(p)
 
 #endif

@@ -6,6 +6,7 @@
 #include "../kernels/adam.cu"
 #include "../kernels/attention.cu"
 #include "../kernels/dropout.cu"
+#include "../kernels/embedding.cu"
 #include "../kernels/lstm.cu"
 #include "../kernels/softmax.cu"
 #include "../kernels/top_tokens.cu"
@@ -235,4 +236,23 @@ void emu_lstm_cell_carry(unsigned int grid, unsigned int block, int backward, un
     struct lstm_carry_args a = {rows, hidden, grad, gates, c_prev, h_prev, out, keep, result,
                                 backward};
     emu_launch(grid, block, lstm_carry_body, &a);
+}
+
+struct embedding_backward_args {
+    unsigned int vocab, n, dim;
+    const float* grad;
+    const unsigned int* ids;
+    float* d_table;
+};
+
+static void embedding_backward_body(void* p) {
+    struct embedding_backward_args* a = p;
+    embedding_backward(a->vocab, a->n, a->dim, a->grad, a->ids, a->d_table);
+}
+
+void emu_embedding_backward(unsigned int grid, unsigned int block, unsigned int vocab,
+                            unsigned int n, unsigned int dim, const float* grad,
+                            const unsigned int* ids, float* d_table) {
+    struct embedding_backward_args a = {vocab, n, dim, grad, ids, d_table};
+    emu_launch(grid, block, embedding_backward_body, &a);
 }

@@ -19,6 +19,24 @@ void emu_syncthreads(void) {
     pthread_barrier_wait(&block_barrier);
 }
 
+static int block_or;
+static pthread_mutex_t block_or_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int emu_syncthreads_or(int predicate) {
+    // Everyone has read the previous call's result before it is cleared, and it is cleared
+    // before anyone adds to it.
+    emu_syncthreads();
+    if (threadIdx.x == 0) block_or = 0;
+    emu_syncthreads();
+    if (predicate) {
+        pthread_mutex_lock(&block_or_lock);
+        block_or = 1;
+        pthread_mutex_unlock(&block_or_lock);
+    }
+    emu_syncthreads();
+    return block_or;
+}
+
 struct emu_thread {
     unsigned int block, thread;
     void (*body)(void*);

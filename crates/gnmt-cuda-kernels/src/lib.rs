@@ -1,9 +1,9 @@
 //! GNMT's CUDA kernels, without candle: the counterpart on NVIDIA GPUs of `gnmt-kernels`,
 //! file for file where a kernel exists (`kernels/lstm.cu` ~ `lstm/mod.rs`, `attention.cu` ~
 //! `attention.rs`, `softmax.cu` ~ `softmax.rs`, `top_tokens.cu` ~ `top_tokens.rs`,
-//! `dropout.cu` ~ `dropout.rs`, `adam.cu` ~ `adam.rs`). `gnmt-ops` launches them through candle's CUDA
-//! device; this crate only names them, embeds their PTX (with the `cuda` feature) and says how
-//! each is launched ([`Launch`]).
+//! `dropout.cu` ~ `dropout.rs`, `embedding.cu` ~ `embedding.rs`, `adam.cu` ~ `adam.rs`).
+//! `gnmt-ops` launches them through candle's CUDA device; this crate only names them, embeds
+//! their PTX (with the `cuda` feature) and says how each is launched ([`Launch`]).
 //!
 //! The same sources, compiled as C on the host with a small emulator of CUDA's blocks and
 //! threads (`emulate/`), run in this crate's tests on every CPU against the CPU kernels. Those
@@ -139,6 +139,14 @@ pub mod dropout {
     pub fn blocks(decisions: usize, offset: u32) -> usize {
         (offset as usize + decisions).div_ceil(16)
     }
+}
+
+/// The gradient of an embedding table (`kernels/embedding.cu`).
+pub mod embedding {
+    module!("embedding");
+    /// `(vocab, n, dim, grad [n, dim], ids [n] (u32), d_table [vocab, dim])`.
+    /// Launch: [`crate::Launch::rows`]`(vocab)`.
+    pub const BACKWARD: &str = "embedding_backward";
 }
 
 /// Adam (`kernels/adam.cu`).

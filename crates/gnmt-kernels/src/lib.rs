@@ -1,7 +1,8 @@
 //! GNMT's compute on plain slices, with no tensor library: the packed matrix product (f32 and
 //! bf16), the LSTM cell rows and the recurrence of a layer, additive attention rows, the
-//! softmax and top-k of a row, the Adam update and dropout masks. `gnmt-ops` wraps them as candle operations; a GPU kernels crate
-//! mirrors this one file for file.
+//! softmax and top-k of a row, the Adam update, dropout masks and the embedding gradient.
+//! `gnmt-ops` wraps them as candle operations; a GPU kernels crate mirrors this one file for
+//! file.
 //!
 //! Every kernel is deterministic: each output element is computed in a fixed order, whatever
 //! the thread count or the number of rows, so a sentence decodes to the same bits in any
@@ -21,6 +22,7 @@ pub mod adam;
 pub mod attention;
 pub mod buffers;
 pub mod dropout;
+pub mod embedding;
 pub mod gemm;
 pub mod lstm;
 pub mod matmul;

@@ -143,7 +143,7 @@ impl Gnmt {
         k: usize,
     ) -> Result<(TopTokens, Tensor, DecoderState)> {
         check_ids(tokens, "tokens")?;
-        if !tokens.device().is_cpu() && !self.kernels.is_reference() {
+        if self.kernels.cuda_on(tokens.device()) {
             // On a GPU with the fused kernels: ranked there, rows x k values copied back.
             let (logits, attention, next) = self.decoder.step_logits_tensor(tokens, state)?;
             let top = match gnmt_ops::top_tokens::on_device(&logits, k, true)? {

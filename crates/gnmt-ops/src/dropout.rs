@@ -132,7 +132,7 @@ impl Dropout {
 /// Whether `x`'s masks are generated where it is (a GPU, with the fused kernels) rather than
 /// drawn on the CPU and copied there.
 fn masks_on_device(x: &Tensor, kernels: Kernels) -> bool {
-    !x.device().is_cpu() && !kernels.is_reference()
+    kernels.cuda_on(x.device())
 }
 
 /// `x * mask` elementwise: the fused op, or candle's product for the reference.

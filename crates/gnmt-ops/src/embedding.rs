@@ -4,23 +4,24 @@
 //! candle's `index_select` backward copies a zero table, adds the looked-up rows' gradients
 //! into the copy, and the backward engine then adds that into another zero table: for an
 //! `[8000, 256]` table, five full passes on the calling thread, where one zero fill and the
-//! rows' additions are needed. Here the table's gradient is zeroed and filled in parallel
-//! (each thread owns a range of table rows and adds, in position order, the gradients of the
-//! positions that looked a row of it up: candle's order, so the same bits) and handed to
+//! rows' additions are needed. Here the table's gradient is written once by
+//! `gnmt_kernels::embedding::table_gradient` (in parallel; each row adds its positions in
+//! order: candle's order, so the same bits), or on a GPU by `gnmt-cuda-kernels`'
+//! `embedding.cu` (one block per table row, the same order, no atomics, where candle's CUDA
+//! `index_add` runs one thread per column over every position), and handed to
 //! [`crate::param_grads`] when a collector is open.
 
 use candle::backend::BackendStorage;
+#[cfg(feature = "cuda")]
+use candle::cuda_backend::CudaStorage;
 use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use gnmt_kernels::buffers::{gather_rows, zeros};
+use gnmt_kernels::buffers::gather_rows;
+use gnmt_kernels::embedding::table_gradient;
 
 use crate::dispatch::{self, Float, Kernel};
 use crate::storage::contiguous_slice;
 use crate::Kernels;
-
-/// Table rows one parallel task of the backward pass owns.
-const ROWS_PER_TASK: usize = 64;
 
 /// A `[vocab, dim]` embedding table.
 #[derive(Debug, Clone)]
@@ -43,8 +44,12 @@ impl TokenEmbedding {
         let mut dims = ids.dims().to_vec();
         dims.push(self.table.dim(1)?);
         let ids = ids.flatten_all()?;
-        let fused = kernels.fused_on(self.table.device()).is_some()
-            && matches!(self.table.dtype(), DType::F32 | DType::F64);
+        let device = self.table.device();
+        let fused = match self.table.dtype() {
+            DType::F32 => kernels.fused_on(device).is_some() || kernels.cuda_on(device),
+            DType::F64 => kernels.fused_on(device).is_some(),
+            _ => false,
+        };
         let rows = if fused {
             self.table.contiguous()?.apply_op2(&ids, Lookup)?
         } else {
@@ -104,6 +109,21 @@ impl CustomOp2 for Lookup {
         dispatch::run(&Rows { ids }, [(s1, l1)])
     }
 
+    /// candle's own lookup on the GPU. The ids are not checked here (that would copy them to
+    /// the host; candle's kernel stops on an id beyond the table with a device assertion):
+    /// they come from the model's tokenizer, whose size loading checks against the table.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (n, dim) = (l2.shape().elem_count(), l1.shape().dims2()?.1);
+        Ok((s1.index_select(s2, l1, l2, 0)?, Shape::from((n, dim))))
+    }
+
     fn bwd(
         &self,
         table: &Tensor,
@@ -136,25 +156,7 @@ impl Kernel<1> for TableRows<'_> {
 
     fn run<T: Float>(&self, [(grad, shape)]: [(&[T], &Shape); 1]) -> Result<(Vec<T>, Shape)> {
         let dim = shape.dims2()?.1;
-        let mut d_table = zeros(self.vocab * dim);
-        if dim > 0 {
-            d_table
-                .par_chunks_mut(ROWS_PER_TASK * dim)
-                .enumerate()
-                .for_each(|(task, block)| {
-                    let first = task * ROWS_PER_TASK;
-                    let rows = first..first + block.len() / dim;
-                    for (position, &id) in self.ids.iter().enumerate() {
-                        let id = id as usize;
-                        if rows.contains(&id) {
-                            let dst = &mut block[(id - first) * dim..][..dim];
-                            for (d, &g) in dst.iter_mut().zip(&grad[position * dim..][..dim]) {
-                                *d += g;
-                            }
-                        }
-                    }
-                });
-        }
+        let d_table = table_gradient(grad, self.ids, self.vocab, dim);
         Ok((d_table, Shape::from((self.vocab, dim))))
     }
 }
@@ -180,6 +182,58 @@ impl CustomOp2 for TableGradient {
             vocab: self.vocab,
         };
         dispatch::run(&kernel, [(s1, l1)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        on_gpu::table_gradient(self.vocab, (s1, l1), (s2, l2))
+    }
+}
+
+/// The table's gradient on a GPU: `gnmt-cuda-kernels`' `embedding.cu` (f32).
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle::cuda_backend::{CudaStorage, WrapErr};
+    use candle::{Layout, Result, Shape};
+    use gnmt_cuda_kernels::{embedding, Launch};
+
+    use crate::cuda::{config, dim, function, output, view};
+
+    const OP: &str = "embedding";
+
+    pub(super) fn table_gradient(
+        vocab: usize,
+        (grad, lg): (&CudaStorage, &Layout),
+        (ids, li): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let (n, width) = lg.shape().dims2()?;
+        if li.shape().elem_count() != n {
+            candle::bail!("{OP}: gradient {:?} for {:?} ids", lg.shape(), li.shape())
+        }
+        let device = grad.device.clone();
+        let (grad, ids) = (view::<f32>(grad, lg, OP)?, view::<u32>(ids, li, OP)?);
+        let mut d_table = output::<f32>(&device, vocab * width)?;
+        let sizes = [dim(vocab, OP)?, dim(n, OP)?, dim(width, OP)?];
+        let func = function(&device, embedding::MODULE, embedding::BACKWARD)?;
+        let stream = device.cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        for size in &sizes {
+            args.arg(size);
+        }
+        args.arg(&grad).arg(&ids).arg(&mut d_table);
+        // SAFETY: grad [n, width], ids [n] and d_table [vocab, width], written in full.
+        unsafe { args.launch(config(Launch::rows(vocab))) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(d_table, device),
+            Shape::from((vocab, width)),
+        ))
     }
 }
 

@@ -13,8 +13,9 @@ use gnmt_kernels::Precision;
 pub enum Kernels {
     /// The fused operations of this crate, their matrix products in `Precision`: on the CPU
     /// every operation; on a GPU those with a CUDA kernel (the LSTM cell, the attention
-    /// scores and the output layer's loss so far), the composites elsewhere, products through
-    /// cuBLAS (bf16 operands with f32 sums for `Precision::Bf16`, else f32).
+    /// scores, the output layer's loss, decoding's top tokens, dropout, the embedding's
+    /// gradient and Adam), the composites elsewhere, products through cuBLAS (bf16 operands
+    /// with f32 sums for `Precision::Bf16`, else f32).
     Fused(Precision),
     /// Each operation's composite reference: plain candle operations, products in f32 through
     /// candle's matmul, on any candle device. The correctness baseline of every backend.
@@ -49,6 +50,12 @@ impl Kernels {
             Self::Fused(p) if device.is_cpu() => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether these are the fused kernels on a GPU, where an operation with a CUDA kernel in
+    /// `gnmt-cuda-kernels` runs it (the others run their composites).
+    pub fn cuda_on(self, device: &candle::Device) -> bool {
+        matches!(self, Self::Fused(_)) && device.is_cuda()
     }
 
     /// `fused` or `reference`, as the command line spells it.
