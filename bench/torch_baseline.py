@@ -11,8 +11,9 @@ It times what the Rust benchmark times, on the same shapes: the batch's source a
 lengths are passed on the command line. Prints `tokens_per_s=<float>` last.
 
 `--device cuda` runs on the GPU (nn.LSTM then runs cuDNN's fused LSTM) with PyTorch's default
-TF32 settings, which it prints; `--amp bf16` adds bf16 autocast (f32 master weights), PyTorch's
-usual mixed precision.
+TF32 settings, which it prints; `--amp tf32` turns TF32 on for every product (as gnmt's
+`--matmul tf32`), `--amp bf16` adds bf16 autocast (f32 master weights), PyTorch's usual mixed
+precision.
 
 Run through bench/torch_baseline.sh, which installs PyTorch (CPU) into a virtual environment.
 """
@@ -93,9 +94,14 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast precision")
+    p.add_argument(
+        "--amp", choices=["none", "tf32", "bf16"], default="none", help="product precision"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.amp == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(7)
     device = torch.device(a.device)
     cfg = json.load(open(a.config))

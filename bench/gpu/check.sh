@@ -4,12 +4,12 @@
 # (binaries and Multi30k, from bench/gpu/build.sh). In about 5 minutes:
 #   1. every operation and the network on the GPU against the CPU reference (check-device),
 #      with the reference kernels and with the fused ones (gnmt-cuda-kernels' where they exist),
-#      in f32 and with bf16 products;
+#      in f32 and with bf16 and TF32 products;
 #   2. gnmt-v2-4x1024 trained on Multi30k on the GPU; its first logged loss against the same
 #      seeded run's on the CPU, and the loss falling;
 #   3. training tokens/s on the GPU against PyTorch + cuDNN on the same GPU (f32/TF32 and bf16
 #      autocast), same model and batch (bench train --torch), and with the fused kernels
-#      (f32 and bf16 products);
+#      (f32, bf16 and TF32 products);
 #   4. test_2016_flickr decoded on the GPU (beam 5 and greedy): BLEU, sentences/s against the
 #      CPU at 2 threads, and translations that do not depend on the batch size.
 # Each step's output goes to $OUT/<step>.log, and what matters to $OUT/summary.md.
@@ -93,6 +93,18 @@ step check-device-fused 90 "$gnmt" --device "$device" --kernels fused check-devi
 quote '.' check-device-fused
 step check-device-bf16 90 "$gnmt" --device "$device" --kernels fused --matmul bf16 check-device --failures-only
 quote '.' check-device-bf16
+# TF32 is a GPU's format: the CPU (a dry run) refuses it.
+gpu_only() {
+    if [ "$device" = cpu ]; then
+        printf '\n## %s: skipped (TF32 products need a GPU)\n' "$1" >> "$summary"
+        return 1
+    fi
+}
+if gpu_only check-device-tf32; then
+    step check-device-tf32 90 "$gnmt" --device "$device" --kernels fused --matmul tf32 \
+        check-device --failures-only
+    quote '.' check-device-tf32
+fi
 
 # 2. Training: the same seeded run on the device and (first steps) on the CPU.
 train=(train --train "$data/train.en" "$data/train.de" --valid "$data/val.en" "$data/val.de"
@@ -134,6 +146,11 @@ quote 'tokens/s' bench-train-fused
 step bench-train-bf16 90 "$gnmt" --device "$device" --kernels fused --matmul bf16 bench train \
     --preset "$preset" --batch "$bench_batch" --threads-list "$threads" --steps 10
 quote 'tokens/s' bench-train-bf16
+if gpu_only bench-train-tf32; then
+    step bench-train-tf32 120 "$gnmt" --device "$device" --kernels fused --matmul tf32 bench train \
+        --preset "$preset" --batch "$bench_batch" --threads-list "$threads" --steps 10 --torch
+    quote 'tokens/s|vs PyTorch|torch' bench-train-tf32
+fi
 
 # 4. Decoding: quality, speed against the CPU at 2 threads, and batch independence.
 head -n "$lines" "$data/test_2016_flickr.en" > "$work/test.en"

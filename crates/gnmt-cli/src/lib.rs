@@ -99,17 +99,24 @@ impl ComputeFlags {
     }
 }
 
-/// Refuses int8 products off the CPU: a GPU multiplies through cuBLAS in f32, or in bf16 with
-/// the fused kernels (mixed precision: f32 weights, bf16 operands, f32 sums).
+/// Refuses int8 products off the CPU (a GPU multiplies through cuBLAS in f32, or with the
+/// fused kernels in bf16 or TF32, f32 weights and sums) and TF32 on the CPU (which has no
+/// TF32 unit).
 pub fn products_fit(
     device: &candle::Device,
     precision: gnmt_model::Precision,
 ) -> anyhow::Result<()> {
     if !device.is_cpu() && precision == gnmt_model::Precision::Int8 {
         anyhow::bail!(
-            "--matmul int8: on {} the products are f32 or bf16 (cuBLAS); give --matmul f32 or \
-             --matmul bf16",
+            "--matmul int8: on {} the products are f32, bf16 or tf32 (cuBLAS); give one of \
+             these",
             device::name(device)
+        )
+    }
+    if device.is_cpu() && precision == gnmt_model::Precision::Tf32 {
+        anyhow::bail!(
+            "--matmul tf32: TF32 is a GPU's tensor-core format; on the CPU give f32, bf16 or \
+             auto"
         )
     }
     Ok(())
@@ -152,6 +159,7 @@ impl From<KernelsArg> for gnmt_model::KernelChoice {
 pub enum Matmul {
     F32,
     Bf16,
+    Tf32,
     Int8,
     Auto,
 }
@@ -190,6 +198,7 @@ impl Matmul {
         match self {
             Matmul::F32 => Some(gnmt_model::Precision::F32),
             Matmul::Bf16 => Some(gnmt_model::Precision::Bf16),
+            Matmul::Tf32 => Some(gnmt_model::Precision::Tf32),
             Matmul::Int8 => Some(gnmt_model::Precision::Int8),
             Matmul::Auto => None,
         }

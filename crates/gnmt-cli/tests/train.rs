@@ -284,7 +284,8 @@ fn tied_embeddings_word_dropout_and_the_weight_average_resume_exactly() {
 }
 
 /// `--kernels reference` trains on the composite references of the fused operations: over 20
-/// seeded updates its logged losses stay within 1e-4 of the fused run's.
+/// seeded updates its logged losses stay within 1e-4 of the fused run's. Precisions that do
+/// not fit (bf16 with the reference, TF32 on the CPU) are refused before any work.
 #[test]
 fn reference_kernels_train_like_the_fused_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,6 +315,23 @@ fn reference_kernels_train_like_the_fused_ones() {
     args.extend(["-o", "refused", "--max-steps", "20", "--quiet"]);
     let e = err(gnmt(&args, d));
     assert!(e.contains("f32 only"), "{e}");
+    // TF32 is a GPU's format: refused on the CPU, from the flag and from the config file.
+    let mut args = vec!["--matmul", "tf32"];
+    args.extend(TRAIN_TINY);
+    args.extend(["-o", "refused", "--max-steps", "20", "--quiet"]);
+    let e = err(gnmt(&args, d));
+    assert!(
+        e.contains("--matmul tf32: TF32 is a GPU's tensor-core format"),
+        "{e}"
+    );
+    let mut config: serde_json::Value = serde_json::from_str(TINY_CONFIG).unwrap();
+    config["matmul"] = "tf32".into();
+    std::fs::write(d.join("tf32.json"), config.to_string()).unwrap();
+    let mut args = TRAIN_TINY[..TRAIN_TINY.len() - 1].to_vec();
+    args.extend(["tf32.json", "-o", "refused", "--max-steps", "20", "--quiet"]);
+    let e = err(gnmt(&args, d));
+    assert!(e.contains("TF32 is a GPU's tensor-core format"), "{e}");
+    assert!(!d.join("refused").exists());
 }
 
 /// Training's products default to `--matmul auto` unless the config file sets `matmul`: the

@@ -256,3 +256,26 @@ void emu_embedding_backward(unsigned int grid, unsigned int block, unsigned int 
     struct embedding_backward_args a = {vocab, n, dim, grad, ids, d_table};
     emu_launch(grid, block, embedding_backward_body, &a);
 }
+
+struct attend_step_args {
+    unsigned int rows, sources, width, hidden;
+    const float *q, *keys, *v, *mask, *values;
+    const unsigned int* memory_rows;
+    float *weights, *context;
+};
+
+static void attend_step_body(void* p) {
+    struct attend_step_args* a = p;
+    attend_step(a->rows, a->sources, a->width, a->hidden, a->q, a->keys, a->v, a->mask,
+                a->values, a->memory_rows, a->weights, a->context);
+}
+
+// The sizes first, then the kernel's pointers in its order.
+void emu_attend_step(unsigned int grid, unsigned int block, const unsigned int* sizes,
+                     const float* q, const float* keys, const float* v, const float* mask,
+                     const float* values, const unsigned int* memory_rows, float* weights,
+                     float* context) {
+    struct attend_step_args a = {sizes[0], sizes[1], sizes[2], sizes[3], q,      keys,
+                                 v,        mask,     values,   memory_rows, weights, context};
+    emu_launch(grid, block, attend_step_body, &a);
+}

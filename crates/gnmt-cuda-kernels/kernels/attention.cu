@@ -5,6 +5,20 @@
 // so each result has the CPU's bits, and no thread's result depends on the batch.
 #include "common.cuh"
 
+// One score, sum_a v[a] tanh(q[a] + k[a]) over `width`, as the CPU's `lane_sum`: 16 lanes
+// over whole chunks, the tail first into the total, then the lanes.
+DEVICE float additive_score(const float* q, const float* k, const float* v, unsigned int width) {
+    float lanes[16];
+    for (int l = 0; l < 16; l++) lanes[l] = 0.0f;
+    unsigned int full = width / 16 * 16;
+    for (unsigned int a = 0; a < full; a += 16)
+        for (int l = 0; l < 16; l++) lanes[l] = lanes[l] + v[a + l] * fast_tanh(q[a + l] + k[a + l]);
+    float total = 0.0f;
+    for (unsigned int a = full; a < width; a++) total = total + v[a] * fast_tanh(q[a] + k[a]);
+    for (int l = 0; l < 16; l++) total = total + lanes[l];
+    return total;
+}
+
 // One thread per score: out[(b T + t) S + s].
 KERNEL additive_scores_forward(unsigned int batch, unsigned int steps, unsigned int sources,
                                unsigned int width, const float* q, const float* k,
@@ -12,19 +26,54 @@ KERNEL additive_scores_forward(unsigned int batch, unsigned int steps, unsigned 
     unsigned long long n = (unsigned long long)batch * steps * sources;
     for (unsigned long long i = GLOBAL_INDEX; i < n; i += GLOBAL_STRIDE) {
         unsigned long long s = i % sources, bt = i / sources, b = bt / steps;
-        const float* qr = q + bt * width;
-        const float* kr = k + (b * sources + s) * width;
-        // lane_sum: 16 lanes over whole chunks, the tail first into the total, then the lanes.
-        float lanes[16];
-        for (int l = 0; l < 16; l++) lanes[l] = 0.0f;
-        unsigned int full = width / 16 * 16;
-        for (unsigned int a = 0; a < full; a += 16)
-            for (int l = 0; l < 16; l++)
-                lanes[l] = lanes[l] + v[a + l] * fast_tanh(qr[a + l] + kr[a + l]);
-        float total = 0.0f;
-        for (unsigned int a = full; a < width; a++) total = total + v[a] * fast_tanh(qr[a] + kr[a]);
-        for (int l = 0; l < 16; l++) total = total + lanes[l];
-        out[i] = total;
+        out[i] = additive_score(q + bt * width, k + (b * sources + s) * width, v, width);
+    }
+}
+
+// Decoding's attention step (gnmt-kernels' attend_row), one block of ROW_BLOCK threads per
+// query row r, over memory row m = memory_rows[r]: the scores of q [rows, A] against
+// keys [B, S, A] (threads over positions), their softmax over the positions where
+// mask [B, S] is non-zero (exactly 0 elsewhere; all 0 when none is), by one thread in source
+// order, and the context [rows, H] of values [B, S, H] (threads over units, positions in
+// order). Sums run in the CPU's order over the real positions only: a row's bits do not
+// depend on its batch, the padding after it, or the launch.
+KERNEL attend_step(unsigned int rows, unsigned int sources, unsigned int width,
+                   unsigned int hidden, const float* q, const float* keys, const float* v,
+                   const float* mask, const float* values, const unsigned int* memory_rows,
+                   float* weights, float* context) {
+    if (blockDim.x != ROW_BLOCK) TRAP();
+    unsigned int t = threadIdx.x;
+    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        unsigned long long m = memory_rows[r];
+        const float* real = mask + m * sources;
+        float* w = weights + r * sources;
+        for (unsigned int s = t; s < sources; s += ROW_BLOCK)
+            w[s] = additive_score(q + r * width, keys + (m * sources + s) * width, v, width);
+        __syncthreads();
+        if (t == 0) {
+            int any = 0;
+            float max = 0.0f;
+            for (unsigned int s = 0; s < sources; s++) {
+                if (real[s] == 0.0f) continue;
+                max = any ? fmaxf(max, w[s]) : w[s];
+                any = 1;
+            }
+            float sum = 0.0f;
+            for (unsigned int s = 0; s < sources; s++) {
+                w[s] = any && real[s] != 0.0f ? fast_exp(w[s] - max) : 0.0f;
+                sum = sum + w[s];
+            }
+            for (unsigned int s = 0; s < sources; s++)
+                if (real[s] != 0.0f) w[s] = w[s] / sum;
+        }
+        __syncthreads();
+        for (unsigned int h = t; h < hidden; h += ROW_BLOCK) {
+            const float* column = values + m * sources * hidden + h;
+            float c = 0.0f;
+            for (unsigned int s = 0; s < sources; s++)
+                if (real[s] != 0.0f) c = c + w[s] * column[(unsigned long long)s * hidden];
+            context[r * hidden + h] = c;
+        }
     }
 }
 

@@ -113,6 +113,10 @@ pub mod attention {
     /// `(.., partials, joined)`: `dv`, the parts summed in batch order.
     /// Launch: [`crate::Launch::elements`]`(A)`.
     pub const DV_SUM: &str = "additive_scores_dv_sum";
+    /// Decoding's step, its own arguments: `(rows, sources, width, hidden, q [rows, A],
+    /// keys [B, S, A], v [A], mask [B, S], values [B, S, H], memory_rows [rows] (u32),
+    /// weights [rows, S], context [rows, H])`. Launch: [`crate::Launch::rows`]`(rows)`.
+    pub const STEP: &str = "attend_step";
 }
 
 /// The `k` best tokens of each decoder row (`kernels/top_tokens.cu`).

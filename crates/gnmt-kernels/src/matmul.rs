@@ -47,10 +47,10 @@ fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
 /// The packed format of f32 products in `precision`; `None` leaves f32 products to `gemm`,
 /// which happens only on a CPU with neither AVX-512F nor FMA, where our portable f32 kernel
 /// would compute its fused multiply-adds in software (results there may then depend on the
-/// batch; see [`crate::gemm`]).
+/// batch; see [`crate::gemm`]). TF32 is a GPU's format: here it is f32.
 pub fn packed_format(precision: Precision) -> Option<Format> {
     match precision {
-        Precision::F32 => crate::gemm::f32_is_fast().then_some(Format::F32),
+        Precision::F32 | Precision::Tf32 => crate::gemm::f32_is_fast().then_some(Format::F32),
         Precision::Bf16 => Some(Format::Bf16),
         Precision::Int8 => Some(Format::Int8),
     }

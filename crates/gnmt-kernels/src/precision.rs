@@ -13,6 +13,10 @@ pub enum Precision {
     /// with AVX512-BF16 ([`crate::gemm::accelerated`]); elsewhere a portable version of the
     /// same arithmetic, slower than f32.
     Bf16,
+    /// f32 operands rounded to TF32 (10 bits of mantissa) on a GPU's tensor cores, f32 sums
+    /// (cuBLAS's `CUBLAS_COMPUTE_32F_FAST_TF32`). A GPU precision: the CPU has no TF32 unit,
+    /// and its kernels multiply in f32 if asked (the command line refuses it there).
+    Tf32,
     /// Operands quantized to int8 with a scale per row (activations, at every product) and per
     /// output (weights), exact integer sums: four times the multiply-adds per instruction on
     /// CPUs with AVX512-VNNI (see [`crate::gemm`]). For decoding: training refuses it.
@@ -20,11 +24,12 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// "f32", "bf16" or "int8", as the `--matmul` option and config files spell it.
+    /// "f32", "bf16", "tf32" or "int8", as the `--matmul` option and config files spell it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Tf32 => "tf32",
             Precision::Int8 => "int8",
         }
     }

@@ -27,6 +27,7 @@ pub mod softmax_loss;
 pub mod step_matrix;
 mod storage;
 mod stream_dropout;
+pub mod tf32;
 pub mod top_tokens;
 
 pub use dispatch::Float;

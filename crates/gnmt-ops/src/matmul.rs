@@ -30,18 +30,20 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kernels: Kernels) -
     y.reshape(out_dims)
 }
 
-/// `a b` through candle's matmul (cuBLAS on a GPU), where the fused CPU kernels do not run:
-/// in bf16 when `kernels` are the fused ones with bf16 products (bf16 operands, f32 sums,
-/// the result rounded to bf16 as PyTorch's autocast has it, returned in f32: the weights and
-/// their gradients stay f32), else in the operands' dtype.
+/// `a b` through candle's matmul (cuBLAS on a GPU), where the fused CPU kernels do not run,
+/// for f32 operands in the fused kernels' precision: bf16 (bf16 operands, f32 sums, the
+/// result rounded to bf16 as PyTorch's autocast has it, returned in f32: the weights and
+/// their gradients stay f32) or TF32 ([`crate::tf32`]); else in the operands' dtype.
 pub fn candle_matmul(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    let bf16 = kernels == Kernels::Fused(Precision::Bf16) && a.dtype() == DType::F32;
-    if !bf16 {
-        return a.matmul(b);
+    match kernels {
+        _ if a.dtype() != DType::F32 => a.matmul(b),
+        Kernels::Fused(Precision::Bf16) => a
+            .to_dtype(DType::BF16)?
+            .matmul(&b.to_dtype(DType::BF16)?)?
+            .to_dtype(DType::F32),
+        Kernels::Fused(Precision::Tf32) => crate::tf32::tf32_matmul(a, b),
+        _ => a.matmul(b),
     }
-    a.to_dtype(DType::BF16)?
-        .matmul(&b.to_dtype(DType::BF16)?)?
-        .to_dtype(DType::F32)
 }
 
 /// `x [N, in]`, `w [out, in]` -> `x w^T [N, out]`.

@@ -231,7 +231,7 @@ impl TrainConfig {
         if self.matmul == gnmt_model::Precision::Int8 {
             return bad(
                 "matmul = int8 is for decoding (translate, eval, serve): training computes in \
-                 f32 or bf16"
+                 f32, bf16 or tf32 (on a GPU)"
                     .into(),
             );
         }

@@ -51,8 +51,9 @@ pub struct BenchTrainArgs {
     #[arg(long)]
     pub torch: bool,
     /// The baseline's precisions, each run in turn: none (f32; on a GPU with PyTorch's
-    /// default TF32 settings) or bf16 (autocast). [default: bf16 with --matmul bf16, else none]
-    #[arg(long, value_delimiter = ',', value_parser = ["none", "bf16"])]
+    /// default TF32 settings: cuDNN's LSTM in TF32, other products f32), tf32 (every product
+    /// in TF32, on a GPU) or bf16 (autocast). [default: that of --matmul; none for f32]
+    #[arg(long, value_delimiter = ',', value_parser = ["none", "tf32", "bf16"])]
     pub torch_amp: Vec<String>,
     /// Run one measurement in this process (used by the parent run).
     #[arg(long, hide = true)]
@@ -90,7 +91,7 @@ impl BenchTrainArgs {
         let kernels = compute.training_kernels_on(&device)?;
         anyhow::ensure!(
             kernels.precision() != gnmt_model::Precision::Int8,
-            "--matmul int8 is for decoding: training computes in f32 or bf16"
+            "--matmul int8 is for decoding: training computes in f32, bf16 or tf32"
         );
         let cfg = ModelConfig::preset(&self.preset).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
@@ -204,6 +205,7 @@ impl BenchTrainArgs {
         if amps.is_empty() {
             amps.push(match kernels.precision() {
                 gnmt_model::Precision::Bf16 => "bf16".to_string(),
+                gnmt_model::Precision::Tf32 => "tf32".to_string(),
                 gnmt_model::Precision::F32 => "none".to_string(),
                 gnmt_model::Precision::Int8 => unreachable!("refused above"),
             });
