@@ -10,8 +10,9 @@
 #   3. training tokens/s on the GPU against PyTorch + cuDNN on the same GPU (f32/TF32 and bf16
 #      autocast), same model and batch (bench train --torch), and with the fused kernels
 #      (f32, bf16 and TF32 products);
-#   4. test_2016_flickr decoded on the GPU (beam 5 and greedy): BLEU, sentences/s against the
-#      CPU at 2 threads, and translations that do not depend on the batch size.
+#   4. test_2016_flickr decoded on the GPU (beam 5 and greedy), with the reference kernels and
+#      with the fused ones: BLEU, sentences/s against the CPU at 2 threads, and translations
+#      that do not depend on the batch size.
 # Each step's output goes to $OUT/<step>.log, and what matters to $OUT/summary.md.
 #
 #   bench/gpu/check.sh            # the GPU machine
@@ -172,6 +173,20 @@ step batch-independence 120 bash -c "
     diff '$work/b1.de' '$work/b64.de' > '$work/batch.diff'; rc=\$?;
     echo \"lines differing between batch sizes 1 and 64: \$(grep -c '^<' '$work/batch.diff')\"; exit \$rc"
 quote 'differing' batch-independence
+# The same with the fused kernels (ours where a decoding step has one: the cell, the attention
+# step and the top tokens, each row reduced alone; cuBLAS's products otherwise).
+step eval-beam5-fused 120 "$gnmt" --device "$device" --kernels fused eval -m $model \
+    --src "$work/test.en" --ref "$work/test.de" --beam-size 5 -o "$work/beam5-fused.de"
+quote 'BLEU|chrF|sentences' eval-beam5-fused
+step bench-translate-fused 180 "$gnmt" --device "$device" --kernels fused bench translate \
+    -m $model --src "$work/test.en" --beams 1,5 --threads-list "$threads"
+quote 'sentences/s|tokens/s' bench-translate-fused
+step batch-independence-fused 120 bash -c "
+    '$bin/translate' --device $device --kernels fused -q -m $model --batch-size 1 < '$work/test200.en' > '$work/f1.de' &&
+    '$bin/translate' --device $device --kernels fused -q -m $model --batch-size 64 < '$work/test200.en' > '$work/f64.de' &&
+    diff '$work/f1.de' '$work/f64.de' > '$work/batch-fused.diff'; rc=\$?;
+    echo \"lines differing between batch sizes 1 and 64: \$(grep -c '^<' '$work/batch-fused.diff')\"; exit \$rc"
+quote 'differing' batch-independence-fused
 
 printf '\n%s step(s) failed\n' "$failures" >> "$summary"
 cat "$summary"

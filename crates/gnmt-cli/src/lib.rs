@@ -25,13 +25,15 @@ pub struct Cli {
     /// Precision of the matrix products: f32; bf16 operands with f32 sums (twice the
     /// multiply-adds per instruction on CPUs with AVX512-BF16; slow elsewhere); for decoding
     /// only, int8 operands quantized per row with exact integer sums (four times, on CPUs with
-    /// AVX512-VNNI; `--quantize int8` says the same); or auto: the fastest of these that was
-    /// measured to train (decode) as well as f32 on this kind of CPU, named in the log.
+    /// AVX512-VNNI; `--quantize int8` says the same); on a GPU with the fused kernels, tf32
+    /// (f32 products on the tensor cores); or auto: the fastest of these that was measured to
+    /// train (decode) as well as f32 on this kind of CPU, named in the log.
     /// [default: auto for `train`, unless its config file sets `matmul`; f32 elsewhere]
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast; on a GPU the CUDA kernels of the LSTM cell,
-    /// attention scores, loss, top-k and Adam, the references elsewhere), or reference (their
+    /// attention scores, decoding's attention step, loss, top-k, dropout, the embedding
+    /// gradient and Adam, the references elsewhere), or reference (their
     /// composite candle references, f32 only: the correctness baseline, several times slower
     /// on the CPU).
     /// [default: fused on the CPU, reference on a GPU; or the training config's `kernels`]
