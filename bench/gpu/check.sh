@@ -167,12 +167,19 @@ step bench-translate-cpu 180 "$gnmt" --device cpu bench translate -m $model \
     --src "$work/test.en" --beams 1,5 --threads-list 2
 quote 'sentences/s|tokens/s' bench-translate-cpu
 head -n 200 "$work/test.en" > "$work/test200.en"
-step batch-independence 120 bash -c "
-    '$bin/translate' --device $device -q -m $model --batch-size 1 < '$work/test200.en' > '$work/b1.de' &&
-    '$bin/translate' --device $device -q -m $model --batch-size 64 < '$work/test200.en' > '$work/b64.de' &&
-    diff '$work/b1.de' '$work/b64.de' > '$work/batch.diff'; rc=\$?;
-    echo \"lines differing between batch sizes 1 and 64: \$(grep -c '^<' '$work/batch.diff')\"; exit \$rc"
-quote 'differing' batch-independence
+# batch_independence NAME [OPTIONS...]: the first 200 lines translated with OPTIONS in batches
+# of 1 and of 64, and the lines that differ counted.
+batch_independence() {
+    local name=$1
+    shift
+    step "$name" 120 bash -c "
+        '$bin/translate' --device $device $* -q -m $model --batch-size 1 < '$work/test200.en' > '$work/$name-1.de' &&
+        '$bin/translate' --device $device $* -q -m $model --batch-size 64 < '$work/test200.en' > '$work/$name-64.de' &&
+        diff '$work/$name-1.de' '$work/$name-64.de' > '$work/$name.diff'; rc=\$?;
+        echo \"lines differing between batch sizes 1 and 64: \$(grep -c '^<' '$work/$name.diff')\"; exit \$rc"
+    quote 'differing' "$name"
+}
+batch_independence batch-independence
 # The same with the fused kernels (ours where a decoding step has one: the cell, the attention
 # step and the top tokens, each row reduced alone; cuBLAS's products otherwise).
 step eval-beam5-fused 120 "$gnmt" --device "$device" --kernels fused eval -m $model \
@@ -181,12 +188,7 @@ quote 'BLEU|chrF|sentences' eval-beam5-fused
 step bench-translate-fused 180 "$gnmt" --device "$device" --kernels fused bench translate \
     -m $model --src "$work/test.en" --beams 1,5 --threads-list "$threads"
 quote 'sentences/s|tokens/s' bench-translate-fused
-step batch-independence-fused 120 bash -c "
-    '$bin/translate' --device $device --kernels fused -q -m $model --batch-size 1 < '$work/test200.en' > '$work/f1.de' &&
-    '$bin/translate' --device $device --kernels fused -q -m $model --batch-size 64 < '$work/test200.en' > '$work/f64.de' &&
-    diff '$work/f1.de' '$work/f64.de' > '$work/batch-fused.diff'; rc=\$?;
-    echo \"lines differing between batch sizes 1 and 64: \$(grep -c '^<' '$work/batch-fused.diff')\"; exit \$rc"
-quote 'differing' batch-independence-fused
+batch_independence batch-independence-fused --kernels fused
 
 printf '\n%s step(s) failed\n' "$failures" >> "$summary"
 cat "$summary"

@@ -101,9 +101,7 @@ impl Attention {
         memory_rows: Option<&[u32]>,
     ) -> Result<(Tensor, Tensor)> {
         let q = query_weight_t.apply(query)?;
-        // The fused step: on the CPU, or on a GPU in f32 (gnmt-cuda-kernels' attend_step).
-        let on_gpu = self.kernels.cuda_on(q.device()) && q.dtype() == candle::DType::F32;
-        if self.kernels.fused_on(q.device()).is_none() && !on_gpu {
+        if !attention_step::runs_fused(&q, self.kernels) {
             let (context, weights) = match memory_rows {
                 None => self.attend(&q.unsqueeze(1)?, memory)?,
                 Some(rows) => self.attend(&q.unsqueeze(1)?, &memory.select_rows(rows)?)?,

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use gnmt_kernels::attention::attend_row;
 
 use crate::storage::tensor_slice;
-use crate::Float;
+use crate::{Float, Kernels};
 
 /// The encoder side attention reads: `keys [B, S, A]` (the key projection with the
 /// scorer's bias), `values [B, S, H]` (what the context averages), `mask [B, S]` (1 real,
@@ -24,6 +24,13 @@ pub struct Source<'a> {
     pub keys: &'a Tensor,
     pub values: &'a Tensor,
     pub mask: &'a Tensor,
+}
+
+/// Whether [`attend`] is the step `kernels` run for queries `q`: the fused kernels on the CPU,
+/// or on a GPU in f32; otherwise the composite (scores, masked softmax, weighted sum).
+pub fn runs_fused(q: &Tensor, kernels: Kernels) -> bool {
+    kernels.fused_on(q.device()).is_some()
+        || (kernels.cuda_on(q.device()) && q.dtype() == candle::DType::F32)
 }
 
 /// (context `[B, H]`, weights `[B, S]`) for `q [B, A]`, in `q`'s dtype: f32 or f64 on the

@@ -475,8 +475,7 @@ pub fn cases() -> Vec<Case> {
 /// masked softmax, weighted sum.
 fn attention_step_case(x: &[Tensor], kernels: Kernels) -> Result<Vec<Tensor>> {
     let (q, v, keys, values, mask) = (&x[0], &x[1], &x[2], &x[3], &x[4]);
-    let on_gpu = kernels.cuda_on(q.device()) && q.dtype() == candle::DType::F32;
-    if kernels.fused_on(q.device()).is_some() || on_gpu {
+    if attention_step::runs_fused(q, kernels) {
         let source = Source { keys, values, mask };
         let (context, weights) = attention_step::attend(q, v, source, None)?;
         return Ok(vec![context, weights]);
