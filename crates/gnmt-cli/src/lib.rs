@@ -28,7 +28,8 @@ pub struct Cli {
     /// AVX512-VNNI; `--quantize int8` says the same); on a GPU with the fused kernels, tf32
     /// (f32 products on the tensor cores); or auto: the fastest of these that was measured to
     /// train (decode) as well as f32 on this kind of CPU, named in the log.
-    /// [default: auto for `train`, unless its config file sets `matmul`; f32 elsewhere]
+    /// [default: auto for `train`, unless its config file sets `matmul`; for decoding, int8
+    /// for a model folder stored as int8 on CPUs with AVX512-VNNI; f32 elsewhere]
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast; on a GPU the CUDA kernels of the LSTM cell,
@@ -71,6 +72,26 @@ impl ComputeFlags {
         self.kernels_with(device, |m, fused_on_cpu| {
             m.for_decoding(fused_on_cpu, quiet)
         })
+    }
+
+    /// How a decoding command's models compute on `device`: on `--kernels`, in the products
+    /// `--matmul` gives (`auto` as [`Matmul::for_decoding`] decides, said once) or, where it
+    /// gives none, in those each model folder was stored for
+    /// ([`models::DecodingKernels::for_storage`]).
+    pub fn decoding_on(self, device: &candle::Device) -> anyhow::Result<models::DecodingKernels> {
+        let choice = kernel_choice(self.kernels.map(Into::into), device)?;
+        let fused_on_cpu = choice == gnmt_model::KernelChoice::Fused && device.is_cpu();
+        let given = self
+            .matmul
+            .map(|m| m.for_decoding(fused_on_cpu, self.quiet));
+        if let Some(precision) = given {
+            if device.is_cpu() {
+                warn_if_slow(precision);
+            }
+            products_fit(device, precision)?;
+            choice.with(precision).map_err(anyhow::Error::msg)?;
+        }
+        Ok(models::DecodingKernels::new(choice, given, fused_on_cpu))
     }
 
     /// [`ComputeFlags::kernels_on`] for training (`auto` as [`Matmul::for_training`] decides).

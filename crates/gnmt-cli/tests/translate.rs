@@ -451,8 +451,31 @@ fn int8_export_and_decoding() {
         ));
         assert_eq!(one, many, "{model}: int8 translations depend on the batch");
     }
-    let plain = ok(translate(&["-m", "q8", "-q"], &input, d));
+    // Without --matmul a folder decodes in the products it was stored for: the int8 one in
+    // int8 where the CPU multiplies int8 fast (AVX512-VNNI), else in f32, as the summary says;
+    // the f16 one in f32. --matmul f32 still gives f32 products on int8 weights.
+    let run = |model: &str, extra: &[&str]| {
+        let out = translate(&[&["-m", model][..], extra].concat(), &input, d);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (ok(out), stderr)
+    };
+    let (stored, summary) = run("q8", &[]);
+    let int8_fast = gnmt_kernels::gemm::accelerated_int8();
+    let expected = if int8_fast { "int8" } else { "f32" };
+    assert!(
+        summary.contains(&format!("with {expected} products")),
+        "{summary}"
+    );
+    let (as_given, _) = run("q8", &["-q", "--matmul", expected]);
+    assert_eq!(stored, as_given, "the stored products are {expected}'s");
+    let (plain, summary) = run("q8", &["--matmul", "f32"]);
+    assert!(summary.contains("with f32 products"), "{summary}");
     assert_eq!(plain.lines().count(), lines, "f32 products on int8 weights");
+    let (_, summary) = run("half", &[]);
+    assert!(summary.contains("with f32 products"), "{summary}");
+    if !int8_fast {
+        eprintln!("skipped: int8 products by default (this CPU lacks AVX512-VNNI)");
+    }
     let e = err(gnmt(
         &[
             "--matmul",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle::{DType, Device};
 use candle_nn::VarBuilder;
-use gnmt_model::checkpoint::{self, GenerationConfig, InMemoryFolder, ModelFolder};
+use gnmt_model::checkpoint::{self, GenerationConfig, ModelFolder};
 use gnmt_model::{Gnmt, Kernels};
 use gnmt_tokenizer::Vocab;
 use rayon::prelude::*;
@@ -60,19 +60,9 @@ impl Translator {
         Self::from_folder(folder, dir, device, kernels)
     }
 
-    /// Loads and checks a model folder held in memory (a model built into the program).
-    pub fn load_in_memory(
-        folder: &InMemoryFolder<'_>,
-        device: &Device,
-        kernels: Kernels,
-    ) -> Result<Self> {
-        let loaded = checkpoint::load_in_memory(folder, DType::F32, device)
-            .map_err(|e| Error::Input(e.to_string()))?;
-        Self::from_folder(loaded, Path::new(folder.label), device, kernels)
-    }
-
-    /// `label` names the folder in errors.
-    fn from_folder(
+    /// A loaded model folder, to decode on `kernels` (which may depend on the folder, such as
+    /// its [`ModelFolder::storage`]); `label` names the folder in errors.
+    pub fn from_folder(
         folder: ModelFolder,
         label: &Path,
         device: &Device,
@@ -211,6 +201,12 @@ impl Translator {
     /// Models decoding together (1 for a plain model).
     pub fn model_count(&self) -> usize {
         self.models.members().len()
+    }
+
+    /// The kernels each model decodes on, in the ensemble's order.
+    pub fn kernels(&self) -> Vec<Kernels> {
+        let members = self.models.members();
+        members.iter().map(|m| m.model.kernels()).collect()
     }
 
     /// Decoding defaults stored with the model.

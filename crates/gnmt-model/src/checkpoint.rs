@@ -110,6 +110,9 @@ pub struct ModelFolder {
     pub tensors: HashMap<String, Tensor>,
     /// Training updates behind these parameters.
     pub step: u64,
+    /// How `model.safetensors` stored them (they are loaded in the dtype asked for whatever
+    /// it was): what decoding multiplies in when the user does not say.
+    pub storage: Storage,
 }
 
 /// How `model.safetensors` stores the parameters.
@@ -387,6 +390,7 @@ fn load_from(files: &Files<'_>, dtype: DType, device: &Device) -> Result<ModelFo
         tokenizer_json,
         tensors,
         step,
+        storage: header.storage,
     })
 }
 
@@ -508,6 +512,7 @@ fn tokenizer_vocab_size(path: &Path, bytes: &[u8]) -> Result<usize> {
 struct Header {
     metadata: BTreeMap<String, String>,
     file_len: u64,
+    storage: Storage,
 }
 
 /// Reads and checks the safetensors header against `specs` without reading tensor data.
@@ -584,7 +589,35 @@ fn read_safetensors_header(files: &Files<'_>, specs: &[ParamSpec]) -> Result<Hea
             format!("{what}: {file_len} bytes, the header implies {want}"),
         );
     }
-    Ok(Header { metadata, file_len })
+    Ok(Header {
+        metadata,
+        file_len,
+        storage: storage_of(&entries, specs),
+    })
+}
+
+/// How a checked header's parameters `specs` are stored: int8 when any matrix is (the others
+/// are F32 then), else the float dtype they share (F32 if they differ).
+fn storage_of(entries: &serde_json::Map<String, Value>, specs: &[ParamSpec]) -> Storage {
+    let dtype = |s: &ParamSpec| {
+        entries
+            .get(&s.name)
+            .and_then(|e| e.get("dtype"))
+            .and_then(Value::as_str)
+    };
+    if specs.iter().any(|s| dtype(s) == Some("I8")) {
+        return Storage::Int8;
+    }
+    let mut dtypes = specs.iter().filter_map(dtype);
+    let shared = match dtypes.next() {
+        Some(first) if dtypes.all(|d| d == first) => first,
+        _ => "F32",
+    };
+    Storage::Float(match shared {
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        _ => DType::F32,
+    })
 }
 
 /// The JSON header of a safetensors file of `file_len` bytes, after its 8-byte length. Refuses,

@@ -108,23 +108,41 @@ fn save_then_load_is_bit_identical() {
     );
 }
 
-#[test]
-fn half_precision_storage_loads_back_as_f32() {
-    let (_, cfg, tensors) = saved();
+/// `tensors` saved in a new folder as `storage`.
+fn saved_as(
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    storage: checkpoint::Storage,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     checkpoint::save(
         dir.path(),
-        &cfg,
-        &tensors,
+        cfg,
+        tensors,
         &tokenizer_json(64),
         &GenerationConfig::default(),
-        0,
-        DType::F16,
+        7,
+        storage,
     )
     .unwrap();
-    let loaded = checkpoint::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
-    for (name, t) in &tensors {
-        assert!(max_abs_diff(t, &loaded.tensors[name]) < 1e-3, "{name}");
+    dir
+}
+
+/// f16 and bf16 storage load back as f32 within the format's rounding, and the folder says how
+/// it was stored (what decoding multiplies in by default).
+#[test]
+fn half_precision_storage_loads_back_as_f32() {
+    let (_, cfg, tensors) = saved();
+    for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 1e-2), (DType::F32, 0.0)] {
+        let dir = saved_as(&cfg, &tensors, dtype.into());
+        let loaded = checkpoint::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(loaded.storage, checkpoint::Storage::Float(dtype));
+        for (name, t) in &tensors {
+            assert!(
+                max_abs_diff(t, &loaded.tensors[name]) <= tolerance,
+                "{dtype:?} {name}"
+            );
+        }
     }
 }
 
@@ -329,20 +347,7 @@ fn saving_the_wrong_tensor_set_is_refused() {
 fn int8_storage_loads_back_within_half_a_step_and_is_checked() {
     use gnmt_model::quantized::{RawTensor, ROW_SCALES};
     let (_, cfg, tensors) = saved();
-    let save = |storage: checkpoint::Storage| {
-        let dir = tempfile::tempdir().unwrap();
-        checkpoint::save(
-            dir.path(),
-            &cfg,
-            &tensors,
-            &tokenizer_json(64),
-            &GenerationConfig::default(),
-            7,
-            storage,
-        )
-        .unwrap();
-        dir
-    };
+    let save = |storage| saved_as(&cfg, &tensors, storage);
     let (int8, f16) = (save(checkpoint::Storage::Int8), save(DType::F16.into()));
     let size = |d: &tempfile::TempDir| std::fs::metadata(d.path().join(MODEL_FILE)).unwrap().len();
     // (Half of f16 for real models; here the 8-wide rows make the scales a third of it.)
@@ -353,6 +358,7 @@ fn int8_storage_loads_back_within_half_a_step_and_is_checked() {
         size(&f16)
     );
     let loaded = checkpoint::load(int8.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(loaded.storage, checkpoint::Storage::Int8);
     for (name, t) in &tensors {
         let back = &loaded.tensors[name];
         if t.dims().len() != 2 {

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
-use gnmt_infer::Translator;
 use gnmt_serve::api::ServedModel;
 use gnmt_serve::{client, Language, Limits, Pool, PoolOptions, Served};
 use gnmt_tokenizer::Lines;
@@ -52,14 +50,11 @@ struct Load {
 impl BenchServeArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let kernels = compute.kernels_on(&device)?;
+        let decoding = compute.decoding_on(&device)?;
         let src = super::source_or_multi30k_test(&self.src)?;
         let lines: Vec<String> = Lines::read(&src)?.iter().map(str::to_string).collect();
         anyhow::ensure!(!lines.is_empty(), "{}: no sentences", src.display());
-        let load = || {
-            Translator::load(&self.model, &device, kernels)
-                .with_context(|| format!("loading {}", self.model.display()))
-        };
+        let load = || decoding.load(&self.model, &device);
         let translator = load()?;
         let options = translator.default_options();
         println!(

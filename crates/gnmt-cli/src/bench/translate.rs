@@ -9,12 +9,12 @@ use crate::checked;
 use anyhow::Context;
 use candle::Device;
 use clap::Args;
-use gnmt_infer::Translator;
 use gnmt_model::{Kernels, Precision};
 use gnmt_tokenizer::Lines;
 
 use super::peak::{packed_peak_gflops, peak_gflops};
 use super::rounds::{measurement_output, rounds_note, Rounds};
+use crate::models::DecodingKernels;
 
 #[derive(Debug, Args)]
 pub struct BenchTranslateArgs {
@@ -58,10 +58,12 @@ struct Config {
 impl BenchTranslateArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let kernels = compute.kernels_on(&device)?;
+        // Without --matmul, each measurement decodes in the products the folder was stored
+        // for, as `translate` does.
+        let decoding = compute.decoding_on(&device)?;
         let src = super::source_or_multi30k_test(&self.src)?;
         if let Some(beam) = self.single {
-            return self.measure(&src, beam, kernels, &device);
+            return self.measure(&src, beam, decoding, &device);
         }
         println!(
             "bench translate: {} on {}",
@@ -102,8 +104,7 @@ impl BenchTranslateArgs {
             let text = measurement_output(
                 std::process::Command::new(&exe)
                     .args(["--threads", &threads.to_string()])
-                    .args(["--matmul", kernels.precision().name()])
-                    .args(["--kernels", kernels.name()])
+                    .args(decoding.to_args())
                     .args(["--device", &compute.device.to_string()])
                     .args(["bench", "translate"])
                     .arg("-m")
@@ -168,11 +169,12 @@ impl BenchTranslateArgs {
         &self,
         src: &std::path::Path,
         beam: usize,
-        kernels: Kernels,
+        decoding: DecodingKernels,
         device: &Device,
     ) -> anyhow::Result<()> {
         let load = Instant::now();
-        let mut t = Translator::load(&self.model, device, kernels)?;
+        let mut t = decoding.load(&self.model, device)?;
+        let kernels = t.kernels()[0];
         self.shortlist.apply(&mut t)?;
         let load_s = load.elapsed().as_secs_f64();
         let mut o = t.default_options();

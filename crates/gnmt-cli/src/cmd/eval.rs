@@ -29,7 +29,7 @@ pub struct EvalArgs {
 impl EvalArgs {
     pub fn run(self, compute: crate::ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let t = self.models.load(&device, compute.kernels_on(&device)?)?;
+        let t = self.models.load(&device, compute.decoding_on(&device)?)?;
         let mut o = t.default_options();
         self.decoding
             .apply(&mut o.beam_size, &mut o.alpha, &mut o.beta);

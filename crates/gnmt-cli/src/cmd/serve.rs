@@ -76,7 +76,7 @@ fn parse_model(s: &str) -> Result<ModelArg, String> {
 impl ServeArgs {
     pub fn run(self, compute: ComputeFlags) -> anyhow::Result<()> {
         let device = compute.device()?;
-        let kernels = compute.kernels_on(&device)?;
+        let kernels = compute.decoding_on(&device)?;
         let pool_options = PoolOptions {
             batch_wait: Duration::from_millis(self.batch_wait_ms),
             max_queued_lines: self.max_queue,
@@ -102,8 +102,7 @@ impl ServeArgs {
                 m.target
             );
             seen.push((&m.source, &m.target));
-            let mut translator = Translator::load(&m.dir, &device, kernels)
-                .with_context(|| format!("loading {}", m.dir.display()))?;
+            let mut translator = kernels.load(&m.dir, &device)?;
             // A multilingual model serves the pair's target language (name it once per pair).
             if !translator.languages().is_empty() {
                 translator.set_target_language(&m.target)?;

@@ -23,11 +23,11 @@ use clap::{Parser, ValueEnum};
 use gnmt_infer::{BeamOptions, LineResult, Translator};
 #[cfg(feature = "embedded-model")]
 use gnmt_model::checkpoint;
-use gnmt_model::Kernels;
 use gnmt_tokenizer::io::AtomicFile;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checked::{self, real, whole, Interval};
+use crate::models::DecodingKernels;
 use crate::rate::rate;
 
 /// Translate text with a trained gnmt model: one output line per input line, in order.
@@ -92,8 +92,10 @@ pub struct TranslateArgs {
     /// `--storage int8` was stored for); or auto: int8 where the CPU has AVX512-VNNI, else the
     /// precision `gnmt train --matmul auto` picks (named on stderr). Translations may differ
     /// slightly from f32's. `--quantize int8` is the same option.
-    #[arg(long, alias = "quantize", value_enum, default_value_t = crate::Matmul::F32)]
-    pub matmul: crate::Matmul,
+    /// [default: the products the model folder was stored for: int8 for one exported with
+    /// `--storage int8`, on CPUs with AVX512-VNNI; f32 otherwise]
+    #[arg(long, alias = "quantize", value_enum)]
+    pub matmul: Option<crate::Matmul>,
     /// The operations the model runs on: fused (fast; on a GPU the CUDA kernels where an
     /// operation has one, the references elsewhere), or reference (composite candle
     /// operations, f32 only: the correctness baseline, several times slower on the CPU).
@@ -156,15 +158,21 @@ const BUILT_IN: checkpoint::InMemoryFolder<'static> = {
 
 /// The model `translate` uses without `-m`: the built-in copy of the shipped model.
 #[cfg(feature = "embedded-model")]
-pub(crate) fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
-    Translator::load_in_memory(&BUILT_IN, device, kernels).context("loading the built-in model")
+pub(crate) fn load_default_model(
+    device: &Device,
+    kernels: DecodingKernels,
+) -> anyhow::Result<Translator> {
+    kernels.load_in_memory(&BUILT_IN, device)
 }
 
 /// Built without the `embedded-model` feature: the shipped model folder, looked for under the
 /// working directory and its parents, then beside the executable and its parents (a
 /// checkout's `target/release/`, or an installed prefix holding `models/`).
 #[cfg(not(feature = "embedded-model"))]
-pub(crate) fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::Result<Translator> {
+pub(crate) fn load_default_model(
+    device: &Device,
+    kernels: DecodingKernels,
+) -> anyhow::Result<Translator> {
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
@@ -176,8 +184,7 @@ pub(crate) fn load_default_model(device: &Device, kernels: Kernels) -> anyhow::R
         for dir in start.ancestors() {
             let candidate = dir.join(DEFAULT_MODEL);
             if candidate.join("config.json").is_file() {
-                return Translator::load(&candidate, device, kernels)
-                    .with_context(|| format!("loading {}", candidate.display()));
+                return kernels.load(&candidate, device);
             }
         }
     }
@@ -196,14 +203,13 @@ impl TranslateArgs {
 
     fn translate(self) -> anyhow::Result<()> {
         let compute = crate::ComputeFlags {
-            matmul: Some(self.matmul),
+            matmul: self.matmul,
             kernels: self.kernels,
             device: self.device,
             quiet: self.quiet,
         };
         let device = compute.device()?;
-        let kernels = compute.kernels_on(&device)?;
-        let translator = self.models.load(&device, kernels)?;
+        let translator = self.models.load(&device, compute.decoding_on(&device)?)?;
         let mut options = translator.default_options();
         self.decoding.apply(
             &mut options.beam_size,
@@ -288,10 +294,16 @@ impl TranslateArgs {
         }
         if !self.quiet {
             let secs = start.elapsed().as_secs_f64();
+            let products: Vec<String> = translator
+                .kernels()
+                .iter()
+                .map(|k| k.precision().to_string())
+                .collect();
             eprintln!(
-                "translated {} lines ({} non-empty) in {secs:.2}s: {}, {}",
+                "translated {} lines ({} non-empty) in {secs:.2}s with {} products: {}, {}",
                 total.lines,
                 total.sentences,
+                products.join(" + "),
                 rate(total.sentences, secs, "sentence"),
                 rate(total.tokens, secs, "target token")
             );
