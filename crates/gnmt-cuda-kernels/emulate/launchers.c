@@ -279,3 +279,31 @@ void emu_attend_step(unsigned int grid, unsigned int block, const unsigned int* 
                                  v,        mask,     values,   memory_rows, weights, context};
     emu_launch(grid, block, attend_step_body, &a);
 }
+
+struct attention_softmax_args {
+    int backward;
+    unsigned int batch, steps, sources;
+    const float *scores_or_weights, *g, *mask;
+    float* out;
+};
+
+static void attention_softmax_body(void* p) {
+    struct attention_softmax_args* a = p;
+    if (a->backward)
+        attention_softmax_backward(a->batch, a->steps, a->sources, a->scores_or_weights, a->g,
+                                   a->mask, a->out);
+    else
+        attention_softmax_forward(a->batch, a->steps, a->sources, a->scores_or_weights, a->mask,
+                                  a->out);
+}
+
+// The forward kernel (backward 0: scores, mask -> weights; g unused) or its gradient
+// (backward 1: weights, g, mask -> dz).
+void emu_attention_softmax(unsigned int grid, unsigned int block, int backward,
+                           unsigned int batch, unsigned int steps, unsigned int sources,
+                           const float* scores_or_weights, const float* g, const float* mask,
+                           float* out) {
+    struct attention_softmax_args a = {backward, batch, steps, sources, scores_or_weights, g,
+                                       mask, out};
+    emu_launch(grid, block, attention_softmax_body, &a);
+}

@@ -30,6 +30,26 @@ KERNEL additive_scores_forward(unsigned int batch, unsigned int steps, unsigned 
     }
 }
 
+// gnmt-kernels' masked_softmax_row, by one thread: the scores w [S] turned in place into
+// their softmax over the positions where real [S] is non-zero (exactly 0 elsewhere; all 0
+// when none is), the sum in source order.
+DEVICE void masked_softmax_row(float* w, const float* real, unsigned int sources) {
+    int any = 0;
+    float max = 0.0f;
+    for (unsigned int s = 0; s < sources; s++) {
+        if (real[s] == 0.0f) continue;
+        max = any ? fmaxf(max, w[s]) : w[s];
+        any = 1;
+    }
+    float sum = 0.0f;
+    for (unsigned int s = 0; s < sources; s++) {
+        w[s] = any && real[s] != 0.0f ? fast_exp(w[s] - max) : 0.0f;
+        sum = sum + w[s];
+    }
+    for (unsigned int s = 0; s < sources; s++)
+        if (real[s] != 0.0f) w[s] = w[s] / sum;
+}
+
 // Decoding's attention step (gnmt-kernels' attend_row), one block of ROW_BLOCK threads per
 // query row r, over memory row m = memory_rows[r]: the scores of q [rows, A] against
 // keys [B, S, A] (threads over positions), their softmax over the positions where
@@ -50,22 +70,7 @@ KERNEL attend_step(unsigned int rows, unsigned int sources, unsigned int width,
         for (unsigned int s = t; s < sources; s += ROW_BLOCK)
             w[s] = additive_score(q + r * width, keys + (m * sources + s) * width, v, width);
         __syncthreads();
-        if (t == 0) {
-            int any = 0;
-            float max = 0.0f;
-            for (unsigned int s = 0; s < sources; s++) {
-                if (real[s] == 0.0f) continue;
-                max = any ? fmaxf(max, w[s]) : w[s];
-                any = 1;
-            }
-            float sum = 0.0f;
-            for (unsigned int s = 0; s < sources; s++) {
-                w[s] = any && real[s] != 0.0f ? fast_exp(w[s] - max) : 0.0f;
-                sum = sum + w[s];
-            }
-            for (unsigned int s = 0; s < sources; s++)
-                if (real[s] != 0.0f) w[s] = w[s] / sum;
-        }
+        if (t == 0) masked_softmax_row(w, real, sources);
         __syncthreads();
         for (unsigned int h = t; h < hidden; h += ROW_BLOCK) {
             const float* column = values + m * sources * hidden + h;
@@ -146,5 +151,48 @@ KERNEL additive_scores_dv_sum(unsigned int batch, unsigned int steps, unsigned i
         float d = 0.0f;
         for (unsigned int b = 0; b < batch; b++) d = d + partials[(unsigned long long)b * width + a];
         dv[a] = d;
+    }
+}
+
+// Training's attention weights (gnmt-ops' attention_weights): one block of ROW_BLOCK threads
+// per row (b, t) of scores [B, T, S]; the threads copy the row, one thread takes its softmax
+// over the positions where mask [B, S] is non-zero (masked_softmax_row, the CPU's order).
+KERNEL attention_softmax_forward(unsigned int batch, unsigned int steps, unsigned int sources,
+                                 const float* scores, const float* mask, float* weights) {
+    if (blockDim.x != ROW_BLOCK) TRAP();
+    unsigned long long rows = (unsigned long long)batch * steps;
+    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        float* w = weights + r * sources;
+        for (unsigned int s = threadIdx.x; s < sources; s += ROW_BLOCK) w[s] = scores[r * sources + s];
+        __syncthreads();
+        if (threadIdx.x == 0) masked_softmax_row(w, mask + (r / steps) * sources, sources);
+        __syncthreads();
+    }
+}
+
+// Its gradient (gnmt-kernels' masked_softmax_row_backward): for each row, one thread sums
+// weights[s] g[s] over the real positions in source order, then the threads write
+// dz[s] = weights[s] (g[s] - that sum) there and exactly 0 on padding.
+KERNEL attention_softmax_backward(unsigned int batch, unsigned int steps, unsigned int sources,
+                                  const float* weights, const float* g, const float* mask,
+                                  float* dz) {
+    if (blockDim.x != ROW_BLOCK) TRAP();
+    __shared__ float row_dot[1];
+    unsigned long long rows = (unsigned long long)batch * steps;
+    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* real = mask + (r / steps) * sources;
+        const float* w = weights + r * sources;
+        const float* gr = g + r * sources;
+        if (threadIdx.x == 0) {
+            float dot = 0.0f;
+            for (unsigned int s = 0; s < sources; s++)
+                if (real[s] != 0.0f) dot = dot + w[s] * gr[s];
+            row_dot[0] = dot;
+        }
+        __syncthreads();
+        float dot = row_dot[0];
+        for (unsigned int s = threadIdx.x; s < sources; s += ROW_BLOCK)
+            dz[r * sources + s] = real[s] != 0.0f ? w[s] * (gr[s] - dot) : 0.0f;
+        __syncthreads();
     }
 }

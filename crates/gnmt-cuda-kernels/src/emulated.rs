@@ -4,6 +4,7 @@
 //! does not depend on the batch or the launch).
 
 mod attend_step;
+mod attention_softmax;
 mod embedding;
 
 use crate::Launch;

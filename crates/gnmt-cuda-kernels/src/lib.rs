@@ -96,7 +96,7 @@ pub mod softmax {
     pub const TOKEN_LOSSES_BACKWARD: &str = "token_losses_backward";
 }
 
-/// Additive attention scores (`kernels/attention.cu`); every kernel takes `(batch, steps,
+/// Additive attention (`kernels/attention.cu`); the score kernels take `(batch, steps,
 /// sources, width)` first: `q [B, T, A]`, `k [B, S, A]`, `v [A]`, `g [B, T, S]`.
 pub mod attention {
     module!("attention");
@@ -117,6 +117,13 @@ pub mod attention {
     /// keys [B, S, A], v [A], mask [B, S], values [B, S, H], memory_rows [rows] (u32),
     /// weights [rows, S], context [rows, H])`. Launch: [`crate::Launch::rows`]`(rows)`.
     pub const STEP: &str = "attend_step";
+    /// Training's attention weights, `(batch, steps, sources)` first: `(.., scores [B, T, S],
+    /// mask [B, S], weights [B, T, S])`, the softmax over each row's real positions.
+    /// Launch: [`crate::Launch::rows`]`(B T)`.
+    pub const SOFTMAX: &str = "attention_softmax_forward";
+    /// Its gradient: `(batch, steps, sources, weights, g [B, T, S], mask, dz [B, T, S])`.
+    /// Launch: [`crate::Launch::rows`]`(B T)`.
+    pub const SOFTMAX_BACKWARD: &str = "attention_softmax_backward";
 }
 
 /// The `k` best tokens of each decoder row (`kernels/top_tokens.cu`).

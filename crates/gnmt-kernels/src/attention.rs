@@ -43,14 +43,32 @@ pub fn attend_row<T: Real>(
 ) {
     let h = context.len();
     additive_row(q, keys, v, weights);
+    masked_softmax_row(mask, weights);
+    context.fill(T::default());
+    for (s, &w) in weights.iter().enumerate() {
+        if mask[s] == T::default() {
+            continue;
+        }
+        for (c, &x) in context.iter_mut().zip(&values[s * h..][..h]) {
+            *c += w * x;
+        }
+    }
+}
+
+/// The softmax of a row of scores `weights [S]`, in place, over the positions where
+/// `mask [S]` is non-zero: exactly 0 elsewhere, and all 0 when no position is real (nothing
+/// to attend to). The sum runs in source order, so a row's weights do not depend on the
+/// padding after it. Decoding's step ([`attend_row`]) and training's attention weights
+/// (gnmt-ops' `attention_weights`) both take their weights from here.
+#[inline]
+pub fn masked_softmax_row<T: Real>(mask: &[T], weights: &mut [T]) {
     let real = |s: &usize| mask[*s] != T::default();
     let max = (0..mask.len())
         .filter(real)
         .map(|s| weights[s])
         .reduce(|a, b| a.max_(b));
-    context.fill(T::default());
     let Some(max) = max else {
-        weights.fill(T::default()); // no real position: nothing to attend to
+        weights.fill(T::default());
         return;
     };
     let mut sum = T::default();
@@ -63,13 +81,30 @@ pub fn attend_row<T: Real>(
         sum += *w;
     }
     for (s, w) in weights.iter_mut().enumerate() {
-        if !real(&s) {
-            continue;
+        if real(&s) {
+            *w = *w / sum;
         }
-        *w = *w / sum;
-        for (c, &x) in context.iter_mut().zip(&values[s * h..][..h]) {
-            *c += *w * x;
+    }
+}
+
+/// The gradient of `sum_s g[s] weights[s]` with respect to the scores of
+/// [`masked_softmax_row`], from its `weights [S]`: `weights[s] (g[s] - sum_r weights[r] g[r])`
+/// at the real positions (the sum in source order), exactly 0 elsewhere, into `dz [S]`.
+#[inline]
+pub fn masked_softmax_row_backward<T: Real>(mask: &[T], weights: &[T], g: &[T], dz: &mut [T]) {
+    let real = |s: usize| mask[s] != T::default();
+    let mut dot = T::default();
+    for s in 0..mask.len() {
+        if real(s) {
+            dot += weights[s] * g[s];
         }
+    }
+    for (s, d) in dz.iter_mut().enumerate() {
+        *d = if real(s) {
+            weights[s] * (g[s] - dot)
+        } else {
+            T::default()
+        };
     }
 }
 

@@ -2,11 +2,12 @@
 //! layer"): `score(q, k) = v . tanh(W_q q + W_k k + b)`, softmax over the real source positions,
 //! context = weighted sum of the encoder outputs.
 
-use candle::{Result, Tensor, D};
+use candle::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use gnmt_ops::additive::additive_scores;
 use gnmt_ops::attention_step::{self, Source};
+use gnmt_ops::attention_weights::attention_weights;
 use gnmt_ops::matmul::{batched_matmul, linear};
 use gnmt_ops::step_matrix::StepMatrix;
 use gnmt_ops::Kernels;
@@ -18,8 +19,6 @@ pub struct Memory {
     pub values: Tensor,
     /// `W_k values + b` `[B, S, A]`: the key half of the scorer, hoisted out of the decoder loop.
     pub keys: Tensor,
-    /// `[B, 1, S]`: 0 on real source positions, a large negative number on padding.
-    pub score_bias: Tensor,
     /// `[B, S]`: 1 on real positions, 0 on padding.
     pub mask: Tensor,
 }
@@ -32,7 +31,6 @@ impl Memory {
         Ok(Self {
             values: self.values.index_select(&rows, 0)?,
             keys: self.keys.index_select(&rows, 0)?,
-            score_bias: self.score_bias.index_select(&rows, 0)?,
             mask: self.mask.index_select(&rows, 0)?,
         })
     }
@@ -43,12 +41,9 @@ pub struct Attention {
     query: Linear, // H -> A, no bias
     key: Linear,   // H -> A, with the scorer's bias
     score: Linear, // A -> 1, no bias (the `v` vector)
-    /// Of the scorer, the projections and the context product.
+    /// Of the scorer, the weights, the projections and the context product.
     kernels: Kernels,
 }
-
-/// Added to the scores of padded positions. Large enough that exp() underflows to exactly 0.
-const MASKED_SCORE: f64 = -1e9;
 
 impl Attention {
     pub fn new(hidden: usize, attention: usize, vb: VarBuilder) -> Result<Self> {
@@ -69,11 +64,9 @@ impl Attention {
         // Beam search reorders the memory by rows, which needs contiguous tensors.
         let values = values.contiguous()?;
         let keys = linear(&values, self.key.weight(), self.key.bias(), self.kernels)?;
-        let score_bias = ((mask - 1.0)? * -MASKED_SCORE)?.unsqueeze(1)?;
         Ok(Memory {
             values,
             keys,
-            score_bias,
             mask: mask.clone(),
         })
     }
@@ -121,8 +114,7 @@ impl Attention {
     fn attend(&self, q: &Tensor, memory: &Memory) -> Result<(Tensor, Tensor)> {
         let v = self.score.weight().squeeze(0)?; // [A]
         let scores = additive_scores(q, &memory.keys, &v, self.kernels)?; // [B, T, S]
-        let scores = scores.broadcast_add(&memory.score_bias)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let weights = attention_weights(&scores, &memory.mask, self.kernels)?;
         let context = batched_matmul(&weights, &memory.values, self.kernels)?;
         Ok((context, weights))
     }

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::additive::additive_scores;
 use crate::attention_step::{self, Source};
+use crate::attention_weights::attention_weights;
 use crate::concat::cat_last;
 use crate::embedding::TokenEmbedding;
 use crate::lstm::carry::lstm_cell_carry;
@@ -326,6 +327,12 @@ pub fn cases() -> Vec<Case> {
             ],
             true,
             |x, k| Ok(vec![additive_scores(&x[0], &x[1], &x[2], k)?]),
+        ),
+        Case::new(
+            "attention_weights",
+            vec![float("scores", &[B, T, S]), mask("mask", &[B, S])],
+            true,
+            |x, k| Ok(vec![attention_weights(&x[0], &x[1], k)?]),
         ),
         Case::new(
             "cat_last",

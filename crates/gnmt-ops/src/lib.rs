@@ -10,6 +10,7 @@
 pub mod adam;
 pub mod additive;
 pub mod attention_step;
+pub mod attention_weights;
 pub mod concat;
 #[cfg(feature = "cuda")]
 pub mod cuda;
