@@ -174,9 +174,12 @@ pub fn beam_search_shortlisted(
         return Ok(Vec::new());
     }
     let (src, mask) = source_batch(sources, dtype, device)?;
-    let width = src.dims()[1];
+    let source_width = src.dims()[1];
     let members = ensemble.members().len();
-    Work::add(&work.source_positions, members * sources.len() * width);
+    Work::add(
+        &work.source_positions,
+        members * sources.len() * source_width,
+    );
     let mut states = ensemble.start(&src, &mask)?;
     // Every member's output layer over the batch's lists, and each sentence's place in it.
     let lists = match shortlist {
@@ -199,14 +202,17 @@ pub fn beam_search_shortlisted(
             )?,
         };
         Work::add(&work.row_steps, members * search.rows.len());
-        let width = match &lists {
+        let output_width = match &lists {
             None => ensemble.first().config().vocab_size,
             Some(lists) => lists.width(),
         };
-        Work::add(&work.output_columns, members * search.rows.len() * width);
+        Work::add(
+            &work.output_columns,
+            members * search.rows.len() * output_width,
+        );
         Work::add(
             &work.attended_positions,
-            members * search.rows.len() * width,
+            members * search.rows.len() * source_width,
         );
         let attention: Vec<Vec<f32>> = attention.to_dtype(DType::F32)?.to_vec2()?;
         let parents = search.advance(&top, &attention);
@@ -502,6 +508,62 @@ mod tests {
         let beam = beam_search(&m, &sources(), &o, DType::F32, &Device::Cpu).unwrap();
         for (g, b) in greedy.iter().zip(&beam) {
             assert_eq!(&b[0].tokens, g);
+        }
+    }
+
+    /// What `gnmt bench translate`'s FLOP rate counts: every row step attends over the batch's
+    /// padded source width and computes the output layer over the vocabulary, or over the
+    /// union of the batch's shortlists; one width must not stand in for the other.
+    #[test]
+    fn work_counts_the_source_and_the_output_widths_apart() {
+        let m = model();
+        let cfg = m.config().clone();
+        let srcs = sources();
+        let source_width = source_batch(&srcs, DType::F32, &Device::Cpu)
+            .unwrap()
+            .0
+            .dims()[1] as u64;
+        let single = Ensemble::single(m.clone(), m.decoding_weights().unwrap());
+        let o = BeamOptions {
+            beam_size: 3,
+            ..Default::default()
+        };
+        let list = Shortlist::from_lists((4..10).collect(), Vec::new(), cfg.vocab_size, 4);
+        for shortlist in [None, Some(&list)] {
+            let work = Work::default();
+            beam_search_shortlisted(
+                &single,
+                &work,
+                &srcs,
+                &o,
+                shortlist,
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            let steps = work.row_steps();
+            let vocab = cfg.vocab_size as u64;
+            assert!(steps > 0);
+            assert_eq!(
+                count(&work.source_positions),
+                srcs.len() as u64 * source_width
+            );
+            assert_eq!(count(&work.attended_positions), steps * source_width);
+            let columns = count(&work.output_columns);
+            match shortlist {
+                None => assert_eq!(columns, steps * vocab),
+                Some(_) => assert!(columns < steps * vocab, "{columns} of {}", steps * vocab),
+            }
+            let expected = cfg.encoder_flops_per_source_token()
+                * (srcs.len() as u64 * source_width) as f64
+                + cfg.decoder_flops_per_step(source_width as f64) * steps as f64
+                - 2.0 * cfg.hidden_size as f64 * (steps * vocab - columns) as f64;
+            let flops = work.flops(&cfg);
+            assert!(
+                (flops - expected).abs() <= 1e-9 * expected,
+                "{flops} vs {expected}"
+            );
         }
     }
 
