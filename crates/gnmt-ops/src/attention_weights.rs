@@ -70,12 +70,9 @@ impl Kernel<2> for AttentionWeights {
     ) -> Result<(Vec<T>, Shape)> {
         let d = dims(shape, mask_shape)?;
         let mut weights = scores.to_vec();
-        if d.s > 0 {
-            weights
-                .par_chunks_mut(d.s)
-                .enumerate()
-                .for_each(|(r, row)| masked_softmax_row(&mask[r / d.t * d.s..][..d.s], row));
-        }
+        each_row(&mut weights, d, mask, |_, mask_row, row| {
+            masked_softmax_row(mask_row, row)
+        });
         Ok((weights, shape.clone()))
     }
 }
@@ -134,15 +131,27 @@ impl Kernel<3> for WeightGradients {
             candle::bail!("attention weights: gradient {g_shape:?} for weights {shape:?}")
         }
         let mut dz = vec![T::default(); weights.len()];
-        if d.s > 0 {
-            dz.par_chunks_mut(d.s).enumerate().for_each(|(r, dz_row)| {
-                let row = r * d.s..(r + 1) * d.s;
-                let mask_row = &mask[r / d.t * d.s..][..d.s];
-                masked_softmax_row_backward(mask_row, &weights[row.clone()], &g[row], dz_row);
-            });
-        }
+        each_row(&mut dz, d, mask, |r, mask_row, dz_row| {
+            let row = r * d.s..(r + 1) * d.s;
+            masked_softmax_row_backward(mask_row, &weights[row.clone()], &g[row], dz_row);
+        });
         Ok((dz, shape.clone()))
     }
+}
+
+/// `f(r, mask row, row r of out)` for every row `r` of `out [B, T, S]`, rows in parallel.
+fn each_row<T: Float>(
+    out: &mut [T],
+    d: Dims,
+    mask: &[T],
+    f: impl Fn(usize, &[T], &mut [T]) + Sync,
+) {
+    if d.s == 0 {
+        return;
+    }
+    out.par_chunks_mut(d.s)
+        .enumerate()
+        .for_each(|(r, row)| f(r, &mask[r / d.t * d.s..][..d.s], row));
 }
 
 impl CustomOp3 for WeightGradients {
