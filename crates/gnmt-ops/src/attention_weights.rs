@@ -3,8 +3,8 @@
 //! backward pass.
 //!
 //! The composite (`reference_weights`: a large negative bias on padding, then candle's
-//! softmax) makes five passes forward and as many backward, each a launch on a GPU; the fused
-//! form makes one each way. Every row is reduced alone in source order by gnmt-kernels'
+//! softmax: maximum, subtraction, exponential, sum, division) makes six passes forward and
+//! about as many backward, each a launch on a GPU; the fused form makes one each way. Every row is reduced alone in source order by gnmt-kernels'
 //! `masked_softmax_row`, the same function decoding's attention step takes its weights from,
 //! so a row's weights depend neither on its batch nor on the threads, and on a GPU
 //! (`attention.cu`) they are the CPU's bits.
@@ -57,6 +57,14 @@ fn dims(scores: &Shape, mask: &Shape) -> Result<Dims> {
         candle::bail!("attention weights: scores {scores:?} and mask {mask:?} do not fit")
     }
     Ok(Dims { b, t, s })
+}
+
+/// [`dims`] of the backward pass's `(weights, g, mask)`, whose `g` has the weights' shape.
+fn gradient_dims(weights: &Shape, g: &Shape, mask: &Shape) -> Result<Dims> {
+    if g != weights {
+        candle::bail!("attention weights: gradient {g:?} for weights {weights:?}")
+    }
+    dims(weights, mask)
 }
 
 struct AttentionWeights;
@@ -126,10 +134,7 @@ impl Kernel<3> for WeightGradients {
         &self,
         [(weights, shape), (g, g_shape), (mask, mask_shape)]: [(&[T], &Shape); 3],
     ) -> Result<(Vec<T>, Shape)> {
-        let d = dims(shape, mask_shape)?;
-        if g_shape != shape {
-            candle::bail!("attention weights: gradient {g_shape:?} for weights {shape:?}")
-        }
+        let d = gradient_dims(shape, g_shape, mask_shape)?;
         let mut dz = vec![T::default(); weights.len()];
         each_row(&mut dz, d, mask, |r, mask_row, dz_row| {
             let row = r * d.s..(r + 1) * d.s;
@@ -181,14 +186,7 @@ impl CustomOp3 for WeightGradients {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = dims(l1.shape(), l3.shape())?;
-        if l2.shape() != l1.shape() {
-            candle::bail!(
-                "attention weights: gradient {:?} for weights {:?}",
-                l2.shape(),
-                l1.shape()
-            )
-        }
+        let d = gradient_dims(l1.shape(), l2.shape(), l3.shape())?;
         on_gpu::gradient(d, (s1, l1), (s2, l2), (s3, l3))
     }
 }
