@@ -307,3 +307,91 @@ void emu_attention_softmax(unsigned int grid, unsigned int block, int backward,
                                        mask, out};
     emu_launch(grid, block, attention_softmax_body, &a);
 }
+
+struct lstm_layer_step_forward_args {
+    unsigned int batch, steps, hidden, s;
+    int prev;
+    const float *rec, *bias;
+    unsigned int bias_stride;
+    const float* keep;
+    float *gates, *h, *c;
+};
+
+static void lstm_layer_step_forward_body(void* p) {
+    struct lstm_layer_step_forward_args* a = p;
+    lstm_layer_step_forward(a->batch, a->steps, a->hidden, a->s, a->prev, a->rec, a->bias,
+                            a->bias_stride, a->keep, a->gates, a->h, a->c);
+}
+
+void emu_lstm_layer_step_forward(unsigned int grid, unsigned int block, unsigned int batch,
+                                 unsigned int steps, unsigned int hidden, unsigned int s,
+                                 int prev, const float* rec, const float* bias,
+                                 unsigned int bias_stride, const float* keep, float* gates,
+                                 float* h, float* c) {
+    struct lstm_layer_step_forward_args a = {batch, steps, hidden, s,     prev, rec, bias,
+                                             bias_stride, keep, gates, h, c};
+    emu_launch(grid, block, lstm_layer_step_forward_body, &a);
+}
+
+struct lstm_layer_step_backward_args {
+    unsigned int batch, steps, hidden, s;
+    int prev, has_next;
+    const float *grad, *dh_rec, *gates, *c, *keep;
+    float *dgates, *dh_carry, *dc;
+};
+
+static void lstm_layer_step_backward_body(void* p) {
+    struct lstm_layer_step_backward_args* a = p;
+    lstm_layer_step_backward(a->batch, a->steps, a->hidden, a->s, a->prev, a->has_next,
+                             a->grad, a->dh_rec, a->gates, a->c, a->keep, a->dgates,
+                             a->dh_carry, a->dc);
+}
+
+void emu_lstm_layer_step_backward(unsigned int grid, unsigned int block, unsigned int batch,
+                                  unsigned int steps, unsigned int hidden, unsigned int s,
+                                  int prev, int has_next, const float* grad,
+                                  const float* dh_rec, const float* gates, const float* c,
+                                  const float* keep, float* dgates, float* dh_carry,
+                                  float* dc) {
+    struct lstm_layer_step_backward_args a = {batch, steps,  hidden, s,    prev,   has_next,
+                                              grad,  dh_rec, gates,  c,    keep,   dgates,
+                                              dh_carry, dc};
+    emu_launch(grid, block, lstm_layer_step_backward_body, &a);
+}
+
+struct lstm_layer_previous_states_args {
+    unsigned int batch, steps, hidden;
+    int reverse;
+    const float* h;
+    float* h_prev;
+};
+
+static void lstm_layer_previous_states_body(void* p) {
+    struct lstm_layer_previous_states_args* a = p;
+    lstm_layer_previous_states(a->batch, a->steps, a->hidden, a->reverse, a->h, a->h_prev);
+}
+
+void emu_lstm_layer_previous_states(unsigned int grid, unsigned int block, unsigned int batch,
+                                    unsigned int steps, unsigned int hidden, int reverse,
+                                    const float* h, float* h_prev) {
+    struct lstm_layer_previous_states_args a = {batch, steps, hidden, reverse, h, h_prev};
+    emu_launch(grid, block, lstm_layer_previous_states_body, &a);
+}
+
+struct column_sums_args {
+    unsigned int rows, cols;
+    const float* m;
+    float* out;
+    unsigned int out_stride;
+};
+
+static void column_sums_body(void* p) {
+    struct column_sums_args* a = p;
+    column_sums(a->rows, a->cols, a->m, a->out, a->out_stride);
+}
+
+void emu_column_sums(unsigned int grid, unsigned int block, unsigned int rows, unsigned int cols,
+                     const float* m, float* out, unsigned int out_stride) {
+    struct column_sums_args a = {rows, cols, m, out, out_stride};
+    emu_launch(grid, block, column_sums_body, &a);
+}

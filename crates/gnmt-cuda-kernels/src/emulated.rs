@@ -6,6 +6,7 @@
 mod attend_step;
 mod attention_softmax;
 mod embedding;
+mod lstm_layer;
 
 use crate::Launch;
 use gnmt_kernels::adam::AdamConstants;

@@ -83,7 +83,17 @@ pub mod lstm {
     /// `(rows, hidden, grad, gates, c_prev, out, keep, joined [rows * 6H])`:
     /// `joined = [dgates | dc_prev | dh_prev]`. Launch: as [`FORWARD`].
     pub const CARRY_BACKWARD: &str = "lstm_cell_carry_backward";
+    /// A whole layer's step, forward and backward, and the states before each step; the
+    /// arguments and launches are [`crate::layer`]'s.
+    pub const LAYER_STEP_FORWARD: &str = "lstm_layer_step_forward";
+    pub const LAYER_STEP_BACKWARD: &str = "lstm_layer_step_backward";
+    pub const LAYER_PREVIOUS_STATES: &str = "lstm_layer_previous_states";
+    /// `(rows, cols, m [rows, cols], out, out_stride)`: `out[c * out_stride]` = column `c`'s
+    /// sum, rows in order. Launch: [`crate::Launch::elements`]`(cols)`.
+    pub const COLUMN_SUMS: &str = "column_sums";
 }
+
+pub mod layer;
 
 /// The output layer's loss over rows of logits (`kernels/softmax.cu`).
 pub mod softmax {

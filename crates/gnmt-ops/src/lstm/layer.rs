@@ -11,6 +11,8 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "cuda")]
+use candle::cuda_backend::CudaStorage;
 use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -82,11 +84,17 @@ pub fn lstm_layer(
     // Three inputs is the most a custom op takes: the summed bias rides as W_hh's last column,
     // put there by an op of its own (a sum, an unsqueeze and a concatenation through candle
     // were three more nodes whose backward started each input's gradient as a zero tensor).
-    let w_hh_bias = weights.w_hh.contiguous()?.apply_op3(
-        &weights.b_ih.contiguous()?,
-        &weights.b_hh.contiguous()?,
-        RecurrentParams,
-    )?;
+    let w_hh_bias = if x.device().is_cuda() {
+        // On a GPU the composite: three small launches per layer, not per step.
+        let bias = (weights.b_ih + weights.b_hh)?.unsqueeze(1)?;
+        Tensor::cat(&[weights.w_hh, &bias], 1)?
+    } else {
+        weights.w_hh.contiguous()?.apply_op3(
+            &weights.b_ih.contiguous()?,
+            &weights.b_hh.contiguous()?,
+            RecurrentParams,
+        )?
+    };
     let (input_rows, gate_rows) = real_rows(keep.as_deref(), t, b);
     let op = LstmLayer {
         reverse,
@@ -96,6 +104,8 @@ pub fn lstm_layer(
         gate_rows: Arc::new(gate_rows),
         packs: packs.filter(|p| p.precision == precision),
         saved: Mutex::new(None),
+        #[cfg(feature = "cuda")]
+        saved_gpu: Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&weights.w_ih.contiguous()?, &w_hh_bias, op)
@@ -114,6 +124,9 @@ struct LstmLayer {
     /// What the backward pass needs from the forward pass: the hidden states and cell states,
     /// time-major, and the real pairs' gate activations (compact, see `sequence`).
     saved: Mutex<Option<Saved>>,
+    /// The same on a GPU, where the layer runs [`super::layer_gpu`].
+    #[cfg(feature = "cuda")]
+    saved_gpu: Mutex<Option<super::layer_gpu::Saved>>,
 }
 
 /// The forward pass's activations, kept for the backward pass.
@@ -192,6 +205,62 @@ impl LstmLayer {
         };
         Ok((d, i))
     }
+
+    /// [`Self::dims`] as the GPU layer takes them.
+    #[cfg(feature = "cuda")]
+    fn gpu_dims(
+        &self,
+        x: &Shape,
+        w_ih: &Shape,
+        wb: &Shape,
+    ) -> Result<gnmt_cuda_kernels::layer::LayerDims> {
+        let (d, input) = self.dims(x, w_ih, wb)?;
+        Ok(gnmt_cuda_kernels::layer::LayerDims {
+            batch: d.b,
+            steps: d.t,
+            hidden: d.h,
+            input,
+            reverse: d.reverse,
+        })
+    }
+
+    /// The backward pass on a GPU: [`super::layer_gpu::ThroughTime`] gives the gates' and
+    /// `[W_hh | bias]`'s gradients, two cuBLAS products those of `x` and `W_ih`.
+    #[cfg(feature = "cuda")]
+    fn gpu_backward(
+        &self,
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh_bias: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = self.gpu_dims(x.shape(), w_ih.shape(), w_hh_bias.shape())?;
+        let Some(saved) = self.saved_gpu.lock().expect("lstm: poisoned").take() else {
+            candle::bail!("lstm: backward ran twice or before forward")
+        };
+        let through_time = super::layer_gpu::ThroughTime {
+            d,
+            precision: self.precision,
+            keep: self.keep.clone(),
+            saved,
+            h: out.clone(),
+        };
+        let flat = grad
+            .contiguous()?
+            .apply_op2_no_bwd(&w_hh_bias.contiguous()?, &through_time)?;
+        let (rows, h) = (d.batch * d.steps, d.hidden);
+        let [dg, dwb] = split(&flat, [(rows, 4 * h).into(), (4 * h, h + 1).into()])?;
+        let kernels = crate::Kernels::Fused(self.precision);
+        let dx = crate::matmul::candle_matmul(&dg, w_ih, kernels)?.reshape(x.shape())?;
+        let x_rows = x.reshape((rows, d.input))?;
+        let d_w_ih = crate::matmul::candle_matmul(&dg.t()?, &x_rows, kernels)?;
+        Ok((
+            Some(dx),
+            crate::param_grads::deliver(w_ih, d_w_ih),
+            Some(dwb),
+        ))
+    }
 }
 
 impl Kernel<3> for LstmLayer {
@@ -259,6 +328,24 @@ impl CustomOp3 for LstmLayer {
         dispatch::run(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = self.gpu_dims(l1.shape(), l2.shape(), l3.shape())?;
+        let keep = self.keep.as_deref().map(Vec::as_slice);
+        let (out, saved) =
+            super::layer_gpu::forward(d, self.precision, keep, (s1, l1), (s2, l2), (s3, l3))?;
+        *self.saved_gpu.lock().expect("lstm: poisoned") = Some(saved);
+        Ok((out, Shape::from((d.batch, d.steps, d.hidden))))
+    }
+
     /// Backpropagation through time gives the gates' gradients (compact, real pairs only)
     /// and `[W_hh | bias]`'s; two products over the real pairs give those of `x` and `W_ih`.
     fn bwd(
@@ -269,6 +356,10 @@ impl CustomOp3 for LstmLayer {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return self.gpu_backward(x, w_ih, w_hh_bias, _out, grad);
+        }
         let (d, i) = self.dims(x.shape(), w_ih.shape(), w_hh_bias.shape())?;
         let Some(saved) = self.saved.lock().expect("lstm: poisoned").take() else {
             candle::bail!("lstm: backward ran twice or before forward")

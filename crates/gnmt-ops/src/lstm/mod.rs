@@ -7,11 +7,14 @@
 pub mod carry;
 pub mod cell;
 pub mod layer;
+#[cfg(feature = "cuda")]
+mod layer_gpu;
 pub mod reference;
 
 use candle::{DType, Result, Tensor};
 
 use crate::Kernels;
+use gnmt_kernels::Precision;
 
 /// The recurrent state of one layer: hidden output `h` and cell `c`, both `[B, H]`.
 #[derive(Debug, Clone)]
@@ -77,10 +80,12 @@ impl LstmWeights<'_> {
 /// 0 pad) freezes the state on padded steps, `reverse` reads time backwards. Returns the
 /// outputs `[B, T, H]` in the original time order.
 ///
-/// Fused, the whole recurrence is one op ([`layer::lstm_layer`]) and padded steps cost
+/// Fused, the whole recurrence is one op ([`layer::lstm_layer`]). On the CPU padded steps cost
 /// nothing: the input projection multiplies out only the real `(step, row)` pairs, and the
 /// recurrence only the rows still running at each step; `packs` (from
-/// [`layer::LstmPacks::new`]) saves packing the weights again. The reference runs
+/// [`layer::LstmPacks::new`]) saves packing the weights again. On a GPU the op runs
+/// `gnmt-cuda-kernels`' layer: one product for the input projection, then a product and a
+/// launch per step (f32 inputs, f32/TF32/bf16 products). The reference runs
 /// [`reference::layer`].
 pub fn lstm_layer(
     x: &Tensor,
@@ -90,17 +95,34 @@ pub fn lstm_layer(
     kernels: Kernels,
     packs: Option<std::sync::Arc<layer::LstmPacks>>,
 ) -> Result<Tensor> {
-    match kernels.fused_on(x.device()) {
+    let (b, t, _) = x.dims3()?;
+    let keep = |mask: Option<&Tensor>| match mask {
+        None => Ok(None),
+        Some(m) => time_major_keep(m, t, b).map(Some),
+    };
+    if let Some(precision) = kernels.fused_on(x.device()) {
+        return layer::lstm_layer(x, weights, keep(mask)?, reverse, precision, packs);
+    }
+    match gpu_layer_precision(x, kernels, b * t) {
+        Some(precision) => layer::lstm_layer(x, weights, keep(mask)?, reverse, precision, None),
         // The composite layer, with the device's fused cell where it has one.
         None => Ok(reference::layer(x, weights, mask, reverse, kernels)?.0),
-        Some(precision) => {
-            let (b, t, _) = x.dims3()?;
-            let keep = match mask {
-                None => None,
-                Some(m) => Some(time_major_keep(m, t, b)?),
-            };
-            layer::lstm_layer(x, weights, keep, reverse, precision, packs)
+    }
+}
+
+/// The products' precision where the fused layer runs on a GPU: the fused kernels there, f32
+/// values, a precision cuBLAS has (not int8) and at least one `(row, step)`.
+fn gpu_layer_precision(x: &Tensor, kernels: Kernels, pairs: usize) -> Option<Precision> {
+    match kernels {
+        Kernels::Fused(p)
+            if kernels.cuda_on(x.device())
+                && x.dtype() == DType::F32
+                && p != Precision::Int8
+                && pairs > 0 =>
+        {
+            Some(p)
         }
+        _ => None,
     }
 }
 
