@@ -87,8 +87,12 @@ impl LayerDims {
         }
     }
 
-    /// The kernels' `(batch, steps, hidden)` as `unsigned int`s.
+    /// The kernels' `(batch, steps, hidden)` as `unsigned int`s, or an error where there is
+    /// no `(row, step)` or too many values.
     fn sizes<G: Gpu>(&self, gpu: &G) -> Result<[Arg<G::Mem>; 3], G::Error> {
+        if self.batch * self.steps == 0 {
+            return Err(gpu.error("lstm layer: the GPU's layer needs a (row, step)".into()));
+        }
         let biggest = self.batch * self.steps * 4 * self.hidden.max(self.input);
         if u32::try_from(biggest).is_err() {
             return Err(gpu.error(format!(
@@ -123,11 +127,8 @@ pub struct Forward<M> {
 
 /// Runs the layer over at least one `(row, step)`: `h` (its output), `c` and `gates` filled.
 pub fn forward<G: Gpu>(gpu: &G, d: LayerDims, m: &Forward<G::Mem>) -> Result<(), G::Error> {
-    let (b, t, h) = (d.batch, d.steps, d.hidden);
-    if b * t == 0 {
-        return Err(gpu.error("lstm layer: the GPU's forward pass needs a step".into()));
-    }
     let [batch, steps, hidden] = d.sizes(gpu)?;
+    let (b, t, h) = (d.batch, d.steps, d.hidden);
     // Every step's input projection at once: gates = x W_ih^T.
     let projection = Gemm {
         m: b * t,
@@ -207,11 +208,8 @@ pub struct Backward<M> {
 
 /// Backpropagation through the layer's time steps, then the gradient of `[W_hh | bias]`.
 pub fn backward<G: Gpu>(gpu: &G, d: LayerDims, m: &Backward<G::Mem>) -> Result<(), G::Error> {
-    let (b, t, h) = (d.batch, d.steps, d.hidden);
-    if b * t == 0 {
-        return Err(gpu.error("lstm layer: the GPU's backward pass needs a step".into()));
-    }
     let [batch, steps, hidden] = d.sizes(gpu)?;
+    let (b, t, h) = (d.batch, d.steps, d.hidden);
     // The gradient reaching h_prev through one step's gates: dgates_s [B, 4H] (strided) W_hh.
     let through_gates = Gemm {
         m: b,

@@ -399,3 +399,32 @@ fn the_layer_matches_the_cpus_layer() {
         }
     }
 }
+
+/// A layer with no `(row, step)`, or more values than the kernels' `unsigned int` counts, is
+/// refused before any product or launch.
+#[test]
+fn an_empty_or_oversized_layer_is_refused() {
+    let null = std::ptr::null_mut();
+    let buffers = Forward {
+        x: null,
+        w_ih: null,
+        w_hh_bias: null,
+        keep: None,
+        gates: null,
+        rec: null,
+        h: null,
+        c: null,
+    };
+    let dims = |batch, steps| LayerDims {
+        batch,
+        steps,
+        hidden: 1024,
+        input: 1024,
+        reverse: false,
+    };
+    let gpu = Host { launch: None };
+    let empty = layer::forward(&gpu, dims(0, 5), &buffers).unwrap_err();
+    assert!(empty.contains("needs a (row, step)"), "{empty}");
+    let huge = layer::forward(&gpu, dims(4096, 300), &buffers).unwrap_err();
+    assert!(huge.contains("too many"), "{huge}");
+}
