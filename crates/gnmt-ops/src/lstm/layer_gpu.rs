@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle::cuda_backend::cudarc::cublas::{result::gemm_ex, sys as blas, CudaBlas};
 use candle::cuda_backend::cudarc::driver::sys::CUdeviceptr;
 use candle::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg,
 };
 use candle::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -176,17 +176,26 @@ fn device_flags(
     Ok(Some(stream.clone_htod(&flags).w()?))
 }
 
+/// The kernels [`layer`] launches.
+const KERNELS: [&str; 4] = [
+    lstm::LAYER_STEP_FORWARD,
+    lstm::LAYER_STEP_BACKWARD,
+    lstm::LAYER_PREVIOUS_STATES,
+    lstm::COLUMN_SUMS,
+];
+
 /// candle's device as a [`Gpu`]: raw device addresses, cuBLAS on candle's handle (bound to
 /// its stream) with the compute type of the layer's precision, launches on candle's stream.
-struct CudaGpu<'a> {
-    device: &'a CudaDevice,
+struct CudaGpu {
+    /// [`KERNELS`]' functions, looked up once per pass rather than once per step.
+    functions: Vec<CudaFunction>,
     stream: Arc<CudaStream>,
     blas: Arc<CudaBlas>,
     compute: blas::cublasComputeType_t,
 }
 
-impl<'a> CudaGpu<'a> {
-    fn new(device: &'a CudaDevice, precision: Precision) -> Result<Self> {
+impl CudaGpu {
+    fn new(device: &CudaDevice, precision: Precision) -> Result<Self> {
         use blas::cublasComputeType_t as C;
         let compute = match precision {
             Precision::F32 => C::CUBLAS_COMPUTE_32F,
@@ -195,8 +204,12 @@ impl<'a> CudaGpu<'a> {
             Precision::Bf16 => C::CUBLAS_COMPUTE_32F_FAST_16BF,
             Precision::Int8 => candle::bail!("{OP}: training has no int8 products on a GPU"),
         };
+        let functions = KERNELS
+            .iter()
+            .map(|name| function(device, lstm::MODULE, name))
+            .collect::<Result<_>>()?;
         Ok(Self {
-            device,
+            functions,
             stream: device.cuda_stream(),
             blas: device.cublas_handle(),
             compute,
@@ -207,7 +220,7 @@ impl<'a> CudaGpu<'a> {
 /// No address: the kernels read a null `keep` as "every step real".
 const NULL: CUdeviceptr = 0;
 
-impl Gpu for CudaGpu<'_> {
+impl Gpu for CudaGpu {
     type Mem = CUdeviceptr;
     type Error = candle::Error;
 
@@ -265,8 +278,10 @@ impl Gpu for CudaGpu<'_> {
         launch: Launch,
         args: &[Arg<CUdeviceptr>],
     ) -> Result<()> {
-        let func = function(self.device, lstm::MODULE, kernel)?;
-        let mut builder = self.stream.launch_builder(&func);
+        let Some(i) = KERNELS.iter().position(|&k| k == kernel) else {
+            candle::bail!("{OP}: no kernel {kernel}")
+        };
+        let mut builder = self.stream.launch_builder(&self.functions[i]);
         for arg in args {
             match arg {
                 Arg::U32(x) => builder.arg(x),
