@@ -28,8 +28,9 @@ pub struct Cli {
     /// AVX512-VNNI; `--quantize int8` says the same); on a GPU with the fused kernels, tf32
     /// (f32 products on the tensor cores); or auto: the fastest of these that was measured to
     /// train (decode) as well as f32 on this kind of CPU, named in the log.
-    /// [default: auto for `train`, unless its config file sets `matmul`; for decoding, int8
-    /// for a model folder stored as int8 on CPUs with AVX512-VNNI; f32 elsewhere]
+    /// [default: auto for `train` (unless its config file sets `matmul`) and `bench train`;
+    /// for decoding, int8 for a model folder stored as int8 on CPUs with AVX512-VNNI; f32
+    /// elsewhere]
     #[arg(long, alias = "quantize", global = true, value_enum)]
     pub matmul: Option<Matmul>,
     /// The operations models run on: fused (fast; on a GPU the CUDA kernels of the LSTM cell,
@@ -94,12 +95,18 @@ impl ComputeFlags {
         Ok(models::DecodingKernels::new(choice, given, fused_on_cpu))
     }
 
-    /// [`ComputeFlags::kernels_on`] for training (`auto` as [`Matmul::for_training`] decides).
+    /// [`ComputeFlags::kernels_on`] for training, where `--matmul` defaults to `auto` (as
+    /// [`Matmul::for_training`] decides), as in `gnmt train`'s configuration: a benchmark
+    /// without `--matmul` measures what training runs.
     pub fn training_kernels_on(
         self,
         device: &candle::Device,
     ) -> anyhow::Result<gnmt_model::Kernels> {
-        self.kernels_with(device, |m, fused_on_cpu| {
+        let flags = Self {
+            matmul: Some(self.matmul.unwrap_or(Matmul::Auto)),
+            ..self
+        };
+        flags.kernels_with(device, |m, fused_on_cpu| {
             m.for_training(fused_on_cpu, false)
         })
     }
@@ -465,5 +472,36 @@ pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> std::process::Exit
             }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without `--matmul`, training's kernels take `auto`'s precision (bf16 where the CPU
+    /// multiplies bf16 fast, f32 elsewhere), as `gnmt train` does; a given `--matmul` wins.
+    #[test]
+    fn training_without_matmul_takes_autos_choice() {
+        let cpu = candle::Device::Cpu;
+        let none = ComputeFlags {
+            quiet: true,
+            ..ComputeFlags::default()
+        };
+        let auto = gnmt_model::Precision::auto_for_training().precision;
+        assert_eq!(none.training_kernels_on(&cpu).unwrap().precision(), auto);
+        let f32_given = ComputeFlags {
+            matmul: Some(Matmul::F32),
+            ..none
+        };
+        let got = f32_given.training_kernels_on(&cpu).unwrap().precision();
+        assert_eq!(got, gnmt_model::Precision::F32);
+        // The reference kernels compute in f32 whatever auto would pick on the CPU.
+        let reference = ComputeFlags {
+            kernels: Some(KernelsArg::Reference),
+            ..none
+        };
+        let got = reference.training_kernels_on(&cpu).unwrap().precision();
+        assert_eq!(got, gnmt_model::Precision::F32);
     }
 }

@@ -299,6 +299,8 @@ fn threads_flag_sizes_the_worker_pool() {
             &[
                 "--threads",
                 n,
+                "--matmul",
+                "f32",
                 "bench",
                 "model",
                 "--single",
