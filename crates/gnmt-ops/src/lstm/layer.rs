@@ -81,6 +81,62 @@ pub fn lstm_layer(
             keep.map_or(0, |k| k.len())
         )
     }
+    let (input_rows, gate_rows) = real_rows(keep.as_deref(), t, b);
+    let op = LstmLayer {
+        reverse,
+        precision,
+        keep: keep.map(Arc::new),
+        input_rows: Arc::new(input_rows),
+        gate_rows: Arc::new(gate_rows),
+        packs: packs.filter(|p| p.precision == precision),
+        saved: Mutex::new(None),
+        #[cfg(feature = "cuda")]
+        device_keep: None,
+        #[cfg(feature = "cuda")]
+        saved_gpu: Mutex::new(None),
+    };
+    apply(x, weights, op)
+}
+
+/// [`lstm_layer`] on a GPU ([`super::layer_gpu`]): the padding comes as the `[B, T]` mask
+/// itself (1 real, 0 pad), which stays on the device, batch-major as the kernels read it; the
+/// host-side fields of the op, for the CPU kernels, stay empty.
+#[cfg(feature = "cuda")]
+pub(super) fn lstm_layer_on_gpu(
+    x: &Tensor,
+    weights: &LstmWeights,
+    mask: Option<&Tensor>,
+    reverse: bool,
+    precision: Precision,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    weights.check(x)?;
+    let device_keep = match mask {
+        Some(m) if m.dims() != [b, t] => {
+            candle::bail!(
+                "lstm: mask {:?} does not fit {t} steps of {b} rows",
+                m.dims()
+            )
+        }
+        Some(m) => Some(m.to_dtype(DType::F32)?.contiguous()?),
+        None => None,
+    };
+    let op = LstmLayer {
+        reverse,
+        precision,
+        keep: None,
+        input_rows: Arc::default(),
+        gate_rows: Arc::default(),
+        packs: None,
+        saved: Mutex::new(None),
+        device_keep,
+        saved_gpu: Mutex::new(None),
+    };
+    apply(x, weights, op)
+}
+
+/// `op` applied to `x`, `W_ih` and `[W_hh | b_ih + b_hh]`.
+fn apply(x: &Tensor, weights: &LstmWeights, op: LstmLayer) -> Result<Tensor> {
     // Three inputs is the most a custom op takes: the summed bias rides as W_hh's last column,
     // put there by an op of its own (a sum, an unsqueeze and a concatenation through candle
     // were three more nodes whose backward started each input's gradient as a zero tensor).
@@ -94,18 +150,6 @@ pub fn lstm_layer(
             &weights.b_hh.contiguous()?,
             RecurrentParams,
         )?
-    };
-    let (input_rows, gate_rows) = real_rows(keep.as_deref(), t, b);
-    let op = LstmLayer {
-        reverse,
-        precision,
-        keep: keep.map(Arc::new),
-        input_rows: Arc::new(input_rows),
-        gate_rows: Arc::new(gate_rows),
-        packs: packs.filter(|p| p.precision == precision),
-        saved: Mutex::new(None),
-        #[cfg(feature = "cuda")]
-        saved_gpu: Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&weights.w_ih.contiguous()?, &w_hh_bias, op)
@@ -124,7 +168,10 @@ struct LstmLayer {
     /// What the backward pass needs from the forward pass: the hidden states and cell states,
     /// time-major, and the real pairs' gate activations (compact, see `sequence`).
     saved: Mutex<Option<Saved>>,
-    /// The same on a GPU, where the layer runs [`super::layer_gpu`].
+    /// On a GPU, where the layer runs [`super::layer_gpu`]: the `[B, T]` mask (f32, on the
+    /// device; `None` when every step is real), and what the backward pass needs.
+    #[cfg(feature = "cuda")]
+    device_keep: Option<Tensor>,
     #[cfg(feature = "cuda")]
     saved_gpu: Mutex<Option<super::layer_gpu::Saved>>,
 }
@@ -242,7 +289,7 @@ impl LstmLayer {
         let through_time = super::layer_gpu::ThroughTime {
             d,
             precision: self.precision,
-            keep: self.keep.clone(),
+            keep: self.device_keep.clone(),
             saved,
             h: out.clone(),
         };
@@ -339,7 +386,7 @@ impl CustomOp3 for LstmLayer {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let d = self.gpu_dims(l1.shape(), l2.shape(), l3.shape())?;
-        let keep = self.keep.as_deref().map(Vec::as_slice);
+        let keep = self.device_keep.as_ref();
         let (out, saved) =
             super::layer_gpu::forward(d, self.precision, keep, (s1, l1), (s2, l2), (s3, l3))?;
         *self.saved_gpu.lock().expect("lstm: poisoned") = Some(saved);

@@ -28,12 +28,12 @@ pub(super) struct Saved {
     c: CudaSlice<f32>,
 }
 
-/// Runs the layer over `x [B, T, in]` with `W_ih` and `[W_hh | bias]`; `keep` holds the
-/// time-major flags of [`super::time_major_keep`]. Returns the hidden states `[B, T, H]`.
+/// Runs the layer over `x [B, T, in]` with `W_ih` and `[W_hh | bias]`; `keep` is the `[B, T]`
+/// mask (f32, contiguous, on the device). Returns the hidden states `[B, T, H]`.
 pub(super) fn forward(
     d: LayerDims,
     precision: Precision,
-    keep: Option<&[bool]>,
+    keep: Option<&Tensor>,
     (x, lx): (&CudaStorage, &Layout),
     (w_ih, lw): (&CudaStorage, &Layout),
     (wb, lwb): (&CudaStorage, &Layout),
@@ -46,7 +46,6 @@ pub(super) fn forward(
         view::<f32>(w_ih, lw, OP)?,
         view::<f32>(wb, lwb, OP)?,
     );
-    let keep = device_flags(&stream, keep, d)?;
     let (b, t, h) = (d.batch, d.steps, d.hidden);
     // Written in full before any read: `gates` and `rec` by products, `h` and `c` by the
     // steps (every row at every step, carried or not).
@@ -54,11 +53,10 @@ pub(super) fn forward(
     let mut rec = output::<f32>(&device, b * 4 * h)?;
     let mut hs = output::<f32>(&device, b * t * h)?;
     let mut cs = output::<f32>(&device, b * t * h)?;
-    {
+    with_keep(keep, &stream, |keep| {
         let (x, _x) = x.device_ptr(&stream);
         let (w_ih, _w) = w_ih.device_ptr(&stream);
         let (w_hh_bias, _wb) = wb.device_ptr(&stream);
-        let keep = keep.as_ref().map(|k| k.device_ptr(&stream));
         let (gates, _g) = gates.device_ptr_mut(&stream);
         let (rec, _r) = rec.device_ptr_mut(&stream);
         let (h, _h) = hs.device_ptr_mut(&stream);
@@ -67,14 +65,14 @@ pub(super) fn forward(
             x,
             w_ih,
             w_hh_bias,
-            keep: keep.as_ref().map(|k| k.0),
+            keep,
             gates,
             rec,
             h,
             c,
         };
-        layer::forward(&gpu, d, &buffers)?;
-    }
+        layer::forward(&gpu, d, &buffers)
+    })?;
     Ok((
         CudaStorage::wrap_cuda_slice(hs, device),
         Saved { gates, c: cs },
@@ -86,7 +84,8 @@ pub(super) fn forward(
 pub(super) struct ThroughTime {
     pub d: LayerDims,
     pub precision: Precision,
-    pub keep: Option<Arc<Vec<bool>>>,
+    /// The `[B, T]` mask, as [`forward`] took it.
+    pub keep: Option<Tensor>,
     pub saved: Saved,
     pub h: Tensor,
 }
@@ -119,7 +118,6 @@ impl CustomOp2 for ThroughTime {
         let gpu = CudaGpu::new(&device, self.precision)?;
         let stream = gpu.stream.clone();
         let (grad, wb) = (view::<f32>(grad, lg, OP)?, view::<f32>(wb, lwb, OP)?);
-        let keep = device_flags(&stream, self.keep.as_deref().map(Vec::as_slice), d)?;
         let n_dgates = b * t * 4 * h;
         // Written in full: every row of dgates at every step, dW_hh by a product and the bias
         // column by the column sums; h_prev by its kernel; dh_rec by a product before a read.
@@ -128,52 +126,55 @@ impl CustomOp2 for ThroughTime {
         let mut dh_rec = output::<f32>(&device, b * h)?;
         let mut dh_carry = stream.alloc_zeros::<f32>(b * h).w()?;
         let mut dc = stream.alloc_zeros::<f32>(b * h).w()?;
+        let keep = self.keep.as_ref();
         read_tensor::<f32, _>(&self.h, OP, |hs| {
-            let (grad, _g) = grad.device_ptr(&stream);
-            let (w_hh_bias, _wb) = wb.device_ptr(&stream);
-            let keep = keep.as_ref().map(|k| k.device_ptr(&stream));
-            let (gates, _ga) = self.saved.gates.device_ptr(&stream);
-            let (h, _h) = hs.device_ptr(&stream);
-            let (c, _c) = self.saved.c.device_ptr(&stream);
-            let (dgates, _j) = joined.device_ptr_mut(&stream);
-            let (h_prev, _hp) = h_prev.device_ptr_mut(&stream);
-            let (dh_rec, _dr) = dh_rec.device_ptr_mut(&stream);
-            let (dh_carry, _dh) = dh_carry.device_ptr_mut(&stream);
-            let (dc, _dc) = dc.device_ptr_mut(&stream);
-            let buffers = Backward {
-                grad,
-                w_hh_bias,
-                keep: keep.as_ref().map(|k| k.0),
-                gates,
-                h,
-                c,
-                dgates,
-                d_w_hh_bias: gpu.offset(dgates, n_dgates),
-                h_prev,
-                dh_rec,
-                dh_carry,
-                dc,
-            };
-            layer::backward(&gpu, d, &buffers)
+            with_keep(keep, &stream, |keep| {
+                let (grad, _g) = grad.device_ptr(&stream);
+                let (w_hh_bias, _wb) = wb.device_ptr(&stream);
+                let (gates, _ga) = self.saved.gates.device_ptr(&stream);
+                let (h, _h) = hs.device_ptr(&stream);
+                let (c, _c) = self.saved.c.device_ptr(&stream);
+                let (dgates, _j) = joined.device_ptr_mut(&stream);
+                let (h_prev, _hp) = h_prev.device_ptr_mut(&stream);
+                let (dh_rec, _dr) = dh_rec.device_ptr_mut(&stream);
+                let (dh_carry, _dh) = dh_carry.device_ptr_mut(&stream);
+                let (dc, _dc) = dc.device_ptr_mut(&stream);
+                let buffers = Backward {
+                    grad,
+                    w_hh_bias,
+                    keep,
+                    gates,
+                    h,
+                    c,
+                    dgates,
+                    d_w_hh_bias: gpu.offset(dgates, n_dgates),
+                    h_prev,
+                    dh_rec,
+                    dh_carry,
+                    dc,
+                };
+                layer::backward(&gpu, d, &buffers)
+            })
         })?;
         let n = joined.len();
         Ok((CudaStorage::wrap_cuda_slice(joined, device), Shape::from(n)))
     }
 }
 
-/// The time-major flags (see [`super::time_major_keep`]) as the kernels read them: 1.0 or 0.0
-/// per batch-major row `b * T + s`, on the device; `None` stays `None` (every step real).
-fn device_flags(
-    stream: &Arc<CudaStream>,
-    keep: Option<&[bool]>,
-    d: LayerDims,
-) -> Result<Option<CudaSlice<f32>>> {
-    let Some(keep) = keep else { return Ok(None) };
-    let (b, t) = (d.batch, d.steps);
-    let flags: Vec<f32> = (0..b * t)
-        .map(|r| keep[(r % t) * b + r / t] as u8 as f32)
-        .collect();
-    Ok(Some(stream.clone_htod(&flags).w()?))
+/// `f` with the device address of the `[B, T]` mask's flags, as the kernels read them (one per
+/// batch-major row `b * T + s`), or with `None`: every step real.
+fn with_keep<R>(
+    keep: Option<&Tensor>,
+    stream: &CudaStream,
+    f: impl FnOnce(Option<CUdeviceptr>) -> Result<R>,
+) -> Result<R> {
+    match keep {
+        None => f(None),
+        Some(mask) => read_tensor::<f32, _>(mask, OP, |flags| {
+            let (flags, _flags) = flags.device_ptr(stream);
+            f(Some(flags))
+        }),
+    }
 }
 
 /// The kernels [`layer`] launches.

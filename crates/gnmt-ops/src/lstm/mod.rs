@@ -14,6 +14,7 @@ pub mod reference;
 use candle::{DType, Result, Tensor};
 
 use crate::Kernels;
+#[cfg(feature = "cuda")]
 use gnmt_kernels::Precision;
 
 /// The recurrent state of one layer: hidden output `h` and cell `c`, both `[B, H]`.
@@ -96,22 +97,21 @@ pub fn lstm_layer(
     packs: Option<std::sync::Arc<layer::LstmPacks>>,
 ) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
-    let keep = |mask: Option<&Tensor>| match mask {
-        None => Ok(None),
-        Some(m) => time_major_keep(m, t, b).map(Some),
-    };
     if let Some(precision) = kernels.fused_on(x.device()) {
-        return layer::lstm_layer(x, weights, keep(mask)?, reverse, precision, packs);
+        let keep = mask.map(|m| time_major_keep(m, t, b)).transpose()?;
+        return layer::lstm_layer(x, weights, keep, reverse, precision, packs);
     }
-    match gpu_layer_precision(x, kernels, b * t) {
-        Some(precision) => layer::lstm_layer(x, weights, keep(mask)?, reverse, precision, None),
-        // The composite layer, with the device's fused cell where it has one.
-        None => Ok(reference::layer(x, weights, mask, reverse, kernels)?.0),
+    #[cfg(feature = "cuda")]
+    if let Some(precision) = gpu_layer_precision(x, kernels, b * t) {
+        return layer::lstm_layer_on_gpu(x, weights, mask, reverse, precision);
     }
+    // The composite layer, with the device's fused cell where it has one.
+    Ok(reference::layer(x, weights, mask, reverse, kernels)?.0)
 }
 
 /// The products' precision where the fused layer runs on a GPU: the fused kernels there, f32
 /// values, a precision cuBLAS has (not int8) and at least one `(row, step)`.
+#[cfg(feature = "cuda")]
 fn gpu_layer_precision(x: &Tensor, kernels: Kernels, pairs: usize) -> Option<Precision> {
     match kernels {
         Kernels::Fused(p)
